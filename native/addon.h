@@ -1,0 +1,17 @@
+// wcfs native addon — shared declarations.
+//
+// The addon is deliberately thin (see notes.md "Native layer"): it takes and returns
+// primitives, buffers and return codes; validation and logic live in TypeScript. The single
+// TS module that imports it is src/native.ts.
+#pragma once
+#include <napi.h>
+
+namespace wcfs {
+
+// Throws a JS Error whose .code is the errno name (e.g. "EAGAIN") and .errno the number,
+// the same shape Node's own fs errors have.
+[[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
+
+void InitFlock(Napi::Env env, Napi::Object exports);
+
+}  // namespace wcfs

@@ -1,0 +1,98 @@
+// The storage-driver interface every ZODB backend implements (modelled on neo/go's
+// IStorageDriver; zodb.md §1.3, §6.1). WCFS itself is read-only: commit is a separate
+// interface that only writer-capable drivers implement.
+//
+// Semantics all drivers provide:
+//   load(oid, at)  → newest revision with serial ≤ at;
+//                    NoObjectError  — oid never existed (as of the driver's head);
+//                    NoDataError    — created after `at`, or deleted (deletedAt set).
+//   head()         → last committed tid the driver has seen (synchronous, no I/O).
+//   sync()         → re-check the backend and return the new head.
+//   watch(from)    → every committed txn with tid > from, exactly once, in tid order, no
+//                    gaps, empty txns included (oids = []). Never a txn still in progress.
+//   iterate(a, b)  → committed txns with a ≤ tid ≤ b and their data records.
+
+import type { Oid, Tid } from './ids.js';
+
+export interface LoadResult {
+  /** The object record: class pickle + state pickle (zodb.md §3.1). */
+  data: Uint8Array;
+  /** Tid of the revision returned. */
+  serial: Tid;
+}
+
+export interface TxnMeta {
+  tid: Tid;
+  /** ' ' committed, 'p' packed, 'u' legacy undone. */
+  status: string;
+  user: Uint8Array;
+  description: Uint8Array;
+  /** Raw extension bytes (a pickled dict, or empty). */
+  extension: Uint8Array;
+}
+
+export interface DataRecord {
+  oid: Oid;
+  /** Record data after following backpointers; null = object deleted in this txn. */
+  data: Uint8Array | null;
+}
+
+export interface TxnRecord extends TxnMeta {
+  records: DataRecord[];
+}
+
+/** One committed transaction as a watcher sees it: δZ = (tid, changed oids). */
+export interface CommitEvent {
+  tid: Tid;
+  oids: Oid[];
+}
+
+/**
+ * A stream of commit events. Iterate it with `for await`; an unrecoverable storage error
+ * (file truncated, replaced, corrupt tail) ends the iteration by throwing it. `close()`
+ * ends the iteration normally.
+ */
+export interface StorageWatch extends AsyncIterable<CommitEvent> {
+  close(): void;
+}
+
+export interface IStorage {
+  readonly url: string;
+  head(): Tid;
+  sync(): Promise<Tid>;
+  load(oid: Oid, at: Tid): Promise<LoadResult>;
+  iterate(tidMin?: Tid, tidMax?: Tid): AsyncIterable<TxnRecord>;
+  watch(from?: Tid): StorageWatch;
+  /** Largest oid in use (as of head). */
+  lastOid(): Oid;
+  close(): Promise<void>;
+}
+
+/** One object to store in a commit. */
+export interface StoreRecord {
+  oid: Oid;
+  /** New record (class + state pickles), or null to delete the object. */
+  data: Uint8Array | null;
+  /**
+   * Serial the writer based its change on (0n for a new object). When given, commit fails
+   * with ConflictError if the object's current serial differs. undefined = don't check.
+   */
+  oldSerial?: Tid;
+}
+
+export interface CommitRequest {
+  user?: string | Uint8Array;
+  description?: string | Uint8Array;
+  /** Extension metadata; pickled as a dict (protocol 3) like ZODB/py3 does. */
+  extension?: Record<string, string | number | bigint | boolean>;
+  records: StoreRecord[];
+}
+
+export interface ICommitter {
+  /** Allocate a fresh oid (largest ever seen + 1). */
+  newOid(): Oid;
+  /** Commit atomically; resolves to the new tid once it is durable. */
+  commit(req: CommitRequest): Promise<Tid>;
+}
+
+export type IWritableStorage = IStorage & ICommitter;
