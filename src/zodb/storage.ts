@@ -19,6 +19,8 @@ export interface LoadResult {
   data: Uint8Array;
   /** Tid of the revision returned. */
   serial: Tid;
+  /** Where the record lives, for error messages (fs1: "data.fs @<file offset>"). */
+  where?: string;
 }
 
 export interface TxnMeta {

@@ -1,0 +1,337 @@
+// ZBigFile: wendelin.core's big file stored in ZODB (deltatail.md §1.1-§1.5), read and write.
+//
+// Object graph (module wendelin.bigfile.file_zodb):
+//   ZBigFile  state (blksize, ref→LOBTree blktab)      blktab: blk → ZBlk0 | ZBlk1; missing = hole
+//   ZBlk0     state bytes — the block, trailing zeros stripped
+//   ZBlk1     state ref→IOBTree chunktab               chunktab: offset-in-block → ZData
+//   ZData     state bytes — one chunk, trailing zeros stripped; all-zero chunks are absent
+//
+// Invariants (readers check them; the writer keeps them):
+//   size = (max key of blktab + 1)·blksize, 0 for an empty blktab;
+//   a block's data is ≤ blksize bytes; shorter data reads zero-padded to blksize;
+//   whenever any ZData (or chunktab node) of a ZBlk1 changes, the ZBlk1 itself is stored in
+//   the same transaction — so a watcher only needs ZBlk1 oids, never ZData (wcfs.go (%)).
+//
+// A ZBigFileView is the file as of one revision `at`: blksize and blktab are those of `at`.
+// loadBlock also returns what invalidation needs: the blktab path and the ZBlk oid, and
+// revMax = max serial over everything visited — an upper bound of the block's last change.
+
+import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeSet, type PathNode } from './btree/index.js';
+import { ObjectFormatError } from './errors.js';
+import { WriteTxn, type ObjectLoader } from './db.js';
+import type { Oid, Tid } from './ids.js';
+import { Global, PersistentRef, PyDict, Tuple, asBytes, asInt, pyTypeName, type PyValue } from './pickle/index.js';
+import type { IWritableStorage } from './storage.js';
+
+const MOD = 'wendelin.bigfile.file_zodb';
+export const ZBIGFILE_CLASS = new Global(MOD, 'ZBigFile');
+export const ZBLK0_CLASS = new Global(MOD, 'ZBlk0');
+export const ZBLK1_CLASS = new Global(MOD, 'ZBlk1');
+export const ZDATA_CLASS = new Global(MOD, 'ZData');
+const LOBTREE_CLASS = new Global('BTrees.LOBTree', 'LOBTree');
+const IOBTREE_CLASS = new Global('BTrees.IOBTree', 'IOBTree');
+const PMAPPING_CLASS = new Global('persistent.mapping', 'PersistentMapping');
+
+/** Chunk size wendelin.core's ZBlk1 writer uses (readers must not assume it). */
+export const ZBLK1_CHUNKSIZE = 4096;
+
+export type ZBlkKind = 'ZBlk0' | 'ZBlk1';
+
+function zblkKind(k: Global | null): ZBlkKind | undefined {
+  if (k === null || k.module !== MOD) return undefined;
+  if (k.name === 'ZBlk0' || k.name === 'ZBlk') return 'ZBlk0'; // ZBlk: legacy alias of ZBlk0
+  if (k.name === 'ZBlk1') return 'ZBlk1';
+  return undefined;
+}
+
+export interface BlockLoad {
+  /** Exactly blksize bytes (holes and trimmed tails are zeros). */
+  data: Uint8Array;
+  /** blktab nodes visited, root first (PathNode.oid null = embedded bucket). */
+  path: PathNode[];
+  /** The block's ZBlk object, or null for a hole. */
+  zblk: { oid: Oid; kind: ZBlkKind; serial: Tid } | null;
+  /** max serial of the visited nodes and the ZBlk: upper bound of the block's last change. */
+  revMax: Tid;
+}
+
+export interface SizeInfo {
+  size: number;
+  path: PathNode[];
+}
+
+/** The ZBigFile `oid` as of revision `at`. */
+export class ZBigFileView {
+  private constructor(
+    readonly loader: ObjectLoader,
+    readonly oid: Oid,
+    readonly at: Tid,
+    readonly blksize: number,
+    readonly blktab: Oid,
+    /** Serial of the ZBigFile object itself. */
+    readonly serial: Tid,
+  ) {}
+
+  static async open(loader: ObjectLoader, oid: Oid, at: Tid): Promise<ZBigFileView> {
+    const obj = await loader.loadObject(oid, at);
+    if (!obj.klass.is(MOD, 'ZBigFile')) {
+      throw new ObjectFormatError(oid, `not a ZBigFile (class ${obj.klass})`);
+    }
+    const { blksize, blktab } = decodeZBigFileState(oid, obj.state);
+    return new ZBigFileView(loader, oid, at, blksize, blktab, obj.serial);
+  }
+
+  /** File size in bytes and the blktab path to the max key. */
+  async size(): Promise<SizeInfo> {
+    const { key, path } = await btreeMaxKey(this.loader, this.blktab, this.at);
+    if (key === undefined) return { size: 0, path };
+    const size = (key + 1n) * BigInt(this.blksize);
+    if (key < 0n || size > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new ObjectFormatError(this.oid, `file size overflow (max blk ${key})`);
+    }
+    return { size: Number(size), path };
+  }
+
+  async loadBlock(blk: number | bigint): Promise<BlockLoad> {
+    const key = BigInt(blk);
+    const { value, path } = await btreeGet(this.loader, this.blktab, key, this.at);
+    let revMax = this.serial;
+    for (const n of path) if (n.serial > revMax) revMax = n.serial;
+    const data = new Uint8Array(this.blksize);
+    if (value === undefined) return { data, path, zblk: null, revMax };
+
+    const kind = value instanceof PersistentRef ? zblkKind(value.klass) : undefined;
+    if (!(value instanceof PersistentRef) || (value.klass !== null && kind === undefined)) {
+      throw new ObjectFormatError(this.blktab, `blk ${key}: expect ZBlk*, got ${pyTypeName(value)}`);
+    }
+    const z = await this.loader.loadObject(value.oid, this.at);
+    const zkind = zblkKind(z.klass);
+    if (zkind === undefined) throw new ObjectFormatError(value.oid, `blk ${key}: expect ZBlk*, got ${z.klass}`);
+    if (z.serial > revMax) revMax = z.serial;
+    if (zkind === 'ZBlk0') {
+      const b = asBytes(z.state);
+      if (b === undefined) throw new ObjectFormatError(value.oid, `ZBlk0: state is ${pyTypeName(z.state)}, want bytes`);
+      if (b.length > this.blksize) {
+        throw new ObjectFormatError(value.oid, `ZBlk0: data is ${b.length} bytes > blksize ${this.blksize}`);
+      }
+      data.set(b);
+    } else {
+      await this.readZBlk1(value.oid, z.state, data);
+    }
+    return { data, path, zblk: { oid: value.oid, kind: zkind, serial: z.serial }, revMax };
+  }
+
+  /** Assemble a ZBlk1's chunks into `out` (zeroed, blksize bytes). */
+  private async readZBlk1(zoid: Oid, state: PyValue, out: Uint8Array): Promise<void> {
+    const chunktab = state instanceof PersistentRef ? state : undefined;
+    if (chunktab === undefined || (chunktab.klass !== null && !chunktab.klass.is('BTrees.IOBTree', 'IOBTree'))) {
+      throw new ObjectFormatError(zoid, `ZBlk1: state is ${pyTypeName(state)}, want ref to IOBTree`);
+    }
+    const entries: Array<[bigint, PersistentRef]> = [];
+    for await (const [off, v] of btreeItems(this.loader, chunktab.oid, this.at)) {
+      if (!(v instanceof PersistentRef) || (v.klass !== null && !v.klass.is(MOD, 'ZData'))) {
+        throw new ObjectFormatError(chunktab.oid, `chunk @${off}: expect ZData, got ${pyTypeName(v)}`);
+      }
+      if (off < 0n) throw new ObjectFormatError(chunktab.oid, `chunk offset ${off} < 0`);
+      entries.push([off, v]);
+    }
+    // Loads are independent: issue them together (a network storage overlaps them).
+    const chunks = await Promise.all(entries.map(([, ref]) => this.loader.loadObject(ref.oid, this.at)));
+    let stop = 0; // end of the previous chunk: chunks must not overlap
+    for (let i = 0; i < entries.length; i++) {
+      const off = Number(entries[i]![0]);
+      const c = chunks[i]!;
+      if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
+      const b = asBytes(c.state);
+      if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
+      if (off < stop) throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off} overlaps previous chunk ending @${stop}`);
+      if (off + b.length > out.length) {
+        throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off}+${b.length} exceeds blksize ${out.length}`);
+      }
+      out.set(b, off);
+      stop = off + b.length;
+    }
+  }
+}
+
+export function decodeZBigFileState(oid: Oid, state: PyValue): { blksize: number; blktab: Oid } {
+  if (!(state instanceof Tuple) || state.items.length !== 2) {
+    throw new ObjectFormatError(oid, `ZBigFile: state is ${pyTypeName(state)}, want (blksize, blktab)`);
+  }
+  const blksize = asInt(state.items[0]!);
+  if (blksize === undefined || blksize <= 0n || blksize > 0x7fffffffn) {
+    throw new ObjectFormatError(oid, `ZBigFile: bad blksize ${pyTypeName(state.items[0])} ${String(blksize ?? '')}`);
+  }
+  const blktab = state.items[1]!;
+  if (!(blktab instanceof PersistentRef) || (blktab.klass !== null && !blktab.klass.is('BTrees.LOBTree', 'LOBTree'))) {
+    throw new ObjectFormatError(oid, `ZBigFile: blktab is ${pyTypeName(blktab)}, want ref to LOBTree`);
+  }
+  return { blksize: Number(blksize), blktab: blktab.oid };
+}
+
+// ---- finding ZBigFiles ----
+
+/** Class of an object at `at` without decoding its state (cheap: class pickle only). */
+export async function isZBigFile(loader: ObjectLoader, oid: Oid, at: Tid): Promise<boolean> {
+  const o = await loader.loadObject(oid, at);
+  return o.klass.is(MOD, 'ZBigFile');
+}
+
+// ---- writing ----
+
+/** Trim trailing zero bytes (what wendelin.core stores). */
+export function trimZeros(b: Uint8Array): Uint8Array {
+  let n = b.length;
+  while (n > 0 && b[n - 1] === 0) n--;
+  return b.subarray(0, n);
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
+/**
+ * Make sure the database has its root object (oid 0, a PersistentMapping), created in a
+ * transaction of its own as ZODB's DB does ("initial database creation").
+ */
+export async function ensureRoot(storage: IWritableStorage): Promise<void> {
+  try {
+    await storage.load(0n, storage.head());
+    return;
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'WCFS_ENOOBJ' && (e as { code?: string }).code !== 'WCFS_ENODATA') throw e;
+  }
+  const root = new PyDict();
+  root.set('data', new PyDict());
+  // Like ZODB's DB: the root is stored under z64 explicitly, not allocated by newOid.
+  const txn = new WriteTxn(storage);
+  txn.storeNew(0n, PMAPPING_CLASS, root);
+  await txn.commit({ description: 'initial database creation' });
+}
+
+/** Set root[name] = ref in the transaction (root must exist). */
+export async function rootSet(txn: WriteTxn, name: string, ref: PersistentRef): Promise<void> {
+  const root = await txn.loadObject(0n);
+  const data = root.state instanceof PyDict ? (root.state.get('data') ?? root.state.get('_container')) : undefined;
+  if (!(data instanceof PyDict)) throw new ObjectFormatError(0n, 'root is not a PersistentMapping');
+  data.set(name, ref);
+  txn.store(0n, root.klass, root.state);
+}
+
+/** Root mapping entries name → oid (for tools and tests). */
+export async function rootEntries(loader: ObjectLoader, at: Tid): Promise<Map<string, PersistentRef>> {
+  const out = new Map<string, PersistentRef>();
+  const root = await loader.loadObject(0n, at);
+  const data = root.state instanceof PyDict ? (root.state.get('data') ?? root.state.get('_container')) : undefined;
+  if (data instanceof PyDict) {
+    for (const [k, v] of data.entries) {
+      const name = typeof k === 'string' ? k : asBytes(k) ? Buffer.from(asBytes(k)!).toString('latin1') : undefined;
+      if (name !== undefined && v instanceof PersistentRef) out.set(name, v);
+    }
+  }
+  return out;
+}
+
+/** Create a ZBigFile (and its empty blktab) in the transaction; returns its oid. */
+export function createZBigFile(txn: WriteTxn, blksize: number): Oid {
+  if (!Number.isInteger(blksize) || blksize <= 0 || blksize > 0x7fffffff) {
+    throw new ObjectFormatError(undefined, `createZBigFile: bad blksize ${blksize}`);
+  }
+  const oid = txn.newOid();
+  const blktab = btreeCreate(txn, 'LO');
+  txn.store(oid, ZBIGFILE_CLASS, new Tuple([BigInt(blksize), new PersistentRef(blktab, LOBTREE_CLASS)]));
+  return oid;
+}
+
+export interface SetBlockOptions {
+  /** Storage format; default: keep the block's current format, ZBlk0 for a new block. */
+  format?: ZBlkKind;
+}
+
+/**
+ * Write block `blk` of ZBigFile `foid` in the transaction. `data` is at most blksize bytes
+ * (shorter = zero-padded). null punches a hole (removes the block from blktab).
+ */
+export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, data: Uint8Array | null, opt: SetBlockOptions = {}): Promise<void> {
+  const key = BigInt(blk);
+  if (key < 0n) throw new ObjectFormatError(foid, `setBlock: blk ${key} < 0`);
+  const f = await txn.loadObject(foid);
+  if (!f.klass.is(MOD, 'ZBigFile')) throw new ObjectFormatError(foid, `not a ZBigFile (class ${f.klass})`);
+  const { blksize, blktab } = decodeZBigFileState(foid, f.state);
+
+  if (data === null) {
+    await btreeDelete(txn, blktab, key);
+    return;
+  }
+  if (data.length > blksize) throw new ObjectFormatError(foid, `setBlock: ${data.length} bytes > blksize ${blksize}`);
+
+  const cur = (await btreeGet(txn, blktab, key, txn.at)).value;
+  const curRef = cur instanceof PersistentRef ? cur : undefined;
+  const curKind = curRef ? zblkKind(curRef.klass) ?? (await zblkKindOf(txn, curRef.oid)) : undefined;
+  const format: ZBlkKind = opt.format ?? curKind ?? 'ZBlk0';
+
+  if (format === 'ZBlk0') {
+    const trimmed = trimZeros(data).slice();
+    if (curRef && curKind === 'ZBlk0') {
+      await txn.loadObject(curRef.oid); // registers the base serial for conflict detection
+      txn.store(curRef.oid, ZBLK0_CLASS, trimmed);
+    } else {
+      const z = txn.newOid();
+      txn.store(z, ZBLK0_CLASS, trimmed);
+      await btreeSet(txn, blktab, key, new PersistentRef(z, ZBLK0_CLASS));
+    }
+    return;
+  }
+
+  // ZBlk1: reuse the current ZBlk1 and diff chunk by chunk, or start a new one.
+  let zoid: Oid;
+  let chunktab: Oid;
+  if (curRef && curKind === 'ZBlk1') {
+    zoid = curRef.oid;
+    const z = await txn.loadObject(zoid);
+    if (!(z.state instanceof PersistentRef)) throw new ObjectFormatError(zoid, 'ZBlk1: state is not a chunktab ref');
+    chunktab = z.state.oid;
+  } else {
+    zoid = txn.newOid();
+    chunktab = btreeCreate(txn, 'IO');
+    txn.store(zoid, ZBLK1_CLASS, new PersistentRef(chunktab, IOBTREE_CLASS));
+    await btreeSet(txn, blktab, key, new PersistentRef(zoid, ZBLK1_CLASS));
+  }
+  const existing = new Map<bigint, PersistentRef>();
+  for await (const [off, v] of btreeItems(txn, chunktab, txn.at)) {
+    if (v instanceof PersistentRef) existing.set(off, v);
+  }
+  let changed = false;
+  for (let off = 0; off < blksize; off += ZBLK1_CHUNKSIZE) {
+    const chunk = trimZeros(data.subarray(off, Math.min(off + ZBLK1_CHUNKSIZE, data.length)));
+    const boff = BigInt(off);
+    const ref = existing.get(boff);
+    if (chunk.length === 0) {
+      if (ref) {
+        await btreeDelete(txn, chunktab, boff);
+        changed = true;
+      }
+      continue;
+    }
+    if (ref) {
+      const zd = await txn.loadObject(ref.oid);
+      const old = asBytes(zd.state);
+      if (old && bytesEqual(old, chunk)) continue;
+      txn.store(ref.oid, ZDATA_CLASS, chunk.slice());
+    } else {
+      const d = txn.newOid();
+      txn.store(d, ZDATA_CLASS, chunk.slice());
+      await btreeSet(txn, chunktab, boff, new PersistentRef(d, ZDATA_CLASS));
+    }
+    changed = true;
+  }
+  // The writer invariant: any chunk change marks the ZBlk1 itself changed.
+  if (changed && !txn.changed().includes(zoid)) {
+    const z = await txn.loadObject(zoid);
+    txn.store(zoid, ZBLK1_CLASS, z.state);
+  }
+}
+
+async function zblkKindOf(txn: WriteTxn, oid: Oid): Promise<ZBlkKind | undefined> {
+  return zblkKind((await txn.loadObject(oid)).klass);
+}
