@@ -112,7 +112,7 @@ export async function zodbDemo(path: string): Promise<void> {
     for (let round = 1; round <= 4; round++) {
       txn = new WriteTxn(s);
       for (let blk = 0; blk < 2 + round; blk++) await setBlock(txn, a, blk, fill(65536, round + blk), { format: 'ZBlk0' });
-      await setBlock(txn, b, round, fill(6000 * round, round), { format: 'ZBlk1' });
+      await setBlock(txn, b, round, fill(4000 * round, round), { format: 'ZBlk1' });
       if (round === 4) await setBlock(txn, a, 1, null);
       await txn.commit({ user: 'demo', description: `round ${round}` });
     }

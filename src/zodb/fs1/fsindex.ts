@@ -141,15 +141,6 @@ export class FsIndex {
     }
   }
 
-  /** Largest position stored (0 when empty). */
-  maxPos(): number {
-    let m = 0;
-    for (const b of this.buckets.values()) {
-      for (const p of b.values()) if (p > m) m = p;
-    }
-    return m;
-  }
-
   /** Same oid → pos content? (tests, verification) */
   equals(other: FsIndex): boolean {
     if (this.count !== other.count) return false;
