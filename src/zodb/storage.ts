@@ -15,7 +15,10 @@
 import type { Oid, Tid } from './ids.js';
 
 export interface LoadResult {
-  /** The object record: class pickle + state pickle (zodb.md §3.1). */
+  /**
+   * The object record: class pickle + state pickle (zodb.md §3.1). The bytes belong to the
+   * caller: no later load or commit writes into them (decoded values are views into them).
+   */
   data: Uint8Array;
   /** Tid of the revision returned. */
   serial: Tid;

@@ -1,0 +1,22 @@
+// ZODB BTrees of the LO and IO families (LOBTree/LOBucket, IOBTree/IOBucket): the blktab of a
+// ZBigFile and the chunktab of a ZBlk1.
+//
+//   family.ts  families, classes, KEY_MIN/KEY_MAX, node-size defaults
+//   state.ts   persistent states ↔ values (decode validates, encode = BTree_getstate)
+//   read.ts    btreeGet / btreeMaxKey (with the visited path and keycovs) and btreeItems
+//   check.ts   btreeCheck: whole-tree structural validation (BTrees' _check + check.check)
+//   write.ts   btreeCreate / btreeSet / btreeDelete on a WriteTxn, shaped like BTrees' C code
+//
+// Keycov (deltatail §1.4): the closed key range [lo, hi] a node is responsible for; the root
+// covers [KEY_MIN, KEY_MAX] (int64 bounds, for IO trees too).
+export {
+  KEY_MAX, KEY_MIN, DEFAULT_MAX_INTERNAL, DEFAULT_MAX_LEAF, bucketClass, familyKeyRange, familyOf, nodeClass, treeClass,
+  type BTreeFamily, type NodeKind,
+} from './family.js';
+export {
+  decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState,
+  type BucketState, type TreeState,
+} from './state.js';
+export { btreeGet, btreeItems, btreeMaxKey, btreeRange, loadNode, type LoadedNode, type PathNode } from './read.js';
+export { btreeCheck, shapeText, type BTreeCheckResult, type NodeShape } from './check.js';
+export { btreeCreate, btreeDelete, btreeSet, type BTreeWriteOptions } from './write.js';

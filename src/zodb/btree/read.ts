@@ -1,0 +1,270 @@
+// Reading LO/IO BTrees as of a revision: point lookup and max-key descent that record the path
+// they walked (what ΔBtail tracks, deltatail §1.5/§2), and ascending range iteration.
+//
+// Invariants checked on every node visited (on top of what state.ts checks):
+//   - the object's class is a node of the root's family, of the kind its parent's reference
+//     (or, for the root, the API) says;
+//   - separators of a tree with keycov [lo, hi] satisfy lo ≤ k1 < … < kN-1 ≤ hi
+//     (BTrees.check: lo inclusive, parent's next separator exclusive);
+//   - bucket keys lie in the bucket's keycov.
+// Child i of a tree with keycov [lo, hi] and separators k1…kN-1 has keycov
+//   [i = 0 ? lo : k_i,  i = N-1 ? hi : k_{i+1} − 1]          (deltatail §1.4)
+// so keycovs of siblings tile the parent's keycov. An embedded bucket has its tree's keycov, no
+// oid (PathNode.oid = null) and its tree's serial.
+//
+// Lookups follow separators only, never `next`/`firstbucket` — those are redundant for reading
+// and are verified by btreeCheck (check.ts).
+
+import { BadArgumentError, ObjectFormatError } from '../errors.js';
+import type { ObjectLoader } from '../db.js';
+import { hex16, type Oid, type Tid } from '../ids.js';
+import type { PyValue } from '../pickle/index.js';
+import { KEY_MAX, KEY_MIN, familyOf, nodeClass, type BTreeFamily, type NodeKind } from './family.js';
+import { decodeBucketState, decodeTreeState, type BucketState, type TreeState } from './state.js';
+
+/** A node visited on the way down, root first. oid null = embedded bucket (no oid of its own). */
+export interface PathNode {
+  oid: Oid | null;
+  kind: NodeKind;
+  /** Serial of the loaded node; for an embedded bucket, its tree's serial. */
+  serial: Tid;
+  /** keycov, closed [lo, hi]. */
+  lo: bigint;
+  hi: bigint;
+}
+
+/** A tree nested deeper than this is taken as a reference cycle. */
+export const MAX_DEPTH = 64;
+
+export type LoadedNode =
+  | { kind: 'tree'; oid: Oid; serial: Tid; family: BTreeFamily; tree: TreeState }
+  | { kind: 'bucket'; oid: Oid; serial: Tid; family: BTreeFamily; bucket: BucketState };
+
+/**
+ * Load and decode one node. `expect.family`/`expect.kind` (when given) must match the loaded
+ * class: they come from the parent (family of the root, kind told by the child reference).
+ */
+export async function loadNode(
+  loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {},
+): Promise<LoadedNode> {
+  const obj = await loader.loadObject(oid, at);
+  const fk = familyOf(obj.klass);
+  const want = () =>
+    expect.family !== undefined && expect.kind !== undefined
+      ? `${nodeClass(expect.family, expect.kind)}`
+      : expect.family !== undefined ? `an ${expect.family} tree node` : expect.kind === 'tree' ? 'an LOBTree or IOBTree' : 'an LO/IO BTree node';
+  if (fk === undefined || (expect.family !== undefined && fk.family !== expect.family) || (expect.kind !== undefined && fk.kind !== expect.kind)) {
+    throw new ObjectFormatError(oid, `expect ${want()}, got class ${obj.klass}`);
+  }
+  if (fk.kind === 'tree') {
+    return { kind: 'tree', oid, serial: obj.serial, family: fk.family, tree: decodeTreeState(oid, fk.family, obj.state) };
+  }
+  return { kind: 'bucket', oid, serial: obj.serial, family: fk.family, bucket: decodeBucketState(oid, fk.family, obj.state) };
+}
+
+/** Index of the child of a normal tree that covers `key` (BTREE_SEARCH: largest i with k_i ≤ key). */
+export function childIndex(seps: readonly bigint[], key: bigint): number {
+  // seps[j] is the lower bound of child j+1
+  let lo = 0;
+  let hi = seps.length; // answer in [0, seps.length]
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (seps[mid - 1]! <= key) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/** keycov of child i of a tree with keycov [lo, hi] and separators `seps`. */
+export function childCov(seps: readonly bigint[], i: number, lo: bigint, hi: bigint): [bigint, bigint] {
+  return [i === 0 ? lo : seps[i - 1]!, i === seps.length ? hi : seps[i]! - 1n];
+}
+
+/** Position of `key` in sorted `keys` (first index with keys[i] ≥ key). */
+export function bucketIndex(keys: readonly bigint[], key: bigint): number {
+  let lo = 0;
+  let hi = keys.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (keys[mid]! < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+export function checkSeparatorsCov(oid: Oid, seps: readonly bigint[], lo: bigint, hi: bigint): void {
+  if (seps.length === 0) return;
+  const first = seps[0]!;
+  const last = seps[seps.length - 1]!;
+  if (first < lo || last > hi) {
+    throw new ObjectFormatError(oid, `separators ${first}…${last} outside the node's keycov [${lo}, ${hi}]`);
+  }
+}
+
+export function checkBucketCov(oid: Oid, embedded: boolean, keys: readonly bigint[], lo: bigint, hi: bigint): void {
+  if (keys.length === 0) return;
+  const first = keys[0]!;
+  const last = keys[keys.length - 1]!;
+  if (first < lo || last > hi) {
+    throw new ObjectFormatError(oid, `${embedded ? 'embedded bucket: ' : ''}keys ${first}…${last} outside the bucket's keycov [${lo}, ${hi}]`);
+  }
+}
+
+function checkKeyArg(key: bigint, what: string): void {
+  if (typeof key !== 'bigint' || key < KEY_MIN || key > KEY_MAX) throw new BadArgumentError(`${what}: key ${key} is not an int64`);
+}
+
+function tooDeep(oid: Oid): ObjectFormatError {
+  return new ObjectFormatError(oid, `tree deeper than ${MAX_DEPTH} levels (reference cycle?)`);
+}
+
+/** Child reference → expected kind (reference's class, else what the siblings' classes say). */
+function childExpect(t: Extract<TreeState, { form: 'normal' }>, i: number, family: BTreeFamily): { family: BTreeFamily; kind?: NodeKind } {
+  const k = t.children[i]!.klass;
+  const kind = k !== null ? familyOf(k)?.kind : t.childKind;
+  return kind === undefined ? { family } : { family, kind };
+}
+
+/**
+ * Look `key` up in the tree `root` as of `at`. The path runs from the root to the bucket whose
+ * keycov contains `key` (or to an empty tree); it is recorded whether or not the key is present.
+ */
+export async function btreeGet(
+  loader: ObjectLoader, root: Oid, key: bigint, at: Tid,
+): Promise<{ value: PyValue | undefined; path: PathNode[] }> {
+  checkKeyArg(key, `btree ${hex16(root)}: get`);
+  const path: PathNode[] = [];
+  let lo = KEY_MIN;
+  let hi = KEY_MAX;
+  let oid = root;
+  let expect: { family?: BTreeFamily; kind?: NodeKind } = { kind: 'tree' };
+  for (let depth = 0; ; depth++) {
+    if (depth > MAX_DEPTH) throw tooDeep(root);
+    const n = await loadNode(loader, oid, at, expect);
+    path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
+    let b: BucketState;
+    if (n.kind === 'bucket') {
+      b = n.bucket;
+      checkBucketCov(oid, false, b.keys, lo, hi);
+    } else {
+      const t = n.tree;
+      if (t.form === 'empty') return { value: undefined, path };
+      if (t.form === 'normal') {
+        checkSeparatorsCov(oid, t.keys, lo, hi);
+        const i = childIndex(t.keys, key);
+        [lo, hi] = childCov(t.keys, i, lo, hi);
+        expect = childExpect(t, i, n.family);
+        oid = t.children[i]!.oid;
+        continue;
+      }
+      b = t.bucket;
+      checkBucketCov(oid, true, b.keys, lo, hi);
+      path.push({ oid: null, kind: 'bucket', serial: n.serial, lo, hi });
+    }
+    const i = bucketIndex(b.keys, key);
+    return { value: i < b.keys.length && b.keys[i] === key ? b.values[i] : undefined, path };
+  }
+}
+
+/**
+ * Largest key of the tree as of `at` (undefined when empty), with the path to the bucket
+ * holding it. For trees BTrees writes (no empty buckets or subtrees) that is the rightmost
+ * path; if the rightmost leaf is empty (hand-built degenerate trees) the descent backs up to
+ * the nearest non-empty leaf on the left. For an empty tree the path is [root].
+ */
+export async function btreeMaxKey(loader: ObjectLoader, root: Oid, at: Tid): Promise<{ key: bigint | undefined; path: PathNode[] }> {
+  const path: PathNode[] = [];
+  let firstChain: PathNode[] | undefined; // the rightmost chain, reported when nothing is found
+
+  const visit = async (oid: Oid, lo: bigint, hi: bigint, expect: { family?: BTreeFamily; kind?: NodeKind }, depth: number): Promise<bigint | undefined> => {
+    if (depth > MAX_DEPTH) throw tooDeep(root);
+    const n = await loadNode(loader, oid, at, expect);
+    path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
+    let keys: readonly bigint[] | undefined;
+    if (n.kind === 'bucket') {
+      keys = n.bucket.keys;
+      checkBucketCov(oid, false, keys, lo, hi);
+    } else if (n.tree.form === 'embedded') {
+      keys = n.tree.bucket.keys;
+      checkBucketCov(oid, true, keys, lo, hi);
+      path.push({ oid: null, kind: 'bucket', serial: n.serial, lo, hi });
+    } else if (n.tree.form === 'normal') {
+      const t = n.tree;
+      checkSeparatorsCov(oid, t.keys, lo, hi);
+      for (let i = t.children.length - 1; i >= 0; i--) {
+        const [clo, chi] = childCov(t.keys, i, lo, hi);
+        const k = await visit(t.children[i]!.oid, clo, chi, childExpect(t, i, n.family), depth + 1);
+        if (k !== undefined) return k;
+      }
+      path.pop();
+      return undefined;
+    }
+    // leaf: bucket, embedded bucket or empty tree
+    firstChain ??= [...path];
+    if (keys !== undefined && keys.length > 0) return keys[keys.length - 1];
+    if (n.kind === 'tree' && n.tree.form === 'embedded') path.pop();
+    path.pop();
+    return undefined;
+  };
+
+  const key = await visit(root, KEY_MIN, KEY_MAX, { kind: 'tree' }, 0);
+  return key !== undefined ? { key, path } : { key: undefined, path: firstChain ?? [] };
+}
+
+/**
+ * Items with lo ≤ key ≤ hi in ascending key order, as of `at`. Walks the tree (not the
+ * `next` chain), loading only subtrees whose keycov meets [lo, hi].
+ */
+export async function* btreeItems(
+  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX,
+): AsyncGenerator<[bigint, PyValue]> {
+  // Buckets (not items) cross the nested generators: one hop per bucket instead of per
+  // item across every level, which dominated the cost of reading a ZBlk1's chunktab.
+  for await (const items of btreeBuckets(loader, root, at, lo, hi)) yield* items;
+}
+
+/** All items with lo ≤ key ≤ hi, ascending, as one array. */
+export async function btreeRange(
+  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX,
+): Promise<Array<[bigint, PyValue]>> {
+  const out: Array<[bigint, PyValue]> = [];
+  for await (const items of btreeBuckets(loader, root, at, lo, hi)) for (const it of items) out.push(it);
+  return out;
+}
+
+/** The items with lo ≤ key ≤ hi of each bucket in key order, one array per bucket. */
+async function* btreeBuckets(
+  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint, hi: bigint,
+): AsyncGenerator<Array<[bigint, PyValue]>> {
+  if (lo > hi) return;
+
+  async function* walk(oid: Oid, clo: bigint, chi: bigint, expect: { family?: BTreeFamily; kind?: NodeKind }, depth: number): AsyncGenerator<Array<[bigint, PyValue]>> {
+    if (depth > MAX_DEPTH) throw tooDeep(root);
+    const n = await loadNode(loader, oid, at, expect);
+    let b: BucketState;
+    if (n.kind === 'bucket') {
+      b = n.bucket;
+      checkBucketCov(oid, false, b.keys, clo, chi);
+    } else {
+      const t = n.tree;
+      if (t.form === 'empty') return;
+      if (t.form === 'normal') {
+        checkSeparatorsCov(oid, t.keys, clo, chi);
+        for (let i = Math.max(0, childIndex(t.keys, lo)); i < t.children.length; i++) {
+          const [a, z] = childCov(t.keys, i, clo, chi);
+          if (a > hi) break;
+          if (z < lo || a > z) continue;
+          yield* walk(t.children[i]!.oid, a, z, childExpect(t, i, n.family), depth + 1);
+        }
+        return;
+      }
+      b = t.bucket;
+      checkBucketCov(oid, true, b.keys, clo, chi);
+    }
+    const items: Array<[bigint, PyValue]> = [];
+    for (let i = bucketIndex(b.keys, lo); i < b.keys.length && b.keys[i]! <= hi; i++) items.push([b.keys[i]!, b.values[i]!]);
+    if (items.length > 0) yield items;
+  }
+
+  yield* walk(root, KEY_MIN, KEY_MAX, { kind: 'tree' }, 0);
+}
