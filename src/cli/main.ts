@@ -3,11 +3,15 @@
 //   wcfs zodb info <zurl>                          database summary and its ZBigFiles
 //   wcfs zodb cat  <zurl> <foid> <blk> [--at tid]  raw bytes of one block to stdout
 //   wcfs zodb demo <path>                          create a demo database with our writer
+//   wcfs serve [opts] <zurl> [<mountpoint>]        serve a database (foreground)
+//   wcfs stop <zurl|mountpoint>                    robust stop
+//   wcfs status <zurl|mountpoint>                  health check (exit 1 on failure)
 //
 // Every failure prints "wcfs: <message>" on stderr and exits with code 1; messages carry
 // context (which file, which oid, which revision).
 
 import { Command, CommanderError } from 'commander';
+import { serve, statusCmd, stopCmd } from './serve.js';
 import { zodbCat, zodbDemo, zodbInfo } from './zodb.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -38,6 +42,27 @@ export async function main(argv: string[]): Promise<void> {
     .description('create a demo FileStorage with two ZBigFiles and a short history')
     .argument('<path>', 'path of the new data.fs (must not exist)')
     .action(async (p: string) => zodbDemo(p));
+
+  program
+    .command('serve')
+    .description('serve the ZBigFiles of a database on a FUSE mount, until unmounted')
+    .argument('<zurl>', 'database URL: file:///path/data.fs or a path')
+    .argument('[mountpoint]', 'default: /dev/shm/wcfs/<sha1(zurl)>')
+    .option('--pintimeout <seconds>', 'how long a client may take to answer a pin', '30')
+    .option('--debug', 'trace to stderr (DEBUG=wcfs:*)')
+    .option('--auto-exit', 'exit when no file has been open for a while (joined servers)')
+    .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
+    .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));
+  program
+    .command('stop')
+    .description('stop a server: unmount, then SIGTERM, FUSE abort, SIGKILL as needed')
+    .argument('<target>', 'zurl or mountpoint')
+    .action(async (t: string) => stopCmd(t));
+  program
+    .command('status')
+    .description('check a server (each probe in a child process with a timeout)')
+    .argument('<target>', 'zurl or mountpoint')
+    .action(async (t: string) => statusCmd(t));
 
   try {
     await program.parseAsync(argv);

@@ -81,6 +81,14 @@ export class ZBigFileView {
     return new ZBigFileView(loader, oid, at, blksize, blktab, obj.serial);
   }
 
+  /**
+   * The same file at another revision, without loading: valid only while the ZBigFile
+   * object itself did not change in between (the server checks that: epochs are fatal).
+   */
+  withAt(at: Tid): ZBigFileView {
+    return new ZBigFileView(this.loader, this.oid, at, this.blksize, this.blktab, this.serial);
+  }
+
   /** File size in bytes and the blktab path to the max key. */
   async size(): Promise<SizeInfo> {
     const { key, path } = await btreeMaxKey(this.loader, this.blktab, this.at);

@@ -1,0 +1,72 @@
+// `wcfs serve | stop | status`.
+//
+// serve runs the server in the foreground until the filesystem is unmounted (exit 0) or it
+// fails (exit 1, after switching the mount to EIO mode). SIGTERM/SIGINT unmount; if clients
+// keep the mount busy the connection is aborted instead — never a hang.
+
+import createDebug from 'debug';
+import { abortConnection, findMount } from '../fuse/mountinfo.js';
+import { cleanupCrashed, defaultMountpoint, ensureMountpoint, normalizeZurl, probe, status, stop } from '../server/control.js';
+import { WcfsServer } from '../server/server.js';
+import { BadArgumentError } from '../zodb/errors.js';
+
+export interface ServeOptions {
+  pintimeout?: string;
+  debug?: boolean;
+  autoExit?: boolean;
+  pollMs?: string;
+}
+
+export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
+  if (opts.debug) createDebug.enable(['wcfs:*', process.env.DEBUG].filter(Boolean).join(','));
+  const zurl = normalizeZurl(zurlArg);
+  const mnt = mountpointArg ?? defaultMountpoint(zurl);
+  const pinTimeout = opts.pintimeout === undefined ? 30 : Number(opts.pintimeout.replace(/s$/, ''));
+  if (!(pinTimeout > 0)) throw new BadArgumentError(`invalid --pintimeout ${JSON.stringify(opts.pintimeout)}: want seconds > 0`);
+  const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
+  if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
+
+  const st = await probe(mnt);
+  if (st.state === 'running') throw new BadArgumentError(`${mnt}: already running (serving ${st.zurl})`);
+  if (st.state === 'crashed') {
+    process.stderr.write(`wcfs: ${mnt}: cleaning up the mount of a crashed server (${st.errno})\n`);
+    await cleanupCrashed(mnt);
+  }
+  ensureMountpoint(mnt);
+
+  let failed = false;
+  const srv = await WcfsServer.start({
+    zurl,
+    mountpoint: mnt,
+    pinTimeout,
+    autoExit: opts.autoExit,
+    storagePollMs: pollMs,
+    onFatal: () => (failed = true),
+  });
+  process.stderr.write(`wcfs: serving ${zurl} on ${mnt} (pid ${process.pid})\n`);
+
+  const onSignal = (sig: string) => {
+    process.stderr.write(`wcfs: ${sig}: stopping\n`);
+    srv.session.unmount().catch(async () => {
+      const m = findMount(mnt);
+      if (m) await abortConnection(m.minor).catch(() => {});
+      await srv.session.unmount({ lazy: true }).catch(() => {});
+    });
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
+  await srv.done;
+  process.stderr.write(`wcfs: stop ${mnt} ${zurl}\n`);
+  process.exit(failed ? 1 : 0);
+}
+
+export async function stopCmd(target: string): Promise<void> {
+  await stop(target, { log: (s) => process.stderr.write(`wcfs: ${s}\n`) });
+}
+
+export async function statusCmd(target: string): Promise<void> {
+  const lines = await status(target);
+  for (const l of lines) process.stdout.write(`${l.ok ? 'ok  ' : 'fail'} - ${l.text}\n`);
+  if (!lines.every((l) => l.ok)) process.exitCode = 1;
+}

@@ -1,0 +1,123 @@
+// Async locks for the server's critical sections (JS is single-threaded, but an async
+// section that awaits is interleaved with others: these are its locks).
+//
+// RWMutex: writer-preferring — once a writer waits, new readers queue behind it, so commit
+// processing is not starved by a stream of READs. The upload/commit deadlock this invites
+// (wcfs-server.md §3.5.3) is broken by the pause protocol in server.ts, not here.
+
+export class RWMutex {
+  private readers = 0;
+  private writer = false;
+  private readonly wq: Array<() => void> = [];
+  private rq: Array<() => void> = [];
+
+  /** Shared lock; rejects with signal's reason if aborted while waiting. */
+  async rlock(signal?: AbortSignal): Promise<void> {
+    if (!this.writer && this.wq.length === 0) {
+      this.readers++;
+      return;
+    }
+    await this.enqueue(this.rq, signal);
+  }
+
+  /**
+   * Another shared hold by a caller that already holds the lock shared: never waits (a nested
+   * rlock() would queue behind a waiting writer that waits for the caller — deadlock). Used
+   * so that work started under a reader (a block load) keeps the lock after that reader
+   * went away (interrupted).
+   */
+  rlockNested(): void {
+    if (this.readers <= 0) throw new Error('RWMutex: rlockNested without a shared hold');
+    this.readers++;
+  }
+
+  runlock(): void {
+    if (this.readers <= 0) throw new Error('RWMutex: runlock of unlocked mutex');
+    this.readers--;
+    this.wake();
+  }
+
+  async lock(signal?: AbortSignal): Promise<void> {
+    if (!this.writer && this.readers === 0 && this.wq.length === 0) {
+      this.writer = true;
+      return;
+    }
+    await this.enqueue(this.wq, signal);
+  }
+
+  unlock(): void {
+    if (!this.writer) throw new Error('RWMutex: unlock of unlocked mutex');
+    this.writer = false;
+    this.wake();
+  }
+
+  /** For assertions and stats. */
+  get state(): { readers: number; writer: boolean; waitingWriters: number; waitingReaders: number } {
+    return { readers: this.readers, writer: this.writer, waitingWriters: this.wq.length, waitingReaders: this.rq.length };
+  }
+
+  // Grant waiting writers first (one), else all waiting readers.
+  private wake(): void {
+    if (this.writer) return;
+    if (this.wq.length > 0) {
+      if (this.readers === 0) {
+        this.writer = true;
+        this.wq.shift()!();
+      }
+      return;
+    }
+    const rq = this.rq;
+    this.rq = [];
+    this.readers += rq.length;
+    for (const g of rq) g();
+  }
+
+  private enqueue(q: Array<() => void>, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const grant = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = q.indexOf(grant);
+        if (i >= 0) q.splice(i, 1);
+        reject(signal!.reason);
+        this.wake(); // a cancelled writer may have been holding readers back
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      q.push(grant);
+    });
+  }
+}
+
+/** A one-shot event: wait() resolves once set() was called. */
+export class Event {
+  private done = false;
+  private readonly waiters: Array<() => void> = [];
+  set(): void {
+    if (this.done) return;
+    this.done = true;
+    for (const w of this.waiters.splice(0)) w();
+  }
+  get isSet(): boolean {
+    return this.done;
+  }
+  wait(signal?: AbortSignal): Promise<void> {
+    if (this.done) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const w = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(signal!.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(w);
+    });
+  }
+}

@@ -1,0 +1,805 @@
+// WcfsServer — the wcfs filesystem: every ZBigFile of a ZODB database, as of head and as of
+// any revision, kept exactly in step with the database (wcfs-server.md §1, §3).
+//
+// Tree (inode numbers of the fixed nodes in brackets):
+//   / [1]  head/ [2]  head/bigfile/ [3]  head/at [4]  head/watch [5]
+//          .wcfs/ [6]  .wcfs/zurl [7]  .wcfs/pintimeout [8]  .wcfs/stats [9]
+//          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup, kept forever
+//
+// 1) Views. head/ is the database at `headAt`; @<rev>/ at rev. A BigFile (bigfile.ts) is one
+//    ZBigFile in one view. Loads go straight to the storage at the view's revision.
+// 2) READ of a bigfile: clamp to the size, load the blocks in range (once per block for all
+//    concurrent readers), reply, then upload each whole block into the page cache
+//    (notifyStore) asynchronously — never from inside the READ (the kernel holds its pages
+//    locked). Head blocks are tracked in ΔFtail before their data reaches the kernel.
+// 3) Commit processing (handleCommit), one storage commit event at a time:
+//    lock headMu exclusively with uploads paused; δF = ΔFtail.update(δZ); for each changed
+//    block of each head file: take the old data (from `loading`, or retrieve it from the
+//    kernel) and store it into @<oldHead>/bigfile/<oid> if the kernel knows that inode, then
+//    invalidate the block in head's page cache; invalidate attributes of files whose size
+//    changed; then, in one synchronous step, advance headAt, sizes, views and mtimes; wake
+//    head waiters.
+// 4) A change of a tracked ZBigFile object itself (blksize or blktab replaced) is fatal, as
+//    is any failure of the storage watch or of an invalidation: the server logs it, aborts
+//    the FUSE connection (clients get ENOTCONN — never stale data) and reports onFatal.
+//
+// Invariants:
+//   I1 (ΔFtail) a head block may be in the page cache ⇒ it is tracked (track in step 2 before
+//      the reply, under headMu shared; step 3 invalidates every reported block).
+//   I2 headAt, head sizes and head views change only at the end of step 3, synchronously, so
+//      GETATTR and head/at (served without the lock) see either the old or the new state.
+//   I3 a head block load holds headMu shared until it completes (rlockNested), even if the
+//      READ that started it was interrupted: no load straddles a commit.
+//   I4 uploadsInflight > 0 ⇒ commit processing does not hold headMu (pause protocol,
+//      §3.5.3): an upload may wait on a page locked by a READ that waits for headMu.
+//
+// Lock order: headMu is the only lock; it is never held while waiting for a client.
+// Never touches its own mount from this (the serving) thread: see src/fuse/session.ts.
+
+import createDebug from 'debug';
+import { DeltaFtail } from '../deltatail/deltaFtail.js';
+import { FuseError } from '../fuse/errors.js';
+import type { Attr, DirEntry, EntryOut, FileSystem, OpenOut, RequestContext } from '../fuse/fs.js';
+import {
+  errno, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NONSEEKABLE, FOPEN_STREAM, FUSE_CAP, S_IFDIR, S_IFREG,
+  type GetattrIn, type InitInfo, type LookupIn, type OpenIn, type ReaddirIn, type ReadIn, type ReleaseIn, type WriteIn,
+} from '../fuse/kernel.js';
+import { FuseSession, type MountOptions } from '../fuse/session.js';
+import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
+import { WcfsError } from '../zodb/errors.js';
+import { hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
+import { openStorage } from '../zodb/open.js';
+import type { CommitEvent, IStorage, StorageWatch } from '../zodb/storage.js';
+import { ZBigFileView } from '../zodb/zbigfile.js';
+import { BigFile, type LoadingEntry } from './bigfile.js';
+import { Event, RWMutex } from './lock.js';
+import { WatchLink } from './watchlink.js';
+
+const debug = createDebug('wcfs:server');
+const debugCommit = createDebug('wcfs:server:commit');
+
+export interface ServerOptions {
+  /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
+  zurl: string;
+  mountpoint: string;
+  /** Pin timeout in seconds [30]. */
+  pinTimeout?: number;
+  /** Exit when no file has been open for autoExitDelayMs (joiners keep .wcfs/zurl open). */
+  autoExit?: boolean;
+  autoExitDelayMs?: number;
+  /** Storage options (tests poll faster). */
+  storagePollMs?: number;
+  /** Extra FUSE mount options. */
+  mount?: Partial<MountOptions>;
+  /** Warnings and errors [stderr]. */
+  log?: (line: string) => void;
+  /** Called once on a fatal error, after the FUSE connection was aborted. */
+  onFatal?: (err: Error) => void;
+}
+
+const INO_ROOT = 1;
+const INO_HEAD = 2;
+const INO_HEAD_BIGFILE = 3;
+const INO_HEAD_AT = 4;
+const INO_HEAD_WATCH = 5;
+const INO_WCFS = 6;
+const INO_ZURL = 7;
+const INO_PINTIMEOUT = 8;
+const INO_STATS = 9;
+const INO_FIRST_DYNAMIC = 16;
+
+const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
+const EMPTY = new Uint8Array(0);
+
+type Node =
+  | { kind: 'root' | 'head' | 'wcfs'; ino: number }
+  | { kind: 'rev'; ino: number; rev: Tid; bigfileDir: number }
+  | { kind: 'bigfileDir'; ino: number; rev: Tid | null }
+  | { kind: 'bigfile'; ino: number; file: BigFile }
+  | { kind: 'small'; ino: number; content: () => Uint8Array; direct: boolean }
+  | { kind: 'watch'; ino: number };
+
+interface RevView {
+  rev: Tid;
+  dir: number;
+  bigfileDir: number;
+  files: Map<Oid, BigFile>;
+}
+
+/** Counters of .wcfs/stats (wcfs-server.md §1.5), in their fixed order. */
+export interface Stats {
+  BigFile: number;
+  RevHead: number;
+  ZHeadLink: number;
+  WatchLink: number;
+  Watch: number;
+  PinnedBlk: number;
+  pin: number;
+  pinkill: number;
+}
+
+export class WcfsServer implements FileSystem {
+  readonly zurl: string;
+  readonly mountpoint: string;
+  readonly pinTimeout: number;
+  session!: FuseSession;
+  /** Resolves when the filesystem stops being served (unmounted or fatal). */
+  readonly done: Promise<void>;
+
+  private readonly storage: IStorage;
+  private readonly loader: ObjectLoader;
+  private readonly log: (line: string) => void;
+  private readonly opts: ServerOptions;
+
+  // ---- head state: guarded by headMu (W: commit processing; R: reads, lookups) ----
+  private readonly headMu = new RWMutex();
+  private headAt: Tid;
+  private readonly deltaFtail: DeltaFtail;
+  private readonly headFiles = new Map<Oid, BigFile>();
+  private headWaiters: Array<{ at: Tid; ev: Event }> = [];
+
+  // ---- upload pause protocol (§3.5.3) ----
+  private pauseUploads = false;
+  private uploadsInflight = 0;
+  private uploadsResume = new Event();
+  private uploadsDrained: Event | undefined;
+
+  // ---- tables (never shrink, as upstream) ----
+  private readonly nodes = new Map<number, Node>();
+  private readonly nlookup = new Map<number, number>();
+  private readonly revs = new Map<Tid, RevView>();
+  private readonly creating = new Map<string, Promise<BigFile>>();
+  private nextIno = INO_FIRST_DYNAMIC;
+
+  private readonly links = new Map<number, WatchLink>();
+  private nextLinkId = 1;
+  private readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0 };
+
+  private watch: StorageWatch | undefined;
+  private fatalErr: Error | undefined;
+  private stopping = false;
+  private openCount = 0;
+  private autoExitTimer: NodeJS.Timeout | undefined;
+  private resolveDone!: () => void;
+
+  private constructor(opts: ServerOptions, storage: IStorage) {
+    this.opts = opts;
+    this.zurl = opts.zurl;
+    this.mountpoint = opts.mountpoint;
+    this.pinTimeout = opts.pinTimeout ?? 30;
+    this.log = opts.log ?? ((line) => process.stderr.write(line + '\n'));
+    this.storage = storage;
+    this.loader = new StorageLoader(storage);
+    this.headAt = storage.head();
+    this.deltaFtail = new DeltaFtail(this.headAt);
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    this.initTree();
+  }
+
+  /** Open the database, mount, start following commits (§3.3). */
+  static async start(opts: ServerOptions): Promise<WcfsServer> {
+    const storage = await openStorage(opts.zurl, { readOnly: true, fs1: opts.storagePollMs !== undefined ? { pollMs: opts.storagePollMs } : {} });
+    const srv = new WcfsServer(opts, storage);
+    try {
+      srv.session = await FuseSession.mount(opts.mountpoint, srv, {
+        fsname: opts.zurl,
+        subtype: 'wcfs',
+        log: srv.log,
+        mapError: mapZodbError,
+        ...opts.mount,
+      });
+    } catch (e) {
+      await storage.close();
+      throw e;
+    }
+    srv.checkKernel(srv.session.init);
+    srv.watch = storage.watch(srv.headAt);
+    void srv.serveCommits();
+    void srv.session.closed.then(() => srv.shutdown());
+    if (opts.autoExit) srv.armAutoExit(10_000);
+    debug('serving %s on %s @%s', opts.zurl, opts.mountpoint, hex16(srv.headAt));
+    return srv;
+  }
+
+  /** Unmount (clients holding files open make a plain unmount fail: lazy then). */
+  async stop(): Promise<void> {
+    if (!this.session.isClosed) {
+      try {
+        await this.session.unmount();
+      } catch {
+        await this.session.unmount({ lazy: true });
+      }
+    }
+    await this.done;
+  }
+
+  // ---- 0) tree ----
+
+  private initTree(): void {
+    const n = (node: Node) => this.nodes.set(node.ino, node);
+    n({ kind: 'root', ino: INO_ROOT });
+    n({ kind: 'head', ino: INO_HEAD });
+    n({ kind: 'bigfileDir', ino: INO_HEAD_BIGFILE, rev: null });
+    n({ kind: 'small', ino: INO_HEAD_AT, content: () => Buffer.from(hex16(this.headAt)), direct: true });
+    n({ kind: 'watch', ino: INO_HEAD_WATCH });
+    n({ kind: 'wcfs', ino: INO_WCFS });
+    n({ kind: 'small', ino: INO_ZURL, content: () => Buffer.from(this.zurl), direct: false });
+    n({ kind: 'small', ino: INO_PINTIMEOUT, content: () => Buffer.from(this.pinTimeout.toFixed(1)), direct: false });
+    n({ kind: 'small', ino: INO_STATS, content: () => Buffer.from(this.statsText()), direct: true });
+  }
+
+  private node(ino: number): Node {
+    const nd = this.nodes.get(ino);
+    if (nd === undefined) throw new FuseError(errno.ENOENT, `inode ${ino} unknown`);
+    return nd;
+  }
+
+  private attrOf(nd: Node): Attr {
+    switch (nd.kind) {
+      case 'root':
+      case 'wcfs':
+        return { ino: nd.ino, mode: S_IFDIR | 0o755, nlink: 2 };
+      case 'bigfileDir':
+        return { ino: nd.ino, mode: S_IFDIR | 0o755, nlink: 2 };
+      case 'head': {
+        const t = tidTime(this.headAt);
+        return { ino: nd.ino, mode: S_IFDIR | 0o555, nlink: 2, mtime: t, ctime: t };
+      }
+      case 'rev': {
+        const t = tidTime(nd.rev);
+        return { ino: nd.ino, mode: S_IFDIR | 0o555, nlink: 2, mtime: t, ctime: t };
+      }
+      case 'bigfile': {
+        const f = nd.file;
+        const t = tidTime(f.revApprox);
+        return { ino: nd.ino, mode: S_IFREG | 0o444, size: f.size, blksize: f.blksize, blocks: Math.ceil(f.size / 512), mtime: t, ctime: t };
+      }
+      case 'small':
+        return { ino: nd.ino, mode: S_IFREG | 0o644, size: nd.content().length };
+      case 'watch':
+        return { ino: nd.ino, mode: S_IFREG | 0o644, size: 0 };
+    }
+  }
+
+  private entry(nd: Node): EntryOut {
+    this.nlookup.set(nd.ino, (this.nlookup.get(nd.ino) ?? 0) + 1);
+    if (nd.kind === 'bigfile') nd.file.nlookup++;
+    return { nodeid: nd.ino, attr: this.attrOf(nd), entryTimeout: TTL, attrTimeout: TTL };
+  }
+
+  // ---- FUSE handlers ----
+
+  init(info: InitInfo): void {
+    debug('init: proto 7.%d max_write %d', info.protoMinor, info.maxWrite);
+  }
+
+  async lookup(req: LookupIn, ctx: RequestContext): Promise<EntryOut> {
+    const parent = this.node(req.nodeid);
+    const name = req.name;
+    switch (parent.kind) {
+      case 'root':
+        if (name === 'head') return this.entry(this.node(INO_HEAD));
+        if (name === '.wcfs') return this.entry(this.node(INO_WCFS));
+        return this.entry(await this.revDir(name, ctx));
+      case 'head':
+        if (name === 'at') return this.entry(this.node(INO_HEAD_AT));
+        if (name === 'watch') return this.entry(this.node(INO_HEAD_WATCH));
+        if (name === 'bigfile') return this.entry(this.node(INO_HEAD_BIGFILE));
+        throw new FuseError(errno.ENOENT);
+      case 'rev':
+        if (name === 'bigfile') return this.entry(this.node(parent.bigfileDir));
+        throw new FuseError(errno.ENOENT);
+      case 'wcfs':
+        if (name === 'zurl') return this.entry(this.node(INO_ZURL));
+        if (name === 'pintimeout') return this.entry(this.node(INO_PINTIMEOUT));
+        if (name === 'stats') return this.entry(this.node(INO_STATS));
+        throw new FuseError(errno.ENOENT);
+      case 'bigfileDir': {
+        const foid = parseOidName(name);
+        const f = await this.bigFile(parent.rev, foid, ctx);
+        return this.entry(this.node(f.ino));
+      }
+      default:
+        throw new FuseError(errno.ENOTDIR);
+    }
+  }
+
+  forget(nodeid: number, n: number): void {
+    const left = (this.nlookup.get(nodeid) ?? 0) - n;
+    if (left > 0) this.nlookup.set(nodeid, left);
+    else this.nlookup.delete(nodeid);
+    const nd = this.nodes.get(nodeid);
+    if (nd?.kind === 'bigfile') nd.file.nlookup = Math.max(0, nd.file.nlookup - n);
+  }
+
+  getattr(req: GetattrIn): { attr: Attr; attrTimeout: number } {
+    return { attr: this.attrOf(this.node(req.nodeid)), attrTimeout: TTL };
+  }
+
+  open(req: OpenIn): OpenOut {
+    const nd = this.node(req.nodeid);
+    const accmode = req.flags & 3;
+    if (nd.kind === 'watch') {
+      const id = this.nextLinkId++;
+      const link = new WatchLink(id, req.pid, (l) => this.linkClosed(l));
+      this.links.set(id, link);
+      this.stats.WatchLink++;
+      this.opened();
+      debug('wlink %d: open by pid %d', id, req.pid);
+      return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
+    }
+    if (accmode !== 0) throw new FuseError(errno.EROFS, 'read-only filesystem');
+    if (nd.kind === 'bigfile') {
+      nd.file.nopen++;
+      this.opened();
+      return { fh: 0, openFlags: FOPEN_KEEP_CACHE };
+    }
+    if (nd.kind === 'small') {
+      this.opened();
+      return { fh: 0, openFlags: nd.direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE };
+    }
+    throw new FuseError(errno.EISDIR);
+  }
+
+  release(req: ReleaseIn): void {
+    const nd = this.nodes.get(req.nodeid);
+    if (nd?.kind === 'watch') this.links.get(req.fh)?.release();
+    if (nd?.kind === 'bigfile') nd.file.nopen--;
+    this.closed1();
+  }
+
+  async read(req: ReadIn, ctx: RequestContext): Promise<Uint8Array> {
+    const nd = this.node(req.nodeid);
+    switch (nd.kind) {
+      case 'bigfile':
+        return this.readBigfile(nd.file, req.offset, req.size, ctx.signal);
+      case 'small': {
+        const c = nd.content();
+        return req.offset >= c.length ? EMPTY : c.subarray(req.offset, req.offset + req.size);
+      }
+      case 'watch': {
+        const link = this.links.get(req.fh);
+        if (link === undefined) throw new FuseError(errno.EBADF);
+        return link.read(req.size, ctx.signal);
+      }
+      default:
+        throw new FuseError(errno.EISDIR);
+    }
+  }
+
+  write(req: WriteIn): number {
+    const nd = this.node(req.nodeid);
+    if (nd.kind !== 'watch') throw new FuseError(errno.EROFS);
+    const link = this.links.get(req.fh);
+    if (link === undefined) throw new FuseError(errno.EBADF);
+    return link.write(req.data);
+  }
+
+  opendir(): OpenOut {
+    return { fh: 0 };
+  }
+
+  readdir(req: ReaddirIn): DirEntry[] {
+    const nd = this.node(req.nodeid);
+    const dir = (name: string, ino: number): DirEntry => ({ name, ino, mode: S_IFDIR });
+    const reg = (name: string, ino: number): DirEntry => ({ name, ino, mode: S_IFREG });
+    const out: DirEntry[] = [dir('.', nd.ino), dir('..', INO_ROOT)];
+    switch (nd.kind) {
+      case 'root':
+        out.push(dir('head', INO_HEAD), dir('.wcfs', INO_WCFS));
+        for (const v of this.revs.values()) out.push(dir('@' + hex16(v.rev), v.dir));
+        break;
+      case 'head':
+        out.push(reg('at', INO_HEAD_AT), reg('watch', INO_HEAD_WATCH), dir('bigfile', INO_HEAD_BIGFILE));
+        break;
+      case 'rev':
+        out.push(dir('bigfile', nd.bigfileDir));
+        break;
+      case 'wcfs':
+        out.push(reg('zurl', INO_ZURL), reg('pintimeout', INO_PINTIMEOUT), reg('stats', INO_STATS));
+        break;
+      case 'bigfileDir': {
+        const files = nd.rev === null ? this.headFiles : this.revs.get(nd.rev)!.files;
+        for (const f of files.values()) out.push(reg(hex16(f.foid), f.ino));
+        break;
+      }
+      default:
+        throw new FuseError(errno.ENOTDIR);
+    }
+    return out;
+  }
+
+  statfs(): { bsize: number; frsize: number; namemax: number } {
+    return { bsize: 2 << 20, frsize: 2 << 20, namemax: 255 };
+  }
+
+  // ---- 1) views ----
+
+  private async revDir(name: string, ctx: RequestContext): Promise<Node> {
+    if (!/^@[0-9a-f]{16}$/.test(name)) throw new FuseError(errno.EINVAL, `${JSON.stringify(name)}: not @rev`);
+    const rev = BigInt('0x' + name.slice(1));
+    const have = this.revs.get(rev);
+    if (have !== undefined) return this.node(have.dir);
+    // A view ahead of head would show data that can still change: wait until head reaches it.
+    if (rev > this.headAt) await this.waitHead(rev, ctx.signal, this.pinTimeout * 1000);
+    const again = this.revs.get(rev);
+    if (again !== undefined) return this.node(again.dir);
+    const v: RevView = { rev, dir: this.nextIno++, bigfileDir: this.nextIno++, files: new Map() };
+    this.revs.set(rev, v);
+    this.nodes.set(v.dir, { kind: 'rev', ino: v.dir, rev, bigfileDir: v.bigfileDir });
+    this.nodes.set(v.bigfileDir, { kind: 'bigfileDir', ino: v.bigfileDir, rev });
+    this.stats.RevHead++;
+    return this.node(v.dir);
+  }
+
+  /** The BigFile of foid in view rev (null = head), created on first lookup. */
+  private bigFile(rev: Tid | null, foid: Oid, ctx: RequestContext): Promise<BigFile> {
+    const files = rev === null ? this.headFiles : this.revs.get(rev)!.files;
+    const have = files.get(foid);
+    if (have !== undefined) return Promise.resolve(have);
+    const key = `${rev === null ? 'head' : hex16(rev)}/${hex16(foid)}`;
+    let p = this.creating.get(key);
+    if (p === undefined) {
+      p = this.createBigFile(rev, foid, files).finally(() => this.creating.delete(key));
+      this.creating.set(key, p);
+    }
+    return p;
+  }
+
+  private async createBigFile(rev: Tid | null, foid: Oid, files: Map<Oid, BigFile>): Promise<BigFile> {
+    if (rev !== null) {
+      const view = await this.openView(foid, rev);
+      const { size } = await view.size();
+      return this.addBigFile(files, rev, foid, view, size);
+    }
+    // head: under headMu so that the size path is tracked in the same head as it was read
+    await this.headMu.rlock();
+    try {
+      const view = await this.openView(foid, this.headAt);
+      const { size, path } = await view.size();
+      this.deltaFtail.trackFile(foid, path);
+      this.stats.BigFile++;
+      return this.addBigFile(files, null, foid, view, size);
+    } finally {
+      this.headMu.runlock();
+    }
+  }
+
+  private addBigFile(files: Map<Oid, BigFile>, rev: Tid | null, foid: Oid, view: ZBigFileView, size: number): BigFile {
+    const f = new BigFile(this.nextIno++, foid, rev, view, size, view.serial);
+    files.set(foid, f);
+    this.nodes.set(f.ino, { kind: 'bigfile', ino: f.ino, file: f });
+    return f;
+  }
+
+  private async openView(foid: Oid, at: Tid): Promise<ZBigFileView> {
+    try {
+      return await ZBigFileView.open(this.loader, foid, at);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'WCFS_ENOOBJ' || code === 'WCFS_ENODATA' || (code === 'WCFS_EFORMAT' && /not a ZBigFile/.test((e as Error).message))) {
+        throw new FuseError(errno.EINVAL, `@${hex16(at)}/bigfile/${hex16(foid)}: ${(e as Error).message}`);
+      }
+      throw e;
+    }
+  }
+
+  // ---- 2) READ ----
+
+  private async readBigfile(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    if (!f.isHead) return this.readBlocks(f, off, size, signal);
+    await this.headMu.rlock(signal);
+    try {
+      return await this.readBlocks(f, off, size, signal);
+    } finally {
+      this.headMu.runlock();
+    }
+  }
+
+  private async readBlocks(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    const end = Math.min(off + size, f.size);
+    if (end <= off) return EMPTY; // at/after EOF: 0 bytes, as POSIX says
+    const bs = f.blksize;
+    const b0 = Math.floor(off / bs);
+    const b1 = Math.floor((end - 1) / bs);
+    const loads: Promise<Uint8Array>[] = [];
+    for (let blk = b0; blk <= b1; blk++) loads.push(this.readBlk(f, blk, signal));
+    const blocks = await Promise.all(loads);
+    if (blocks.length === 1) return blocks[0]!.subarray(off - b0 * bs, end - b0 * bs);
+    const parts = blocks.map((d, i) => {
+      const start = (b0 + i) * bs;
+      return d.subarray(Math.max(off, start) - start, Math.min(end, start + bs) - start);
+    });
+    return Buffer.concat(parts);
+  }
+
+  private readBlk(f: BigFile, blk: number, signal: AbortSignal): Promise<Uint8Array> {
+    if (!f.isHead) return f.readBlk(blk, { after: (b, e) => void this.uploadRev(f, b, e) }, signal);
+    return f.readBlk(
+      blk,
+      {
+        // I3: the load keeps headMu shared until it completes, whoever still waits for it.
+        started: () => this.headMu.rlockNested(),
+        settled: () => this.headMu.runlock(),
+        // I1: tracked before any reader (and so the kernel) gets the data.
+        loaded: (b) => this.deltaFtail.track(f.foid, blk, b.path, b.zblk?.oid ?? null, b.revMax),
+        after: (b, e) => void this.uploadHead(f, b, e),
+      },
+      signal,
+    );
+  }
+
+  /** Upload a loaded head block into the page cache (§3.5.3), then drop it from `loading`. */
+  private async uploadHead(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    for (;;) {
+      await this.headMu.rlock();
+      if (!this.pauseUploads) break;
+      this.headMu.runlock();
+      await this.uploadsResume.wait();
+    }
+    if (f.loading.get(blk) !== e) {
+      this.headMu.runlock(); // invalidated meanwhile: its data is stale
+      return;
+    }
+    this.uploadsInflight++;
+    this.headMu.runlock(); // I4: the upload runs without the lock
+    try {
+      await this.session.notifier.store(f.ino, blk * f.blksize, e.data!);
+    } catch (err) {
+      if (!this.session.isClosed) this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
+    } finally {
+      if (f.loading.get(blk) === e) f.loading.delete(blk);
+      this.uploadsInflight--;
+      if (this.uploadsInflight === 0) this.uploadsDrained?.set();
+    }
+  }
+
+  private async uploadRev(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    try {
+      await this.session.notifier.store(f.ino, blk * f.blksize, e.data!);
+    } catch (err) {
+      if (!this.session.isClosed) this.warn(`BUG: @${hex16(f.rev!)}/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message}`);
+    } finally {
+      if (f.loading.get(blk) === e) f.loading.delete(blk);
+    }
+  }
+
+  // ---- 3) commit processing ----
+
+  private async serveCommits(): Promise<void> {
+    try {
+      for await (const ev of this.watch!) {
+        await this.handleCommit(ev);
+        if (this.fatalErr) return;
+      }
+    } catch (e) {
+      this.fatal(e as Error);
+    }
+  }
+
+  /** Exclusive headMu with uploads paused and none in flight (§3.4 step 1). */
+  private async lockForCommit(): Promise<void> {
+    for (;;) {
+      await this.headMu.lock();
+      this.pauseUploads = true;
+      if (this.uploadsInflight === 0) return;
+      this.uploadsDrained = new Event();
+      const drained = this.uploadsDrained;
+      this.headMu.unlock();
+      await drained.wait();
+    }
+  }
+
+  private unlockAfterCommit(): void {
+    this.pauseUploads = false;
+    const resume = this.uploadsResume;
+    this.uploadsResume = new Event();
+    this.headMu.unlock();
+    resume.set();
+  }
+
+  private async handleCommit(ev: CommitEvent): Promise<void> {
+    await this.lockForCommit();
+    const oldHead = this.headAt;
+    try {
+      debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
+      const δF = this.deltaFtail.update(ev.tid, ev.oids);
+      const sizes = new Map<BigFile, number>();
+      const work: Promise<void>[] = [];
+      for (const [foid, d] of δF) {
+        const f = this.headFiles.get(foid);
+        if (f === undefined) continue;
+        if (d.epoch) await this.checkEpoch(f, ev.tid);
+        for (const blk of d.blocks) work.push(this.invalidateBlock(f, blk, oldHead));
+        if (d.size) {
+          const { size, path } = await f.view.withAt(ev.tid).size();
+          this.deltaFtail.trackFile(foid, path);
+          sizes.set(f, size);
+        }
+      }
+      await Promise.all(work);
+      await Promise.all([...sizes.keys()].map((f) => this.invalAttr(f)));
+      // I2: the new head becomes visible all at once.
+      this.headAt = ev.tid;
+      for (const f of this.headFiles.values()) f.view = f.view.withAt(ev.tid);
+      for (const [f, size] of sizes) f.size = size;
+      for (const foid of δF.keys()) {
+        const f = this.headFiles.get(foid);
+        if (f !== undefined) f.revApprox = ev.tid;
+      }
+      const waiters = this.headWaiters;
+      this.headWaiters = [];
+      for (const w of waiters) {
+        if (w.at <= ev.tid) w.ev.set();
+        else this.headWaiters.push(w);
+      }
+      debugCommit('head @%s (δF: %d files)', hex16(ev.tid), δF.size);
+    } catch (e) {
+      this.fatal(e as Error);
+    } finally {
+      this.unlockAfterCommit();
+    }
+  }
+
+  private async checkEpoch(f: BigFile, tid: Tid): Promise<void> {
+    const nv = await ZBigFileView.open(this.loader, f.foid, tid);
+    if (nv.blksize !== f.view.blksize || nv.blktab !== f.view.blktab) {
+      throw new WcfsError(
+        'WCFS_EEPOCH',
+        `ZBigFile ${hex16(f.foid)} changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
+      );
+    }
+  }
+
+  /** §3.4 step 4: keep the old data for @<oldHead>, then drop the block from head's cache. */
+  private async invalidateBlock(f: BigFile, blk: number, oldHead: Tid): Promise<void> {
+    const bs = f.blksize;
+    const off = blk * bs;
+    let old: Uint8Array | undefined;
+    const e = f.loading.get(blk);
+    if (e !== undefined) {
+      old = e.data;
+      f.loading.delete(blk); // the uploader must not store stale data
+    }
+    const revFile = this.revs.get(oldHead)?.files.get(f.foid);
+    if (revFile !== undefined && revFile.nlookup > 0) {
+      if (old === undefined) {
+        try {
+          old = await this.session.notifier.retrieve(f.ino, off, bs);
+        } catch (err) {
+          debugCommit('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
+        }
+      }
+      if (old !== undefined && old.length === bs) {
+        try {
+          await this.session.notifier.store(revFile.ino, off, old);
+        } catch (err) {
+          debugCommit('store @%s/%s #%d: %s', hex16(oldHead), hex16(f.foid), blk, (err as Error).message);
+        }
+      }
+    }
+    try {
+      await this.session.notifier.invalInode(f.ino, off, bs);
+    } catch (err) {
+      if ((err as { errno?: number }).errno !== errno.ENOENT) throw err; // ENOENT: nothing cached
+    }
+  }
+
+  private async invalAttr(f: BigFile): Promise<void> {
+    try {
+      await this.session.notifier.invalInode(f.ino, -1, 0);
+    } catch (err) {
+      if ((err as { errno?: number }).errno !== errno.ENOENT) throw err;
+    }
+  }
+
+  /** Wait until head ≥ at (§3.8); EINVAL after timeoutMs. */
+  private async waitHead(at: Tid, signal: AbortSignal, timeoutMs: number): Promise<void> {
+    if (at <= this.headAt) return;
+    const ev = new Event();
+    this.headWaiters.push({ at, ev });
+    const t = AbortSignal.timeout(timeoutMs);
+    const both = AbortSignal.any([signal, t]);
+    try {
+      await ev.wait(both);
+    } catch (e) {
+      if (t.aborted && !signal.aborted) throw new FuseError(errno.EINVAL, `@${hex16(at)}: revision is ahead of head @${hex16(this.headAt)}`);
+      throw e;
+    }
+  }
+
+  // ---- 4) failure, shutdown ----
+
+  private fatal(err: Error): void {
+    if (this.fatalErr !== undefined || this.stopping) return;
+    this.fatalErr = err;
+    this.log(`wcfs: ${this.zurl}: zwatcher failed: ${err.message}`);
+    this.log(`wcfs: ${this.zurl}: switching filesystem to EIO mode`);
+    void this.session
+      .abort()
+      .catch((e) => this.log(`wcfs: abort: ${(e as Error).message}`))
+      .finally(() => {
+        this.opts.onFatal?.(err);
+        void this.shutdown();
+      });
+  }
+
+  get failed(): Error | undefined {
+    return this.fatalErr;
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
+    this.watch?.close();
+    for (const l of this.links.values()) l.release();
+    await this.storage.close().catch(() => {});
+    debug('stopped');
+    this.resolveDone();
+  }
+
+  private checkKernel(info: InitInfo): void {
+    if ((info.want & FUSE_CAP.EXPLICIT_INVAL_DATA) === 0) {
+      this.warn('kernel does not support FUSE_EXPLICIT_INVAL_DATA (Linux ≥ 5.2): the page cache of a file is dropped on every size change — performance will be AWFUL');
+    }
+  }
+
+  private warn(msg: string): void {
+    this.log(`wcfs: ${this.zurl}: ${msg}`);
+  }
+
+  private linkClosed(l: WatchLink): void {
+    if (this.links.delete(l.id)) this.stats.WatchLink--;
+  }
+
+  // ---- auto-exit ----
+
+  private opened(): void {
+    this.openCount++;
+    if (this.autoExitTimer) {
+      clearTimeout(this.autoExitTimer);
+      this.autoExitTimer = undefined;
+    }
+  }
+
+  private closed1(): void {
+    this.openCount--;
+    if (this.opts.autoExit && this.openCount === 0) this.armAutoExit(this.opts.autoExitDelayMs ?? 2000);
+  }
+
+  private armAutoExit(ms: number): void {
+    if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
+    this.autoExitTimer = setTimeout(() => {
+      if (this.openCount === 0) {
+        debug('auto-exit: no open files');
+        void this.stop();
+      }
+    }, ms);
+    this.autoExitTimer.unref();
+  }
+
+  // ---- stats ----
+
+  statsText(): string {
+    return Object.entries(this.stats)
+      .map(([k, v]) => `${k}\t: ${v}\n`)
+      .join('');
+  }
+}
+
+function parseOidName(name: string): Oid {
+  if (!/^[0-9a-f]{16}$/.test(name)) throw new FuseError(errno.EINVAL, `${JSON.stringify(name)}: not oid`);
+  return BigInt('0x' + name);
+}
+
+function tidTime(tid: Tid): { sec: number; nsec: number } {
+  const ms = tidToDate(tid).getTime();
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
+}
+
+/** ZODB-layer errors reaching a FUSE reply: storage trouble is EIO (logged). */
+function mapZodbError(err: unknown): { errno: number; log: 'no' | 'warn' | 'error' } | undefined {
+  if (err instanceof WcfsError) return { errno: errno.EIO, log: 'error' };
+  return undefined;
+}
