@@ -1,8 +1,8 @@
 // wcfs native addon — module entry.
 //
 // Owns: module registration and the error helper every part shares.
-// Parts: flock.cc (BSD flock for the FileStorage .lock). Later parts add the libfuse3
-// low-level layer and the client's mmap/pinner.
+// Parts: flock.cc (BSD flock for the FileStorage .lock), fuse.cc (libfuse3 low-level
+// layer), mincore.cc (page-cache probes). Later parts add the client's mmap/pinner.
 #include "addon.h"
 
 #include <cerrno>
@@ -43,6 +43,8 @@ static Napi::Value Version(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   InitFlock(env, exports);
+  InitFuse(env, exports);
+  InitMincore(env, exports);
   return exports;
 }
 

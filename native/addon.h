@@ -13,5 +13,7 @@ namespace wcfs {
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
 
 void InitFlock(Napi::Env env, Napi::Object exports);
+void InitFuse(Napi::Env env, Napi::Object exports);     // fuse.cc
+void InitMincore(Napi::Env env, Napi::Object exports);  // mincore.cc
 
 }  // namespace wcfs

@@ -9,6 +9,92 @@ export interface NativeAddon {
   version(): string;
   /** BSD flock; op 'ex'/'sh' are non-blocking; throws {code:'EAGAIN'} when held elsewhere. */
   flock(fd: number, op: 'ex' | 'sh' | 'un'): void;
+
+  /**
+   * libfuse3 low-level session (native/fuse.cc): mounts in the constructor and serves until
+   * the kernel ends the connection. Wrapped by src/fuse/session.ts — use that.
+   * Throws {code: 'WCFS_EMOUNT'} with libfuse's reason when the mount fails.
+   */
+  FuseSession: new (
+    mountpoint: string,
+    args: string[],
+    cfg: NativeFuseConfig,
+    handlers: NativeFuseHandlers,
+  ) => NativeFuseSession;
+
+  /**
+   * Page-cache residency of [offset, offset+length) of a file, one byte per page starting at
+   * the page containing `offset` (1 = resident), via mmap + mincore without faulting pages
+   * in. Runs on a native thread. Resolves with a negative errno on failure.
+   */
+  cacheResidency(path: string, offset: number, length: number): Promise<Uint8Array | number>;
+  /** Reads through a shared read-only mapping on a native thread (clamped to the file size). */
+  mmapRead(path: string, offset: number, length: number): Promise<Buffer | number>;
+}
+
+/** Options of native FuseSession (defaults in brackets). */
+export interface NativeFuseConfig {
+  maxThreads?: number; // libfuse worker threads [4]
+  maxBackground?: number; // conn->max_background [64]
+  congestionThreshold?: number; // [3/4 of maxBackground]
+  notifyThreads?: number; // most threads running fuse_lowlevel_notify_* (started on demand) [8]
+  explicitInvalData?: boolean; // want FUSE_CAP_EXPLICIT_INVAL_DATA when capable [true]
+  asyncRead?: boolean; // want FUSE_CAP_ASYNC_READ [true]
+}
+
+/**
+ * Callbacks from native FuseSession, all on the JS thread. The positional request fields
+ * are decoded by src/fuse/ops.ts; their meaning depends on the opcode (kernel numbering).
+ */
+export interface NativeFuseHandlers {
+  request(
+    opcode: number,
+    id: number,
+    nodeid: number,
+    fh: number, // -1: none
+    offset: number,
+    size: number,
+    flags: number,
+    arg: string | Buffer | undefined, // LOOKUP: name; WRITE: payload (a private copy)
+    pid: number,
+    uid: number,
+    gid: number,
+    interrupted: boolean, // FUSE_INTERRUPT arrived before JS saw the request
+  ): void;
+  interrupt(id: number): void;
+  /** [nodeid, nlookup]* — already answered natively. */
+  forget(pairs: Float64Array): void;
+  /** INIT layout, see src/fuse/kernel.ts INIT_*. */
+  init(info: Float64Array): void;
+  destroy(): void;
+  /** The session loop ended and the native session is gone; rc of fuse_session_loop_mt. */
+  exit(rc: number): void;
+}
+
+/**
+ * reply*: 0, or -errno (-ESRCH unknown/already answered id, -ENOTCONN closed, -ENOENT the
+ * kernel dropped the request because it was interrupted). notify*: resolve with 0/-errno;
+ * notifyRetrieve with the cached prefix (≤ max_write bytes) or -errno.
+ */
+export interface NativeFuseSession {
+  replyErr(id: number, errno: number): number;
+  replyNone(id: number): number;
+  replyEntry(id: number, nodeid: number, generation: number, entryTimeout: number, attrTimeout: number, attr: Float64Array): number;
+  replyAttr(id: number, attr: Float64Array, attrTimeout: number): number;
+  replyOpen(id: number, fh: number, openFlags: number): number;
+  replyData(id: number, data: Uint8Array): number;
+  replyWrite(id: number, count: number): number;
+  /** → number of entries that fit (≥ 0) or -errno. */
+  replyReaddir(id: number, size: number, names: string[], inos: number[], modes: number[], offs: number[]): number;
+  replyStatfs(id: number, st: Float64Array): number;
+  notifyInvalInode(ino: number, off: number, len: number): Promise<number>;
+  notifyInvalEntry(parent: number, name: string): Promise<number>;
+  /** Zero-copy: `data` must not change until the promise settles. */
+  notifyStore(ino: number, off: number, data: Uint8Array): Promise<number>;
+  notifyRetrieve(ino: number, off: number, size: number): Promise<Buffer | number>;
+  pending(): number;
+  ref(): void;
+  unref(): void;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
