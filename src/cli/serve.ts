@@ -58,7 +58,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
 
   await srv.done;
   process.stderr.write(`wcfs: stop ${mnt} ${zurl}\n`);
-  process.exit(failed ? 1 : 0);
+  process.exit(failed || srv.failed !== undefined ? 1 : 0);
 }
 
 export async function stopCmd(target: string): Promise<void> {

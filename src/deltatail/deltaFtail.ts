@@ -1,7 +1,13 @@
 // ΔFtail — which blocks of which ZBigFiles changed in a commit, and since when a block has
-// been unchanged. This is the "Tier 0" scheme of deltatail.md §5.3 ("invalidate and forget"),
-// behind the interface the full ΔFtail will implement later (Track / Update / BlkRevAt /
-// SliceByFileRev / ForgetPast), so server code does not change when exact history lands.
+// been unchanged. This is the "Tier 1" scheme of deltatail.md §5.3-§5.4 (re-descend instead
+// of forgetting), behind the interface the full ΔFtail will implement later (Track / Update /
+// BlkRevAt / SliceByFileRev / ForgetPast), so server code does not change when exact history
+// lands.
+//
+// Update: a tracked block whose ZBlk is in δZ changed. A tracked block whose *path* only
+// intersects δZ (a bucket got another key, a node split) is looked up again at the new
+// revision: same value (same ZBlk oid, or still a hole) ⇒ unchanged, re-tracked with its new
+// path and kept in the page cache; otherwise it changed (blktab[blk] now points elsewhere).
 //
 // Notation: foid = ZBigFile oid, blk = block number, δZ = (tid, changed oids) of one commit,
 // δF = per-file changes derived from δZ.
@@ -20,11 +26,14 @@
 //   I3 blkRevAt(blk, head) ≥ the block's real last change (revMax is an upper bound);
 //      blkRevAt(blk, at < head) ∈ [lastChange(≤ at), at] — Tier 0 answers `at` itself.
 //
-// Concurrency: none inside. The caller serialises track() against update() (the server's
-// head lock: reads hold it shared, commit processing exclusive — R5 of deltatail.md §5.1).
+// Concurrency: the caller serialises track() against update() (the server's head lock:
+// reads hold it shared, commit processing exclusive — R5 of deltatail.md §5.1); update() is
+// async (it loads) and must not overlap another update().
 
-import type { PathNode } from '../zodb/btree/index.js';
+import { btreeGet, type PathNode } from '../zodb/btree/index.js';
+import type { ObjectLoader } from '../zodb/db.js';
 import type { Oid, Tid } from '../zodb/ids.js';
+import { PersistentRef } from '../zodb/pickle/index.js';
 
 /** Changes of one file in one commit. */
 export interface FileDelta {
@@ -38,10 +47,14 @@ export interface FileDelta {
 
 interface TrackedBlock {
   oids: Oid[];
+  /** blktab[blk] as tracked: the ZBlk oid, null = hole. */
+  zblk: Oid | null;
   revMax: Tid;
 }
 
 interface TrackedFile {
+  /** blktab oid (to re-descend on path changes). */
+  blktab: Oid;
   blocks: Map<number, TrackedBlock>;
   sizeOids: Oid[];
   /** Blocks dropped by update(), with the revision of the commit that dropped them. */
@@ -64,7 +77,11 @@ export class DeltaFtail {
   /** oid → files whose size path contains oid. */
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
 
-  constructor(at0: Tid) {
+  constructor(
+    at0: Tid,
+    /** Loads at new revisions during update (re-descending changed paths). */
+    private readonly loader: ObjectLoader,
+  ) {
     this.headRev = at0;
     this.tailRev = at0;
   }
@@ -77,8 +94,8 @@ export class DeltaFtail {
   }
 
   /** Start tracking a file (opened at head): its size path. Idempotent; refreshes the size path. */
-  trackFile(foid: Oid, sizePath: PathNode[]): void {
-    const f = this.fileEntry(foid);
+  trackFile(foid: Oid, blktab: Oid, sizePath: PathNode[]): void {
+    const f = this.fileEntry(foid, blktab);
     for (const o of f.sizeOids) this.sizeIdx.get(o)?.delete(foid);
     f.sizeOids = pathOids(sizePath);
     for (const o of f.sizeOids) this.idxAdd(this.sizeIdx, o, foid);
@@ -91,11 +108,12 @@ export class DeltaFtail {
 
   /** Track block blk of foid as loaded at head (I1). */
   track(foid: Oid, blk: number, path: PathNode[], zblk: Oid | null, revMax: Tid): void {
-    const f = this.fileEntry(foid);
+    const f = this.files.get(foid);
+    if (f === undefined) throw new Error(`ΔFtail.track: file ${foid.toString(16)} not tracked (trackFile first)`);
     this.untrackBlock(foid, f, blk);
     const oids = pathOids(path);
     if (zblk !== null) oids.push(zblk);
-    f.blocks.set(blk, { oids, revMax });
+    f.blocks.set(blk, { oids, zblk, revMax });
     for (const o of oids) {
       let byFile = this.nodeIdx.get(o);
       if (byFile === undefined) this.nodeIdx.set(o, (byFile = new Map()));
@@ -107,22 +125,57 @@ export class DeltaFtail {
 
   /**
    * Fold in one commit: report, per tracked file, the blocks to invalidate and whether its
-   * size path or the file object changed; forget the reported blocks (I2).
+   * size path or the file object changed (I2). Blocks reached only through changed path
+   * nodes are re-descended at tid (loads) and reported only if blktab[blk] changed.
    */
-  update(tid: Tid, oids: Iterable<Oid>): Map<Oid, FileDelta> {
+  async update(tid: Tid, oids: Iterable<Oid>): Promise<Map<Oid, FileDelta>> {
     if (tid <= this.headRev) throw new Error(`ΔFtail.update: tid ${tid.toString(16)} ≤ head ${this.headRev.toString(16)}`);
+    const δZ = new Set(oids);
     const δF = new Map<Oid, FileDelta>();
     const delta = (foid: Oid) => {
       let d = δF.get(foid);
       if (d === undefined) δF.set(foid, (d = { blocks: new Set(), size: false, epoch: false }));
       return d;
     };
-    for (const oid of oids) {
+    const suspects = new Map<Oid, Set<number>>(); // path-only hits: re-descend
+    for (const oid of δZ) {
       if (this.files.has(oid)) delta(oid).epoch = true;
       for (const foid of this.sizeIdx.get(oid) ?? []) delta(foid).size = true;
       const byFile = this.nodeIdx.get(oid);
       if (byFile === undefined) continue;
-      for (const [foid, blks] of byFile) for (const blk of blks) delta(foid).blocks.add(blk);
+      for (const [foid, blks] of byFile) {
+        const f = this.files.get(foid)!;
+        for (const blk of blks) {
+          const b = f.blocks.get(blk)!;
+          if (b.zblk !== null && δZ.has(b.zblk)) delta(foid).blocks.add(blk);
+          else {
+            let s = suspects.get(foid);
+            if (s === undefined) suspects.set(foid, (s = new Set()));
+            s.add(blk);
+          }
+        }
+      }
+    }
+    for (const [foid, blks] of suspects) {
+      const f = this.files.get(foid)!;
+      if (δF.get(foid)?.epoch) {
+        for (const blk of blks) delta(foid).blocks.add(blk); // the server fails or re-checks; don't look deeper
+        continue;
+      }
+      for (const blk of blks) {
+        if (δF.get(foid)?.blocks.has(blk)) continue;
+        const b = f.blocks.get(blk)!;
+        const { value, path } = await btreeGet(this.loader, f.blktab, BigInt(blk), tid);
+        const now = value instanceof PersistentRef ? value.oid : value === undefined ? null : undefined;
+        if (now === b.zblk) {
+          // unchanged data; new path (the nodes that changed are newer than revMax now)
+          let revMax = b.revMax;
+          for (const n of path) if (n.serial > revMax) revMax = n.serial;
+          this.track(foid, blk, path, b.zblk, revMax);
+        } else {
+          delta(foid).blocks.add(blk);
+        }
+      }
     }
     for (const [foid, d] of δF) {
       const f = this.files.get(foid)!;
@@ -181,9 +234,9 @@ export class DeltaFtail {
     return [...(this.files.get(foid)?.blocks.keys() ?? [])].sort((a, b) => a - b);
   }
 
-  private fileEntry(foid: Oid): TrackedFile {
+  private fileEntry(foid: Oid, blktab: Oid): TrackedFile {
     let f = this.files.get(foid);
-    if (f === undefined) this.files.set(foid, (f = { blocks: new Map(), sizeOids: [], dropped: new Map() }));
+    if (f === undefined) this.files.set(foid, (f = { blktab, blocks: new Map(), sizeOids: [], dropped: new Map() }));
     return f;
   }
 

@@ -171,7 +171,7 @@ export class WcfsServer implements FileSystem {
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.headAt = storage.head();
-    this.deltaFtail = new DeltaFtail(this.headAt);
+    this.deltaFtail = new DeltaFtail(this.headAt, this.loader);
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.initTree();
   }
@@ -457,7 +457,7 @@ export class WcfsServer implements FileSystem {
     try {
       const view = await this.openView(foid, this.headAt);
       const { size, path } = await view.size();
-      this.deltaFtail.trackFile(foid, path);
+      this.deltaFtail.trackFile(foid, view.blktab, path);
       this.stats.BigFile++;
       return this.addBigFile(files, null, foid, view, size);
     } finally {
@@ -603,7 +603,7 @@ export class WcfsServer implements FileSystem {
     const oldHead = this.headAt;
     try {
       debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
-      const δF = this.deltaFtail.update(ev.tid, ev.oids);
+      const δF = await this.deltaFtail.update(ev.tid, ev.oids);
       const sizes = new Map<BigFile, number>();
       const work: Promise<void>[] = [];
       for (const [foid, d] of δF) {
@@ -613,12 +613,14 @@ export class WcfsServer implements FileSystem {
         for (const blk of d.blocks) work.push(this.invalidateBlock(f, blk, oldHead));
         if (d.size) {
           const { size, path } = await f.view.withAt(ev.tid).size();
-          this.deltaFtail.trackFile(foid, path);
+          this.deltaFtail.trackFile(foid, f.view.blktab, path);
           sizes.set(f, size);
         }
       }
       await Promise.all(work);
-      await Promise.all([...sizes.keys()].map((f) => this.invalAttr(f)));
+      // attributes: size and mtime (revApprox) of every file in δF change
+      const touched = [...δF.keys()].map((foid) => this.headFiles.get(foid)).filter((f): f is BigFile => f !== undefined);
+      await Promise.all(touched.map((f) => this.invalAttr(f)));
       // I2: the new head becomes visible all at once.
       this.headAt = ev.tid;
       for (const f of this.headFiles.values()) f.view = f.view.withAt(ev.tid);

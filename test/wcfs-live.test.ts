@@ -1,0 +1,146 @@
+// Live database: our writer commits to the database wcfs serves. head/at advances; changed
+// blocks read new data and leave head's page cache; unchanged blocks stay cached (mincore on
+// an mmap), also across a size change; the old data lands in @<old head>'s cache.
+// A change of the ZBigFile object itself switches the filesystem to EIO mode.
+import { afterAll, describe, expect, it } from 'vitest';
+import { open, readFile, stat } from 'node:fs/promises';
+import { WriteTxn } from '../src/zodb/db.js';
+import { hex16, tidToDate } from '../src/zodb/ids.js';
+import { openStorage } from '../src/zodb/open.js';
+import { PersistentRef, Tuple } from '../src/zodb/pickle/index.js';
+import type { IWritableStorage } from '../src/zodb/storage.js';
+import { ZBIGFILE_CLASS, setBlock } from '../src/zodb/zbigfile.js';
+import { cacheResidency } from '../src/fuse/pagecache.js';
+import { historyPath } from './helpers/paths.js';
+import { sleep } from './helpers/mount.js';
+import { copyInto, startServer, stopAllServers, tmpDir, type TestServer } from './helpers/wcfs.js';
+
+afterAll(stopAllServers, 30_000);
+
+const FOID = 0x4n; // the 64 KiB-block file of the fixture
+const BS = 65536;
+const PAGE = 4096;
+
+/** Fraction of resident pages per block: 1 = fully cached. */
+async function cached(p: string, nblk: number): Promise<number[]> {
+  const r = await cacheResidency(p, 0, nblk * BS);
+  const out: number[] = [];
+  for (let b = 0; b < nblk; b++) {
+    let n = 0;
+    for (let i = (b * BS) / PAGE; i < ((b + 1) * BS) / PAGE; i++) n += r[i]! & 1;
+    out.push(n / (BS / PAGE));
+  }
+  return out;
+}
+
+async function readAll(p: string): Promise<Buffer> {
+  return readFile(p);
+}
+
+async function commit(s: IWritableStorage, blocks: Record<number, number | null>): Promise<string> {
+  const txn = new WriteTxn(s);
+  for (const [blk, fill] of Object.entries(blocks)) {
+    await setBlock(txn, FOID, Number(blk), fill === null ? null : new Uint8Array(BS).fill(fill));
+  }
+  return hex16(await txn.commit({ description: 'wcfs-live test' }));
+}
+
+async function until<T>(f: () => Promise<T>, ok: (v: T) => boolean, ms = 3000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await f();
+    if (ok(v) || Date.now() - t0 > ms) return v;
+    await sleep(20);
+  }
+}
+
+describe('live commits', () => {
+  let srv: TestServer;
+  let db: IWritableStorage;
+
+  it('head/at advances; changed blocks drop out of the cache, unchanged stay; old data in @<old head>', async () => {
+    const dir = tmpDir();
+    const dbPath = copyInto(dir, historyPath);
+    srv = await startServer(dbPath, { dir });
+    db = (await openStorage(dbPath)) as IWritableStorage;
+    const head0 = await srv.head();
+    expect(head0).toBe(hex16(db.head()));
+
+    const F = srv.at(`head/bigfile/${hex16(FOID)}`);
+    const size0 = (await stat(F)).size;
+    const nblk = size0 / BS;
+    expect(nblk).toBeGreaterThan(8);
+    const data0 = await readAll(F);
+    // every block of head is in the page cache after the read (and its upload)
+    expect(await until(() => cached(F, nblk), (c) => c.every((x) => x === 1))).toEqual(Array(nblk).fill(1));
+
+    // keep @<head0> looked up and open: commit processing stores old data there
+    const oldF = srv.at(`@${head0}/bigfile/${hex16(FOID)}`);
+    const oldFh = await open(oldF, 'r');
+    expect(await cached(oldF, nblk)).toEqual(Array(nblk).fill(0));
+
+    // >>> commit δ(blk 3)
+    const t1 = await commit(db, { 3: 0xab });
+    await srv.waitHead(t1);
+    const c1 = await cached(F, nblk);
+    expect(c1[3]).toBe(0);
+    expect(c1.filter((_, i) => i !== 3)).toEqual(Array(nblk - 1).fill(1));
+    // the old block went to @head0's cache, and reads the old data
+    expect((await cached(oldF, nblk))[3]).toBe(1);
+    const oldBlk = Buffer.alloc(BS);
+    await oldFh.read(oldBlk, 0, BS, 3 * BS);
+    expect(Buffer.compare(oldBlk, data0.subarray(3 * BS, 4 * BS))).toBe(0);
+    // head reads the new data
+    const d1 = await readAll(F);
+    expect(d1.subarray(3 * BS, 4 * BS).every((x) => x === 0xab)).toBe(true);
+    expect(Buffer.compare(d1.subarray(0, 3 * BS), data0.subarray(0, 3 * BS))).toBe(0);
+    // mtime follows the commit
+    expect(Math.abs((await stat(F)).mtimeMs - tidToDate(BigInt('0x' + t1)).getTime())).toBeLessThan(1);
+    await oldFh.close();
+
+    // >>> commit growing the file by 2 blocks: the cache of unchanged blocks survives
+    await until(() => cached(F, nblk), (c) => c.every((x) => x === 1));
+    const t2 = await commit(db, { [nblk + 1]: 0x5a });
+    await srv.waitHead(t2);
+    expect((await stat(F)).size).toBe((nblk + 2) * BS);
+    expect(await cached(F, nblk)).toEqual(Array(nblk).fill(1));
+    const d2 = await readAll(F);
+    expect(d2.length).toBe((nblk + 2) * BS);
+    expect(d2.subarray(nblk * BS, (nblk + 1) * BS).every((x) => x === 0)).toBe(true);
+    expect(d2.subarray((nblk + 1) * BS).every((x) => x === 0x5a)).toBe(true);
+
+    // >>> punch the last block: the file shrinks back, nothing else changes
+    const t3 = await commit(db, { [nblk + 1]: null });
+    await srv.waitHead(t3);
+    expect((await stat(F)).size).toBe(nblk * BS);
+    // an @rev view never changes
+    expect((await stat(srv.at(`@${t2}/bigfile/${hex16(FOID)}`))).size).toBe((nblk + 2) * BS);
+    expect((await readFile(srv.at('.wcfs/stats'))).toString()).toMatch(/^BigFile\t: 1\nRevHead\t: 2\n/);
+    await db.close();
+    await srv.stop();
+  }, 60_000);
+
+  it('a changed ZBigFile object (blksize) is fatal: EIO mode, ENOTCONN', async () => {
+    const dir = tmpDir();
+    const dbPath = copyInto(dir, historyPath);
+    const s = await startServer(dbPath, { dir });
+    const w = (await openStorage(dbPath)) as IWritableStorage;
+    const F = s.at(`head/bigfile/${hex16(FOID)}`);
+    await readFile(F); // the file is now tracked
+    const txn = new WriteTxn(w);
+    const zf = await txn.loadObject(FOID);
+    const [, blktab] = (zf.state as Tuple).items as [bigint, PersistentRef];
+    txn.store(FOID, ZBIGFILE_CLASS, new Tuple([2n * BigInt(BS), blktab]));
+    await txn.commit();
+    await w.close();
+    const code = await Promise.race([s.exited, sleep(10_000).then(() => 'timeout')]);
+    expect(code).toBe(1);
+    expect(s.stderr()).toMatch(/zwatcher failed/);
+    expect(s.stderr()).toMatch(/switching filesystem to EIO mode/);
+    for (const p of ['.wcfs/zurl', 'head/at', `head/bigfile/${hex16(FOID)}`, 'anything']) {
+      const e = await readFile(s.at(p)).then(() => undefined, (err) => err as NodeJS.ErrnoException);
+      expect(['ENOTCONN', 'ECONNABORTED'], p).toContain(e?.code);
+    }
+    await s.stop();
+  }, 30_000);
+});
