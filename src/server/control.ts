@@ -244,10 +244,11 @@ function safeReadlink(p: string): string {
   }
 }
 
+/** Alive and not a zombie (a server whose parent has not reaped it yet is gone for us). */
 const alive = (pid: number) => {
   try {
-    process.kill(pid, 0);
-    return true;
+    const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }

@@ -151,6 +151,7 @@ export class WcfsServer implements FileSystem {
   private readonly creating = new Map<string, Promise<BigFile>>();
   private nextIno = INO_FIRST_DYNAMIC;
 
+  /** Open head/watch handles by fh (until RELEASE); a closed link still answers EOF. */
   private readonly links = new Map<number, WatchLink>();
   private nextLinkId = 1;
   private readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0 };
@@ -343,7 +344,10 @@ export class WcfsServer implements FileSystem {
 
   release(req: ReleaseIn): void {
     const nd = this.nodes.get(req.nodeid);
-    if (nd?.kind === 'watch') this.links.get(req.fh)?.release();
+    if (nd?.kind === 'watch') {
+      this.links.get(req.fh)?.release();
+      this.links.delete(req.fh);
+    }
     if (nd?.kind === 'bigfile') nd.file.nopen--;
     this.closed1();
   }
@@ -736,6 +740,7 @@ export class WcfsServer implements FileSystem {
     if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
     this.watch?.close();
     for (const l of this.links.values()) l.release();
+    this.links.clear();
     await this.storage.close().catch(() => {});
     debug('stopped');
     this.resolveDone();
@@ -751,8 +756,8 @@ export class WcfsServer implements FileSystem {
     this.log(`wcfs: ${this.zurl}: ${msg}`);
   }
 
-  private linkClosed(l: WatchLink): void {
-    if (this.links.delete(l.id)) this.stats.WatchLink--;
+  private linkClosed(_l: WatchLink): void {
+    this.stats.WatchLink--;
   }
 
   // ---- auto-exit ----
