@@ -8,6 +8,9 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // One test file at a time: the FUSE tests assert page-cache residency (mincore), and on a
+    // 2-core machine parallel files only add noise to that.
+    fileParallelism: false,
     reporters: ['default'],
   },
 });
