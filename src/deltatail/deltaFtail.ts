@@ -1,34 +1,33 @@
-// ΔFtail — which blocks of which ZBigFiles changed in a commit, and since when a block has
-// been unchanged. This is the "Tier 1" scheme of deltatail.md §5.3-§5.4 (re-descend instead
-// of forgetting), behind the interface the full ΔFtail will implement later (Track / Update /
-// BlkRevAt / SliceByFileRev / ForgetPast), so server code does not change when exact history
-// lands.
-//
-// Update: a tracked block whose ZBlk is in δZ changed. A tracked block whose *path* only
-// intersects δZ (a bucket got another key, a node split) is looked up again at the new
-// revision: same value (same ZBlk oid, or still a hole) ⇒ unchanged, re-tracked with its new
-// path and kept in the page cache; otherwise it changed (blktab[blk] now points elsewhere).
+// ΔFtail — which blocks of which ZBigFiles changed in a commit, and when a block last changed
+// (wcfs-server.md §3.7, deltatail.md §3 and §5). This is the "lazy backward history per
+// block" design of deltatail.md §5.4-§5.5: exact for every block that was ever read via
+// head/ ("explicitly tracked"), which is all the isolation protocol asks about.
 //
 // Notation: foid = ZBigFile oid, blk = block number, δZ = (tid, changed oids) of one commit,
-// δF = per-file changes derived from δZ.
+// δF = per-file changes derived from δZ, (tail, head] = the history window.
 //
-// State per tracked file: blksize and blktab oid (to detect epochs), the tracked blocks
-// {blk → path oids, zblk oid, revMax}, the oids of the size (max-key) path, and the blocks
-// dropped by updates with the revision they were dropped at.
+// State:
+//   δZtail       the δZ of every commit in (tail, head]
+//   per file     blktab oid, size-path oids, tracked blocks
+//   per block    value = blktab[blk] at head (ZBlk oid, null = hole) and the path to it;
+//                changes = ascending revisions in (knownFrom, head] at which blk changed;
+//                back = (value, path) as of knownFrom, to extend the history further back.
+//   "blk changed at rev" = its ZBlk object is in δZ(rev) (content; ZBlk1 is stored whenever a
+//   chunk changes), or blktab[blk] points elsewhere after rev than before (mapping).
 //
 // Invariants:
-//   I1 blk may be in head's page cache ⇒ blk is tracked, with every node on its current blktab
-//      path (embedded buckets are represented by their tree) and its ZBlk indexed in nodeIdx.
-//      The server keeps I1 by calling track() for every block it serves from head, before
-//      the data reaches the kernel, and by invalidating every block update() reports.
-//   I2 update(δZ) reports every tracked block whose path or ZBlk intersects δZ (a superset of
-//      the blocks whose data changed: path stability, deltatail.md §5.2) and then forgets it.
-//   I3 blkRevAt(blk, head) ≥ the block's real last change (revMax is an upper bound);
-//      blkRevAt(blk, at < head) ∈ [lastChange(≤ at), at] — Tier 0 answers `at` itself.
+//   I1 blk may be in head's page cache ⇒ blk is tracked with its current head path and value
+//      (the server calls track() before data reaches the kernel; tracking never ends).
+//   I2 update(δZ) reports exactly the tracked blocks that changed in δZ (their paths are
+//      re-descended when δZ touches them, so the head path and value stay current).
+//   I3 changes ∪ "no change in (knownFrom, head] outside changes" is exact; walking back
+//      from `back` (deltatail.md §5.2 path stability) extends it toward tail on demand.
+//   I4 blkRevAt(blk, at) = the last change ≤ at, or tail when none is in (tail, at].
 //
-// Concurrency: the caller serialises track() against update() (the server's head lock:
-// reads hold it shared, commit processing exclusive — R5 of deltatail.md §5.1); update() is
-// async (it loads) and must not overlap another update().
+// Concurrency: the caller serialises track()/queries against update() (the server's head
+// lock: reads and watch setup hold it shared, commit processing exclusive). update() and the
+// queries are async (they may load) — several queries may run at once; they only extend
+// per-block history, which is idempotent.
 
 import { btreeGet, type PathNode } from '../zodb/btree/index.js';
 import type { ObjectLoader } from '../zodb/db.js';
@@ -37,28 +36,40 @@ import { PersistentRef } from '../zodb/pickle/index.js';
 
 /** Changes of one file in one commit. */
 export interface FileDelta {
-  /** Blocks whose data may have changed (superset); they must be invalidated. */
+  /** Tracked blocks whose data changed: they must be invalidated. */
   blocks: Set<number>;
   /** The size (max-key) path changed: the size must be recomputed. */
   size: boolean;
-  /** The ZBigFile object itself changed (blksize or blktab replaced). */
+  /** The ZBigFile object itself is in δZ (the caller checks blksize/blktab). */
   epoch: boolean;
 }
 
+interface BlkState {
+  value: Oid | null;
+  pathOids: Oid[];
+}
+
 interface TrackedBlock {
-  oids: Oid[];
-  /** blktab[blk] as tracked: the ZBlk oid, null = hole. */
-  zblk: Oid | null;
+  /** blktab[blk] at head and the oids of its path (embedded buckets: their tree). */
+  head: BlkState;
+  /** max serial over path + ZBlk at the last (re)track: cheap upper bound of the last change. */
   revMax: Tid;
+  changes: Tid[];
+  knownFrom: Tid;
+  back: BlkState;
+  /** In-flight backward walk (queries share it). */
+  extending?: Promise<void>;
 }
 
 interface TrackedFile {
-  /** blktab oid (to re-descend on path changes). */
   blktab: Oid;
   blocks: Map<number, TrackedBlock>;
   sizeOids: Oid[];
-  /** Blocks dropped by update(), with the revision of the commit that dropped them. */
-  dropped: Map<number, Tid>;
+}
+
+interface ΔZ {
+  tid: Tid;
+  oids: Set<Oid>;
 }
 
 /** Oids of a blktab path (embedded buckets have no oid of their own: their tree stands for them). */
@@ -68,18 +79,21 @@ export function pathOids(path: PathNode[]): Oid[] {
   return out;
 }
 
+const valueOid = (v: unknown): Oid | null | undefined => (v instanceof PersistentRef ? v.oid : v === undefined ? null : undefined);
+
 export class DeltaFtail {
   private headRev: Tid;
   private tailRev: Tid;
   private readonly files = new Map<Oid, TrackedFile>();
-  /** oid → (foid → blocks) whose path or ZBlk contains oid. */
+  /** oid → (foid → blocks) whose head path or ZBlk contains oid. */
   private readonly nodeIdx = new Map<Oid, Map<Oid, Set<number>>>();
   /** oid → files whose size path contains oid. */
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
+  /** δZ of (tail, head], ascending. */
+  private readonly δZtail: ΔZ[] = [];
 
   constructor(
     at0: Tid,
-    /** Loads at new revisions during update (re-descending changed paths). */
     private readonly loader: ObjectLoader,
   ) {
     this.headRev = at0;
@@ -93,41 +107,45 @@ export class DeltaFtail {
     return this.tailRev;
   }
 
-  /** Start tracking a file (opened at head): its size path. Idempotent; refreshes the size path. */
+  /** Start tracking a file (looked up at head) and (re)set its size path. */
   trackFile(foid: Oid, blktab: Oid, sizePath: PathNode[]): void {
-    const f = this.fileEntry(foid, blktab);
+    let f = this.files.get(foid);
+    if (f === undefined) this.files.set(foid, (f = { blktab, blocks: new Map(), sizeOids: [] }));
     for (const o of f.sizeOids) this.sizeIdx.get(o)?.delete(foid);
     f.sizeOids = pathOids(sizePath);
-    for (const o of f.sizeOids) this.idxAdd(this.sizeIdx, o, foid);
+    for (const o of f.sizeOids) {
+      let s = this.sizeIdx.get(o);
+      if (s === undefined) this.sizeIdx.set(o, (s = new Set()));
+      s.add(foid);
+    }
   }
 
-  /** Whether the file is tracked (was opened at head). */
   isTracked(foid: Oid): boolean {
     return this.files.has(foid);
   }
 
-  /** Track block blk of foid as loaded at head (I1). */
+  /** Track blk of foid as just loaded at head (I1). A tracked block is only refreshed. */
   track(foid: Oid, blk: number, path: PathNode[], zblk: Oid | null, revMax: Tid): void {
     const f = this.files.get(foid);
     if (f === undefined) throw new Error(`ΔFtail.track: file ${foid.toString(16)} not tracked (trackFile first)`);
-    this.untrackBlock(foid, f, blk);
-    const oids = pathOids(path);
-    if (zblk !== null) oids.push(zblk);
-    f.blocks.set(blk, { oids, zblk, revMax });
-    for (const o of oids) {
-      let byFile = this.nodeIdx.get(o);
-      if (byFile === undefined) this.nodeIdx.set(o, (byFile = new Map()));
-      let blks = byFile.get(foid);
-      if (blks === undefined) byFile.set(foid, (blks = new Set()));
-      blks.add(blk);
+    const st: BlkState = { value: zblk, pathOids: pathOids(path) };
+    const b = f.blocks.get(blk);
+    if (b === undefined) {
+      f.blocks.set(blk, { head: st, revMax, changes: [], knownFrom: this.headRev, back: st });
+    } else {
+      this.unindex(foid, blk, b.head);
+      b.head = st;
+      if (revMax > b.revMax) b.revMax = revMax;
     }
+    this.index(foid, blk, st);
   }
 
-  /**
-   * Fold in one commit: report, per tracked file, the blocks to invalidate and whether its
-   * size path or the file object changed (I2). Blocks reached only through changed path
-   * nodes are re-descended at tid (loads) and reported only if blktab[blk] changed.
-   */
+  /** Blocks of foid ever read via head, ascending. */
+  trackedBlocks(foid: Oid): number[] {
+    return [...(this.files.get(foid)?.blocks.keys() ?? [])].sort((a, b) => a - b);
+  }
+
+  /** Fold in one commit (I2). */
   async update(tid: Tid, oids: Iterable<Oid>): Promise<Map<Oid, FileDelta>> {
     if (tid <= this.headRev) throw new Error(`ΔFtail.update: tid ${tid.toString(16)} ≤ head ${this.headRev.toString(16)}`);
     const δZ = new Set(oids);
@@ -137,114 +155,170 @@ export class DeltaFtail {
       if (d === undefined) δF.set(foid, (d = { blocks: new Set(), size: false, epoch: false }));
       return d;
     };
-    const suspects = new Map<Oid, Set<number>>(); // path-only hits: re-descend
+    const hit = new Map<Oid, Set<number>>();
     for (const oid of δZ) {
       if (this.files.has(oid)) delta(oid).epoch = true;
       for (const foid of this.sizeIdx.get(oid) ?? []) delta(foid).size = true;
-      const byFile = this.nodeIdx.get(oid);
-      if (byFile === undefined) continue;
-      for (const [foid, blks] of byFile) {
-        const f = this.files.get(foid)!;
-        for (const blk of blks) {
-          const b = f.blocks.get(blk)!;
-          if (b.zblk !== null && δZ.has(b.zblk)) delta(foid).blocks.add(blk);
-          else {
-            let s = suspects.get(foid);
-            if (s === undefined) suspects.set(foid, (s = new Set()));
-            s.add(blk);
-          }
-        }
+      for (const [foid, blks] of this.nodeIdx.get(oid) ?? []) {
+        let s = hit.get(foid);
+        if (s === undefined) hit.set(foid, (s = new Set()));
+        for (const blk of blks) s.add(blk);
       }
     }
-    for (const [foid, blks] of suspects) {
+    for (const [foid, blks] of hit) {
       const f = this.files.get(foid)!;
-      if (δF.get(foid)?.epoch) {
-        for (const blk of blks) delta(foid).blocks.add(blk); // the server fails or re-checks; don't look deeper
-        continue;
-      }
       for (const blk of blks) {
-        if (δF.get(foid)?.blocks.has(blk)) continue;
         const b = f.blocks.get(blk)!;
-        const { value, path } = await btreeGet(this.loader, f.blktab, BigInt(blk), tid);
-        const now = value instanceof PersistentRef ? value.oid : value === undefined ? null : undefined;
-        if (now === b.zblk) {
-          // unchanged data; new path (the nodes that changed are newer than revMax now)
-          let revMax = b.revMax;
-          for (const n of path) if (n.serial > revMax) revMax = n.serial;
-          this.track(foid, blk, path, b.zblk, revMax);
-        } else {
+        let changed = b.head.value !== null && δZ.has(b.head.value);
+        if (b.head.pathOids.some((o) => δZ.has(o))) {
+          const now = await this.lookup(f, blk, tid);
+          if (now === undefined || now.value !== b.head.value) changed = true;
+          if (now !== undefined) {
+            this.unindex(foid, blk, b.head);
+            b.head = { value: now.value, pathOids: now.pathOids };
+            this.index(foid, blk, b.head);
+            if (now.revMax > b.revMax) b.revMax = now.revMax;
+          }
+        }
+        if (changed) {
+          b.changes.push(tid);
+          if (tid > b.revMax) b.revMax = tid;
           delta(foid).blocks.add(blk);
         }
       }
     }
-    for (const [foid, d] of δF) {
-      const f = this.files.get(foid)!;
-      for (const blk of d.blocks) {
-        this.untrackBlock(foid, f, blk);
-        f.dropped.set(blk, tid);
-      }
-    }
+    this.δZtail.push({ tid, oids: δZ });
     this.headRev = tid;
     return δF;
   }
 
-  /**
-   * Revision of the last change of blk ≤ at, or an upper bound of it within [.., at] (I3).
-   * At head: the tracked revMax (or head when the block is not tracked).
-   */
-  blkRevAt(foid: Oid, blk: number, at: Tid): Tid {
-    if (at < this.headRev) return at;
-    const b = this.files.get(foid)?.blocks.get(blk);
-    return b === undefined ? this.headRev : b.revMax;
+  /** I4: last revision ≤ at that changed blk, or tail. Untracked blocks: tail (nothing known). */
+  async blkRevAt(foid: Oid, blk: number, at: Tid): Promise<Tid> {
+    const f = this.files.get(foid);
+    const b = f?.blocks.get(blk);
+    if (f === undefined || b === undefined) return this.tailRev;
+    if (at >= this.headRev && b.revMax <= this.tailRev) return this.tailRev;
+    const last = () => {
+      for (let i = b.changes.length - 1; i >= 0; i--) if (b.changes[i]! <= at) return b.changes[i]!;
+      return undefined;
+    };
+    // walk back until a change ≤ at is known, or the history reaches tail
+    while (last() === undefined && b.knownFrom > this.tailRev) await this.extendBack(f, blk, b, this.tailRev);
+    return last() ?? this.tailRev;
   }
 
-  /**
-   * Blocks of foid that may be cached and changed in (lo, head]: tracked blocks with
-   * revMax > lo, and blocks dropped by commits > lo. Used by watch setup (R4).
-   */
-  changedSince(foid: Oid, lo: Tid): Set<number> {
+  /** Cheap upper bound of blkRevAt(blk, head) (no loads). */
+  revMax(foid: Oid, blk: number): Tid {
+    return this.files.get(foid)?.blocks.get(blk)?.revMax ?? this.headRev;
+  }
+
+  /** Tracked blocks of foid that changed in (lo, head] (watch setup, R4). lo ≥ tail. */
+  async changedSince(foid: Oid, lo: Tid): Promise<Set<number>> {
     const out = new Set<number>();
     const f = this.files.get(foid);
     if (f === undefined) return out;
-    for (const [blk, b] of f.blocks) if (b.revMax > lo) out.add(blk);
-    for (const [blk, rev] of f.dropped) if (rev > lo) out.add(blk);
+    for (const [blk, b] of f.blocks) {
+      if (b.revMax <= lo) continue; // nothing on its path changed after lo
+      while (b.knownFrom > lo && b.knownFrom > this.tailRev) await this.extendBack(f, blk, b, lo);
+      if (b.changes.some((r) => r > lo)) out.add(blk);
+    }
     return out;
   }
 
-  /** Forget what is needed only for queries at revisions < rev. */
+  /**
+   * The revision in (lo, head] at which the ZBigFile object foid changed (created, or its
+   * blksize/blktab replaced), if any: an "epoch" the isolation protocol cannot cross.
+   */
+  epochIn(foid: Oid, lo: Tid): Tid | undefined {
+    for (let i = this.δZtail.length - 1; i >= 0; i--) {
+      const z = this.δZtail[i]!;
+      if (z.tid <= lo) break;
+      if (z.oids.has(foid)) return z.tid;
+    }
+    return undefined;
+  }
+
+  /** Forget history at and before rev (tail moves forward only). */
   forgetPast(rev: Tid): void {
     if (rev <= this.tailRev) return;
+    if (rev > this.headRev) rev = this.headRev;
     this.tailRev = rev;
+    let n = 0;
+    while (n < this.δZtail.length && this.δZtail[n]!.tid <= rev) n++;
+    this.δZtail.splice(0, n);
     for (const f of this.files.values()) {
-      for (const [blk, r] of f.dropped) if (r <= rev) f.dropped.delete(blk);
+      for (const b of f.blocks.values()) {
+        while (b.changes.length > 0 && b.changes[0]! <= rev) b.changes.shift();
+        if (b.knownFrom < rev) b.knownFrom = rev; // history below tail is never asked for
+      }
     }
   }
 
-  /** Forget everything about a file (after its epoch). */
-  untrackFile(foid: Oid): void {
-    const f = this.files.get(foid);
-    if (f === undefined) return;
-    for (const blk of [...f.blocks.keys()]) this.untrackBlock(foid, f, blk);
-    for (const o of f.sizeOids) this.sizeIdx.get(o)?.delete(foid);
-    this.files.delete(foid);
+  // ---- internals ----
+
+  /**
+   * Extend blk's known history backwards toward `lo` by walking δZtail (I3): the state at
+   * rev_{i-1} equals the state at rev_i unless δZ_i touches its path; a change at rev_i is
+   * its ZBlk in δZ_i, or a different blktab[blk] before rev_i.
+   */
+  private extendBack(f: TrackedFile, blk: number, b: TrackedBlock, lo: Tid): Promise<void> {
+    if (b.extending) return b.extending;
+    b.extending = (async () => {
+      let i = this.δZtail.length - 1;
+      while (i >= 0 && this.δZtail[i]!.tid > b.knownFrom) i--;
+      for (; i >= 0 && b.knownFrom > lo && b.knownFrom > this.tailRev; i--) {
+        const z = this.δZtail[i]!;
+        const cur = b.back;
+        let changed = cur.value !== null && z.oids.has(cur.value);
+        let prev = cur;
+        if (cur.pathOids.some((o) => z.oids.has(o))) {
+          const p = await this.lookup(f, blk, z.tid - 1n);
+          if (p === undefined) {
+            // blktab did not exist before z.tid: the file was created then
+            b.changes.unshift(z.tid);
+            b.knownFrom = this.tailRev;
+            return;
+          }
+          prev = { value: p.value, pathOids: p.pathOids };
+          if (prev.value !== cur.value) changed = true;
+        }
+        if (changed) b.changes.unshift(z.tid);
+        b.back = prev;
+        b.knownFrom = z.tid - 1n;
+      }
+      if (i < 0 && b.knownFrom > this.tailRev) b.knownFrom = this.tailRev; // no more commits: nothing changed down to tail
+    })().finally(() => (b.extending = undefined));
+    return b.extending;
   }
 
-  /** Number of tracked blocks (for stats and tests). */
-  trackedBlocks(foid: Oid): number[] {
-    return [...(this.files.get(foid)?.blocks.keys() ?? [])].sort((a, b) => a - b);
+  private async lookup(f: TrackedFile, blk: number, at: Tid): Promise<(BlkState & { revMax: Tid }) | undefined> {
+    try {
+      const { value, path } = await btreeGet(this.loader, f.blktab, BigInt(blk), at);
+      const v = valueOid(value);
+      let revMax = 0n;
+      for (const n of path) if (n.serial > revMax) revMax = n.serial;
+      return { value: v === undefined ? null : v, pathOids: pathOids(path), revMax };
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'WCFS_ENODATA' || code === 'WCFS_ENOOBJ') return undefined;
+      throw e;
+    }
   }
 
-  private fileEntry(foid: Oid, blktab: Oid): TrackedFile {
-    let f = this.files.get(foid);
-    if (f === undefined) this.files.set(foid, (f = { blktab, blocks: new Map(), sizeOids: [], dropped: new Map() }));
-    return f;
+  private index(foid: Oid, blk: number, st: BlkState): void {
+    const oids = st.value === null ? st.pathOids : [...st.pathOids, st.value];
+    for (const o of oids) {
+      let byFile = this.nodeIdx.get(o);
+      if (byFile === undefined) this.nodeIdx.set(o, (byFile = new Map()));
+      let blks = byFile.get(foid);
+      if (blks === undefined) byFile.set(foid, (blks = new Set()));
+      blks.add(blk);
+    }
   }
 
-  private untrackBlock(foid: Oid, f: TrackedFile, blk: number): void {
-    const b = f.blocks.get(blk);
-    if (b === undefined) return;
-    f.blocks.delete(blk);
-    for (const o of b.oids) {
+  private unindex(foid: Oid, blk: number, st: BlkState): void {
+    const oids = st.value === null ? st.pathOids : [...st.pathOids, st.value];
+    for (const o of oids) {
       const byFile = this.nodeIdx.get(o);
       const blks = byFile?.get(foid);
       if (blks === undefined) continue;
@@ -252,11 +326,5 @@ export class DeltaFtail {
       if (blks.size === 0) byFile!.delete(foid);
       if (byFile!.size === 0) this.nodeIdx.delete(o);
     }
-  }
-
-  private idxAdd(idx: Map<Oid, Set<Oid>>, k: Oid, v: Oid): void {
-    let s = idx.get(k);
-    if (s === undefined) idx.set(k, (s = new Set()));
-    s.add(v);
   }
 }

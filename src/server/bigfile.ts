@@ -60,8 +60,8 @@ export class BigFile {
     if (e === undefined) {
       hooks.started?.();
       const entry: LoadingEntry = {
-        ready: this.view.loadBlock(blk).then((b) => {
-          hooks.loaded?.(b);
+        ready: this.view.loadBlock(blk).then(async (b) => {
+          await hooks.loaded?.(b);
           entry.data = b.data;
           return b.data;
         }),
@@ -85,7 +85,7 @@ export class BigFile {
 
 export interface LoadHooks {
   started?: () => void;
-  loaded?: (b: BlockLoad) => void;
+  loaded?: (b: BlockLoad) => void | Promise<void>;
   settled?: () => void;
   after?: (blk: number, e: LoadingEntry) => void;
 }

@@ -207,7 +207,7 @@ export async function join(zurl: string, opts: { autostart?: boolean; mountpoint
 /** Resolve a zurl-or-mountpoint argument to a mountpoint. */
 export function resolveTarget(target: string): string {
   const m = path.resolve(target);
-  if (findMount(m) !== undefined || (existsSync(m) && isDir(m) && path.dirname(m) === WCFS_SHM)) return m;
+  if (findMount(m) !== undefined || (existsSync(m) && isDir(m))) return m;
   return defaultMountpoint(target);
 }
 

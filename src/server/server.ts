@@ -52,6 +52,7 @@ import { openStorage } from '../zodb/open.js';
 import type { CommitEvent, IStorage, StorageWatch } from '../zodb/storage.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
 import { BigFile, type LoadingEntry } from './bigfile.js';
+import { Isolation } from './isolation.js';
 import { Event, RWMutex } from './lock.js';
 import { WatchLink } from './watchlink.js';
 
@@ -156,6 +157,7 @@ export class WcfsServer implements FileSystem {
   private nextLinkId = 1;
   private readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0 };
 
+  private readonly isolation: Isolation;
   private watch: StorageWatch | undefined;
   private fatalErr: Error | undefined;
   private stopping = false;
@@ -174,6 +176,17 @@ export class WcfsServer implements FileSystem {
     this.headAt = storage.head();
     this.deltaFtail = new DeltaFtail(this.headAt, this.loader);
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    this.isolation = new Isolation({
+      headMu: this.headMu,
+      deltaFtail: this.deltaFtail,
+      headAt: () => this.headAt,
+      headFile: (foid) => this.headFiles.get(foid),
+      waitHead: (at, signal) => this.waitHead(at, signal),
+      pinTimeoutMs: this.pinTimeout * 1000,
+      stats: this.stats,
+      log: this.log,
+      fatal: (e) => this.fatal(e),
+    });
     this.initTree();
   }
 
@@ -322,7 +335,14 @@ export class WcfsServer implements FileSystem {
     const accmode = req.flags & 3;
     if (nd.kind === 'watch') {
       const id = this.nextLinkId++;
-      const link = new WatchLink(id, req.pid, (l) => this.linkClosed(l));
+      const link = new WatchLink(id, req.pid, {
+        request: (l, stream, r) => void this.isolation.handleRequest(l, stream, r.foid, r.at),
+        down: (l, reason, npending) => {
+          this.stats.WatchLink--;
+          this.isolation.linkDown(l, reason, npending);
+        },
+      });
+      this.isolation.linkOpened(link);
       this.links.set(id, link);
       this.stats.WatchLink++;
       this.opened();
@@ -525,8 +545,11 @@ export class WcfsServer implements FileSystem {
         // I3: the load keeps headMu shared until it completes, whoever still waits for it.
         started: () => this.headMu.rlockNested(),
         settled: () => this.headMu.runlock(),
-        // I1: tracked before any reader (and so the kernel) gets the data.
-        loaded: (b) => this.deltaFtail.track(f.foid, blk, b.path, b.zblk?.oid ?? null, b.revMax),
+        // I1: tracked, and watchers pinned, before any reader (and so the kernel) gets the data.
+        loaded: async (b) => {
+          this.deltaFtail.track(f.foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
+          await this.isolation.readPinWatchers(f, blk);
+        },
         after: (b, e) => void this.uploadHead(f, b, e),
       },
       signal,
@@ -633,6 +656,7 @@ export class WcfsServer implements FileSystem {
         const f = this.headFiles.get(foid);
         if (f !== undefined) f.revApprox = ev.tid;
       }
+      this.deltaFtail.forgetPast(this.isolation.revCut());
       const waiters = this.headWaiters;
       this.headWaiters = [];
       for (const w of waiters) {
@@ -699,18 +723,19 @@ export class WcfsServer implements FileSystem {
     }
   }
 
-  /** Wait until head ≥ at (§3.8); EINVAL after timeoutMs. */
-  private async waitHead(at: Tid, signal: AbortSignal, timeoutMs: number): Promise<void> {
+  /** Wait until head ≥ at (§3.8); with timeoutMs: EINVAL when head does not get there. */
+  private async waitHead(at: Tid, signal: AbortSignal, timeoutMs?: number): Promise<void> {
     if (at <= this.headAt) return;
     const ev = new Event();
     this.headWaiters.push({ at, ev });
-    const t = AbortSignal.timeout(timeoutMs);
-    const both = AbortSignal.any([signal, t]);
+    const t = timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs);
     try {
-      await ev.wait(both);
+      await ev.wait(t === undefined ? signal : AbortSignal.any([signal, t]));
     } catch (e) {
-      if (t.aborted && !signal.aborted) throw new FuseError(errno.EINVAL, `@${hex16(at)}: revision is ahead of head @${hex16(this.headAt)}`);
+      if (t?.aborted && !signal.aborted) throw new FuseError(errno.EINVAL, `@${hex16(at)}: revision is ahead of head @${hex16(this.headAt)}`);
       throw e;
+    } finally {
+      this.headWaiters = this.headWaiters.filter((w) => w.ev !== ev);
     }
   }
 
@@ -739,7 +764,7 @@ export class WcfsServer implements FileSystem {
     this.stopping = true;
     if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
     this.watch?.close();
-    for (const l of this.links.values()) l.release();
+    for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
     await this.storage.close().catch(() => {});
     debug('stopped');
@@ -754,10 +779,6 @@ export class WcfsServer implements FileSystem {
 
   private warn(msg: string): void {
     this.log(`wcfs: ${this.zurl}: ${msg}`);
-  }
-
-  private linkClosed(_l: WatchLink): void {
-    this.stats.WatchLink--;
   }
 
   // ---- auto-exit ----
@@ -789,6 +810,7 @@ export class WcfsServer implements FileSystem {
   // ---- stats ----
 
   statsText(): string {
+    this.stats.PinnedBlk = this.isolation.pinnedBlocks();
     return Object.entries(this.stats)
       .map(([k, v]) => `${k}\t: ${v}\n`)
       .join('');

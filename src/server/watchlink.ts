@@ -1,26 +1,43 @@
-// Server side of one head/watch open ("watch link", wcfs-server.md §2.2): a bidirectional
-// line channel over a FUSE stream file (FOPEN_STREAM|NONSEEKABLE|DIRECT_IO).
+// Server side of one head/watch open ("watch link", wcfs-server.md §2.2, §2.3, §2.10): a
+// bidirectional line channel over a FUSE stream file (FOPEN_STREAM|NONSEEKABLE|DIRECT_IO).
 //
-//   client write(2)  → WRITE request  → rx buffer → complete lines → handleLine
-//   server send()    → tx queue       → READ requests take bytes from it (a read may get a
-//                                        partial line or several lines); send() resolves once
-//                                        the client has read the whole line
-//   close()          → pending and later READs return 0 bytes (EOF)
+//   client write(2) → WRITE → rx buffer → complete lines:
+//        odd stream  → a client request (watch/bye) → handlers.request, not awaited, so acks
+//                      and bye are processed while setups wait
+//        even stream → the reply to one of our requests (a pin)
+//   request(msg)    → next even stream, frame queued for the client's read(2), reply awaited
+//                     with a deadline
+//   client read(2)  → READ → bytes of queued frames (a read may get a partial line or several)
+//   shutdown()      → first caller wins: the link goes down, our pending requests fail with
+//                     LinkDownError, an optional stream-0 "error:"/"fatal:" line is queued, and
+//                     then reads see EOF. handlers.down runs once.
 //
-// Invariants: tx bytes are delivered in order, each at most once; a READ waiting for data is
-// released by data, by close (EOF) or by its interrupt (EINTR) — a client killed while
-// blocked in read(2) exits at once.
-//
-// Protocol handling (watch requests, pins) is the server's business: this file only frames.
-// Until the isolation protocol lands (issue 4) every watch request is answered with an error.
+// Invariants: frames go out whole and in order; each pending request settles exactly once;
+// after down no request is sent and no "ok" can be queued (send() is a no-op); a READ that
+// waits for data is released by data, EOF or its interrupt (EINTR).
 
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
-import { formatFrame, parseClientRequest, parseFrame } from '../watchlink/wire.js';
-import { hex16 } from '../zodb/ids.js';
+import { formatFrame, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
 const debug = createDebug('wcfs:watch');
+
+/** Our request failed because the link is (or went) down. */
+export class LinkDownError extends Error {
+  readonly code = 'WCFS_ELINKDOWN';
+  constructor(readonly why: string) {
+    super(`link is down${why ? ': ' + why : ''}`);
+  }
+}
+
+/** No reply (or the frame was not even read) within the deadline. */
+export class LinkTimeoutError extends Error {
+  readonly code = 'WCFS_ETIMEDOUT';
+  constructor(ms: number) {
+    super(`timeout (${(ms / 1000).toFixed(1)}s)`);
+  }
+}
 
 interface TxItem {
   bytes: Buffer;
@@ -28,29 +45,58 @@ interface TxItem {
   done: () => void;
 }
 
+interface Pending {
+  resolve: (reply: string) => void;
+  reject: (e: Error) => void;
+}
+
+export interface LinkHandlers {
+  /** A parsed client request on odd `stream` (watch; bye is handled here). */
+  request(link: WatchLink, stream: bigint, req: Extract<ClientRequest, { kind: 'watch' }>): void;
+  /**
+   * The link went down. `pendingPins` = requests of ours that were in flight; `reason` is
+   * undefined for bye, else the error text (protocol error, EOF without bye, pin failure).
+   */
+  down(link: WatchLink, reason: string | undefined, pendingRequests: number): void;
+}
+
 export class WatchLink {
   private rx = '';
   private readonly tx: TxItem[] = [];
   private readers: Array<() => void> = [];
-  private closedFlag = false;
+  private isDown = false;
+  private eof = false;
+  private nextStream = 0n;
+  private readonly pending = new Map<bigint, Pending>();
+  /** Aborted when the link goes down: waits tied to the link's life use it. */
+  private readonly ac = new AbortController();
 
   constructor(
     readonly id: number,
-    /** Pid of the opener (from the OPEN request). */
+    /** Pid of the opener (from the OPEN request): the process that gets killed on pin failure. */
     readonly pid: number,
-    private readonly onClose: (l: WatchLink) => void,
+    private readonly handlers: LinkHandlers,
   ) {}
 
-  get closed(): boolean {
-    return this.closedFlag;
+  get down(): boolean {
+    return this.isDown;
   }
+  get signal(): AbortSignal {
+    return this.ac.signal;
+  }
+
+  toString(): string {
+    return `wlink ${this.id} (pid ${this.pid})`;
+  }
+
+  // ---- client side of the pipe (FUSE handlers) ----
 
   /** WRITE from the client: consume everything, handle complete lines. */
   write(data: Buffer): number {
-    if (this.closedFlag) throw new FuseError(errno.EPIPE, `wlink ${this.id}: closed`);
+    if (this.eof) throw new FuseError(errno.EPIPE, `${this}: closed`);
     this.rx += data.toString('latin1');
     let nl: number;
-    while (!this.closedFlag && (nl = this.rx.indexOf('\n')) >= 0) {
+    while (!this.isDown && (nl = this.rx.indexOf('\n')) >= 0) {
       const line = this.rx.slice(0, nl + 1);
       this.rx = this.rx.slice(nl + 1);
       this.handleLine(line);
@@ -62,7 +108,7 @@ export class WatchLink {
   async read(size: number, signal: AbortSignal): Promise<Uint8Array> {
     for (;;) {
       if (this.tx.length > 0) return this.take(size);
-      if (this.closedFlag) return new Uint8Array(0);
+      if (this.eof) return new Uint8Array(0);
       await new Promise<void>((resolve, reject) => {
         if (signal.aborted) return reject(signal.reason);
         const wake = () => {
@@ -79,37 +125,73 @@ export class WatchLink {
     }
   }
 
-  /** Queue one frame; resolves when the client has read all of it (or the link closed). */
+  /** RELEASE of the fd: the client is gone (closed it, or its process is exiting). */
+  release(): void {
+    for (const t of this.tx.splice(0)) t.done();
+    this.shutdown('unexpected EOF');
+    this.eof = true;
+  }
+
+  // ---- server side ----
+
+  /** Queue one frame; resolves when the client has read all of it. No-op once down. */
   send(stream: bigint, msg: string): Promise<void> {
-    if (this.closedFlag) return Promise.resolve();
-    debug('wlink %d: > %d %s', this.id, stream, msg);
+    if (this.isDown) return Promise.resolve();
+    return this.queue(stream, msg);
+  }
+
+  /**
+   * Send a request on the next even stream and wait for its reply, all within `timeoutMs`.
+   * Rejects with LinkDownError / LinkTimeoutError.
+   */
+  async request(msg: string, timeoutMs: number): Promise<string> {
+    if (this.isDown) throw new LinkDownError('');
+    this.nextStream += 2n;
+    const stream = this.nextStream;
+    const reply = new Promise<string>((resolve, reject) => this.pending.set(stream, { resolve, reject }));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new LinkTimeoutError(timeoutMs)), timeoutMs);
+    });
+    try {
+      void this.queue(stream, msg);
+      return await Promise.race([reply, timeout]);
+    } finally {
+      clearTimeout(timer);
+      this.pending.delete(stream);
+    }
+  }
+
+  /**
+   * Take the link down (first call wins; returns whether this call did). `reason` undefined
+   * = graceful (bye). `control` = the stream-0 line to send first ("error: …"/"fatal: …").
+   */
+  shutdown(reason: string | undefined, control?: string): boolean {
+    if (this.isDown) return false;
+    this.isDown = true;
+    const npending = this.pending.size;
+    for (const p of this.pending.values()) p.reject(new LinkDownError(reason ?? 'bye'));
+    this.pending.clear();
+    this.ac.abort(new LinkDownError(reason ?? 'bye'));
+    if (control !== undefined && !this.eof) {
+      debug('%s: > 0 %s', this, control);
+      void this.queue(0n, control);
+    }
+    if (reason !== undefined && control === undefined) debug('%s: down: %s', this, reason);
+    this.eof = true; // readers get EOF once the queue (the control line) is drained
+    this.wakeReaders();
+    this.handlers.down(this, reason, npending);
+    return true;
+  }
+
+  // ---- internals ----
+
+  private queue(stream: bigint, msg: string): Promise<void> {
+    debug('%s: > %d %s', this, stream, msg);
     return new Promise<void>((resolve) => {
       this.tx.push({ bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve });
       this.wakeReaders();
     });
-  }
-
-  /** Send a control message on stream 0 and close. */
-  async fail(text: string): Promise<void> {
-    if (this.closedFlag) return;
-    process.stderr.write(`wcfs: wlink ${this.id} (pid ${this.pid}): ${text}\n`);
-    const sent = this.send(0n, `error: ${text}`);
-    this.close();
-    await sent;
-  }
-
-  /** No more messages: readers get EOF once the queue is drained. */
-  close(): void {
-    if (this.closedFlag) return;
-    this.closedFlag = true;
-    this.wakeReaders();
-    this.onClose(this);
-  }
-
-  /** RELEASE of the handle: drop whatever is queued. */
-  release(): void {
-    for (const t of this.tx.splice(0)) t.done();
-    this.close();
   }
 
   private take(size: number): Uint8Array {
@@ -135,22 +217,32 @@ export class WatchLink {
     for (const r of rs) r();
   }
 
+  private protocolError(text: string): void {
+    process.stderr.write(`wcfs: ${this}: serve rx: ${text}\n`);
+    this.shutdown(text, `error: ${text}`);
+  }
+
   private handleLine(line: string): void {
     let stream: bigint;
     let msg: string;
     try {
       ({ stream, msg } = parseFrame(line));
     } catch (e) {
-      void this.fail((e as Error).message);
+      this.protocolError((e as Error).message);
       return;
     }
-    debug('wlink %d: < %d %s', this.id, stream, msg);
-    if (stream === 0n || stream % 2n === 0n) {
-      // A reply to a server request — none are sent before the isolation protocol lands.
-      void this.fail(`unexpected reply on stream ${stream}: no request pending`);
+    debug('%s: < %d %s', this, stream, msg);
+    if (stream % 2n === 0n) {
+      const p = this.pending.get(stream);
+      if (p === undefined) {
+        this.protocolError(`${stream}: reply on unexpected stream`);
+        return;
+      }
+      this.pending.delete(stream);
+      p.resolve(msg);
       return;
     }
-    let req;
+    let req: ClientRequest;
     try {
       req = parseClientRequest(msg);
     } catch (e) {
@@ -158,10 +250,9 @@ export class WatchLink {
       return;
     }
     if (req.kind === 'bye') {
-      this.close();
+      this.shutdown(undefined);
       return;
     }
-    const at = req.at === null ? 'ffffffffffffffff' : hex16(req.at);
-    void this.send(stream, `error setup watch f${hex16(req.foid)} @${at}: isolation protocol not yet implemented`);
+    this.handlers.request(this, stream, req);
   }
 }

@@ -1,0 +1,358 @@
+// The isolation protocol, server side (wcfs-server.md §2.5-§2.9, §3.5.4): watches, pins sent
+// on watch setup and before a head block reaches the kernel, and what happens to clients that
+// do not answer pins correctly and in time.
+//
+// Objects:
+//   Watch  (link, file, at, pinned: blk → rev being/been pinned)   — one per (link, file)
+//   file.watchers  — the Watches of a head BigFile (reads pin them)
+//   link.byFile    — the Watches of one link
+//
+// 1) setup (`watch <oid> @<at>`): wait head ≥ at; hold headMu shared for the rest (no commit
+//    in between); at ≥ tail; the file known at head; no epoch in (at, head]; at not going
+//    back; register the watch *before* computing pins (a concurrent read then pins it too);
+//    pin every tracked block changed in (at, head] to its revision as of at, unpin blocks no
+//    longer needing it; "ok" only after every pin was acked.
+// 2) reads (readPinWatchers): before data of a head block goes to the kernel, every watch with
+//    at < the block's head revision gets pinned to the block's revision as of its at; the read
+//    waits for the acks.
+// 3) pin failure (timeout, wrong reply, link gone mid-pin): the link is shut down with a
+//    "fatal:" line, and the client process is killed (SIGBUS, then SIGKILL) unless it is
+//    already dying; a client that cannot be killed switches the server into EIO mode.
+//    A pin never fails the read or the setup of anyone else.
+//
+// Invariants:
+//   I1 w.pinned[blk] = rev ⇒ the client was told (or is being told) to map blk @rev; entries
+//      for @head are removed once acked. Same (blk, rev) is never sent twice.
+//   I2 "ok" of a setup is sent only when every pin of that setup was acked and the link is up.
+//   I3 w.at only moves forward, under w.atMu (W); pins computed from w.at hold w.atMu (R).
+//
+// Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R) and w.atMu
+// (R) — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN of @rev files take none.
+
+import { readFileSync } from 'node:fs';
+import type { DeltaFtail } from '../deltatail/deltaFtail.js';
+import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
+import { formatPin } from '../watchlink/wire.js';
+import type { BigFile } from './bigfile.js';
+import { RWMutex } from './lock.js';
+import { LinkDownError, LinkTimeoutError, type WatchLink } from './watchlink.js';
+
+export class Watch {
+  at: Tid = 0n;
+  readonly pinned = new Map<number, { rev: Tid | null; done: Promise<void> | null }>();
+  readonly setupMu = new RWMutex();
+  readonly atMu = new RWMutex();
+  registered = false;
+  constructor(
+    readonly link: WatchLink,
+    readonly file: BigFile,
+  ) {}
+}
+
+/** What the protocol needs from the server. */
+export interface IsolationHost {
+  readonly headMu: RWMutex;
+  readonly deltaFtail: DeltaFtail;
+  headAt(): Tid;
+  headFile(foid: Oid): BigFile | undefined;
+  /** Wait until head ≥ at (cancelled by signal). */
+  waitHead(at: Tid, signal: AbortSignal): Promise<void>;
+  readonly pinTimeoutMs: number;
+  readonly stats: { Watch: number; pin: number; pinkill: number };
+  log(line: string): void;
+  fatal(err: Error): void;
+}
+
+class WrongReplyError extends Error {}
+
+export class Isolation {
+  /** Watches per head file (by foid) and per link. */
+  private readonly fileWatchers = new Map<Oid, Set<Watch>>();
+  private readonly linkWatches = new Map<WatchLink, Map<Oid, Watch>>();
+
+  constructor(private readonly host: IsolationHost) {}
+
+  linkOpened(link: WatchLink): void {
+    this.linkWatches.set(link, new Map());
+  }
+
+  /** Watches of all links, for stats and revCut. */
+  *watches(): Iterable<Watch> {
+    for (const byFile of this.linkWatches.values()) yield* byFile.values();
+  }
+
+  pinnedBlocks(): number {
+    let n = 0;
+    for (const w of this.watches()) for (const p of w.pinned.values()) if (p.rev !== null) n++;
+    return n;
+  }
+
+  /** Lowest `at` of all registered watches (history must not be forgotten past it). */
+  minWatchAt(): Tid | undefined {
+    let min: Tid | undefined;
+    for (const w of this.watches()) if (w.registered && (min === undefined || w.at < min)) min = w.at;
+    return min;
+  }
+
+  // ---- 1) watch requests ----
+
+  async handleRequest(link: WatchLink, stream: bigint, foid: Oid, at: Tid | null): Promise<void> {
+    const atText = at === null ? 'ffffffffffffffff' : hex16(at);
+    const prefix = `setup watch f${hex16(foid)} @${atText}`;
+    try {
+      if (at === null) this.unwatch(link, foid);
+      else await this.setupWatch(link, foid, at);
+      await link.send(stream, 'ok');
+    } catch (e) {
+      if (link.down) return; // no reply on a down link (I2)
+      const msg = e instanceof LinkDownError ? e.message : (e as Error).message;
+      await link.send(stream, `error ${prefix}: ${msg}`);
+    }
+  }
+
+  private unwatch(link: WatchLink, foid: Oid): void {
+    const w = this.linkWatches.get(link)?.get(foid);
+    if (w === undefined) return;
+    this.drop(w);
+  }
+
+  private drop(w: Watch): void {
+    const byFile = this.linkWatches.get(w.link);
+    if (byFile?.get(w.file.foid) === w) {
+      byFile.delete(w.file.foid);
+      this.host.stats.Watch--;
+    }
+    this.fileWatchers.get(w.file.foid)?.delete(w);
+    w.registered = false;
+  }
+
+  private async setupWatch(link: WatchLink, foid: Oid, at: Tid): Promise<void> {
+    const h = this.host;
+    await h.waitHead(at, link.signal);
+    await h.headMu.rlock(link.signal);
+    try {
+      const tail = h.deltaFtail.tail();
+      if (at < tail) {
+        const head = h.headAt();
+        const δt = (tidToDate(head).getTime() - tidToDate(at).getTime()) / 1000;
+        throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${δt}s`);
+      }
+      const byFile = this.linkWatches.get(link);
+      if (byFile === undefined) throw new LinkDownError('');
+      let w = byFile.get(foid);
+      let created = false;
+      if (w === undefined) {
+        const f = h.headFile(foid);
+        if (f === undefined) throw new Error('file not yet known to wcfs or is not a ZBigFile');
+        w = new Watch(link, f);
+        byFile.set(foid, w);
+        h.stats.Watch++;
+        created = true;
+      }
+      await w.setupMu.lock(link.signal);
+      try {
+        await this.setupLocked(w, at, created);
+      } finally {
+        w.setupMu.unlock();
+      }
+    } finally {
+      h.headMu.runlock();
+    }
+  }
+
+  private async setupLocked(w: Watch, at: Tid, created: boolean): Promise<void> {
+    const h = this.host;
+    const foid = w.file.foid;
+    await w.atMu.lock(w.link.signal);
+    let pins: Promise<void>[];
+    try {
+      if (w.registered && at < w.at) throw new Error('going back in history is forbidden');
+      const epoch = h.deltaFtail.epochIn(foid, at);
+      if (epoch !== undefined) {
+        if (created && !w.registered) this.drop(w); // roll back a watch created by this request
+        throw new Error(`file epoch detected @${hex16(epoch)} in between (at,head=@${hex16(h.headAt())}]`);
+      }
+      // register first (a read from now on pins for this watch as well)
+      w.at = at;
+      w.registered = true;
+      let ws = this.fileWatchers.get(foid);
+      if (ws === undefined) this.fileWatchers.set(foid, (ws = new Set()));
+      ws.add(w);
+      const toPin = new Map<number, Tid>();
+      for (const blk of await h.deltaFtail.changedSince(foid, at)) toPin.set(blk, await h.deltaFtail.blkRevAt(foid, blk, at));
+      pins = [];
+      for (const [blk, rev] of toPin) pins.push(this.pin(w, blk, rev));
+      for (const blk of [...w.pinned.keys()]) if (!toPin.has(blk)) pins.push(this.pin(w, blk, null));
+      // downgrade: pins go out holding atMu shared (setupMu keeps other setups out)
+      w.atMu.unlock();
+      await w.atMu.rlock();
+    } catch (e) {
+      w.atMu.unlock();
+      throw e;
+    }
+    try {
+      await Promise.all(pins);
+    } finally {
+      w.atMu.runlock();
+    }
+    if (w.link.down) throw new LinkDownError('');
+  }
+
+  // ---- 2) reads ----
+
+  /** Pin blk of head file f in every watch that needs it; resolves once all are acked. */
+  async readPinWatchers(f: BigFile, blk: number): Promise<void> {
+    const ws = this.fileWatchers.get(f.foid);
+    if (ws === undefined || ws.size === 0) return;
+    const h = this.host;
+    const revMax = h.deltaFtail.revMax(f.foid, blk);
+    let blkRev: Tid | undefined;
+    const pins: Promise<void>[] = [];
+    for (const w of [...ws]) {
+      if (w.link.down || revMax <= w.at) continue; // cheap path: nothing changed after w.at
+      pins.push(
+        (async () => {
+          await w.atMu.rlock();
+          try {
+            if (!w.registered || w.link.down) return;
+            blkRev ??= await h.deltaFtail.blkRevAt(f.foid, blk, h.headAt());
+            if (blkRev <= w.at) return;
+            await this.pin(w, blk, await h.deltaFtail.blkRevAt(f.foid, blk, w.at));
+          } finally {
+            w.atMu.runlock();
+          }
+        })(),
+      );
+    }
+    await Promise.all(pins);
+  }
+
+  // ---- 3) one pin, and what happens when it fails ----
+
+  /** Pin blk of w to rev (null = @head). Never throws: failures end the link (and the client). */
+  private pin(w: Watch, blk: number, rev: Tid | null): Promise<void> {
+    if (w.link.down) return Promise.resolve();
+    const cur = w.pinned.get(blk);
+    if (cur !== undefined && cur.rev === rev) return cur.done ?? Promise.resolve(); // I1: no resend
+    if (cur === undefined && rev === null) return Promise.resolve(); // not pinned: nothing to unpin
+    const entry: { rev: Tid | null; done: Promise<void> | null } = { rev, done: null };
+    w.pinned.set(blk, entry);
+    entry.done = (async () => {
+      const h = this.host;
+      h.stats.pin++;
+      const msg = formatPin({ foid: w.file.foid, blk, rev });
+      try {
+        const reply = await w.link.request(msg, h.pinTimeoutMs);
+        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${JSON.stringify(reply)}`);
+        if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
+      } catch (e) {
+        if (w.pinned.get(blk) === entry) w.pinned.delete(blk);
+        await this.pinFailed(w.link, `pin #${blk} @${rev === null ? 'head' : hex16(rev)}`, e as Error);
+      } finally {
+        entry.done = null;
+      }
+    })();
+    return entry.done;
+  }
+
+  private async pinFailed(link: WatchLink, what: string, err: Error): Promise<void> {
+    // The link went down under the pin (bye, EOF, protocol error, another pin's failure):
+    // linkDown() decides about the client.
+    if (err instanceof LinkDownError) return;
+    const kind: KillKind = err instanceof WrongReplyError ? 'wrong' : err instanceof LinkTimeoutError ? 'timeout' : 'io';
+    const reason = `${what}: ${err.message}`;
+    link.shutdown(reason, `fatal: ${reason}`);
+    await this.maybeKill(link, reason, kind);
+  }
+
+  /**
+   * The link went down: drop its watches. A protocol error or EOF while pins were in flight
+   * counts as a failed pin (the client may be killed); bye never does.
+   */
+  linkDown(link: WatchLink, reason: string | undefined, pendingRequests: number): void {
+    const byFile = this.linkWatches.get(link);
+    if (byFile !== undefined) for (const w of [...byFile.values()]) this.drop(w);
+    this.linkWatches.delete(link);
+    if (reason !== undefined && pendingRequests > 0 && !/^pin #/.test(reason)) {
+      void this.maybeKill(link, reason, 'io');
+    }
+  }
+
+  private async maybeKill(link: WatchLink, reason: string, kind: KillKind): Promise<void> {
+    const h = this.host;
+    const T = h.pinTimeoutMs;
+    const pid = link.pid;
+    if (kind === 'timeout' && !processAlive(pid)) return;
+    if (kind === 'io') {
+      // a dying process closes its fds before it becomes a zombie: give it time to finish
+      const deadline = Date.now() + Math.min(3000, T);
+      while (Date.now() < deadline) {
+        if (!processAlive(pid)) return;
+        await sleep(100);
+      }
+      if (!processAlive(pid)) return;
+    }
+    h.log(`wcfs: pid${pid}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
+    h.log(`wcfs: pid${pid}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
+    h.log(`wcfs: pid${pid}:    (see "Protection against slow or faulty clients" in notes.md)`);
+    const t0 = Date.now();
+    try {
+      process.kill(pid, 'SIGBUS');
+      h.log(`wcfs: pid${pid}: <- SIGBUS`);
+      if (!(await waitDead(pid, T / 6))) {
+        h.log(`wcfs: pid${pid}: is still alive after SIGBUS`);
+        process.kill(pid, 'SIGKILL');
+        h.log(`wcfs: pid${pid}: <- SIGKILL`);
+        await waitDead(pid, Math.max(0, T / 3 - (Date.now() - t0)));
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') {
+        h.fatal(new Error(`pid${pid}: failed to kill it: ${(e as Error).message}; this is major unexpected event`));
+        return;
+      }
+    }
+    if (processAlive(pid)) {
+      h.fatal(new Error(`pid${pid}: failed to kill it: still alive; this is major unexpected event`));
+      return;
+    }
+    h.log(`wcfs: pid${pid}: terminated`);
+    h.stats.pinkill++;
+  }
+
+  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (§2.8). */
+  revCut(): Tid {
+    const head = this.host.headAt();
+    let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));
+    const minAt = this.minWatchAt();
+    if (minAt !== undefined && minAt < cut) cut = minAt;
+    return cut;
+  }
+}
+
+type KillKind = 'wrong' | 'timeout' | 'io';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Alive and not a zombie (§2.9: a zombie is dead for us). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, can't signal: treat as alive
+  }
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return st.charAt(st.lastIndexOf(')') + 2) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+async function waitDead(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (!processAlive(pid)) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(20);
+  }
+}
