@@ -1,0 +1,382 @@
+// The isolation protocol at the wire: raw head/watch links (each in a child process) against
+// a real server, with exact pin sets — no missing pins, no extra ones — for hand-written
+// scenarios (upstream's watch_* tests) and for random histories checked against a model.
+//
+// Model (wcfs-server.md §2.5-§2.7): rev(blk, at) = the last commit ≤ at that wrote blk, or the
+// server's tail when none is after the tail. A watch at `at` must be pinned, for every block
+// ever read via head/ that changed in (at, head], to rev(blk, at); a read of blk at head pins
+// every watch with at < rev(blk, head) to rev(blk, at), unless already so pinned.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { open, readFile, stat } from 'node:fs/promises';
+import { WriteTxn } from '../src/zodb/db.js';
+import { dateToTid, hex16, type Tid } from '../src/zodb/ids.js';
+import { openStorage } from '../src/zodb/open.js';
+import type { IWritableStorage } from '../src/zodb/storage.js';
+import { createZBigFile, ensureRoot, rootSet, setBlock, ZBIGFILE_CLASS } from '../src/zodb/zbigfile.js';
+import { PersistentRef } from '../src/zodb/pickle/index.js';
+import { findMount } from '../src/fuse/mountinfo.js';
+import { sleep } from './helpers/mount.js';
+import { startServer, stopAllServers, tmpDir, type TestServer } from './helpers/wcfs.js';
+import { TWatchLink, type PinSet } from './helpers/wlink.js';
+
+const BS = 65536;
+
+/** A database with ZBigFiles written by us, and the history the model needs. */
+class TDB {
+  db!: IWritableStorage;
+  srv!: TestServer;
+  tail = 0n;
+  readonly revs: Tid[] = [];
+  /** foid → blk → ascending tids of the commits that wrote (or punched) it. */
+  readonly writes = new Map<bigint, Map<number, Tid[]>>();
+  /** foid → blk → data at head (null: hole). */
+  readonly data = new Map<bigint, Map<number, number | null>>();
+  /** foid → blocks read via head/ so far. */
+  readonly accessed = new Map<bigint, Set<number>>();
+  readonly links: TWatchLink[] = [];
+  dir = tmpDir();
+
+  async open(): Promise<void> {
+    this.db = (await openStorage(`${this.dir}/data.fs`, { create: true })) as IWritableStorage;
+    await ensureRoot(this.db);
+  }
+  async newFile(name: string): Promise<bigint> {
+    const txn = new WriteTxn(this.db);
+    const foid = createZBigFile(txn, BS);
+    await rootSet(txn, name, new PersistentRef(foid, ZBIGFILE_CLASS));
+    this.revs.push(await txn.commit());
+    this.writes.set(foid, new Map());
+    this.data.set(foid, new Map());
+    this.accessed.set(foid, new Set());
+    return foid;
+  }
+  /** Commit blk → fill byte (null: punch a hole) for each file. */
+  async commit(changes: Array<[bigint, Record<number, number | null>]>): Promise<Tid> {
+    const txn = new WriteTxn(this.db);
+    for (const [foid, blocks] of changes) {
+      for (const [blk, fill] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
+    }
+    const tid = await txn.commit();
+    this.revs.push(tid);
+    for (const [foid, blocks] of changes) {
+      for (const [blk, fill] of Object.entries(blocks)) {
+        const w = this.writes.get(foid)!;
+        const b = Number(blk);
+        w.set(b, [...(w.get(b) ?? []), tid]);
+        this.data.get(foid)!.set(b, fill);
+      }
+    }
+    if (this.srv) await this.srv.waitHead(hex16(tid));
+    return tid;
+  }
+  async serve(): Promise<void> {
+    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', '3'] });
+    this.tail = this.head();
+    // no readahead: a read of one block must not load its neighbours (they would become
+    // "accessed" behind the model's back)
+    const m = findMount(this.srv.mnt)!;
+    writeFileSync(`/sys/class/bdi/0:${m.minor}/read_ahead_kb`, '0');
+  }
+  head(): Tid {
+    return this.revs[this.revs.length - 1]!;
+  }
+  nblk(foid: bigint): number {
+    let n = 0;
+    for (const [blk, fill] of this.data.get(foid)!) if (fill !== null) n = Math.max(n, blk + 1);
+    return n;
+  }
+  rev(foid: bigint, blk: number, at: Tid): Tid {
+    let r = this.tail;
+    for (const t of this.writes.get(foid)!.get(blk) ?? []) if (t <= at && t > r) r = t;
+    return r;
+  }
+  changedAfter(foid: bigint, blk: number, at: Tid): boolean {
+    return (this.writes.get(foid)!.get(blk) ?? []).some((t) => t > at);
+  }
+  /** Pins a (new or moved) watch of `link` at `at` must receive. */
+  setupPins(link: TWatchLink, foid: bigint, at: Tid): PinSet {
+    const target = new Map<number, Tid>();
+    for (const blk of this.accessed.get(foid)!) if (this.changedAfter(foid, blk, at)) target.set(blk, this.rev(foid, blk, at));
+    const pins: PinSet = new Map();
+    const have = link.pinned.get(foid) ?? new Map<number, Tid>();
+    for (const [blk, rev] of target) if (have.get(blk) !== rev) pins.set(blk, rev);
+    for (const blk of have.keys()) if (!target.has(blk)) pins.set(blk, null);
+    return pins;
+  }
+  /** Pins `link` must receive when blk is read at head. */
+  readPins(link: TWatchLink, foid: bigint, blk: number): PinSet {
+    const at = link.at.get(foid);
+    if (at === undefined || this.rev(foid, blk, this.head()) <= at) return new Map();
+    const rev = this.rev(foid, blk, at);
+    return link.pinned.get(foid)?.get(blk) === rev ? new Map() : new Map([[blk, rev]]);
+  }
+  /** Read blk of foid via head, checking pins on every link and the data. */
+  async read(foid: bigint, blk: number): Promise<void> {
+    const path = this.srv.at(`head/bigfile/${hex16(foid)}`);
+    const run = async () => {
+      const fh = await open(path, 'r');
+      try {
+        const b = Buffer.alloc(BS);
+        const { bytesRead } = await fh.read(b, 0, BS, blk * BS);
+        return bytesRead === BS ? b : b.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    };
+    let f: () => Promise<Buffer> = run;
+    for (const l of this.links) {
+      const inner = f;
+      const pins = this.readPins(l, foid, blk);
+      f = () => l.expectPinsDuring(inner, [[foid, pins]]);
+    }
+    const got = await f();
+    const want = this.data.get(foid)!.get(blk) ?? 0;
+    expect(got.length, `#${blk}`).toBe(BS);
+    expect(got.every((x) => x === (want ?? 0)), `#${blk} data`).toBe(true);
+    this.accessed.get(foid)!.add(blk);
+  }
+  async link(): Promise<TWatchLink> {
+    const l = await TWatchLink.open(this.srv.at('head/watch'));
+    this.links.push(l);
+    return l;
+  }
+  async watch(l: TWatchLink, foid: bigint, at: Tid): Promise<void> {
+    await l.watch(foid, at, this.setupPins(l, foid, at));
+  }
+  async close(): Promise<void> {
+    for (const l of this.links) await l.close();
+    await this.db?.close();
+    await this.srv?.stop();
+  }
+}
+
+const tdbs: TDB[] = [];
+async function newTDB(): Promise<TDB> {
+  const t = new TDB();
+  tdbs.push(t);
+  await t.open();
+  return t;
+}
+afterEach(async () => {
+  for (const t of tdbs.splice(0)) await t.close();
+}, 30_000);
+afterAll(stopAllServers, 30_000);
+
+async function stats(t: TDB): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const l of (await readFile(t.srv.at('.wcfs/stats'))).toString().trim().split('\n')) {
+    const [k, v] = l.split('\t: ');
+    out[k!] = Number(v);
+  }
+  return out;
+}
+
+describe('watch setup and reads (upstream scenarios)', () => {
+  it('watch_setup: pins and unpins along a history, no pin twice', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    const at0 = await t.commit([[f, { 0: 1, 1: 1, 2: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    const at1 = await t.commit([[f, { 2: 2 }]]);
+    for (const blk of [0, 1, 2]) await t.read(f, blk);
+    const at2 = await t.commit([[f, { 1: 3, 3: 3 }]]);
+    await t.read(f, 3);
+    const at3 = await t.commit([[f, { 0: 4, 2: 4 }]]);
+    const l = await t.link();
+    // explicit expectations, then the model agrees
+    await l.watch(f, at0, new Map<number, Tid | null>([[0, at0], [1, at0], [2, at0], [3, at0]]));
+    await l.watch(f, at1, new Map<number, Tid | null>([[2, at1]])); // moved: only what differs
+    await l.watch(f, at2, new Map<number, Tid | null>([[1, null], [3, null]])); // 1, 3 unchanged after at2
+    await l.watch(f, at2, new Map()); // re-watch the same at: nothing
+    await t.watch(l, f, at3); // everything back to head
+    expect(l.pinned.get(f)?.size ?? 0).toBe(0);
+    expect(await stats(t)).toMatchObject({ Watch: 1, WatchLink: 1, PinnedBlk: 0 });
+    await l.stopWatch(f);
+    expect(await stats(t)).toMatchObject({ Watch: 0 });
+  }, 30_000);
+
+  it('watch_vs_access: reads pin every watch that needs it, exactly once', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1, 2: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    const at1 = await t.commit([[f, { 1: 2 }]]);
+    const la = await t.link();
+    const lb = await t.link();
+    await t.watch(la, f, at1);
+    await t.watch(lb, f, t.tail);
+    await t.commit([[f, { 0: 3, 1: 3, 5: 3 }]]); // 5: beyond the old size → pins to tail
+    for (const blk of [0, 1, 2, 3, 4, 5, 0, 1]) await t.read(f, blk);
+    expect(la.pinned.get(f)).toEqual(new Map([[0, t.tail], [1, at1], [5, t.tail]]));
+    // no_pin_twice: drop head's cache of blk 0 (a commit elsewhere), read again: no pin
+    await t.commit([[f, { 2: 4 }]]);
+    await t.read(f, 0);
+    await t.read(f, 2);
+  }, 30_000);
+
+  it('watch_2files: one link, two files, per-file pins', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    const g = await t.newFile('g');
+    await t.commit([[f, { 0: 1 }], [g, { 0: 1, 1: 1 }]]);
+    await t.serve();
+    for (const x of [f, g]) await stat(t.srv.at(`head/bigfile/${hex16(x)}`));
+    for (const [x, b] of [[f, 0], [g, 0], [g, 1]] as const) await t.read(x, b);
+    const at1 = await t.commit([[f, { 0: 2 }], [g, { 1: 2 }]]);
+    const l = await t.link();
+    await t.watch(l, f, t.tail);
+    await t.watch(l, g, t.tail);
+    expect(l.pinned.get(f)).toEqual(new Map([[0, t.tail]]));
+    expect(l.pinned.get(g)).toEqual(new Map([[1, t.tail]]));
+    await t.watch(l, f, at1); // only f's pins move
+    expect(l.pinned.get(g)).toEqual(new Map([[1, t.tail]]));
+  }, 30_000);
+
+  it('watch_setup_ahead: ok only once head reaches at', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    const l = await t.link();
+    const ahead = dateToTid(new Date(Date.now() + 700)); // no commit there yet
+    l.send(`1 watch ${hex16(f)} @${hex16(ahead)}\n`);
+    await sleep(300);
+    expect(l.lines).toEqual([]); // waits for head ≥ at
+    await sleep(700);
+    const at1 = await t.commit([[f, { 1: 2 }]]);
+    expect(at1 > ahead).toBe(true);
+    expect(await l.next()).toBe('1 ok');
+  }, 30_000);
+
+  it('watch_robust: errors keep the link; bad frames end it', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    const never = await t.newFile('never');
+    await t.commit([[f, { 0: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    const l = await t.link();
+    expect(await l.request(`watch ${hex16(never)} @${hex16(t.head())}`)).toBe(
+      `error setup watch f${hex16(never)} @${hex16(t.head())}: file not yet known to wcfs or is not a ZBigFile`,
+    );
+    expect(await l.request('bla bla')).toBe('error bad watch: not a watch request: "bla bla"');
+    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail - 1n)}`)).toMatch(
+      new RegExp(`^error setup watch f${hex16(f)} @${hex16(t.tail - 1n)}: too far away back from head/at \\(@${hex16(t.head())}\\); `),
+    );
+    await t.watch(l, f, t.head());
+    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail - 1n)}`)).toMatch(/too far away back/);
+    const at1 = await t.commit([[f, { 1: 2 }]]);
+    await t.watch(l, f, at1);
+    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail)}`)).toBe(`error setup watch f${hex16(f)} @${hex16(t.tail)}: going back in history is forbidden`);
+    l.send('zzz hello\n');
+    expect(await l.untilEOF()).toEqual(['0 error: invalid frame: "zzz hello\\n" (invalid stream)']);
+  }, 30_000);
+
+  it('watch_before_create: a file created after at has an epoch in between', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1 }]]);
+    await t.serve();
+    const at1 = t.head();
+    const g = await t.newFile('g');
+    await t.commit([[g, { 0: 1 }]]);
+    await stat(t.srv.at(`head/bigfile/${hex16(g)}`));
+    await t.read(g, 0);
+    const l = await t.link();
+    const reply = await l.request(`watch ${hex16(g)} @${hex16(at1)}`);
+    expect(reply).toBe(`error setup watch f${hex16(g)} @${hex16(at1)}: file epoch detected @${hex16(t.revs[t.revs.length - 2]!)} in between (at,head=@${hex16(t.head())}]`);
+    expect(await stats(t)).toMatchObject({ Watch: 0 }); // rolled back
+  }, 30_000);
+
+  it('bye with a setup pin unanswered: the request fails, nobody is killed, commits go on', async () => {
+    const t = await newTDB();
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    await t.read(f, 0);
+    await t.commit([[f, { 0: 2 }]]);
+    const l = await t.link();
+    l.send(`1 watch ${hex16(f)} @${hex16(t.tail)}\n`);
+    expect(await l.next()).toMatch(/^2 pin /);
+    l.send('3 bye\n');
+    expect(await l.untilEOF()).toEqual([]);
+    await sleep(200);
+    expect(l.proc.exitCode).toBe(null); // alive
+    await t.commit([[f, { 1: 3 }]]);
+    expect(await stats(t)).toMatchObject({ WatchLink: 0, Watch: 0, pinkill: 0 });
+  }, 30_000);
+});
+
+// ---- random histories against the model ----
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let x = s;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('random histories: exact pins (model)', () => {
+  const seeds = process.env.WCFS_SEED ? [Number(process.env.WCFS_SEED)] : [1, 2, 3];
+  for (const seed of seeds) {
+    it(`seed ${seed}`, async () => {
+      const r = rng(seed);
+      const pick = <T,>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+      const t = await newTDB();
+      const files = [await t.newFile('f'), await t.newFile('g')];
+      const randomCommit = () => {
+        const ch: Array<[bigint, Record<number, number | null>]> = [];
+        for (const foid of files) {
+          if (r() < 0.3) continue;
+          const blocks: Record<number, number | null> = {};
+          for (let i = 0, n = 1 + Math.floor(r() * 3); i < n; i++) blocks[Math.floor(r() * 8)] = r() < 0.15 ? null : 1 + Math.floor(r() * 254);
+          ch.push([foid, blocks]);
+        }
+        return t.commit(ch.length ? ch : [[files[0]!, { 0: 1 + Math.floor(r() * 254) }]]);
+      };
+      for (let i = 0; i < 3; i++) await randomCommit();
+      await t.serve();
+      for (const foid of files) await stat(t.srv.at(`head/bigfile/${hex16(foid)}`));
+      const links = [await t.link(), await t.link()];
+      try {
+        for (let step = 0; step < 60; step++) {
+          const x = r();
+          if (x < 0.25) await randomCommit();
+          else if (x < 0.65) {
+            const foid = pick(files);
+            const n = t.nblk(foid);
+            if (n > 0) await t.read(foid, Math.floor(r() * n));
+          } else if (x < 0.95) {
+            const l = pick(links);
+            const foid = pick(files);
+            const cur = l.at.get(foid) ?? t.tail;
+            const cands = t.revs.filter((v) => v >= cur && v >= t.tail);
+            await t.watch(l, foid, cands.length ? pick(cands) : t.head());
+          } else {
+            const l = pick(links);
+            const foid = pick(files);
+            if (l.at.has(foid)) await l.stopWatch(foid);
+          }
+        }
+      } catch (e) {
+        (e as Error).message = `seed ${seed} (rerun: WCFS_SEED=${seed}): ${(e as Error).message}`;
+        throw e;
+      }
+      const s = await stats(t);
+      expect(s.pin, 'the history exercised pins').toBeGreaterThan(5);
+      let pinned = 0;
+      for (const l of links) for (const m of l.pinned.values()) pinned += m.size;
+      expect(s.PinnedBlk).toBe(pinned);
+      expect(s.pinkill).toBe(0);
+    }, 120_000);
+  }
+});
