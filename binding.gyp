@@ -6,7 +6,10 @@
         "native/addon.cc",
         "native/flock.cc",
         "native/fuse.cc",
-        "native/mincore.cc"
+        "native/mincore.cc",
+        "native/client.cc",
+        "native/client_mmap.cc",
+        "native/client_wlink.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

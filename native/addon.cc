@@ -2,7 +2,7 @@
 //
 // Owns: module registration and the error helper every part shares.
 // Parts: flock.cc (BSD flock for the FileStorage .lock), fuse.cc (libfuse3 low-level
-// layer), mincore.cc (page-cache probes). Later parts add the client's mmap/pinner.
+// layer), mincore.cc (page-cache probes), client*.cc (the client: mmaps, watch link, pinner).
 #include "addon.h"
 
 #include <cerrno>
@@ -45,6 +45,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFlock(env, exports);
   InitFuse(env, exports);
   InitMincore(env, exports);
+  InitClient(env, exports);
   return exports;
 }
 

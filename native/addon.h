@@ -15,5 +15,6 @@ namespace wcfs {
 void InitFlock(Napi::Env env, Napi::Object exports);
 void InitFuse(Napi::Env env, Napi::Object exports);     // fuse.cc
 void InitMincore(Napi::Env env, Napi::Object exports);  // mincore.cc
+void InitClient(Napi::Env env, Napi::Object exports);   // client.cc (+ client_mmap.cc, client_wlink.cc)
 
 }  // namespace wcfs

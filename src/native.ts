@@ -30,6 +30,53 @@ export interface NativeAddon {
   cacheResidency(path: string, offset: number, length: number): Promise<Uint8Array | number>;
   /** Reads through a shared read-only mapping on a native thread (clamped to the file size). */
   mmapRead(path: string, offset: number, length: number): Promise<Buffer | number>;
+
+  /**
+   * Client side of one watch link (native/client*.cc): owns watchFd, the head-file fds handed
+   * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
+   * src/client/conn.ts — use that.
+   */
+  ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean) => NativeClientConn;
+  /**
+   * Test probe: reads view[off] for each offset in a child process (see native/client.cc).
+   * values[i] = byte read, or -signo if the read faulted; fds[i] = 0 open / -errno closed
+   * (in the child). mode 'raw': clone without atfork handlers; 'fork': fork(); 'crash':
+   * unguarded read of offsets[0].
+   */
+  clientProbe(view: Uint8Array, offsets: number[], mode: 'raw' | 'fork' | 'crash', fds?: number[]): { values: Int32Array; fds: Int32Array; status: string };
+  /** Test hook: a connected AF_UNIX socket pair (O_CLOEXEC), stand-in for head/watch. */
+  clientSocketpair(): [number, number];
+}
+
+/**
+ * Events of a NativeClientConn, on the JS thread:
+ *   'reply' id text — the server's reply to request id; 'linkdown' id why — request id failed;
+ *   'down' 0 why — the conn was poisoned (pinner failure; mappings already efaulted);
+ *   'closed' 0 err — close() finished ('' = cleanly).
+ */
+export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed', id: number, text: string) => void;
+
+/** See native/client.cc for the contract of each method. */
+export interface NativeClientConn {
+  /** Sends msg on a new odd stream → its id. Throws {code: 'WCFS_ELINKDOWN'}. */
+  request(msg: string): number;
+  /** Takes ownership of headFd (returned by fileRemove). → fileId */
+  fileAdd(foid: bigint, headFd: number, blksize: number, size: number): number;
+  /** Efaults the file's mappings and forgets it; → fds for the caller to close. */
+  fileRemove(fileId: number): number[];
+  /** Resync phase 1: the head file has now `size` bytes. → '' or the error text. */
+  fileResize(fileId: number, size: number): string;
+  /** Test hook: the pinned table, [blk, rev]. */
+  filePinned(fileId: number): Array<[number, bigint]>;
+  /** → [mappingId, ArrayBuffer over the mapping]. Throws {code: 'WCFS_EFILECLOSED' | 'WCFS_ECONNCLOSED' | errno}. */
+  mmap(fileId: number, blkStart: number, blkLen: number): [number, ArrayBuffer];
+  /** Detaches buffer and munmaps (→ true), or efaults when it cannot detach (→ false). */
+  unmap(mappingId: number, buffer: ArrayBuffer): boolean | undefined;
+  markDown(reason: string): void;
+  down(): string | null;
+  /** Starts the close (bye, join threads, close fd); false if already started. */
+  close(timeoutMs?: number): boolean;
+  fatals(): string[];
 }
 
 /** Options of native FuseSession (defaults in brackets). */

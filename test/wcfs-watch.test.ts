@@ -63,6 +63,7 @@ class TDB {
       for (const [blk, fill] of Object.entries(blocks)) {
         const w = this.writes.get(foid)!;
         const b = Number(blk);
+        if (fill === null && (this.data.get(foid)!.get(b) ?? null) === null) continue; // punching a hole changes nothing
         w.set(b, [...(w.get(b) ?? []), tid]);
         this.data.get(foid)!.set(b, fill);
       }
@@ -71,7 +72,7 @@ class TDB {
     return tid;
   }
   async serve(): Promise<void> {
-    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', '3'] });
+    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', '3', ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])] });
     this.tail = this.head();
     // no readahead: a read of one block must not load its neighbours (they would become
     // "accessed" behind the model's back)
@@ -369,6 +370,7 @@ describe('random histories: exact pins (model)', () => {
         }
       } catch (e) {
         (e as Error).message = `seed ${seed} (rerun: WCFS_SEED=${seed}): ${(e as Error).message}`;
+        if (process.env.WCFS_DEBUG_DUMP) writeFileSync(process.env.WCFS_DEBUG_DUMP, t.srv.stderr());
         throw e;
       }
       const s = await stats(t);

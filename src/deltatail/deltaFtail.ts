@@ -29,6 +29,7 @@
 // queries are async (they may load) — several queries may run at once; they only extend
 // per-block history, which is idempotent.
 
+import createDebug from 'debug';
 import { btreeGet, type PathNode } from '../zodb/btree/index.js';
 import type { ObjectLoader } from '../zodb/db.js';
 import type { Oid, Tid } from '../zodb/ids.js';
@@ -78,6 +79,9 @@ export function pathOids(path: PathNode[]): Oid[] {
   for (const n of path) if (n.oid !== null) out.push(n.oid);
   return out;
 }
+
+const debug = createDebug('wcfs:δftail');
+const h = (x: bigint | null) => (x === null ? 'ø' : x.toString(16));
 
 const valueOid = (v: unknown): Oid | null | undefined => (v instanceof PersistentRef ? v.oid : v === undefined ? null : undefined);
 
@@ -130,6 +134,7 @@ export class DeltaFtail {
     if (f === undefined) throw new Error(`ΔFtail.track: file ${foid.toString(16)} not tracked (trackFile first)`);
     const st: BlkState = { value: zblk, pathOids: pathOids(path) };
     const b = f.blocks.get(blk);
+    debug('track f%s #%d value %s path [%s] revMax %s%s', h(foid), blk, h(zblk), st.pathOids.map(h).join(' '), h(revMax), b ? ' (again)' : '');
     if (b === undefined) {
       f.blocks.set(blk, { head: st, revMax, changes: [], knownFrom: this.headRev, back: st });
     } else {
@@ -180,6 +185,7 @@ export class DeltaFtail {
             if (now.revMax > b.revMax) b.revMax = now.revMax;
           }
         }
+        debug('update @%s f%s #%d: changed=%s value %s', h(tid), h(foid), blk, changed, h(b.head.value));
         if (changed) {
           b.changes.push(tid);
           if (tid > b.revMax) b.revMax = tid;
@@ -222,6 +228,7 @@ export class DeltaFtail {
       while (b.knownFrom > lo && b.knownFrom > this.tailRev) await this.extendBack(f, blk, b, lo);
       if (b.changes.some((r) => r > lo)) out.add(blk);
     }
+    debug('changedSince f%s @%s: [%s]', h(foid), h(lo), [...out].join(' '));
     return out;
   }
 

@@ -91,7 +91,7 @@ export class TWatchLink {
       const l = await this.next();
       const m = /^(\d+) (.*)$/.exec(l)!;
       if (BigInt(m[1]!) === stream) {
-        expect([...want], `pins missing before "${l}"`).toEqual([]);
+        expect([...want].join("; "), `pins missing before "${l}"`).toBe("");
         return m[2]!;
       }
       if (BigInt(m[1]!) % 2n === 0n && m[2]!.startsWith('pin ')) {
@@ -143,7 +143,7 @@ export class TWatchLink {
       this.record(m![2]!);
       this.send(`${m![1]} ack\n`);
     }
-    expect([...want], 'pins not received').toEqual([]);
+    expect([...want].join("; "), "pins not received").toBe("");
     return p;
   }
 

@@ -1,0 +1,111 @@
+// Cold sequential read of a large ZBigFile through wcfs vs the C reference server vs tmpfs.
+//
+//   npm run bench -- cold        (or: node bench/bench-cold-read.js after npm run build)
+//
+// A 256 MiB ZBigFile (2 MiB blocks, ZBlk0, random bytes; WCFS_BENCH_MIB to change) is read
+// from offset 0 to EOF by bench/rd.c (read(2) into one 1 MiB buffer, like `dd bs=1M`; only the
+// loop is timed) from three sources holding the same bytes (checked by checksum first):
+//   - wcfs head/bigfile/<oid>: made cold before each read with posix_fadvise(DONTNEED), which
+//     evicts exactly this file's page cache (checked with mincore: 0 pages resident). This
+//     keeps one server running (so the later reads are not "first read after start" — that
+//     one is shown separately, one sample) and keeps Data.fs warm: what is measured is wcfs
+//     loading blocks from a warm storage and feeding the kernel, not the disk. drop_caches
+//     would also evict Data.fs and node's own code (noisy, see spec fuse.md).
+//   - wcfs @<rev>/bigfile/<oid>: a never-seen revision view each time (a new inode, so cold
+//     by construction) — the same bytes served without head's locking and ΔFtail tracking.
+//   - the C reference server (bench/cfuse.c: libfuse3 low level, the file in RAM, opened
+//     without KEEP_CACHE, so every open starts cold and all bytes go through it).
+//   - tmpfs (/dev/shm): its page cache is the file, so "cold" = first read = any read.
+// Each read_ahead_kb setting of the two FUSE mounts (128 = kernel default → 128 KiB READs;
+// 1024 → 1 MiB READs) runs one warm-up round, then WCFS_BENCH_REPS (5) rounds round-robin;
+// it prints median MB/s (min–max) and ratios ÷C (goal for wcfs ≥ 0.7) and ÷tmpfs.
+// To compare without an effect: the read_ahead_kb rows are the switch for READ size; the
+// @rev row vs the head row shows what head's locking/tracking costs.
+import path from 'node:path';
+import {
+  MiB, WriteTxn, hex16, makeDb, median, rd, runMain, setBlock, setReadAhead, startCfuse, startWcfs, table, tools, workDir,
+} from './util.js';
+
+const SIZE_MIB = Number(process.env.WCFS_BENCH_MIB ?? 256);
+const REPS = Number(process.env.WCFS_BENCH_REPS ?? 5);
+const BLK = 2 * MiB;
+const BUF = MiB;
+
+async function main() {
+  await tools();
+  const dir = workDir('cold');
+  const dbPath = path.join(dir, 'data.fs');
+  const refPath = path.join(dir, 'ref.bin');
+  const nblk = Math.ceil((SIZE_MIB * MiB) / BLK);
+  const { storage, big, small } = await makeDb(dbPath, { nblk, refPath });
+  // Revisions for fresh @rev views: small commits after the last change of `big`.
+  const revs = [];
+  for (let i = 0; i < 2 * (REPS + 1); i++) {
+    const txn = new WriteTxn(storage);
+    await setBlock(txn, small, 0, Buffer.from(`rev ${i}`));
+    revs.push(hex16(await txn.commit()));
+  }
+  const foid = hex16(big);
+
+  const wcfs = await startWcfs(dbPath, path.join(dir, 'wcfs'));
+  const cfuse = await startCfuse(refPath, path.join(dir, 'cfuse'));
+  const head = wcfs.at(`head/bigfile/${foid}`);
+
+  // first read after server start (nothing loaded, nothing tracked yet)
+  const first = await rd('seq', head, BUF, 'drop');
+  const firstMBs = first.bytes / 1e6 / (first.ns / 1e9);
+
+  // the same bytes everywhere
+  const sums = await Promise.all([head, cfuse.data, refPath].map((p) => rd('sum', p)));
+  if (!sums.every((s) => s.sum === sums[0].sum && s.bytes === SIZE_MIB * MiB)) {
+    throw new Error(`sources differ: ${JSON.stringify(sums)}`);
+  }
+
+  const raDefault = await import('node:fs').then((fs) => fs.readFileSync(path.join(wcfs.bdi(), 'read_ahead_kb'), 'utf8').trim());
+  let nextRev = 0;
+  const sources = [
+    { name: 'C libfuse3 server (RAM)', key: 'c', file: () => cfuse.data, drop: true },
+    { name: 'tmpfs /dev/shm', key: 'tmpfs', file: () => refPath, drop: false },
+    { name: 'wcfs head/bigfile (dropped)', key: 'head', file: () => head, drop: true },
+    { name: 'wcfs @rev/bigfile (fresh view)', key: 'rev', file: () => wcfs.at(`@${revs[nextRev++]}/bigfile/${foid}`), drop: false, after: 'evict' },
+  ];
+  const rows = [];
+  for (const ra of [Number(raDefault), 1024]) {
+    setReadAhead(wcfs, ra);
+    setReadAhead(cfuse, ra);
+    const mbs = new Map(sources.map((s) => [s.key, []]));
+    for (let rep = 0; rep <= REPS; rep++) {
+      for (const s of sources) {
+        const f = s.file();
+        const r = await rd('seq', f, BUF, s.drop ? 'drop' : 'keep');
+        if (s.key !== 'tmpfs' && r.resident !== 0) throw new Error(`${f}: ${r.resident} pages cached before a cold read`);
+        if (r.bytes !== SIZE_MIB * MiB) throw new Error(`${f}: read ${r.bytes} bytes`);
+        if (s.after === 'evict') await rd('res', f, 'drop'); // don't pile up page cache of old views
+        if (rep > 0) mbs.get(s.key).push(r.bytes / 1e6 / (r.ns / 1e9));
+      }
+    }
+    const med = (k) => median(mbs.get(k));
+    for (const s of sources) {
+      const xs = mbs.get(s.key);
+      rows.push([
+        String(ra), s.name, med(s.key).toFixed(0), `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`,
+        (med(s.key) / med('c')).toFixed(2), (med(s.key) / med('tmpfs')).toFixed(2),
+      ]);
+    }
+    rows.push(['', '', '', '', '', '']);
+  }
+  rows.pop();
+  await wcfs.stop();
+  await cfuse.stop();
+
+  console.log(`cold sequential read of ${SIZE_MIB} MiB (2 MiB ZBlk0 blocks), read(2) with a 1 MiB buffer, median of ${REPS}`);
+  table(['ra_kb', 'source', 'MB/s', 'min–max', '÷C', '÷tmpfs'], rows, 'rlrrrr');
+  console.log(`wcfs head/bigfile, first read after server start (1 sample, ra_kb ${raDefault}): ${firstMBs.toFixed(0)} MB/s`);
+  const at = (ra, key) => Number(rows.find((r) => r[0] === String(ra) && r[1] === sources.find((s) => s.key === key).name)[2]);
+  for (const ra of [Number(raDefault), 1024]) {
+    const q = at(ra, 'head') / at(ra, 'c');
+    console.log(`goal wcfs head ÷ C ≥ 0.70 at ra_kb ${ra}: ${q.toFixed(2)} — ${q >= 0.7 ? 'met' : 'NOT met'}`);
+  }
+}
+
+runMain(main);

@@ -1,0 +1,329 @@
+// Shared pieces of the FUSE benchmarks (not a bench itself: run.js runs only bench-*.js).
+//
+// - tools(): builds bench/rd.c (the one reader of every bench) and bench/cfuse.c (the C
+//   reference server) into bench/out/ when their sources are newer.
+// - work dir on /dev/shm: Data.fs, the tmpfs reference copy and the mountpoints live there
+//   (tmpfs: a commit's fsync is free, so "commit returned" ≈ "commit visible in the file").
+// - servers run as child processes (wcfs serve, cfuse); this process is only a client of
+//   their mounts, so async fs calls on them are fine. Every server and mount is taken down by
+//   cleanup(), which main() runs in `finally` and on SIGINT/SIGTERM: SIGTERM → wait → abort
+//   the FUSE connection (fusectl) → SIGKILL → fusermount3 -u -z. The work dir is removed only
+//   once nothing is mounted below it.
+//
+// Environment knobs (all benches):
+//   WCFS_BENCH_PROF=<dir>        run wcfs serve under node --cpu-prof, profiles into <dir>
+//   WCFS_BENCH_SERVE_ARGS="..."  extra `wcfs serve` options, e.g. "--poll-ms 50"
+
+import { execFile, spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { abortConnection, findMount } from '../dist/fuse/mountinfo.js';
+import { hex16 } from '../dist/zodb/ids.js';
+import { openStorage } from '../dist/zodb/open.js';
+import { WriteTxn } from '../dist/zodb/db.js';
+import { createZBigFile, ensureRoot, setBlock } from '../dist/zodb/zbigfile.js';
+
+export { hex16, WriteTxn, setBlock };
+
+export const here = path.dirname(fileURLToPath(import.meta.url));
+export const outDir = path.join(here, 'out');
+const wcfsBin = path.resolve(here, '..', 'bin', 'wcfs.js');
+export const MiB = 1 << 20;
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+// ---- building the C helpers ----
+
+function run(cmd, args, opts = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { maxBuffer: 64 * MiB, ...opts }, (err, stdout, stderr) => {
+      if (err) {
+        err.message += `\n${stderr}`;
+        err.stdout = stdout;
+        reject(err);
+      } else resolve({ stdout, stderr });
+    });
+  });
+}
+
+async function buildIfStale(src, out, extra = []) {
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) return;
+  mkdirSync(outDir, { recursive: true });
+  await run('cc', ['-O2', '-Wall', '-o', out, src, ...extra]);
+}
+
+/** Paths of the built C helpers { rd, cfuse }. */
+export async function tools() {
+  const rd = path.join(outDir, 'rd');
+  const cfuse = path.join(outDir, 'cfuse');
+  await buildIfStale(path.join(here, 'rd.c'), rd);
+  let fuse;
+  try {
+    fuse = (await run('pkg-config', ['--cflags', '--libs', 'fuse3'])).stdout.trim().split(/\s+/);
+  } catch (e) {
+    throw new Error(`bench: pkg-config fuse3 failed (apt-get install libfuse3-dev pkg-config): ${e.message}`);
+  }
+  await buildIfStale(path.join(here, 'cfuse.c'), cfuse, fuse);
+  return { rd, cfuse };
+}
+
+/** Runs bench/out/rd; resolves with its JSON line. */
+export async function rd(...args) {
+  let stdout;
+  try {
+    ({ stdout } = await run(path.join(outDir, 'rd'), args.map(String), { timeout: 120_000 }));
+  } catch (e) {
+    if (e.code !== 3 || !e.stdout) throw e; // 3: refused, with a JSON reason
+    stdout = e.stdout;
+  }
+  return JSON.parse(stdout);
+}
+
+// ---- cleanup ----
+
+const cleanups = [];
+let cleaning;
+
+/** Register an async cleanup step; cleanup() runs them newest first. */
+export function onCleanup(fn) {
+  cleanups.push(fn);
+}
+
+export function cleanup() {
+  cleaning ??= (async () => {
+    while (cleanups.length) {
+      const fn = cleanups.pop();
+      try {
+        await fn();
+      } catch (e) {
+        process.stderr.write(`bench: cleanup: ${e.message}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    process.stderr.write(`bench: ${sig}: cleaning up\n`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+/** A fresh work dir on /dev/shm, removed at cleanup if nothing is mounted below it. */
+export function workDir(prefix) {
+  const dir = mkdtempSync(path.join('/dev/shm', `wcfs-bench-${prefix}-`));
+  onCleanup(async () => {
+    const busy = [];
+    for (const name of readdirSync(dir)) if (findMount(path.join(dir, name))) busy.push(name);
+    if (busy.length) throw new Error(`${dir}: still mounted (${busy.join(', ')}): not removed`);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+// ---- servers ----
+
+/** Take down a server process and its mount, whatever state they are in. */
+async function stopServer(proc, exited, mnt) {
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  if (running()) {
+    proc.kill('SIGTERM');
+    await Promise.race([exited, sleep(5000)]);
+  }
+  if (running() && findMount(mnt)) {
+    await abortConnection(findMount(mnt).minor).catch(() => {});
+    await Promise.race([exited, sleep(2000)]);
+  }
+  if (running()) {
+    proc.kill('SIGKILL');
+    await Promise.race([exited, sleep(2000)]);
+  }
+  const m = findMount(mnt);
+  if (m) {
+    try {
+      await run('fusermount3', ['-u', mnt], { timeout: 5000 });
+    } catch {
+      await abortConnection(m.minor).catch(() => {});
+      await run('fusermount3', ['-u', '-z', mnt], { timeout: 5000 }).catch(() => {});
+    }
+  }
+}
+
+function withTimeout(p, ms, what) {
+  let t;
+  return Promise.race([
+    p.finally(() => clearTimeout(t)),
+    new Promise((_, rej) => (t = setTimeout(() => rej(new Error(`timeout after ${ms} ms: ${what}`)), ms))),
+  ]);
+}
+
+function spawnServer(cmd, args, mnt, name) {
+  mkdirSync(mnt, { recursive: true });
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code)));
+  const srv = {
+    name,
+    mnt,
+    proc,
+    exited,
+    stderr: () => stderr,
+    /** The connection's bdi: /sys/class/bdi/0:N. */
+    bdi: () => `/sys/class/bdi/0:${findMount(mnt).minor}`,
+    stop: () => stopServer(proc, exited, mnt),
+  };
+  onCleanup(srv.stop);
+  return srv;
+}
+
+async function waitUp(srv, probe, ms = 20_000) {
+  const t0 = Date.now();
+  for (;;) {
+    if (srv.proc.exitCode !== null || srv.proc.signalCode !== null) throw new Error(`${srv.name} exited: ${srv.stderr()}`);
+    if (findMount(srv.mnt)) {
+      try {
+        await withTimeout(probe(), 5000, `${srv.name} probe`);
+        return;
+      } catch {
+        /* not yet */
+      }
+    }
+    if (Date.now() - t0 > ms) throw new Error(`${srv.name} did not come up: ${srv.stderr()}`);
+    await sleep(20);
+  }
+}
+
+/** `wcfs serve [args] <db> <mnt>` in a child process; resolves once it answers. */
+export async function startWcfs(db, mnt, args = []) {
+  const node = [];
+  if (process.env.WCFS_BENCH_PROF) {
+    mkdirSync(process.env.WCFS_BENCH_PROF, { recursive: true });
+    node.push('--cpu-prof', '--cpu-prof-dir', process.env.WCFS_BENCH_PROF);
+  }
+  const extra = (process.env.WCFS_BENCH_SERVE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const srv = spawnServer(process.execPath, [...node, wcfsBin, 'serve', ...args, ...extra, db, mnt], mnt, 'wcfs');
+  await waitUp(srv, () => readFile(path.join(mnt, '.wcfs', 'zurl')));
+  srv.at = (rel) => path.join(mnt, rel);
+  return srv;
+}
+
+/** bench/out/cfuse [-k] <src> <mnt>; the file is <mnt>/data. */
+export async function startCfuse(src, mnt, { keepCache = false } = {}) {
+  const srv = spawnServer(path.join(outDir, 'cfuse'), [...(keepCache ? ['-k'] : []), src, mnt], mnt, 'cfuse');
+  await waitUp(srv, async () => {
+    const fh = await open(path.join(mnt, 'data'));
+    await fh.close();
+  });
+  srv.data = path.join(mnt, 'data');
+  return srv;
+}
+
+/** Sets read_ahead_kb of a FUSE mount's bdi (root; gone with the mount). */
+export function setReadAhead(srv, kb) {
+  writeFileSync(path.join(srv.bdi(), 'read_ahead_kb'), String(kb));
+}
+
+// ---- databases ----
+
+/**
+ * A Data.fs with one ZBigFile `big` (nblk blocks of blksize, ZBlk0, random bytes — written
+ * also to `refPath`, the tmpfs reference copy, when given) and one small ZBigFile `small`
+ * (4 KiB blocks, block 0 set). Returns the open writable storage and the oids.
+ */
+export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn = 16 }) {
+  const s = await openStorage(dbPath, { create: true });
+  onCleanup(() => s.close());
+  await ensureRoot(s);
+  let txn = new WriteTxn(s);
+  const big = createZBigFile(txn, blksize);
+  const small = createZBigFile(txn, 4096);
+  await setBlock(txn, small, 0, Buffer.from('small'));
+  await txn.commit();
+  const ref = refPath ? openSync(refPath, 'w') : undefined;
+  const buf = Buffer.allocUnsafe(blksize);
+  for (let b = 0; b < nblk; b += perTxn) {
+    txn = new WriteTxn(s);
+    for (let i = b; i < Math.min(nblk, b + perTxn); i++) {
+      randomFillSync(buf);
+      buf[blksize - 1] |= 1; // no trailing zeros: every block is a full blksize record
+      if (ref !== undefined) writeSync(ref, buf, 0, blksize, i * blksize);
+      // a copy: setBlock keeps a view of a Buffer argument until commit (Buffer#slice = subarray)
+      await setBlock(txn, big, i, new Uint8Array(buf), { format: 'ZBlk0' });
+    }
+    await txn.commit();
+  }
+  if (ref !== undefined) closeSync(ref);
+  return { storage: s, big, small };
+}
+
+// ---- head/at ----
+
+/** A poller of <mnt>/head/at: one open handle, one DIRECT_IO READ (≈ one FUSE request) per poll. */
+export async function headPoller(mnt) {
+  const fh = await open(path.join(mnt, 'head', 'at'));
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await fh.close().catch(() => {}); // ENOTCONN when the server is already gone
+  };
+  onCleanup(close);
+  const buf = Buffer.alloc(32);
+  return {
+    /** Close before stopping the server (an open file makes its unmount fail). */
+    close,
+    async read() {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      return buf.toString('latin1', 0, bytesRead);
+    },
+    /** Polls back to back until head/at == tid (16-hex); resolves with the time seen (ms) and polls. */
+    async waitFor(tid, timeoutMs = 30_000) {
+      const t0 = nowMs();
+      for (let n = 1; ; n++) {
+        const h = await this.read();
+        const t = nowMs();
+        if (h === tid) return { t, polls: n };
+        if (h > tid) throw new Error(`head/at moved past ${tid}: ${h}`);
+        if (t - t0 > timeoutMs) throw new Error(`head/at stays ${h}, want ${tid}`);
+      }
+    },
+  };
+}
+
+// ---- statistics and printing ----
+
+export function quantile(xs, q) {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1));
+  return s[i];
+}
+export const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+};
+
+/** Prints rows (arrays of cells) as a table; align: one 'l'/'r' per column (default: text left, numbers right). */
+export function table(header, rows, align) {
+  const all = [header, ...rows].map((r) => r.map(String));
+  const w = header.map((_, i) => Math.max(...all.map((r) => r[i]?.length ?? 0)));
+  const al = align ?? header.map((_, i) => (rows.some((r) => /[a-z]/i.test(String(r[i] ?? ''))) ? 'l' : 'r')).join('');
+  for (const r of all) console.log(r.map((c, i) => (al[i] === 'l' ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ').trimEnd());
+}
+
+/** Runs main, then cleanup; exit code 1 on failure. */
+export function runMain(main) {
+  main()
+    .catch((e) => {
+      process.stderr.write(`bench: ${e.stack ?? e}\n`);
+      process.exitCode = 1;
+    })
+    .finally(() => cleanup());
+}

@@ -1,0 +1,526 @@
+// wcfs native client — N-API binding (class ClientConn), after-fork handling, test probes.
+// See client.h for the threads and invariants, src/client/conn.ts for the whole design.
+//
+// ClientConn (JS thread only; every method is synchronous and quick — no FUSE IO):
+//   new ClientConn(watchFd, mountpoint, onEvent, debug)   takes ownership of watchFd and
+//        starts rx/pinner/tx. onEvent(kind, id, text) runs on the JS thread:
+//          'reply'    id, reply text            'linkdown' id, why (request failed)
+//          'down'     0, why (poisoned)         'closed'   0, error text or ''
+//   request(msg) → id                          throws {code:'WCFS_ELINKDOWN'}
+//   fileAdd(foid: bigint, headFd, blksize, size) → fileId   (takes ownership of headFd)
+//   fileRemove(fileId) → fds[]                 efaults the file's mappings; caller closes fds
+//   fileResize(fileId, size) → '' | error text
+//   filePinned(fileId) → [blk, rev: bigint][]  (test hook)
+//   mmap(fileId, blkStart, blkLen) → [mappingId, ArrayBuffer]
+//        throws {code:'WCFS_EFILECLOSED'|'WCFS_ECONNCLOSED'} or an errno error
+//   unmap(mappingId, ArrayBuffer)              detaches the buffer, then munmap; if it cannot
+//                                              be detached: efault, munmap at finalization
+//   markDown(reason)                           conn is going down: EOF is expected from now
+//   down() → string | null
+//   close(timeoutMs)                           bye, stop threads, close fd → 'closed' event
+//   fatals() → string[]                        stream-0 messages seen
+//
+// Mapping memory is handed to JS as an external ArrayBuffer (zero copy). Its finalizer (JS
+// thread) munmaps if unmap() was not called. After fileRemove/poison the range stays
+// reserved as PROT_NONE, so stale views fault instead of reading stale or foreign data.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <setjmp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "addon.h"
+#include "client.h"
+
+namespace wcfs {
+namespace client {
+
+// ---- after fork ----
+//
+// A child created by fork() (without exec) must neither talk on the parent's watch links
+// nor read through mappings the parent's pinner keeps correct (it would see head data):
+// the child handler closes every link fd and efaults every mapping, touching nothing but
+// syscalls and data that no other thread was changing at fork time (try_lock; a mutex held
+// at fork stays held in the child, and then that conn is skipped with a warning).
+// In Node, fork() without exec happens only in native code; child_process.* exec at once,
+// and O_CLOEXEC + exec drop fds and mappings anyway (notes.md "Client: fork").
+
+static std::mutex gForkMu;
+static std::set<ConnCore*>* gConns = new std::set<ConnCore*>();  // never freed (atfork)
+
+static void ChildSay(const char* s) {
+  ssize_t r = write(2, s, strlen(s));
+  (void)r;
+}
+
+static void AtforkChild() {
+  if (!gForkMu.try_lock()) {
+    ChildSay("wcfs: client: after fork: registry busy at fork time; mappings not efaulted\n");
+    return;
+  }
+  for (ConnCore* c : *gConns) {
+    if (!c->mu.try_lock()) {
+      ChildSay("wcfs: client: after fork: conn busy at fork time; mappings not efaulted\n");
+    } else {
+      for (auto& [id, m] : c->mappings) {
+        if (!m->unmapped) MapNone(m->mem, m->len);
+      }
+      c->mu.unlock();
+    }
+    if (c->fdOpen) {
+      c->fdOpen = false;
+      ::close(c->fd);
+    }
+  }
+  gForkMu.unlock();
+}
+
+void RegisterForFork(ConnCore* c) {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, AtforkChild); });
+  std::lock_guard<std::mutex> lk(gForkMu);
+  gConns->insert(c);
+}
+
+void UnregisterForFork(ConnCore* c) {
+  std::lock_guard<std::mutex> lk(gForkMu);
+  gConns->erase(c);
+}
+
+// ---- events → JS ----
+
+void CallJs(Napi::Env env, Napi::Function fn, ConnCore* core, Event* ev) {
+  std::unique_ptr<Event> owned(ev);
+  if (env == nullptr) return;
+  const char* kind = "reply";
+  switch (ev->kind) {
+    case Event::REPLY: kind = "reply"; break;
+    case Event::LINKDOWN: kind = "linkdown"; break;
+    case Event::DOWN: kind = "down"; break;
+    case Event::CLOSED: kind = "closed"; break;
+  }
+  if (ev->kind != Event::DOWN && core->jsRefs > 0 && --core->jsRefs == 0) core->tsfn.Unref(env);
+  if (ev->kind == Event::CLOSED) {
+    // no thread emits after CLOSED (all joined, or leaked and muted here)
+    {
+      std::lock_guard<std::mutex> lk(core->emitMu);
+      core->emitOff = true;
+    }
+    core->tsfn.Release();
+  }
+  fn.Call({Napi::String::New(env, kind), Napi::Number::New(env, double(ev->id)), Napi::String::New(env, ev->text)});
+}
+
+static void TsfnFinalize(Napi::Env, std::shared_ptr<ConnCore>* keep, ConnCore*) {
+  {
+    std::lock_guard<std::mutex> lk((*keep)->emitMu);
+    (*keep)->emitOff = true;  // released or environment gone: never call the TSFN again
+  }
+  delete keep;
+}
+
+[[noreturn]] static void ThrowCode(Napi::Env env, const char* code, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  throw e;
+}
+
+static uint64_t ToU64(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(env, std::string(what) + ": out of range");
+    return x;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d))) throw Napi::RangeError::New(env, std::string(what) + ": want a non-negative integer");
+    return uint64_t(d);
+  }
+  throw Napi::TypeError::New(env, std::string(what) + ": want a number or bigint");
+}
+
+struct MappingHint {
+  std::shared_ptr<Mapping> m;
+};
+
+static void FinalizeMapping(Napi::Env, void*, MappingHint* h) {
+  std::shared_ptr<Mapping> m = std::move(h->m);
+  delete h;
+  std::lock_guard<std::mutex> lk(m->conn->mu);
+  m->conn->unmapLocked(m.get());
+}
+
+class ClientConn : public Napi::ObjectWrap<ClientConn> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "ClientConn",
+                       {
+                           InstanceMethod("request", &ClientConn::Request),
+                           InstanceMethod("fileAdd", &ClientConn::FileAdd),
+                           InstanceMethod("fileRemove", &ClientConn::FileRemove),
+                           InstanceMethod("fileResize", &ClientConn::FileResize),
+                           InstanceMethod("filePinned", &ClientConn::FilePinned),
+                           InstanceMethod("mmap", &ClientConn::Mmap),
+                           InstanceMethod("unmap", &ClientConn::Unmap),
+                           InstanceMethod("markDown", &ClientConn::MarkDown),
+                           InstanceMethod("down", &ClientConn::Down),
+                           InstanceMethod("close", &ClientConn::Close),
+                           InstanceMethod("fatals", &ClientConn::Fatals),
+                       });
+  }
+
+  explicit ClientConn(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ClientConn>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsFunction())
+      throw Napi::TypeError::New(env, "new ClientConn(watchFd, mountpoint, onEvent, debug?)");
+    auto c = std::make_shared<ConnCore>();
+    c->fd = info[0].As<Napi::Number>().Int32Value();
+    c->fdOpen = true;
+    c->mnt = info[1].As<Napi::String>().Utf8Value();
+    c->name = "wlink" + std::to_string(c->fd);
+    c->debug = info.Length() > 3 && info[3].ToBoolean().Value();
+    c->tsfn = Tsfn::New(env, info[2].As<Napi::Function>(), "wcfs-client", 0, 1, c.get(), TsfnFinalize,
+                        new std::shared_ptr<ConnCore>(c));
+    c->tsfn.Unref(env);  // an idle conn does not keep Node alive; requests ref it
+    core_ = c;
+    RegisterForFork(c.get());
+    c->start();
+  }
+
+ private:
+  std::shared_ptr<ConnCore> core_;
+
+  void jsRef(Napi::Env env) {
+    if (core_->jsRefs++ == 0) core_->tsfn.Ref(env);
+  }
+
+  std::shared_ptr<FileState> file(Napi::Env env, const Napi::Value& v) {
+    uint64_t id = ToU64(env, v, "fileId");
+    auto it = core_->files.find(id);
+    return it == core_->files.end() ? nullptr : it->second;
+  }
+
+  Napi::Value Request(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string msg = info[0].ToString().Utf8Value();
+    if (msg.find('\n') != std::string::npos) throw Napi::Error::New(env, "request: message contains LF");
+    std::string err;
+    uint64_t id = core_->request(msg, &err);
+    if (id == 0) ThrowCode(env, "WCFS_ELINKDOWN", err);
+    jsRef(env);
+    return Napi::Number::New(env, double(id));
+  }
+
+  Napi::Value FileAdd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t foid = ToU64(env, info[0], "foid");
+    int fd = int(ToU64(env, info[1], "headFd"));
+    uint64_t bs = ToU64(env, info[2], "blksize");
+    uint64_t size = ToU64(env, info[3], "size");
+    if (bs == 0 || bs % uint64_t(sysconf(_SC_PAGESIZE)) != 0) throw Napi::RangeError::New(env, "blksize must be a multiple of the page size");
+    auto f = std::make_shared<FileState>();
+    f->foid = foid;
+    f->headfd = fd;
+    f->blksize = bs;
+    f->headfsize = size;
+    std::lock_guard<std::mutex> lk(core_->mu);
+    if (core_->byFoid.count(foid)) ThrowCode(env, "WCFS_EBUSY", "f" + Hex16(foid) + ": already open on this conn");
+    f->id = ++core_->lastFileId;
+    core_->files[f->id] = f;
+    core_->byFoid[foid] = f.get();
+    return Napi::Number::New(env, double(f->id));
+  }
+
+  Napi::Value FileRemove(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<int> fds;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto f = file(env, info[0]);
+      if (f) fds = core_->fileRemoveLocked(f.get());
+    }
+    Napi::Array a = Napi::Array::New(env, fds.size());
+    for (size_t i = 0; i < fds.size(); i++) a.Set(uint32_t(i), Napi::Number::New(env, fds[i]));
+    return a;
+  }
+
+  Napi::Value FileResize(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t size = ToU64(env, info[1], "size");
+    std::lock_guard<std::mutex> lk(core_->mu);
+    auto f = file(env, info[0]);
+    if (!f) return Napi::String::New(env, "file closed");
+    if (core_->poisoned) return Napi::String::New(env, core_->downErr);
+    return Napi::String::New(env, core_->resizeLocked(f.get(), size));
+  }
+
+  Napi::Value FilePinned(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<std::pair<uint64_t, uint64_t>> v;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto f = file(env, info[0]);
+      if (f) v.assign(f->pinned.begin(), f->pinned.end());
+    }
+    Napi::Array a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+      Napi::Array e = Napi::Array::New(env, 2);
+      e.Set(0u, Napi::Number::New(env, double(v[i].first)));
+      e.Set(1u, Napi::BigInt::New(env, v[i].second));
+      a.Set(uint32_t(i), e);
+    }
+    return a;
+  }
+
+  Napi::Value Mmap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t blkStart = ToU64(env, info[1], "blkStart");
+    uint64_t blkLen = ToU64(env, info[2], "blkLen");
+    std::shared_ptr<Mapping> m;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto f = file(env, info[0]);
+      if (!f || f->removed) ThrowCode(env, "WCFS_EFILECLOSED", "file already closed");
+      if (!core_->downErr.empty()) ThrowCode(env, "WCFS_ECONNCLOSED", core_->downErr);
+      const uint64_t bs = f->blksize;
+      if (blkLen == 0 || blkStart > (uint64_t(1) << 52) / bs || blkLen > (uint64_t(1) << 52) / bs - blkStart)
+        throw Napi::RangeError::New(env, "mmap: block range out of bounds");
+      const uint64_t start = blkStart * bs, len = blkLen * bs;
+      // reserve the VA first, then build the layers in it (the after-fork handler never
+      // sees a range that is not ours)
+      void* mem = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (mem == MAP_FAILED) ThrowErrno(env, errno, "mmap");
+      m = std::make_shared<Mapping>();
+      m->conn = core_;
+      m->file = f;
+      m->blkStart = blkStart;
+      m->blkLen = blkLen;
+      m->mem = static_cast<char*>(mem);
+      m->len = size_t(len);
+      int err = MapFile(mem, len, f->headfd, start);                    // 1) head
+      if (err == 0 && start + len > f->headfsize) {                      // 2) zeros past EOF
+        uint64_t z = std::max(f->headfsize, start);
+        err = MapZeros(m->mem + (z - start), size_t(start + len - z));
+      }
+      for (auto p = f->pinned.lower_bound(blkStart); err == 0 && p != f->pinned.end() && p->first < blkStart + blkLen; ++p)
+        err = core_->remapBlkLocked(m.get(), p->first);                  // 3) pins
+      if (err != 0) {
+        munmap(mem, len);
+        ThrowErrno(env, err, "mmap");
+      }
+      m->id = ++core_->lastMappingId;
+      f->mmaps.insert(m.get());
+      core_->mappings[m->id] = m;
+    }
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, m->mem, m->len, FinalizeMapping, new MappingHint{m});
+    Napi::Array r = Napi::Array::New(env, 2);
+    r.Set(0u, Napi::Number::New(env, double(m->id)));
+    r.Set(1u, ab);
+    return r;
+  }
+
+  Napi::Value Unmap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t id = ToU64(env, info[0], "mappingId");
+    bool detached = false;
+    if (info.Length() > 1 && info[1].IsArrayBuffer()) {
+      Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
+      if (ab.IsDetached()) {
+        detached = true;
+      } else {
+        napi_status st = napi_detach_arraybuffer(env, ab);
+        detached = st == napi_ok;
+        if (!detached) {
+          const napi_extended_error_info* ei;
+          napi_get_last_error_info(env, &ei);  // clears the pending status
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lk(core_->mu);
+    auto it = core_->mappings.find(id);
+    if (it == core_->mappings.end()) return env.Undefined();  // unmapped already
+    std::shared_ptr<Mapping> m = it->second;
+    int err = detached ? core_->unmapLocked(m.get()) : core_->efaultLocked(m.get());
+    if (err != 0) ThrowErrno(env, err, detached ? "munmap" : "mmap");
+    return Napi::Boolean::New(env, detached);
+  }
+
+  Napi::Value MarkDown(const Napi::CallbackInfo& info) {
+    std::string why = info[0].ToString().Utf8Value();
+    std::lock_guard<std::mutex> lk(core_->mu);
+    core_->closing = true;
+    if (core_->downErr.empty()) core_->downErr = why;
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Down(const Napi::CallbackInfo& info) {
+    std::lock_guard<std::mutex> lk(core_->mu);
+    if (core_->downErr.empty()) return info.Env().Null();
+    return Napi::String::New(info.Env(), core_->downErr);
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    unsigned ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 10000;
+    if (core_->closeStarted) return Napi::Boolean::New(env, false);
+    jsRef(env);
+    core_->startClose(ms);
+    return Napi::Boolean::New(env, true);
+  }
+
+  Napi::Value Fatals(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto v = core_->fatals();
+    Napi::Array a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, v[i]));
+    return a;
+  }
+};
+
+// ---- test probes ----
+//
+// clientProbe(view, offsets[], mode, fds[]) → {values: Int32Array, fds: Int32Array, status}
+//   Reads view[off] for each offset in a child process, so a fault kills nobody but the child:
+//   mode 'raw'   child by clone(SIGCHLD) — no atfork handlers: the address space as it is.
+//                Each read is guarded (SIGSEGV/SIGBUS → value -signo); fds[i] → 0 if open
+//                in the child, -errno if not.
+//   mode 'fork'  same with fork(): atfork handlers run (the after-fork test).
+//   mode 'crash' raw child reads view[offsets[0]] unguarded; status tells how it ended.
+//   status: 'exit:<code>' | 'signal:<signo>'.
+// Only the forking thread exists in the child; it uses nothing but syscalls and
+// sigsetjmp/siglongjmp, and leaves with _exit.
+
+static sigjmp_buf gProbeJmp;
+static volatile sig_atomic_t gProbeSig = 0;
+
+static void ProbeHandler(int sig) {
+  gProbeSig = sig;
+  siglongjmp(gProbeJmp, 1);
+}
+
+static Napi::Value ClientProbe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsArray() || !info[2].IsString())
+    throw Napi::TypeError::New(env, "clientProbe(view: Uint8Array, offsets: number[], mode, fds?)");
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  const volatile char* base = static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  size_t blen = ta.ByteLength();
+  std::vector<size_t> offs;
+  Napi::Array oa = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < oa.Length(); i++) {
+    double d = oa.Get(i).As<Napi::Number>().DoubleValue();
+    if (!(d >= 0) || size_t(d) >= blen) throw Napi::RangeError::New(env, "clientProbe: offset out of the view");
+    offs.push_back(size_t(d));
+  }
+  std::string mode = info[2].As<Napi::String>().Utf8Value();
+  if (mode != "raw" && mode != "fork" && mode != "crash") throw Napi::TypeError::New(env, "clientProbe: bad mode");
+  if (mode == "crash" && offs.empty()) throw Napi::RangeError::New(env, "clientProbe: crash needs an offset");
+  std::vector<int> fds;
+  if (info.Length() > 3 && info[3].IsArray()) {
+    Napi::Array fa = info[3].As<Napi::Array>();
+    for (uint32_t i = 0; i < fa.Length(); i++) fds.push_back(fa.Get(i).As<Napi::Number>().Int32Value());
+  }
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) ThrowErrno(env, errno, "pipe2");
+  pid_t pid = mode == "fork" ? fork() : pid_t(syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0));
+  if (pid < 0) {
+    int e = errno;
+    close(p[0]);
+    close(p[1]);
+    ThrowErrno(env, e, "fork");
+  }
+  if (pid == 0) {
+    // ---- child ----
+    if (mode == "crash") {
+      volatile char c = base[offs[0]];
+      (void)c;
+      _exit(0);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ProbeHandler;
+    sa.sa_flags = SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+    sigset_t un;
+    sigemptyset(&un);
+    sigaddset(&un, SIGSEGV);
+    sigaddset(&un, SIGBUS);
+    pthread_sigmask(SIG_UNBLOCK, &un, nullptr);
+    for (size_t off : offs) {
+      int32_t v;
+      gProbeSig = 0;
+      if (sigsetjmp(gProbeJmp, 1) == 0) {
+        v = int32_t(static_cast<unsigned char>(base[off]));
+      } else {
+        v = -int32_t(gProbeSig);
+      }
+      if (write(p[1], &v, sizeof v) != sizeof v) _exit(3);
+    }
+    for (int fd : fds) {
+      int32_t v = fcntl(fd, F_GETFD) < 0 ? -errno : 0;
+      if (write(p[1], &v, sizeof v) != sizeof v) _exit(3);
+    }
+    _exit(0);
+  }
+  // ---- parent ----
+  close(p[1]);
+  std::vector<int32_t> out;
+  int32_t v;
+  size_t got = 0;
+  char* buf = reinterpret_cast<char*>(&v);
+  for (;;) {
+    ssize_t n = read(p[0], buf + got, sizeof v - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += size_t(n);
+    if (got == sizeof v) {
+      out.push_back(v);
+      got = 0;
+    }
+  }
+  close(p[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  std::string status = WIFSIGNALED(st) ? "signal:" + std::to_string(WTERMSIG(st)) : "exit:" + std::to_string(WEXITSTATUS(st));
+  size_t nv = std::min(out.size(), offs.size());
+  Napi::Int32Array values = Napi::Int32Array::New(env, nv);
+  for (size_t i = 0; i < nv; i++) values[i] = out[i];
+  size_t nf = out.size() > offs.size() ? out.size() - offs.size() : 0;
+  Napi::Int32Array fdv = Napi::Int32Array::New(env, nf);
+  for (size_t i = 0; i < nf; i++) fdv[i] = out[offs.size() + i];
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("values", values);
+  r.Set("fds", fdv);
+  r.Set("status", Napi::String::New(env, status));
+  return r;
+}
+
+// clientSocketpair() → [fd, fd]: a stand-in for head/watch in protocol tests (test hook).
+static Napi::Value ClientSocketpair(const Napi::CallbackInfo& info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) ThrowErrno(info.Env(), errno, "socketpair");
+  Napi::Array a = Napi::Array::New(info.Env(), 2);
+  a.Set(0u, Napi::Number::New(info.Env(), sv[0]));
+  a.Set(1u, Napi::Number::New(info.Env(), sv[1]));
+  return a;
+}
+
+}  // namespace client
+
+void InitClient(Napi::Env env, Napi::Object exports) {
+  exports.Set("ClientConn", client::ClientConn::Define(env));
+  exports.Set("clientProbe", Napi::Function::New(env, client::ClientProbe));
+  exports.Set("clientSocketpair", Napi::Function::New(env, client::ClientSocketpair));
+}
+
+}  // namespace wcfs
