@@ -12,7 +12,8 @@
 //                                    sum every 8-byte word ("sum": faults + memory bandwidth);
 //                                    munmap. Only the loop is timed. Refuses (exit 3) unless the
 //                                    whole file is in the page cache first.
-//   rd res  <file> [drop]            pages of the file in the page cache (after DONTNEED if drop).
+//   rd res  <file> [drop]            pages of the file in the page cache (after DONTNEED if drop;
+//                                    drop_ns = how long the posix_fadvise call took).
 //   rd sum  <file>                   a 64-bit checksum of the contents (not timed; used to check
 //                                    that all sources serve the same bytes).
 //
@@ -136,8 +137,11 @@ static int cmd_res(const char *path, int drop) {
   int fd = open(path, O_RDONLY);
   if (fd < 0) die(path);
   size_t size = file_size(fd);
+  uint64_t t0 = now_ns();
   if (drop && posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0) die("posix_fadvise");
-  printf("{\"resident\":%zu,\"pages\":%zu}\n", resident(fd, size), (size + PAGE - 1) / PAGE);
+  uint64_t t1 = now_ns();
+  printf("{\"resident\":%zu,\"pages\":%zu,\"drop_ns\":%llu}\n", resident(fd, size), (size + PAGE - 1) / PAGE,
+         (unsigned long long)(t1 - t0));
   close(fd);
   return 0;
 }

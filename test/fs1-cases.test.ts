@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
 import { checkFile } from '../src/zodb/fs1/scan.js';
 import { NoDataError, NoObjectError } from '../src/zodb/errors.js';
-import { FsBuilder, TmpDirs, bytes, collect } from './helpers/fs1util.js';
+import { FsBuilder, TmpDirs, collect } from './helpers/fs1util.js';
 
 const tmp = new TmpDirs();
 const open: FileStorage[] = [];

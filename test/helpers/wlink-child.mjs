@@ -3,6 +3,7 @@
 // must never block in a read of the link). A worker thread blocks in read(2) of the link and
 // forwards every byte; the main thread writes what the test says, or misbehaves as told.
 //
+// argv: <path of head/watch> [noread]
 // IPC from the test: {write: "<line>\n"} | {close: true} | {exit: code} | {stop: true} (SIGSTOP self)
 // IPC to the test:   {ready: pid} | {data: "<bytes>"} | {eof: true} | {err: code}
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
@@ -27,8 +28,11 @@ if (!isMainThread) {
   }
 } else {
   const fd = openSync(process.argv[2], 'r+');
-  const w = new Worker(new URL(import.meta.url), { workerData: { fd } });
-  w.on('message', (m) => process.send(m));
+  // argv[3] === 'noread': never read the link (a client that does not read pins)
+  if (process.argv[3] !== 'noread') {
+    const w = new Worker(new URL(import.meta.url), { workerData: { fd } });
+    w.on('message', (m) => process.send(m));
+  }
   process.on('message', (m) => {
     try {
       if (m.write !== undefined) writeSync(fd, m.write);

@@ -42,8 +42,9 @@ export class TWatchLink {
     this.exited.then(() => this.wake());
   }
 
-  static async open(watchPath: string): Promise<TWatchLink> {
-    const proc = fork(path.join(repoRoot, 'test', 'helpers', 'wlink-child.mjs'), [watchPath], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  static async open(watchPath: string, opts: { noread?: boolean } = {}): Promise<TWatchLink> {
+    const args = [watchPath, ...(opts.noread ? ['noread'] : [])];
+    const proc = fork(path.join(repoRoot, 'test', 'helpers', 'wlink-child.mjs'), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const l = new TWatchLink(proc);
     l.pid = await new Promise<number>((resolve, reject) => {
       proc.once('message', (m: { ready?: number; err?: string }) => (m.ready ? resolve(m.ready) : reject(new Error(`wlink child: ${m.err}`))));
