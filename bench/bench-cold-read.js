@@ -18,12 +18,13 @@
 //   - tmpfs (/dev/shm): its page cache is the file, so "cold" = first read = any read.
 // Each read_ahead_kb setting of the two FUSE mounts (128 = kernel default → 128 KiB READs;
 // 1024 → 1 MiB READs) runs one warm-up round, then WCFS_BENCH_REPS (5) rounds round-robin;
-// it prints median MB/s (min–max) and ratios ÷C (goal for wcfs ≥ 0.7) and ÷tmpfs.
+// it prints median MB/s (min–max), ratios ÷C (goal for wcfs ≥ 0.7) and ÷tmpfs, and the CPU
+// time (user+sys, all threads, from /proc/<pid>/stat, 10 ms ticks) the server used per read.
 // To compare without an effect: the read_ahead_kb rows are the switch for READ size; the
 // @rev row vs the head row shows what head's locking/tracking costs.
 import path from 'node:path';
 import {
-  MiB, WriteTxn, hex16, makeDb, median, rd, runMain, setBlock, setReadAhead, startCfuse, startWcfs, table, tools, workDir,
+  MiB, WriteTxn, hex16, makeDb, median, rd, runMain, setBlock, setReadAhead, sleep, startCfuse, startWcfs, table, tools, workDir,
 } from './util.js';
 
 const SIZE_MIB = Number(process.env.WCFS_BENCH_MIB ?? 256);
@@ -64,20 +65,24 @@ async function main() {
   const raDefault = await import('node:fs').then((fs) => fs.readFileSync(path.join(wcfs.bdi(), 'read_ahead_kb'), 'utf8').trim());
   let nextRev = 0;
   const sources = [
-    { name: 'C libfuse3 server (RAM)', key: 'c', file: () => cfuse.data, drop: true },
+    { name: 'C libfuse3 server (RAM)', key: 'c', file: () => cfuse.data, drop: true, srv: cfuse },
     { name: 'tmpfs /dev/shm', key: 'tmpfs', file: () => refPath, drop: false },
-    { name: 'wcfs head/bigfile (dropped)', key: 'head', file: () => head, drop: true },
-    { name: 'wcfs @rev/bigfile (fresh view)', key: 'rev', file: () => wcfs.at(`@${revs[nextRev++]}/bigfile/${foid}`), drop: false, after: 'evict' },
+    { name: 'wcfs head/bigfile (dropped)', key: 'head', file: () => head, drop: true, srv: wcfs },
+    { name: 'wcfs @rev/bigfile (fresh view)', key: 'rev', file: () => wcfs.at(`@${revs[nextRev++]}/bigfile/${foid}`), drop: false, after: 'evict', srv: wcfs },
   ];
   const rows = [];
   for (const ra of [Number(raDefault), 1024]) {
     setReadAhead(wcfs, ra);
     setReadAhead(cfuse, ra);
     const mbs = new Map(sources.map((s) => [s.key, []]));
+    const cpu = new Map(sources.map((s) => [s.key, []]));
     for (let rep = 0; rep <= REPS; rep++) {
       for (const s of sources) {
         const f = s.file();
+        const cpu0 = s.srv?.cpuMs();
         const r = await rd('seq', f, BUF, s.drop ? 'drop' : 'keep');
+        if (s.srv) await sleep(20); // the server may still be uploading (wcfs) what the reader got
+        if (rep > 0 && s.srv) cpu.get(s.key).push(s.srv.cpuMs() - cpu0);
         if (s.key !== 'tmpfs' && r.resident !== 0) throw new Error(`${f}: ${r.resident} pages cached before a cold read`);
         if (r.bytes !== SIZE_MIB * MiB) throw new Error(`${f}: read ${r.bytes} bytes`);
         if (s.after === 'evict') await rd('res', f, 'drop'); // don't pile up page cache of old views
@@ -90,16 +95,17 @@ async function main() {
       rows.push([
         String(ra), s.name, med(s.key).toFixed(0), `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`,
         (med(s.key) / med('c')).toFixed(2), (med(s.key) / med('tmpfs')).toFixed(2),
+        s.srv ? median(cpu.get(s.key)).toFixed(0) : '',
       ]);
     }
-    rows.push(['', '', '', '', '', '']);
+    rows.push(['', '', '', '', '', '', '']);
   }
   rows.pop();
   await wcfs.stop();
   await cfuse.stop();
 
   console.log(`cold sequential read of ${SIZE_MIB} MiB (2 MiB ZBlk0 blocks), read(2) with a 1 MiB buffer, median of ${REPS}`);
-  table(['ra_kb', 'source', 'MB/s', 'min–max', '÷C', '÷tmpfs'], rows, 'rlrrrr');
+  table(['ra_kb', 'source', 'MB/s', 'min–max', '÷C', '÷tmpfs', 'server CPU ms'], rows, 'rlrrrrr');
   console.log(`wcfs head/bigfile, first read after server start (1 sample, ra_kb ${raDefault}): ${firstMBs.toFixed(0)} MB/s`);
   const at = (ra, key) => Number(rows.find((r) => r[0] === String(ra) && r[1] === sources.find((s) => s.key === key).name)[2]);
   for (const ra of [Number(raDefault), 1024]) {

@@ -16,7 +16,7 @@
 
 import { execFile, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +32,7 @@ export const here = path.dirname(fileURLToPath(import.meta.url));
 export const outDir = path.join(here, 'out');
 const wcfsBin = path.resolve(here, '..', 'bin', 'wcfs.js');
 export const MiB = 1 << 20;
+const CLK_TCK = 100; // USER_HZ: /proc/<pid>/stat times are in 1/100 s on Linux
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
@@ -177,6 +178,11 @@ function spawnServer(cmd, args, mnt, name) {
     /** The connection's bdi: /sys/class/bdi/0:N. */
     bdi: () => `/sys/class/bdi/0:${findMount(mnt).minor}`,
     stop: () => stopServer(proc, exited, mnt),
+    /** CPU time (user + system, all threads) the server process used so far, ms. */
+    cpuMs: () => {
+      const f = readFileSync(`/proc/${proc.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+    },
   };
   onCleanup(srv.stop);
   return srv;

@@ -211,7 +211,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   void txMain();
   void closeMain(unsigned timeoutMs);
   void threadExit(bool* flag);
-  std::string handlePin(const PinReq& req);  // "" ⇒ pinner keeps going
+  std::string handlePin(const PinReq& req, std::string* reply);  // "" ⇒ pinner keeps going
   void enqueueTx(std::string frame, uint64_t reqId);
 };
 

@@ -255,6 +255,11 @@ void ConnCore::rxMain() {
 
 void ConnCore::pinMain() {
   LinkThreadSigmask();
+  auto fail = [this](const std::string& err) {
+    Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
+    Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
+    poison("pinner: " + err);
+  };
   std::string err;
   for (;;) {
     PinReq req;
@@ -265,7 +270,15 @@ void ConnCore::pinMain() {
       req = std::move(pinQ.front());
       pinQ.pop_front();
     }
-    err = handlePin(req);
+    std::string reply;
+    err = handlePin(req, &reply);
+    // on failure: poison first (efault everything), then nak — the server kills us for it
+    if (!err.empty()) fail(err);
+    {
+      std::lock_guard<std::mutex> lk(qMu);
+      accepted.erase(req.stream);
+    }
+    enqueueTx(std::to_string(req.stream) + " " + reply + "\n", 0);
     if (!err.empty()) break;
   }
   if (err.empty()) {
@@ -278,12 +291,7 @@ void ConnCore::pinMain() {
       std::lock_guard<std::mutex> lk(mu);
       isClosing = closing;
     }
-    if (!isClosing) err = eof ? "unexpected EOF" : "link is down";
-  }
-  if (!err.empty()) {
-    Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
-    Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
-    poison("pinner: " + err);
+    if (!isClosing) fail(eof ? "unexpected EOF" : "link is down");
   }
   threadExit(&pinDone);
 }
@@ -308,15 +316,9 @@ void ConnCore::enqueueTx(std::string frame, uint64_t reqId) {
   }
 }
 
-// One pin: returns "" to keep going, or the pinner's failure. Always replies.
-std::string ConnCore::handlePin(const PinReq& req) {
-  auto reply = [&](const std::string& r) {
-    {
-      std::lock_guard<std::mutex> lk(qMu);
-      accepted.erase(req.stream);
-    }
-    enqueueTx(std::to_string(req.stream) + " " + r + "\n", 0);
-  };
+// One pin: returns "" to keep going, or the pinner's failure; *reply = what to answer.
+std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
+  auto reply = [&](const std::string& r) { *out = r; };
   uint64_t foid, blk, rev;
   std::string perr = ParsePin(req.msg, &foid, &blk, &rev);
   if (!perr.empty()) {

@@ -4,7 +4,7 @@
 // forwards every byte; the main thread writes what the test says, or misbehaves as told.
 //
 // argv: <path of head/watch> [noread]
-// IPC from the test: {write: "<line>\n"} | {close: true} | {exit: code} | {stop: true} (SIGSTOP self)
+// IPC from the test: {write: "<line>\n"} | {close: true} | {exit: code} | {abort: true} | {stop: true} (SIGSTOP self)
 // IPC to the test:   {ready: pid} | {data: "<bytes>"} | {eof: true} | {err: code}
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -38,6 +38,8 @@ if (!isMainThread) {
       if (m.write !== undefined) writeSync(fd, m.write);
       if (m.close) closeSync(fd);
       if (m.exit !== undefined) process.exit(m.exit);
+      // die at once (process.exit() waits for the reader thread, which may be blocked in read(2))
+      if (m.abort) process.abort();
       if (m.stop) process.kill(process.pid, 'SIGSTOP');
     } catch (e) {
       process.send({ err: e.code });
