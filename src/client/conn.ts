@@ -95,6 +95,11 @@ export class Conn {
 
   /** Open ZBigFile foid as of conn.at (§2). Opening an open foid again returns the same FileH. */
   open(foid: Oid): Promise<FileH> {
+    try {
+      this.checkDown(`${this}: open f${hex16(foid)}`); // fail fast, not after queued work
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.exclusive(() => this.openLocked(foid));
   }
 

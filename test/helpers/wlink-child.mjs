@@ -39,7 +39,7 @@ if (!isMainThread) {
       if (m.close) closeSync(fd);
       if (m.exit !== undefined) process.exit(m.exit);
       // die at once (process.exit() waits for the reader thread, which may be blocked in read(2))
-      if (m.abort) process.abort();
+      if (m.abort) process.kill(process.pid, 'SIGKILL');
       if (m.stop) process.kill(process.pid, 'SIGSTOP');
     } catch (e) {
       process.send({ err: e.code });
