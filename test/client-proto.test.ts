@@ -39,7 +39,7 @@ async function setup(at = 8n): Promise<{ fk: FakeWcfs; conn: Conn }> {
 /** Byte at the start of each block of a mapping. */
 const firsts = (b: Uint8Array, n: number) => Array.from({ length: n }, (_, i) => b[i * PAGE]);
 
-describe('client against a scripted watch link', () => {
+describe('client against a scripted watch link', { timeout: 20_000 }, () => {
   it('pins during open, mmap layers (head, zeros, pins), pin/unpin, resync growth (H2, H3), close', async () => {
     const { fk, conn } = await setup();
 
