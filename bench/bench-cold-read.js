@@ -24,7 +24,8 @@
 // @rev row vs the head row shows what head's locking/tracking costs.
 import path from 'node:path';
 import {
-  MiB, WriteTxn, hex16, makeDb, median, rd, runMain, setBlock, setReadAhead, sleep, startCfuse, startWcfs, table, tools, workDir,
+  MiB, WriteTxn, hex16, makeDb, median, rd, readAhead, runMain, setBlock, setReadAhead, sleep, startCfuse, startWcfs, table, tools,
+  workDir,
 } from './util.js';
 
 const SIZE_MIB = Number(process.env.WCFS_BENCH_MIB ?? 256);
@@ -62,7 +63,7 @@ async function main() {
     throw new Error(`sources differ: ${JSON.stringify(sums)}`);
   }
 
-  const raDefault = await import('node:fs').then((fs) => fs.readFileSync(path.join(wcfs.bdi(), 'read_ahead_kb'), 'utf8').trim());
+  const raDefault = readAhead(wcfs);
   let nextRev = 0;
   const sources = [
     { name: 'C libfuse3 server (RAM)', key: 'c', file: () => cfuse.data, drop: true, srv: cfuse },
@@ -71,7 +72,8 @@ async function main() {
     { name: 'wcfs @rev/bigfile (fresh view)', key: 'rev', file: () => wcfs.at(`@${revs[nextRev++]}/bigfile/${foid}`), drop: false, after: 'evict', srv: wcfs },
   ];
   const rows = [];
-  for (const ra of [Number(raDefault), 1024]) {
+  const ratio = new Map(); // ra → wcfs head ÷ C
+  for (const ra of [raDefault, 1024]) {
     setReadAhead(wcfs, ra);
     setReadAhead(cfuse, ra);
     const mbs = new Map(sources.map((s) => [s.key, []]));
@@ -90,6 +92,7 @@ async function main() {
       }
     }
     const med = (k) => median(mbs.get(k));
+    ratio.set(ra, med('head') / med('c'));
     for (const s of sources) {
       const xs = mbs.get(s.key);
       rows.push([
@@ -107,9 +110,7 @@ async function main() {
   console.log(`cold sequential read of ${SIZE_MIB} MiB (2 MiB ZBlk0 blocks), read(2) with a 1 MiB buffer, median of ${REPS}`);
   table(['ra_kb', 'source', 'MB/s', 'min–max', '÷C', '÷tmpfs', 'server CPU ms'], rows, 'rlrrrrr');
   console.log(`wcfs head/bigfile, first read after server start (1 sample, ra_kb ${raDefault}): ${firstMBs.toFixed(0)} MB/s`);
-  const at = (ra, key) => Number(rows.find((r) => r[0] === String(ra) && r[1] === sources.find((s) => s.key === key).name)[2]);
-  for (const ra of [Number(raDefault), 1024]) {
-    const q = at(ra, 'head') / at(ra, 'c');
+  for (const [ra, q] of ratio) {
     console.log(`goal wcfs head ÷ C ≥ 0.70 at ra_kb ${ra}: ${q.toFixed(2)} — ${q >= 0.7 ? 'met' : 'NOT met'}`);
   }
 }

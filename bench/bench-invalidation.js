@@ -22,12 +22,12 @@
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
-  MiB, WriteTxn, hex16, headPoller, makeDb, median, nowMs, rd, runMain, setBlock, sleep, startWcfs, table, tools, workDir,
+  MiB, WriteTxn, ensureCached, hex16, headPoller, makeDb, median, nowMs, rd, runMain, setBlock, sleep, startWcfs, table, tools, workDir,
 } from './util.js';
 
 const NBLK = 128;
 const KS = [0, 1, 16, 128];
-const REPS = { 0: 9, 1: 9, 16: 5, 128: 3 };
+const REPS = { 0: 15, 1: 15, 16: 9, 128: 3 };
 
 async function main() {
   await tools();
@@ -55,9 +55,7 @@ async function main() {
 
   async function prepare(state) {
     if (state === 'cached') {
-      await rd('seq', file, MiB); // reads back what the last commit invalidated
-      const r = await rd('res', file);
-      if (r.resident !== r.pages) throw new Error(`${file}: ${r.resident}/${r.pages} pages cached after a full read`);
+      await ensureCached(file, 'big file'); // reads back what the last commit invalidated
     } else {
       const r = await rd('res', file, 'drop');
       if (r.resident !== 0) throw new Error(`${file}: ${r.resident} pages still cached after DONTNEED`);

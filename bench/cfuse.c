@@ -1,14 +1,14 @@
 // cfuse — the C reference server of the benchmarks: the smallest useful libfuse3 low-level
 // server. It serves one read-only file, /data, whose N bytes it holds in RAM (read once at
-// start from <srcfile>), so a READ costs exactly one memcpy-free fuse_reply_buf.
+// start from <srcfile>), so a READ costs one fuse_reply_buf straight from that memory.
 //
 //   cfuse [-k] <srcfile> <mountpoint>
 //
 // -k opens /data with FOPEN_KEEP_CACHE (hot-cache benches); without it every open drops the
 // file's page cache, so each open+read sends every byte through this server (cold benches).
-// Like wcfs it runs fuse_session_loop_mt with 4 workers and raises max_background to 64; it keeps libfuse's
-// other defaults. Runs in the foreground until unmounted (fusermount3 -u) or SIGTERM/SIGINT;
-// on exit it prints "cfuse: <reads> READs, <bytes> bytes" on stderr.
+// Like wcfs it runs fuse_session_loop_mt with 4 workers and raises max_background to 64; it
+// keeps libfuse's other defaults. Runs in the foreground until unmounted (fusermount3 -u) or
+// SIGTERM/SIGINT; on exit it prints "cfuse: <reads> READs, <bytes> bytes" on stderr.
 //
 // Built by bench/util.js: cc -O2 -o bench/out/cfuse bench/cfuse.c $(pkg-config --cflags --libs fuse3)
 

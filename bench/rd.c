@@ -11,7 +11,7 @@
 //                                    touch one byte per 4 KiB page ("touch": page-fault cost) or
 //                                    sum every 8-byte word ("sum": faults + memory bandwidth);
 //                                    munmap. Only the loop is timed. Refuses (exit 3) unless the
-//                                    whole file is in the page cache first.
+//                                    whole file is in the page cache before each repetition.
 //   rd res  <file> [drop]            pages of the file in the page cache (after DONTNEED if drop;
 //                                    drop_ns = how long the posix_fadvise call took).
 //   rd sum  <file>                   a 64-bit checksum of the contents (not timed; used to check
@@ -99,14 +99,15 @@ static int cmd_mmap(const char *path, int reps) {
   int fd = open(path, O_RDONLY);
   if (fd < 0) die(path);
   size_t size = file_size(fd) & ~(size_t)7;
-  size_t pages = (size + PAGE - 1) / PAGE, res = resident(fd, size);
-  if (res != pages) {
-    printf("{\"error\":\"not fully cached\",\"resident\":%zu,\"pages\":%zu}\n", res, pages);
-    return 3;
-  }
+  size_t pages = (size + PAGE - 1) / PAGE;
   uint64_t *touch = calloc(reps, sizeof *touch), *sum = calloc(reps, sizeof *sum);
   volatile uint64_t sink = 0;
   for (int r = 0; r < reps; r++) {
+    size_t res = resident(fd, size); // before every repetition: something may evict meanwhile
+    if (res != pages) {
+      printf("{\"error\":\"not fully cached\",\"rep\":%d,\"resident\":%zu,\"pages\":%zu}\n", r, res, pages);
+      return 3;
+    }
     const unsigned char *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) die("mmap");
     uint64_t t0 = now_ns(), s = 0;

@@ -250,3 +250,28 @@ describe('ZBigFile writer round trip', () => {
     }
   });
 });
+
+describe('ZBigFile writer: data ownership', () => {
+  it('setBlock copies the data: reusing the caller\'s Buffer before commit changes nothing', async () => {
+    const tmp = makeTmpDir();
+    try {
+      const s = (await openStorage(path.join(tmp.dir, 'own.fs'), { create: true })) as IWritableStorage;
+      try {
+        await ensureRoot(s);
+        const txn = new WriteTxn(s);
+        const foid = createZBigFile(txn, BLKSIZE);
+        const buf = Buffer.alloc(BLKSIZE, 1);
+        await setBlock(txn, foid, 0, buf, { format: 'ZBlk0' });
+        await setBlock(txn, foid, 1, buf, { format: 'ZBlk1' });
+        buf.fill(2); // the caller reuses its buffer
+        const tid = await txn.commit();
+        const f = await ZBigFileView.open(new StorageLoader(s), foid, tid);
+        for (const blk of [0, 1]) expect((await f.loadBlock(blk)).data.every((x) => x === 1), `#${blk}`).toBe(true);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      tmp.cleanup();
+    }
+  });
+});

@@ -209,6 +209,14 @@ export function trimZeros(b: Uint8Array): Uint8Array {
   return b.subarray(0, n);
 }
 
+/**
+ * A private copy: the caller may reuse its buffer before commit. (Buffer#slice returns a
+ * view, not a copy — `new Uint8Array(b)` always copies.)
+ */
+function copyBytes(b: Uint8Array): Uint8Array {
+  return new Uint8Array(b);
+}
+
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0;
 }
@@ -294,7 +302,7 @@ export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, d
   const format: ZBlkKind = opt.format ?? curKind ?? 'ZBlk0';
 
   if (format === 'ZBlk0') {
-    const trimmed = trimZeros(data).slice();
+    const trimmed = copyBytes(trimZeros(data));
     if (curRef && curKind === 'ZBlk0') {
       await txn.loadObject(curRef.oid); // registers the base serial for conflict detection
       txn.store(curRef.oid, ZBLK0_CLASS, trimmed);
@@ -340,10 +348,10 @@ export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, d
       const zd = await txn.loadObject(ref.oid);
       const old = asBytes(zd.state);
       if (old && bytesEqual(old, chunk)) continue;
-      txn.store(ref.oid, ZDATA_CLASS, chunk.slice());
+      txn.store(ref.oid, ZDATA_CLASS, copyBytes(chunk));
     } else {
       const d = txn.newOid();
-      txn.store(d, ZDATA_CLASS, chunk.slice());
+      txn.store(d, ZDATA_CLASS, copyBytes(chunk));
       await btreeSet(txn, chunktab, boff, new PersistentRef(d, ZDATA_CLASS));
     }
     changed = true;
