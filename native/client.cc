@@ -2,7 +2,7 @@
 // See client.h for the threads and invariants, src/client/conn.ts for the whole design.
 //
 // ClientConn (JS thread only; every method is synchronous and quick — no FUSE IO):
-//   new ClientConn(watchFd, mountpoint, onEvent, debug)   takes ownership of watchFd and
+//   new ClientConn(watchFd, mountpoint, onEvent, debug, maxBufferLength)  owns watchFd and
 //        starts rx/pinner/tx. onEvent(kind, id, text) runs on the JS thread:
 //          'reply'    id, reply text            'linkdown' id, why (request failed)
 //          'down'     0, why (poisoned)         'closed'   0, error text or ''
@@ -150,7 +150,8 @@ struct MappingHint {
   std::shared_ptr<Mapping> m;
 };
 
-static void FinalizeMapping(Napi::Env, void*, MappingHint* h) {
+static void FinalizeMapping(napi_env, void*, void* hint) {
+  auto* h = static_cast<MappingHint*>(hint);
   std::shared_ptr<Mapping> m = std::move(h->m);
   delete h;
   std::lock_guard<std::mutex> lk(m->conn->mu);
@@ -186,6 +187,9 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     c->mnt = info[1].As<Napi::String>().Utf8Value();
     c->name = "wlink" + std::to_string(c->fd);
     c->debug = info.Length() > 3 && info[3].ToBoolean().Value();
+    // Node's limit for an external buffer: past it napi_create_external_arraybuffer fails
+    // (and frees through the finalizer, which node-addon-api frees again): refuse earlier
+    if (info.Length() > 4 && info[4].IsNumber()) maxLen_ = uint64_t(info[4].As<Napi::Number>().DoubleValue());
     c->tsfn = Tsfn::New(env, info[2].As<Napi::Function>(), "wcfs-client", 0, 1, c.get(), TsfnFinalize,
                         new std::shared_ptr<ConnCore>(c));
     c->tsfn.Unref(env);  // an idle conn does not keep Node alive; requests ref it
@@ -196,13 +200,14 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
 
  private:
   std::shared_ptr<ConnCore> core_;
+  uint64_t maxLen_ = uint64_t(1) << 32;  // Node 20: buffer.constants.MAX_LENGTH
 
   void jsRef(Napi::Env env) {
     if (core_->jsRefs++ == 0) core_->tsfn.Ref(env);
   }
 
-  std::shared_ptr<FileState> file(Napi::Env env, const Napi::Value& v) {
-    uint64_t id = ToU64(env, v, "fileId");
+  // caller holds mu
+  std::shared_ptr<FileState> file(uint64_t id) {
     auto it = core_->files.find(id);
     return it == core_->files.end() ? nullptr : it->second;
   }
@@ -230,20 +235,28 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     f->headfd = fd;
     f->blksize = bs;
     f->headfsize = size;
-    std::lock_guard<std::mutex> lk(core_->mu);
-    if (core_->byFoid.count(foid)) ThrowCode(env, "WCFS_EBUSY", "f" + Hex16(foid) + ": already open on this conn");
-    f->id = ++core_->lastFileId;
-    core_->files[f->id] = f;
-    core_->byFoid[foid] = f.get();
+    f->seq0 = core_->rxSeq.load();
+    bool busy;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      busy = core_->byFoid.count(foid) > 0;
+      if (!busy) {
+        f->id = ++core_->lastFileId;
+        core_->files[f->id] = f;
+        core_->byFoid[foid] = f.get();
+      }
+    }
+    if (busy) ThrowCode(env, "WCFS_EBUSY", "f" + Hex16(foid) + ": already open on this conn");
     return Napi::Number::New(env, double(f->id));
   }
 
   Napi::Value FileRemove(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::vector<int> fds;
+    uint64_t id = ToU64(env, info[0], "fileId");
     {
       std::lock_guard<std::mutex> lk(core_->mu);
-      auto f = file(env, info[0]);
+      auto f = file(id);
       if (f) fds = core_->fileRemoveLocked(f.get());
     }
     Napi::Array a = Napi::Array::New(env, fds.size());
@@ -254,19 +267,25 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
   Napi::Value FileResize(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint64_t size = ToU64(env, info[1], "size");
-    std::lock_guard<std::mutex> lk(core_->mu);
-    auto f = file(env, info[0]);
-    if (!f) return Napi::String::New(env, "file closed");
-    if (core_->poisoned) return Napi::String::New(env, core_->downErr);
-    return Napi::String::New(env, core_->resizeLocked(f.get(), size));
+    uint64_t id = ToU64(env, info[0], "fileId");
+    std::string err;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto it = core_->files.find(id);
+      if (it == core_->files.end()) err = "file closed";
+      else if (core_->poisoned) err = core_->downErr;
+      else err = core_->resizeLocked(it->second.get(), size);
+    }
+    return Napi::String::New(env, err);  // no JS allocation under mu (style: never)
   }
 
   Napi::Value FilePinned(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::vector<std::pair<uint64_t, uint64_t>> v;
+    uint64_t id = ToU64(env, info[0], "fileId");
     {
       std::lock_guard<std::mutex> lk(core_->mu);
-      auto f = file(env, info[0]);
+      auto f = file(id);
       if (f) v.assign(f->pinned.begin(), f->pinned.end());
     }
     Napi::Array a = Napi::Array::New(env, v.size());
@@ -281,49 +300,92 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
 
   Napi::Value Mmap(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    uint64_t id = ToU64(env, info[0], "fileId");
     uint64_t blkStart = ToU64(env, info[1], "blkStart");
     uint64_t blkLen = ToU64(env, info[2], "blkLen");
     std::shared_ptr<Mapping> m;
+    const char* code = nullptr;  // error: code + msg, or errno + syscall
+    std::string msg;
+    int err = 0;
     {
       std::lock_guard<std::mutex> lk(core_->mu);
-      auto f = file(env, info[0]);
-      if (!f || f->removed) ThrowCode(env, "WCFS_EFILECLOSED", "file already closed");
-      if (!core_->downErr.empty()) ThrowCode(env, "WCFS_ECONNCLOSED", core_->downErr);
-      const uint64_t bs = f->blksize;
-      if (blkLen == 0 || blkStart > (uint64_t(1) << 52) / bs || blkLen > (uint64_t(1) << 52) / bs - blkStart)
-        throw Napi::RangeError::New(env, "mmap: block range out of bounds");
-      const uint64_t start = blkStart * bs, len = blkLen * bs;
-      // reserve the VA first, then build the layers in it (the after-fork handler never
-      // sees a range that is not ours)
-      void* mem = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (mem == MAP_FAILED) ThrowErrno(env, errno, "mmap");
-      m = std::make_shared<Mapping>();
-      m->conn = core_;
-      m->file = f;
-      m->blkStart = blkStart;
-      m->blkLen = blkLen;
-      m->mem = static_cast<char*>(mem);
-      m->len = size_t(len);
-      int err = MapFile(mem, len, f->headfd, start);                    // 1) head
-      if (err == 0 && start + len > f->headfsize) {                      // 2) zeros past EOF
-        uint64_t z = std::max(f->headfsize, start);
-        err = MapZeros(m->mem + (z - start), size_t(start + len - z));
-      }
-      for (auto p = f->pinned.lower_bound(blkStart); err == 0 && p != f->pinned.end() && p->first < blkStart + blkLen; ++p)
-        err = core_->remapBlkLocked(m.get(), p->first);                  // 3) pins
-      if (err != 0) {
-        munmap(mem, len);
-        ThrowErrno(env, err, "mmap");
-      }
-      m->id = ++core_->lastMappingId;
-      f->mmaps.insert(m.get());
-      core_->mappings[m->id] = m;
+      m = mmapLocked(id, blkStart, blkLen, &code, &msg, &err);
     }
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, m->mem, m->len, FinalizeMapping, new MappingHint{m});
+    if (code != nullptr) ThrowCode(env, code, msg);
+    if (err != 0) ThrowErrno(env, err, "mmap");
+    // Raw N-API: on failure Node may already have run the finalizer (it does for a too
+    // large length), which node-addon-api's wrapper would then free a second time.
+    napi_value ab;
+    auto* hint = new MappingHint{m};
+    napi_status st = napi_create_external_arraybuffer(env, m->mem, m->len, FinalizeMapping, hint, &ab);
+    if (st != napi_ok) {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      if (!m->unmapped) {  // the finalizer did not run (it unmaps and frees the hint)
+        delete hint;
+        core_->unmapLocked(m.get());
+      }
+    }
+    NAPI_THROW_IF_FAILED(env, st, Napi::Value());
     Napi::Array r = Napi::Array::New(env, 2);
     r.Set(0u, Napi::Number::New(env, double(m->id)));
-    r.Set(1u, ab);
+    r.Set(1u, Napi::Value(env, ab));
     return r;
+  }
+
+  // Builds a Mapping (client_mmap.cc overview, steps 1-3). mu held.
+  std::shared_ptr<Mapping> mmapLocked(uint64_t id, uint64_t blkStart, uint64_t blkLen, const char** code, std::string* msg, int* errOut) {
+    auto f = file(id);
+    if (!f || f->removed) {
+      *code = "WCFS_EFILECLOSED";
+      *msg = "file already closed";
+      return nullptr;
+    }
+    if (!core_->downErr.empty()) {
+      *code = "WCFS_ECONNCLOSED";
+      *msg = core_->downErr;
+      return nullptr;
+    }
+    const uint64_t bs = f->blksize;
+    if (blkLen == 0 || blkStart > (uint64_t(1) << 52) / bs || blkLen > (uint64_t(1) << 52) / bs - blkStart) {
+      *code = "ERR_OUT_OF_RANGE";
+      *msg = "mmap: block range out of bounds";
+      return nullptr;
+    }
+    const uint64_t start = blkStart * bs, len = blkLen * bs;
+    if (len > maxLen_) {
+      *code = "ERR_OUT_OF_RANGE";
+      *msg = "mmap: " + std::to_string(len) + " bytes: larger than the largest ArrayBuffer (" + std::to_string(maxLen_) + ")";
+      return nullptr;
+    }
+    // reserve the VA first, then build the layers in it
+    void* mem = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+      *errOut = errno;
+      return nullptr;
+    }
+    auto m = std::make_shared<Mapping>();
+    m->conn = core_;
+    m->file = f;
+    m->blkStart = blkStart;
+    m->blkLen = blkLen;
+    m->mem = static_cast<char*>(mem);
+    m->len = size_t(len);
+    int err = MapFile(mem, len, f->headfd, start);                    // 1) head
+    if (err == 0 && start + len > f->headfsize) {                      // 2) zeros past EOF
+      uint64_t z = std::max(f->headfsize, start);
+      err = MapZeros(m->mem + (z - start), size_t(start + len - z));
+    }
+    for (auto p = f->pinned.lower_bound(blkStart); err == 0 && p != f->pinned.end() && p->first < blkStart + blkLen; ++p)
+      err = core_->remapBlkLocked(m.get(), p->first);                  // 3) pins
+    if (err != 0) {
+      munmap(mem, len);
+      *errOut = err;
+      return nullptr;
+    }
+    m->id = ++core_->lastMappingId;
+    f->mmaps.insert(m.get());
+    core_->mappings[m->id] = m;
+    return m;
   }
 
   Napi::Value Unmap(const Napi::CallbackInfo& info) {
@@ -343,27 +405,37 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
         }
       }
     }
-    std::lock_guard<std::mutex> lk(core_->mu);
-    auto it = core_->mappings.find(id);
-    if (it == core_->mappings.end()) return env.Undefined();  // unmapped already
-    std::shared_ptr<Mapping> m = it->second;
-    int err = detached ? core_->unmapLocked(m.get()) : core_->efaultLocked(m.get());
+    int err = 0;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto it = core_->mappings.find(id);
+      if (it != core_->mappings.end()) {
+        std::shared_ptr<Mapping> m = it->second;
+        err = detached ? core_->unmapLocked(m.get()) : core_->efaultLocked(m.get());
+      }
+    }
     if (err != 0) ThrowErrno(env, err, detached ? "munmap" : "mmap");
     return Napi::Boolean::New(env, detached);
   }
 
   Napi::Value MarkDown(const Napi::CallbackInfo& info) {
     std::string why = info[0].ToString().Utf8Value();
-    std::lock_guard<std::mutex> lk(core_->mu);
-    core_->closing = true;
-    if (core_->downErr.empty()) core_->downErr = why;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      core_->closing = true;
+      if (core_->downErr.empty()) core_->downErr = why;
+    }
     return info.Env().Undefined();
   }
 
   Napi::Value Down(const Napi::CallbackInfo& info) {
-    std::lock_guard<std::mutex> lk(core_->mu);
-    if (core_->downErr.empty()) return info.Env().Null();
-    return Napi::String::New(info.Env(), core_->downErr);
+    std::string d;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      d = core_->downErr;
+    }
+    if (d.empty()) return info.Env().Null();
+    return Napi::String::New(info.Env(), d);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

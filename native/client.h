@@ -15,18 +15,19 @@
 //   JS thread   — fileAdd/fileRemove/fileResize, mmap/unmap, request(), close() (starts the
 //                 closer), TSFN callbacks. Never does FUSE IO here except mmap(2) of head
 //                 files (no FUSE request) — opens and fstats are done by TS on libuv's pool.
-//   rx thread   — blocking read(2) of head/watch; replies → TSFN; pins → pinQ. Never blocks
-//                 on anything but read(2) and leaf mutexes (rxMu, qMu, mu for nothing).
+//   rx thread   — blocking read(2) of head/watch; replies → TSFN; pins → pinQ (unbounded).
+//                 Blocks on nothing but read(2) and short critical sections.
 //   pinner      — pops pinQ, opens @rev files (FUSE, outside mu), remaps under mu, queues the
 //                 reply. Never calls into V8/N-API and never waits for the JS thread.
 //   tx thread   — writes queued frames (pin replies, JS requests, bye) in order.
 //   closer      — (only during close) sends bye, waits for the threads with a deadline,
 //                 interrupts them with kIntrSignal past it, closes the fd.
 //
-// Locks (all leaves except mu → nothing): mu, rxMu, qMu, txMu are never held together,
-// and none is ever held across IO that goes to the server (open, fstat, read, write, close
-// of FUSE files). mu may be held across mmap(2)/munmap(2): those never wait for the server
-// (a FUSE page fault drops mmap_lock while it waits — spec fuse.md §C).
+// Locks: mu, rxMu, qMu, txMu, emitMu, exitMu are all leaves — never two held at once — and
+// none is held across IO that goes to the server (open, fstat, read, write, close of FUSE
+// files) or while creating JS values. mu may be held across mmap(2)/munmap(2): those never
+// wait for the server (a FUSE page fault drops mmap_lock while it waits — fuse.md §C), so
+// the pinner's only lock is never held by anyone waiting for the server (hazard H4).
 //
 // Invariants (under mu):
 //   I1 file f ∈ files ⇔ TS has it open (Opening/Opened/Closing); f->removed ⇔ f ∉ files.
@@ -36,6 +37,8 @@
 //   I3 ∀ blk ∈ f->pinned: f->pinned[blk] ∈ f->revTab, and revTab[rev].nref = #{blk: pinned[blk]=rev}
 //   I4 m->efaulted ⇒ all of m's pages are PROT_NONE (never remapped again)
 //   I5 poisoned ⇒ every mapping of every file is efaulted, and stays so.
+//   I6 a pin applies to f only if it was received after f was added (seq > f->seq0): a late
+//      pin of an earlier watch of the same foid never touches a reopened file.
 #pragma once
 
 #include <napi.h>
@@ -84,6 +87,7 @@ struct FileState {
   uint64_t foid = 0;
   int headfd = -1;
   uint64_t blksize = 0;
+  uint64_t seq0 = 0;  // ConnCore::rxSeq when added: pins received up to it are for an older watch
   // ---- guarded by ConnCore::mu ----
   uint64_t headfsize = 0;               // only grows
   bool removed = false;                 // I1
@@ -155,7 +159,9 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   struct PinReq {
     uint64_t stream;
     std::string msg;
+    uint64_t seq;  // rxSeq of its line
   };
+  std::atomic<uint64_t> rxSeq{0};      // lines received so far (rx thread increments)
   std::deque<PinReq> pinQ;             // unbounded (hazard H1)
   std::unordered_set<uint64_t> accepted;  // even ids received and not yet answered
   bool qClosed = false;

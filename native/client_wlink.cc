@@ -169,6 +169,7 @@ void ConnCore::rxMain() {
     if (sp == std::string::npos) return "invalid frame: no SP";
     if (!ParseU64(line.substr(0, sp), &stream)) return "invalid frame: invalid stream ID";
     std::string msg = line.substr(sp + 1);
+    const uint64_t seq = ++rxSeq;
     if (debug) Logf("%s: < %" PRIu64 " %s", name.c_str(), stream, msg.c_str());
     if (stream == 0) {
       bool quiet;
@@ -191,7 +192,7 @@ void ConnCore::rxMain() {
     }
     std::lock_guard<std::mutex> lk(qMu);
     if (!accepted.insert(stream).second) return "wcfs sent request on already used stream " + std::to_string(stream);
-    pinQ.push_back(PinReq{stream, std::move(msg)});
+    pinQ.push_back(PinReq{stream, std::move(msg), seq});
     qCv.notify_one();
     return "";
   };
@@ -329,12 +330,15 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
   const std::string what = "pin f" + Hex16(foid) + " #" + std::to_string(blk) + " @" + (rev == kTidHead ? "head" : Hex16(rev));
 
   // a) look the file up; find out whether the @rev file must be opened (outside mu: FUSE IO)
+  // A pin received before the file was (re)added belongs to an earlier watch of the same
+  // foid (its FileH is gone): it must not touch the new one.
+  auto current = [&](FileState* f) { return f != nullptr && req.seq > f->seq0; };
   uint64_t fileId = 0, blksize = 0;
   bool needOpen = false;
   {
     std::lock_guard<std::mutex> lk(mu);
     auto it = byFoid.find(foid);
-    if (it != byFoid.end()) {
+    if (it != byFoid.end() && current(it->second)) {
       fileId = it->second->id;
       blksize = it->second->blksize;
       needOpen = rev != kTidHead && it->second->revTab.count(rev) == 0;
@@ -377,8 +381,8 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
   {
     std::lock_guard<std::mutex> lk(mu);
     auto it = byFoid.find(foid);
-    if (it == byFoid.end()) {
-      // closed while we opened the @rev file
+    if (it == byFoid.end() || !current(it->second)) {
+      // closed (or closed and reopened) while we opened the @rev file
       if (rf.fd >= 0) toClose.push_back(rf.fd);
     } else {
       e = pinLocked(it->second, blk, rev, needOpen ? &rf : nullptr, &toClose);

@@ -36,7 +36,7 @@ export interface NativeAddon {
    * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
    * src/client/conn.ts — use that.
    */
-  ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean) => NativeClientConn;
+  ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean, maxBufferLength?: number) => NativeClientConn;
   /**
    * Test probe: reads view[off] for each offset in a child process (see native/client.cc).
    * values[i] = byte read, or -signo if the read faulted; fds[i] = 0 open / -errno closed

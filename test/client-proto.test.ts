@@ -5,6 +5,9 @@
 // for files just closed (H6), a reply queued behind many pins (H1), garbage, EOF, a server
 // that never closes the link.
 import { afterEach, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants as fsc, mkdirSync, openSync, readdirSync, readlinkSync } from 'node:fs';
+import path from 'node:path';
 import { WCFS, type Conn } from '../src/client/index.js';
 import { FakeWcfs, assertRangeFaults, PAGE } from './helpers/client.js';
 import { sleep } from './helpers/mount.js';
@@ -15,6 +18,7 @@ const G = 0x2n;
 let fakes: FakeWcfs[] = [];
 let conns: Conn[] = [];
 afterEach(async () => {
+  for (const f of fakes) f.serveAll();
   for (const c of conns) await Promise.race([c.close().catch(() => {}), sleep(3000)]);
   for (const f of fakes) f.close();
   fakes = [];
@@ -79,6 +83,8 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     expect(firsts(m.bytes, 5)).toEqual([0xa0, 0xa1, 0, 0, 0x64]);
     const m3 = fh.mmap(6, 2); // entirely past EOF (H3: its unzero must not start before it)
     expect(firsts(m3.bytes, 2)).toEqual([0, 0]);
+    const guard = fh.mmap(0, 3); // mmap goes top-down: most likely right below m3
+    expect(firsts(guard.bytes, 3)).toEqual([0xa0, 0xa1, 0]);
 
     // >>> the head file grows to 7 blocks; resync: unzero [3,7), re-pin #4 (H2)
     fk.writeFile(F, null, [0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6]);
@@ -89,6 +95,7 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     expect(firsts(m.bytes, 5)).toEqual([0xa0, 0xa1, 0, 0xa3, 0x64]);
     expect(firsts(m2.bytes, 2)).toEqual([0xa1, 0]);
     expect(firsts(m3.bytes, 2)).toEqual([0xa6, 0]); // #6 head, #7 still past EOF
+    expect(firsts(guard.bytes, 3)).toEqual([0xa0, 0xa1, 0]); // not clobbered
     expect(m.bytes.subarray(4 * PAGE).every((x) => x === 0x64)).toBe(true);
 
     // >>> unmap: views are detached, memory gone; twice is fine
@@ -156,6 +163,69 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     assertRangeFaults(m.bytes, 0, 3 * PAGE);
   });
 
+  it('H1 with a stuck pinner: replies still arrive; a late pin of a closed watch leaves the reopened file alone', async () => {
+    const { fk, conn } = await setup();
+    // @77 of G is a FIFO: the pinner blocks in open(2) until we open its other end
+    const fifoDir = path.join(fk.mnt, '@0000000000000077', 'bigfile');
+    mkdirSync(fifoDir, { recursive: true });
+    const fifo = path.join(fifoDir, '0000000000000002');
+    execFileSync('mkfifo', [fifo]);
+    let o = conn.open(F);
+    await fk.serveReq('ok');
+    const fh = await o;
+    o = conn.open(G);
+    await fk.serveReq('ok');
+    await o;
+    const sG = fk.pin(G, 0, 0x77n); // the pinner is stuck on this one from now on
+    await sleep(50);
+    // >>> close F: the unwatch reply comes after a pin for F (sent before the server saw the
+    //     unwatch); the pinner is stuck, yet the reply is read and close completes
+    const closing = fh.close();
+    const r = await fk.expect(/^(\d+) watch 0000000000000001 -$/);
+    const sLate = fk.pin(F, 0, 5n);
+    fk.send(`${r[1]} ok`);
+    await closing;
+    // >>> reopen F before the pinner got to the late pin: it must not pin the new FileH
+    o = conn.open(F);
+    await fk.serveReq('ok');
+    const fh2 = await o;
+    const m = fh2.mmap(0, 1);
+    const w = openSync(fifo, fsc.O_WRONLY | fsc.O_NONBLOCK); // unblock the pinner
+    expect(new Set([await fk.next(), await fk.next()])).toEqual(new Set([`${sG} ack`, `${sLate} ack`]));
+    closeSync(w);
+    expect(fh2.pinned().size).toBe(0);
+    expect(m.bytes[0]).toBe(0xa0); // head, not @5
+  });
+
+  it('@rev files stay open only while some block is pinned to them', async () => {
+    const { fk, conn } = await setup();
+    const o = conn.open(F);
+    await fk.serveReq('ok');
+    const fh = await o;
+    const revFds = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`).includes('/@0000000000000005/');
+        } catch {
+          return false;
+        }
+      }).length;
+    for (const blk of [0, 1, 2]) {
+      const s = fk.pin(F, blk, 5n);
+      expect(await fk.next()).toBe(`${s} ack`);
+    }
+    expect(revFds()).toBe(1);
+    for (const blk of [0, 1]) {
+      const s = fk.pin(F, blk, null);
+      expect(await fk.next()).toBe(`${s} ack`);
+    }
+    expect(revFds()).toBe(1);
+    const s = fk.pin(F, 2, 6n);
+    expect(await fk.next()).toBe(`${s} ack`);
+    expect(revFds()).toBe(0);
+    expect([...fh.pinned()]).toEqual([[2, 6n]]);
+  });
+
   it('a bad pin poisons the conn: nak, every mapping faults, calls fail "connection closed"', async () => {
     const { fk, conn } = await setup();
     const o = conn.open(F);
@@ -220,6 +290,32 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(900); // closeTimeoutMs = 1000
     expect(fk.log[fk.log.length - 1]).toMatch(/^\d+ bye$/);
     await fk.untilEOF(); // the fd was closed after the threads ended
+  });
+
+  it('Conn.close does not wait forever for an unwatch reply', async () => {
+    const { fk, conn } = await setup();
+    const o = conn.open(F);
+    await fk.serveReq('ok');
+    const fh = await o;
+    const m = fh.mmap(0, 1);
+    const t0 = Date.now();
+    await conn.close(); // closeTimeoutMs = 1000; the fake never answers the unwatch
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(fk.log.slice(-2)[0]).toBe('3 watch 0000000000000001 -');
+    expect(fk.log.slice(-1)[0]).toMatch(/^\d+ bye$/);
+    assertRangeFaults(m.bytes, 0, PAGE);
+  });
+
+  it('mappings larger than an ArrayBuffer can be are refused up front', async () => {
+    const { fk, conn } = await setup();
+    const o = conn.open(F);
+    await fk.serveReq('ok');
+    const fh = await o;
+    const m = fh.mmap(0, 1 << 20); // 4 GiB: the largest Node 20 allows; mostly zeros
+    expect(m.bytes.length).toBe(2 ** 32);
+    expect(m.bytes[2 ** 32 - 1]).toBe(0);
+    m.unmap();
+    expect(() => fh.mmap(0, (1 << 20) + 1)).toThrow(/larger than the largest ArrayBuffer/);
   });
 
   it('resync failure takes the conn down', async () => {

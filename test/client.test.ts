@@ -5,9 +5,11 @@
 // assertBlk's first-byte read checks, as upstream's read "with the GIL held").
 // Commits are made by our writer, in this process.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { WCFS, type Conn } from '../src/client/index.js';
 import { native } from '../src/native.js';
-import { ClientTDB, assertBlk, assertBlkFaults, assertRangeFaults, blkData, readMustFault, PAGE, SIGSEGV } from './helpers/client.js';
+import { ClientTDB, assertBlk, assertBlkFaults, assertRangeFaults, blkData, pinnedText, readMustFault, PAGE, SIGSEGV } from './helpers/client.js';
 import { stopAllServers } from './helpers/wcfs.js';
 
 const T = { timeout: 60_000 };
@@ -62,6 +64,25 @@ describe('client', () => {
     await fh.close();
     readMustFault(m.bytes, 0);
     assertRangeFaults(m.bytes, 0, m.bytes.length);
+  });
+
+  it('join: one WCFS per mountpoint, counted; connect waits for head/at ≥ at', T, async () => {
+    const { t, foids, wc } = await tdb();
+    const wc2 = await WCFS.join(t.zurl, { mountpoint: t.srv.mnt, autostart: false });
+    expect(wc2).toBe(wc);
+    await wc2.close();
+    expect(await wc.head()).toBe(t.head());
+    // connect(at) with at in the future returns once the server got there
+    const future = t.head() + 1n;
+    let connected = false;
+    const cp = connect(wc, future).then((c) => ((connected = true), c));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(connected).toBe(false);
+    const at1 = await t.commit(foids[0]!, { 0: 'x' });
+    expect(at1 > future).toBe(true);
+    const c = await cp;
+    expect(c.at).toBe(future);
+    await expect(WCFS.join(`${t.dir}/other.fs`, { mountpoint: `${t.dir}/nomnt`, autostart: false })).rejects.toThrow(/server not running/);
   });
 
   it('test_wcfs_client: isolation, pins, growth, resync, two opens, going back', T, async () => {
@@ -246,5 +267,149 @@ describe('client', () => {
     expect([...fh.pinned().keys()].sort((a, b) => a - b)).toEqual(Array.from({ length: N }, (_, i) => i));
     for (let i = N / 2; i < N; i++) expect(m2.bytes[(i - N / 2) * t.bs + 1]).toBe(`a${i}`.charCodeAt(1));
     // the pins happened without the event loop: no JS ran between the reads above
+  });
+
+  it('pins caused by other processes are handled while the JS thread is blocked', T, async () => {
+    const { t, foids, wc } = await tdb();
+    const [zf] = foids as [bigint];
+    const at1 = await t.commit(zf, { 0: 'x0', 1: 'x1', 2: 'x2' });
+    const wconn = await connect(wc, at1);
+    const fh = await wconn.open(zf);
+    const m = fh.mmap(0, 3);
+    await t.commit(zf, { 0: 'y0', 2: 'y2' });
+    // another process reads all of head: the server holds its reads until we acked the pins
+    const head = t.srv.at(`head/bigfile/${zf.toString(16).padStart(16, '0')}`);
+    const done = `${t.dir}/child-done`;
+    const child = spawn(process.execPath, ['-e', `const fs = require('fs'); fs.readFileSync(${JSON.stringify(head)}); fs.writeFileSync(${JSON.stringify(done)}, 'ok')`], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    // meanwhile the JS thread never returns to the event loop (no N-API callback can run):
+    // it sleeps and polls for the child's marker synchronously
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
+    let seen = false;
+    for (const t0 = Date.now(); !seen && Date.now() - t0 < 20_000; ) {
+      Atomics.wait(sleeper, 0, 0, 20);
+      seen = existsSync(done);
+    }
+    expect(seen, 'the child finished reading while the JS thread was blocked').toBe(true);
+    expect(await exited).toBe(0);
+    expect(pinnedText(fh)).toEqual(pinnedText({ 0: at1, 2: at1 }));
+    assertBlk(m, 0, 'x0', { 0: at1, 2: at1 });
+    assertBlk(m, 1, 'x1', { 0: at1, 2: at1 });
+    assertBlk(m, 2, 'x2', { 0: at1, 2: at1 });
+  });
+
+  it('two conns at different revisions of one file, each isolated', T, async () => {
+    const { t, foids, wc } = await tdb();
+    const [zf] = foids as [bigint];
+    const at1 = await t.commit(zf, { 0: 'a1', 1: 'b1' });
+    const at2 = await t.commit(zf, { 0: 'a2' });
+    const c1 = await connect(wc, at1);
+    const c2 = await connect(wc, at2);
+    const f1 = await c1.open(zf);
+    const f2 = await c2.open(zf);
+    const m1 = f1.mmap(0, 3);
+    const m2 = f2.mmap(0, 3);
+    assertBlk(m2, 0, 'a2', {});
+    assertBlk(m1, 0, 'a1', { 0: at1 });
+    const at3 = await t.commit(zf, { 0: 'a3', 1: 'b3', 2: 'c3' });
+    assertBlk(m1, 1, 'b1', { 0: at1, 1: at1 });
+    assertBlk(m2, 1, 'b1', { 1: at1 }); // unchanged in (at1, at2]: pinned to its own revision
+    assertBlk(m2, 0, 'a2', { 0: at2, 1: at1 });
+    assertBlk(m1, 2, '', { 0: at1, 1: at1 }); // past the size as of connect
+    await c1.resync(at3);
+    assertBlk(m1, 0, 'a3', {});
+    assertBlk(m1, 2, 'c3', {}); // this read pins #2 in c2: it did not exist as of at2
+    assertBlk(m2, 0, 'a2', { 0: at2, 1: at1, 2: t.at0 });
+    assertBlk(m2, 2, '', { 0: at2, 1: at1, 2: t.at0 });
+  });
+
+  it('a head file that shrinks (last block punched) fails resync as a server bug, like upstream', T, async () => {
+    const { t, foids, wc } = await tdb();
+    const [zf] = foids as [bigint];
+    const at1 = await t.commit(zf, { 0: 'a', 1: 'b' });
+    const wconn = await connect(wc, at1);
+    const fh = await wconn.open(zf);
+    const m = fh.mmap(0, 2);
+    assertBlk(m, 0, 'a', {});
+    const at2 = await t.commit(zf, { 1: null });
+    // the protocol cannot say "block 1 is gone at head but exists as of your at" for blocks
+    // never read: sizes must only grow (wcfs-client.md §5.2)
+    await expect(wconn.resync(at2)).rejects.toThrow(/wcfs bug: head\/file size not ↑/);
+    await expect(wconn.open(zf)).rejects.toThrow(/connection closed/);
+    assertBlkFaults(m, 0);
+  });
+
+  it('random histories: every read through a mapping equals the data as of conn.at', { timeout: 120_000 }, async () => {
+    const seed = Number(process.env.WCFS_SEED ?? Date.now() % 100000);
+    console.log(`client random: WCFS_SEED=${seed}`);
+    let r = seed >>> 0 || 1;
+    const rnd = (n: number) => {
+      r ^= r << 13;
+      r ^= r >>> 17;
+      r ^= r << 5;
+      return (r >>> 0) % n;
+    };
+    const { t, foids, wc } = await tdb();
+    const [zf] = foids as [bigint];
+    const NB = 8;
+    const writes: Array<{ tid: bigint; blocks: Record<number, string | null> }> = [];
+    let lastBlk = -1;
+    const dataAt = (blk: number, at: bigint): string => {
+      let v = '';
+      for (const w of writes) if (w.tid <= at && blk in w.blocks) v = w.blocks[blk] ?? '';
+      return v;
+    };
+    const commit = async () => {
+      // holes may be punched, but never at the end: a file that shrinks cannot be isolated
+      // (see the 'shrinking' test)
+      const blocks: Record<number, string | null> = {};
+      for (let k = 1 + rnd(3); k > 0; k--) {
+        const blk = rnd(NB);
+        blocks[blk] = rnd(5) === 0 && blk < lastBlk ? null : `r${writes.length}b${blk}`;
+      }
+      for (const [b, v] of Object.entries(blocks)) if (v !== null) lastBlk = Math.max(lastBlk, Number(b));
+      const tid = await t.commit(zf, blocks);
+      writes.push({ tid, blocks });
+    };
+    await commit();
+    const views = await Promise.all(
+      [0, 1].map(async () => {
+        const c = await connect(wc, t.head());
+        const fh = await c.open(zf);
+        return { c, fh, ms: [fh.mmap(0, NB + 2)] };
+      }),
+    );
+    const steps = Number(process.env.WCFS_STEPS ?? 120);
+    for (let step = 0; step < steps; step++) {
+      const v = views[rnd(views.length)]!;
+      switch (rnd(6)) {
+        case 0:
+          await commit();
+          break;
+        case 1: {
+          // resync forward to a random revision ≥ at
+          const cands = writes.map((w) => w.tid).filter((tid) => tid >= v.c.at);
+          await v.c.resync(cands[rnd(cands.length)]!);
+          break;
+        }
+        case 2: {
+          const s = rnd(NB + 2);
+          v.ms.push(v.fh.mmap(s, 1 + rnd(NB + 3 - s)));
+          if (v.ms.length > 4) v.ms.shift()!.unmap();
+          break;
+        }
+        default: {
+          const m = v.ms[rnd(v.ms.length)]!;
+          const blk = m.blkStart + rnd(m.blkLen);
+          const got = m.bytes.subarray((blk - m.blkStart) * t.bs, (blk - m.blkStart + 1) * t.bs);
+          const want = blkData(dataAt(blk, v.c.at), t.bs);
+          if (Buffer.compare(got, want) !== 0) {
+            expect.fail(`seed ${seed} step ${step}: #${blk} @${v.c.at.toString(16)}: got ${JSON.stringify(Buffer.from(got.subarray(0, 8)).toString('latin1'))}, want ${JSON.stringify(dataAt(blk, v.c.at))}`);
+          }
+        }
+      }
+    }
   });
 });

@@ -29,6 +29,13 @@
 // 5) poison: if the pinner fails (bad pin, remap error, link EOF), native efaults every
 //    mapping at once and marks the conn down; the 'down' event then closes the Conn here.
 //    Afterwards every call throws "connection closed" (mmap: "file already closed").
+// 6) Node specifics: Mapping.bytes is an external ArrayBuffer over the mapping (zero copy;
+//    at most MAX_MAPPING bytes each). Touching an efaulted mapping kills the process with
+//    SIGSEGV — fail-stop like upstream, never stale data (so does inspecting it, e.g.
+//    console.log). A Mapping that is garbage-collected without unmap() is munmapped by its
+//    finalizer. Fork: child_process.* execs at once (O_CLOEXEC fds, exec drops mappings);
+//    for a native fork() without exec, native/client.cc's atfork handler closes the watch fd
+//    and efaults every mapping in the child (upstream afterFork).
 //
 // Concurrency (one JS thread, but async): open, resync, FileH.close and Conn.close run one
 // at a time, in call order (`exclusive`): that replaces upstream's atMu/filehMu — no
@@ -40,6 +47,7 @@
 //   conn down (downErr) ⇒ open/resync throw "connection closed"
 
 import createDebug from 'debug';
+import { constants as bufferConstants } from 'node:buffer';
 import { close as fsClose, constants as fsc, fstat as fsFstat, open as fsOpen, type Stats } from 'node:fs';
 import path from 'node:path';
 import { native, type NativeClientConn } from '../native.js';
@@ -50,10 +58,30 @@ import type { WCFS } from './wcfs.js';
 
 const debug = createDebug('wcfs:client');
 
+/** The largest mapping: the largest ArrayBuffer Node makes over external memory (4 GiB on Node 20). */
+export const MAX_MAPPING = bufferConstants.MAX_LENGTH;
+
 const openFd = (p: string, flags: number) =>
   new Promise<number>((resolve, reject) => fsOpen(p, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
 const fstatFd = (fd: number) => new Promise<Stats>((resolve, reject) => fsFstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
 const closeFd = (fd: number) => new Promise<void>((resolve) => fsClose(fd, () => resolve()));
+
+/** p, or a rejection after ms (p's own later rejection is swallowed). */
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what} in ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
 
 export interface ConnOptions {
   /** Close: how long to wait for the server to end the link after bye [10 s]. */
@@ -72,7 +100,7 @@ export class Conn {
   private serial: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
   private closedWait: ((err: string) => void) | undefined;
-  private readonly closeTimeoutMs: number;
+  /** @internal */ readonly closeTimeoutMs: number;
   /** The watch link's fd (diagnostics, tests). */
   readonly fd: number;
 
@@ -81,7 +109,7 @@ export class Conn {
     this.atv = at;
     this.fd = watchFd;
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 10_000;
-    this.nc = new (native().ClientConn)(watchFd, wc.mountpoint, (kind, id, text) => this.onEvent(kind, id, text), debug.enabled);
+    this.nc = new (native().ClientConn)(watchFd, wc.mountpoint, (kind, id, text) => this.onEvent(kind, id, text), debug.enabled, MAX_MAPPING);
   }
 
   /** The database view of this connection. */
@@ -317,6 +345,7 @@ export class FileH {
     if (!Number.isSafeInteger(blkStart) || blkStart < 0) throw new RangeError(`${ctx}: bad blkStart`);
     const n = blkLen ?? this.headfsize / this.blksize - blkStart;
     if (!Number.isSafeInteger(n) || n <= 0) throw new RangeError(`${ctx}: bad blkLen ${n}`);
+    if (n * this.blksize > MAX_MAPPING) throw new RangeError(`${ctx}: ${n} blocks: larger than the largest ArrayBuffer (${MAX_MAPPING} bytes); map in parts`);
     if (this.state >= FileState.Closing) throw new FileClosedError(ctx);
     let r: [number, ArrayBuffer];
     try {
@@ -348,7 +377,10 @@ export class FileH {
     const ctx = `${this.conn}: ${this}: close`;
     let err: Error | undefined;
     try {
-      const reply = await this.conn.sendReq(formatWatch(this.foid, null), `${ctx}: unwatch`);
+      let req = this.conn.sendReq(formatWatch(this.foid, null), `${ctx}: unwatch`);
+      // Conn.close does not wait forever for a stuck server: bye/close drop the watch anyway
+      if (force) req = withTimeout(req, this.conn.closeTimeoutMs, `${ctx}: unwatch: no reply`);
+      const reply = await req;
       if (reply !== 'ok') err = new WatchError(`${ctx}: unwatch`, reply);
     } catch (e) {
       // link down (poisoned conn, or the server went away): nothing left to unwatch

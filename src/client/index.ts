@@ -1,5 +1,5 @@
 // The wcfs client library: WCFS.join(zurl) → wc.connect(at) → conn.open(foid) →
 // fileh.mmap(blkStart, blkLen) → mapping.bytes. See conn.ts for the design.
 export { WCFS, type JoinOptions } from './wcfs.js';
-export { Conn, FileH, FileState, Mapping, type ConnOptions } from './conn.js';
+export { Conn, FileH, FileState, Mapping, MAX_MAPPING, type ConnOptions } from './conn.js';
 export { ConnClosedError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';

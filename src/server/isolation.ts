@@ -217,7 +217,11 @@ export class Isolation {
             if (!w.registered || w.link.down) return;
             blkRev ??= await h.deltaFtail.blkRevAt(f.foid, blk, h.headAt());
             if (blkRev <= w.at) return;
-            await this.pin(w, blk, await h.deltaFtail.blkRevAt(f.foid, blk, w.at));
+            const rev = await h.deltaFtail.blkRevAt(f.foid, blk, w.at);
+            // re-check after the awaits: an unwatch may have come in meanwhile. pin() sends
+            // synchronously, so no pin goes out for a watch already answered "ok" to "-".
+            if (!w.registered || w.link.down) return;
+            await this.pin(w, blk, rev);
           } finally {
             w.atMu.runlock();
           }

@@ -160,6 +160,8 @@ export class FakeWcfs {
   answerBye = true;
   /** Every line received, for the record. */
   readonly log: string[] = [];
+  /** Answer watch requests with ok by itself (teardown). */
+  private autoOk = false;
   private rx = '';
   private waiters: Array<() => void> = [];
   private nextPin = 2;
@@ -197,6 +199,7 @@ export class FakeWcfs {
         this.rx = this.rx.slice(i + 1);
         this.log.push(line);
         if (/^\d+ bye$/.test(line) && this.answerBye) this.sock.end();
+        else if (this.autoOk && /^\d+ watch /.test(line)) this.send(`${line.split(' ')[0]} ok`);
         else this.lines.push(line);
       }
       this.wake();
@@ -258,6 +261,12 @@ export class FakeWcfs {
       await this.waitAny(ms - (Date.now() - t0));
     }
     return this.lines.splice(0);
+  }
+
+  /** From now on answer every watch request ok (also those received already). */
+  serveAll(): void {
+    this.autoOk = true;
+    for (const l of this.lines.splice(0)) if (/^\d+ watch /.test(l) && !this.sock.destroyed) this.send(`${l.split(' ')[0]} ok`);
   }
 
   close(): void {
