@@ -21,6 +21,42 @@ export interface LoadingEntry {
   ready: Promise<Uint8Array>;
   /** Set once loaded: commit processing takes old data from here instead of the kernel. */
   data?: Uint8Array;
+  /**
+   * Pages of the block already sent to the kernel in READ replies (1 = sent): those are in
+   * the page cache already, the upload stores only the rest.
+   */
+  served?: Uint8Array;
+}
+
+export const PAGE_SIZE = 4096;
+
+/** Mark [off, end) of block blk (file offsets) as sent to the kernel. */
+export function markServed(e: LoadingEntry | undefined, blk: number, blksize: number, off: number, end: number): void {
+  if (e === undefined) return;
+  const npages = Math.ceil(blksize / PAGE_SIZE);
+  e.served ??= new Uint8Array(npages);
+  const base = blk * blksize;
+  // only whole pages count: a partial page may not be in the cache as a whole
+  const p0 = Math.ceil((Math.max(off, base) - base) / PAGE_SIZE);
+  const p1 = Math.floor((Math.min(end, base + blksize) - base) / PAGE_SIZE);
+  for (let p = p0; p < p1; p++) e.served[p] = 1;
+}
+
+/** Runs [start, end) (byte offsets within the block) not yet sent to the kernel. */
+export function unservedRuns(e: LoadingEntry, blksize: number): Array<[number, number]> {
+  const npages = Math.ceil(blksize / PAGE_SIZE);
+  const out: Array<[number, number]> = [];
+  let start = -1;
+  for (let p = 0; p <= npages; p++) {
+    const sent = p < npages && e.served !== undefined && e.served[p] === 1;
+    if (p < npages && !sent) {
+      if (start < 0) start = p;
+    } else if (start >= 0) {
+      out.push([start * PAGE_SIZE, Math.min(p * PAGE_SIZE, blksize)]);
+      start = -1;
+    }
+  }
+  return out;
 }
 
 export class BigFile {

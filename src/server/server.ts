@@ -51,7 +51,7 @@ import { hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { CommitEvent, IStorage, StorageWatch } from '../zodb/storage.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
-import { BigFile, type LoadingEntry } from './bigfile.js';
+import { BigFile, markServed, unservedRuns, type LoadingEntry } from './bigfile.js';
 import { Isolation } from './isolation.js';
 import { Event, RWMutex } from './lock.js';
 import { WatchLink } from './watchlink.js';
@@ -90,6 +90,8 @@ const INO_STATS = 9;
 const INO_FIRST_DYNAMIC = 16;
 
 const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
+const UPLOAD_DELAY_MS = 2; // see uploadHead
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const EMPTY = new Uint8Array(0);
 
 type Node =
@@ -529,6 +531,7 @@ export class WcfsServer implements FileSystem {
     const loads: Promise<Uint8Array>[] = [];
     for (let blk = b0; blk <= b1; blk++) loads.push(this.readBlk(f, blk, signal));
     const blocks = await Promise.all(loads);
+    for (let blk = b0; blk <= b1; blk++) markServed(f.loading.get(blk), blk, bs, off, end);
     if (blocks.length === 1) return blocks[0]!.subarray(off - b0 * bs, end - b0 * bs);
     const parts = blocks.map((d, i) => {
       const start = (b0 + i) * bs;
@@ -556,8 +559,14 @@ export class WcfsServer implements FileSystem {
     );
   }
 
-  /** Upload a loaded head block into the page cache (§3.5.3), then drop it from `loading`. */
+  /**
+   * Upload a loaded head block into the page cache (§3.5.3), then drop it from `loading`.
+   * Only the pages the kernel did not get in READ replies are stored: a sequential reader
+   * gets the whole block through READs, and storing it again would copy it twice. The short
+   * delay lets the READs of the rest of the block (readahead) arrive first.
+   */
   private async uploadHead(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    await sleep(UPLOAD_DELAY_MS);
     for (;;) {
       await this.headMu.rlock();
       if (!this.pauseUploads) break;
@@ -571,7 +580,7 @@ export class WcfsServer implements FileSystem {
     this.uploadsInflight++;
     this.headMu.runlock(); // I4: the upload runs without the lock
     try {
-      await this.session.notifier.store(f.ino, blk * f.blksize, e.data!);
+      await this.storeUnserved(f, blk, e);
     } catch (err) {
       if (!this.session.isClosed) this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
     } finally {
@@ -582,13 +591,19 @@ export class WcfsServer implements FileSystem {
   }
 
   private async uploadRev(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    await sleep(UPLOAD_DELAY_MS);
     try {
-      await this.session.notifier.store(f.ino, blk * f.blksize, e.data!);
+      await this.storeUnserved(f, blk, e);
     } catch (err) {
       if (!this.session.isClosed) this.warn(`BUG: @${hex16(f.rev!)}/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message}`);
     } finally {
       if (f.loading.get(blk) === e) f.loading.delete(blk);
     }
+  }
+
+  private async storeUnserved(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    const base = blk * f.blksize;
+    for (const [a, z] of unservedRuns(e, f.blksize)) await this.session.notifier.store(f.ino, base + a, e.data!.subarray(a, z));
   }
 
   // ---- 3) commit processing ----
