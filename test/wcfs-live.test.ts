@@ -3,7 +3,9 @@
 // an mmap), also across a size change; the old data lands in @<old head>'s cache.
 // A change of the ZBigFile object itself switches the filesystem to EIO mode.
 import { afterAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
+import { findMount } from '../src/fuse/mountinfo.js';
 import { WriteTxn } from '../src/zodb/db.js';
 import { hex16, tidToDate } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
@@ -121,6 +123,22 @@ describe('live commits', () => {
     await db.close();
     await srv.stop();
   }, 60_000);
+
+  it('a read of one page brings the whole block into the page cache (upload of the rest)', async () => {
+    const dir = tmpDir();
+    const s = await startServer(copyInto(dir, historyPath), { dir });
+    const m = findMount(s.mnt)!;
+    writeFileSync(`/sys/class/bdi/0:${m.minor}/read_ahead_kb`, '0'); // the kernel asks for that page only
+    const F = s.at(`head/bigfile/${hex16(FOID)}`);
+    const nblk = (await stat(F)).size / BS;
+    const fh = await open(F, 'r');
+    await fh.read(Buffer.alloc(PAGE), 0, PAGE, 5 * BS + 3 * PAGE);
+    await fh.close();
+    const want = blocks([...Array(nblk).keys()].map((i) => (i === 5 ? 1 : 0)));
+    await until(() => pages(F, nblk), (p) => p.slice(5 * (BS / PAGE), 6 * (BS / PAGE)) === '1'.repeat(BS / PAGE));
+    expectResidency(await pages(F, nblk), want, 'one page read');
+    await s.stop();
+  }, 30_000);
 
   it('a changed ZBigFile object (blksize) is fatal: EIO mode, ENOTCONN', async () => {
     const dir = tmpDir();
