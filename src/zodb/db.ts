@@ -12,7 +12,7 @@
 import { ObjectFormatError, PickleError } from './errors.js';
 import { hex16, type Oid, type Tid } from './ids.js';
 import { decodeRecord, encodeRecord, type Global, type PyValue } from './pickle/index.js';
-import type { CommitRequest, IStorage, IWritableStorage } from './storage.js';
+import type { CommitRequest, IStorage, IWritableStorage, LoadResult } from './storage.js';
 
 export interface LoadedObject {
   oid: Oid;
@@ -25,11 +25,19 @@ export interface LoadedObject {
 /** Anything that can load decoded objects as of a revision. */
 export interface ObjectLoader {
   loadObject(oid: Oid, at: Tid): Promise<LoadedObject>;
+  /**
+   * Optional: synchronous load whose byte values are valid only until the next load (see
+   * IStorage.loadTransient) — for copying many small objects out at once.
+   */
+  loadObjectTransient?(oid: Oid, at: Tid): LoadedObject;
 }
 
 /** Load and decode one object; pickle failures name the oid, revision and record location. */
 export async function loadObject(storage: IStorage, oid: Oid, at: Tid): Promise<LoadedObject> {
-  const { data, serial, where } = await storage.load(oid, at);
+  return decodeLoaded(oid, await storage.load(oid, at));
+}
+
+function decodeLoaded(oid: Oid, { data, serial, where }: LoadResult): LoadedObject {
   try {
     const { klass, state } = decodeRecord(data);
     return { oid, klass, state, serial };
@@ -43,7 +51,11 @@ export async function loadObject(storage: IStorage, oid: Oid, at: Tid): Promise<
 
 /** ObjectLoader over a storage. */
 export class StorageLoader implements ObjectLoader {
-  constructor(readonly storage: IStorage) {}
+  readonly loadObjectTransient?: (oid: Oid, at: Tid) => LoadedObject;
+  constructor(readonly storage: IStorage) {
+    const lt = storage.loadTransient?.bind(storage);
+    if (lt !== undefined) this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
+  }
   loadObject(oid: Oid, at: Tid): Promise<LoadedObject> {
     return loadObject(this.storage, oid, at);
   }

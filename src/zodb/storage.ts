@@ -66,6 +66,11 @@ export interface IStorage {
   head(): Tid;
   sync(): Promise<Tid>;
   load(oid: Oid, at: Tid): Promise<LoadResult>;
+  /**
+   * Optional fast path: load synchronously into a view valid only until the next call on
+   * the storage (the caller copies what it needs at once).
+   */
+  loadTransient?(oid: Oid, at: Tid): LoadResult;
   iterate(tidMin?: Tid, tidMax?: Tid): AsyncIterable<TxnRecord>;
   watch(from?: Tid): StorageWatch;
   /** Largest oid in use (as of head). */

@@ -158,12 +158,15 @@ export class ZBigFileView {
       if (off < 0n) throw new ObjectFormatError(chunktab.oid, `chunk offset ${off} < 0`);
       entries.push([off, v]);
     }
-    // Loads are independent: issue them together (a network storage overlaps them).
-    const chunks = await Promise.all(entries.map(([, ref]) => this.loader.loadObject(ref.oid, this.at)));
+    // A loader with a synchronous transient path (FileStorage) is used chunk by chunk, each
+    // copied out at once: no allocation per chunk. Otherwise the loads are issued together
+    // (a network storage overlaps them).
+    const lt = this.loader.loadObjectTransient?.bind(this.loader);
+    const chunks = lt !== undefined ? undefined : await Promise.all(entries.map(([, ref]) => this.loader.loadObject(ref.oid, this.at)));
     let stop = 0; // end of the previous chunk: chunks must not overlap
     for (let i = 0; i < entries.length; i++) {
       const off = Number(entries[i]![0]);
-      const c = chunks[i]!;
+      const c = chunks !== undefined ? chunks[i]! : lt!(entries[i]![1].oid, this.at);
       if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
       const b = asBytes(c.state);
       if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);

@@ -390,8 +390,17 @@ export class FileStorage implements IStorage, ICommitter {
     return this.loadSync(oid, at);
   }
 
+  /**
+   * Like loadSync, but the data is a view into the read-ahead window, valid only until the
+   * next call on this storage: for callers that copy what they need at once (assembling a
+   * ZBlk1's chunks). No allocation, so no fresh-memory page faults.
+   */
+  loadTransient(oid: Oid, at: Tid): LoadResult {
+    return this.loadSync(oid, at, true);
+  }
+
   /** load() without the promise: for callers that batch many loads synchronously. */
-  loadSync(oid: Oid, at: Tid): LoadResult {
+  loadSync(oid: Oid, at: Tid, transient = false): LoadResult {
     this.checkOpen('load');
     const pos = this.index.get(oid);
     if (pos === undefined) throw new NoObjectError(oid, this.path);
@@ -421,7 +430,8 @@ export class FileStorage implements IStorage, ICommitter {
       h = b;
     }
     // where: the record holding the bytes (after backpointers), for upper layers' errors
-    return { data: rr.take(h.pos + DATA_HEADER_SIZE, h.plen, limit), serial, where: `${this.path} @${h.pos}` };
+    const data = transient ? rr.peek(h.pos + DATA_HEADER_SIZE, h.plen, limit) : rr.take(h.pos + DATA_HEADER_SIZE, h.plen, limit);
+    return { data, serial, where: `${this.path} @${h.pos}` };
   }
 
   /** The data a record stands for: its own, or via backpointers; null = deleted. */

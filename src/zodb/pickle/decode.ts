@@ -327,7 +327,7 @@ export class Unpickler {
         case OP.GLOBAL: {
           const module = this.line(opPos);
           const name = this.line(opPos);
-          stack.push(new Global(module, name));
+          stack.push(internGlobal(module, name));
           break;
         }
         case OP.STACK_GLOBAL: {
@@ -432,8 +432,26 @@ export class Unpickler {
     return b;
   }
   private line(opPos: number): string {
-    return Buffer.from(this.lineBytes(opPos)).toString('latin1');
+    const b = this.lineBytes(opPos);
+    if (b.length > 64) return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
+    // short lines (GLOBAL module/name, ints): cheaper than a Buffer round trip
+    let s = '';
+    for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]!);
+    return s;
   }
+}
+
+// Globals are immutable descriptors: share one per (module, name) — records repeat the same
+// few classes millions of times.
+const globals = new Map<string, Global>();
+function internGlobal(module: string, name: string): Global {
+  const k = module + '\n' + name;
+  let g = globals.get(k);
+  if (g === undefined) {
+    if (globals.size > 10_000) globals.clear(); // bound it against hostile input
+    globals.set(k, (g = new Global(module, name)));
+  }
+  return g;
 }
 
 /** Decode one pickle (the first, up to its STOP). */
