@@ -9,12 +9,14 @@
 //   cleanup(), which main() runs in `finally` and on SIGINT/SIGTERM: SIGTERM → wait → abort
 //   the FUSE connection (fusectl) → SIGKILL → fusermount3 -u -z. The work dir is removed only
 //   once nothing is mounted below it.
+// - client processes (startClient): bench/client-worker.js, the client library driven over IPC;
+//   killed at cleanup before the servers go down. smaps(): a process's memory from /proc.
 //
 // Environment knobs (all benches):
 //   WCFS_BENCH_PROF=<dir>        run wcfs serve under node --cpu-prof, profiles into <dir>
 //   WCFS_BENCH_SERVE_ARGS="..."  extra `wcfs serve` options, e.g. "--poll-ms 50"
 
-import { execFile, spawn } from 'node:child_process';
+import { execFile, fork, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
@@ -147,6 +149,25 @@ export function workDir(prefix) {
 
 // ---- servers ----
 
+/** CPU time (user + system, all threads) process pid used so far, ms (10 ms resolution). */
+export function cpuMs(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+}
+
+/** CPU time of all live threads of pid so far, ns (schedstat of each /proc/<pid>/task; exited threads not counted). */
+export function cpuNs(pid) {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      /* the thread just exited */
+    }
+  }
+  return ns;
+}
+
 /** Take down a server process and its mount, whatever state they are in. */
 async function stopServer(proc, exited, mnt) {
   const running = () => proc.exitCode === null && proc.signalCode === null;
@@ -181,9 +202,9 @@ function withTimeout(p, ms, what) {
   ]);
 }
 
-function spawnServer(cmd, args, mnt, name) {
+function spawnServer(cmd, args, mnt, name, env = undefined) {
   mkdirSync(mnt, { recursive: true });
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env && { ...process.env, ...env } });
   let stderr = '';
   proc.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code)));
@@ -197,10 +218,7 @@ function spawnServer(cmd, args, mnt, name) {
     bdi: () => `/sys/class/bdi/0:${findMount(mnt).minor}`,
     stop: () => stopServer(proc, exited, mnt),
     /** CPU time (user + system, all threads) the server process used so far, ms. */
-    cpuMs: () => {
-      const f = readFileSync(`/proc/${proc.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
-    },
+    cpuMs: () => cpuMs(proc.pid),
   };
   onCleanup(srv.stop);
   return srv;
@@ -223,15 +241,19 @@ async function waitUp(srv, probe, ms = 20_000) {
   }
 }
 
-/** `wcfs serve [args] <db> <mnt>` in a child process; resolves once it answers. */
-export async function startWcfs(db, mnt, args = []) {
-  const node = [];
+/**
+ * `wcfs serve [args] <db> <mnt>` in a child process; resolves once it answers.
+ * opts.nodeArgs: extra node options (e.g. ['--import', debugHrtime]); opts.env: extra
+ * environment (e.g. { DEBUG: 'wcfs:watch' }).
+ */
+export async function startWcfs(db, mnt, args = [], { nodeArgs = [], env } = {}) {
+  const node = [...nodeArgs];
   if (process.env.WCFS_BENCH_PROF) {
     mkdirSync(process.env.WCFS_BENCH_PROF, { recursive: true });
     node.push('--cpu-prof', '--cpu-prof-dir', process.env.WCFS_BENCH_PROF);
   }
   const extra = (process.env.WCFS_BENCH_SERVE_ARGS ?? '').split(/\s+/).filter(Boolean);
-  const srv = spawnServer(process.execPath, [...node, wcfsBin, 'serve', ...args, ...extra, db, mnt], mnt, 'wcfs');
+  const srv = spawnServer(process.execPath, [...node, wcfsBin, 'serve', ...args, ...extra, db, mnt], mnt, 'wcfs', env);
   await waitUp(srv, () => readFile(path.join(mnt, '.wcfs', 'zurl')));
   srv.at = (rel) => path.join(mnt, rel);
   return srv;
@@ -264,8 +286,10 @@ export function setReadAhead(srv, kb) {
  * A Data.fs with one ZBigFile `big` (nblk blocks of blksize, ZBlk0, random bytes — written
  * also to `refPath`, the tmpfs reference copy, when given) and one small ZBigFile `small`
  * (4 KiB blocks, block 0 set). Returns the open writable storage and the oids.
+ * fill < blksize: each block stores only `fill` random bytes (the rest reads as zeros) — a
+ * cheap database when only the block structure matters (pins), not the data volume.
  */
-export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn = 16 }) {
+export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn = 16, fill = blksize }) {
   const s = await openStorage(dbPath, { create: true });
   onCleanup(() => s.close());
   await ensureRoot(s);
@@ -275,15 +299,15 @@ export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn 
   await setBlock(txn, small, 0, Buffer.from('small'));
   await txn.commit();
   const ref = refPath ? openSync(refPath, 'w') : undefined;
-  const buf = Buffer.allocUnsafe(blksize);
+  const buf = Buffer.alloc(blksize);
   for (let b = 0; b < nblk; b += perTxn) {
     txn = new WriteTxn(s);
     for (let i = b; i < Math.min(nblk, b + perTxn); i++) {
-      randomFillSync(buf);
-      buf[blksize - 1] |= 1; // no trailing zeros: every block is a full blksize record
+      randomFillSync(buf, 0, fill);
+      buf[fill - 1] |= 1; // no trailing zeros: every block is a full `fill`-byte record
       if (ref !== undefined) writeSync(ref, buf, 0, blksize, i * blksize);
       // a copy: setBlock keeps a view of a Buffer argument until commit (Buffer#slice = subarray)
-      await setBlock(txn, big, i, new Uint8Array(buf), { format: 'ZBlk0' });
+      await setBlock(txn, big, i, new Uint8Array(buf.subarray(0, fill)), { format: 'ZBlk0' });
     }
     await txn.commit();
   }
@@ -356,4 +380,98 @@ export function runMain(main) {
       process.exitCode = 1;
     })
     .finally(() => cleanup());
+}
+
+// ---- client processes ----
+
+/** node --import this: debug lines start with process.hrtime.bigint() (ns, CLOCK_MONOTONIC). */
+export const debugHrtime = path.join(here, 'debug-hrtime.js');
+
+/**
+ * A wcfs client process (bench/client-worker.js, see there for its commands). Resolves once
+ * it is ready; `call(cmd, args)` resolves with the command's result. Killed (SIGKILL) at
+ * cleanup if still running; `close()` closes its connections and lets it exit.
+ */
+export async function startClient(name = 'client') {
+  const proc = fork(path.join(here, 'client-worker.js'), [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const pending = new Map();
+  let nextId = 1;
+  let exitErr;
+  const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code)));
+  let ready;
+  const readyP = new Promise((resolve, reject) => (ready = { resolve, reject }));
+  proc.on('message', ({ id, ok, r, error }) => {
+    if (id === 0) return ready.resolve();
+    const p = pending.get(id);
+    pending.delete(id);
+    if (ok) p?.resolve(r);
+    else p?.reject(new Error(`${name}: ${error}`));
+  });
+  void exited.then((how) => {
+    exitErr = new Error(`${name} (pid ${proc.pid}) exited: ${how}`);
+    ready.reject(exitErr);
+    for (const p of pending.values()) p.reject(exitErr);
+    pending.clear();
+  });
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  const kill = async () => {
+    if (!running()) return;
+    proc.kill('SIGKILL');
+    await Promise.race([exited, sleep(5000)]);
+  };
+  onCleanup(kill);
+  await readyP;
+  return {
+    pid: proc.pid,
+    call(cmd, args = {}) {
+      if (exitErr) return Promise.reject(exitErr);
+      const id = nextId++;
+      return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        proc.send({ id, cmd, ...args });
+      });
+    },
+    /** Disconnect: the worker closes everything (unwatch, bye) and exits; killed after ms. */
+    async close(ms = 10_000) {
+      if (!running()) return;
+      proc.disconnect();
+      await Promise.race([exited, sleep(ms)]);
+      await kill();
+    },
+  };
+}
+
+// ---- memory ----
+
+const KB_FIELDS = ['Rss', 'Pss', 'Shared_Clean', 'Shared_Dirty', 'Private_Clean', 'Private_Dirty', 'Anonymous'];
+
+function smapsFields(lines) {
+  const r = Object.fromEntries(KB_FIELDS.map((k) => [k, 0]));
+  for (const l of lines) {
+    const m = /^(\w+):\s+(\d+) kB/.exec(l);
+    if (m && m[1] in r) r[m[1]] += Number(m[2]) * 1024;
+  }
+  r.Private = r.Private_Clean + r.Private_Dirty;
+  return r;
+}
+
+/**
+ * Memory of a process, bytes: `all` = /proc/<pid>/smaps_rollup; `files` = the same fields
+ * summed over the VMAs that map a file below `prefix` (/proc/<pid>/smaps), and their count.
+ */
+export function smaps(pid, prefix) {
+  const all = smapsFields(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').split('\n'));
+  if (prefix === undefined) return { all };
+  const lines = readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n');
+  const mine = [];
+  let vmas = 0;
+  let inside = false;
+  for (const l of lines) {
+    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(l);
+    if (m) {
+      inside = m[1].startsWith(prefix + '/');
+      if (inside) vmas++;
+    } else if (inside) mine.push(l);
+  }
+  return { all, files: smapsFields(mine), vmas };
 }

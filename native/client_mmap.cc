@@ -62,7 +62,13 @@ int ConnCore::remapBlkLocked(Mapping* m, uint64_t blk) {
     size = r->second.size;
   }
   if ((blk + 1) * bs > size) return MapZeros(addr, bs);
-  return MapFile(addr, bs, fd, blk * bs);
+  int err = MapFile(addr, bs, fd, blk * bs);
+  // A pinned block: no readaround on its faults. The kernel would otherwise read the
+  // neighbouring @rev pages too, and the server would cache those whole blocks of @rev,
+  // which no client maps (bench/bench-memory.js). The server uploads the rest of the
+  // faulted block itself. Head keeps its readahead: its pages are shared by everyone.
+  if (err == 0 && p != f->pinned.end()) madvise(addr, bs, MADV_RANDOM);  // advice only: failure is harmless
+  return err;
 }
 
 int ConnCore::efaultLocked(Mapping* m) {
