@@ -55,6 +55,7 @@ import { formatWatch } from '../watchlink/wire.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { ConnClosedError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';
 import type { WCFS } from './wcfs.js';
+import { withTimeout } from '../util/async.js';
 
 const debug = createDebug('wcfs:client');
 
@@ -66,22 +67,6 @@ const openFd = (p: string, flags: number) =>
 const fstatFd = (fd: number) => new Promise<Stats>((resolve, reject) => fsFstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
 const closeFd = (fd: number) => new Promise<void>((resolve) => fsClose(fd, () => resolve()));
 
-/** p, or a rejection after ms (p's own later rejection is swallowed). */
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${what} in ${ms} ms`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(t);
-        reject(e);
-      },
-    );
-  });
-}
 
 export interface ConnOptions {
   /** Close: how long to wait for the server to end the link after bye [10 s]. */
@@ -379,7 +364,7 @@ export class FileH {
     try {
       let req = this.conn.sendReq(formatWatch(this.foid, null), `${ctx}: unwatch`);
       // Conn.close does not wait forever for a stuck server: bye/close drop the watch anyway
-      if (force) req = withTimeout(req, this.conn.closeTimeoutMs, `${ctx}: unwatch: no reply`);
+      if (force) req = withTimeout(req, this.conn.closeTimeoutMs, () => new Error(`${ctx}: unwatch: no reply in ${this.conn.closeTimeoutMs} ms`));
       const reply = await req;
       if (reply !== 'ok') err = new WatchError(`${ctx}: unwatch`, reply);
     } catch (e) {

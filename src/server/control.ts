@@ -16,6 +16,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { abortConnection, findMount, unmountPath } from '../fuse/mountinfo.js';
 import { BadArgumentError, WcfsError } from '../zodb/errors.js';
+import { withTimeout } from '../util/async.js';
+import { processAlive } from '../util/proc.js';
 
 export const WCFS_SHM = '/dev/shm/wcfs';
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -45,28 +47,15 @@ export type ServerState = { state: 'running'; zurl: string } | { state: 'absent'
 
 const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new WcfsError('WCFS_ETIMEDOUT', `${what}: no answer in ${ms} ms (server stuck?)`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(t);
-        reject(e);
-      },
-    );
-  });
-}
+const stuck = (what: string, ms: number) => () => new WcfsError('WCFS_ETIMEDOUT', `${what}: no answer in ${ms} ms (server stuck?)`);
+
 
 /** Open <mnt>/.wcfs/zurl; the handle is kept by joiners as a liveness handle. */
 async function openZurlFile(mnt: string, timeoutMs: number): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
   if (findMount(mnt) === undefined) return { state: 'absent' };
   try {
-    const fh = await withTimeout(open(path.join(mnt, '.wcfs', 'zurl'), 'r'), timeoutMs, `${mnt}/.wcfs/zurl`);
-    const zurl = (await withTimeout(fh.readFile(), timeoutMs, `${mnt}/.wcfs/zurl`)).toString();
+    const fh = await withTimeout(open(path.join(mnt, '.wcfs', 'zurl'), 'r'), timeoutMs, stuck(`${mnt}/.wcfs/zurl`, timeoutMs));
+    const zurl = (await withTimeout(fh.readFile(), timeoutMs, stuck(`${mnt}/.wcfs/zurl`, timeoutMs))).toString();
     return { fh, zurl };
   } catch (e) {
     const code = (e as { code?: string }).code ?? '';
@@ -244,23 +233,14 @@ function safeReadlink(p: string): string {
   }
 }
 
-/** Alive and not a zombie (a server whose parent has not reaped it yet is gone for us). */
-const alive = (pid: number) => {
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-};
 
 async function waitGone(pids: number[], ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
-    if (!pids.some(alive)) return true;
+    if (!pids.some(processAlive)) return true;
     await new Promise((r) => setTimeout(r, 50));
   }
-  return !pids.some(alive);
+  return !pids.some(processAlive);
 }
 
 /**

@@ -29,12 +29,13 @@
 // Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R) and w.atMu
 // (R) — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN of @rev files take none.
 
-import { readFileSync } from 'node:fs';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
 import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
 import { formatPin } from '../watchlink/wire.js';
 import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
+import { sleep } from '../util/async.js';
+import { processAlive } from '../util/proc.js';
 import { LinkDownError, LinkTimeoutError, type WatchLink } from './watchlink.js';
 
 export class Watch {
@@ -335,22 +336,7 @@ export class Isolation {
 
 type KillKind = 'wrong' | 'timeout' | 'io';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Alive and not a zombie (§2.9: a zombie is dead for us). */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, can't signal: treat as alive
-  }
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return st.charAt(st.lastIndexOf(')') + 2) !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 async function waitDead(pid: number, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
