@@ -114,14 +114,13 @@ describe('fuse: held requests', () => {
         // >>> 40 synchronous (DIRECT_IO) READs, all held
         const dds = Array.from({ length: 40 }, () => spawnClient('dd', [`if=${m.at('slow')}`, 'of=/dev/null', 'bs=4k', 'count=1']));
         await gate.waitHeld(40);
-        expect(m.session.pending()).toBe(40);
-        const t0 = performance.now();
+        // ≥: other requests (a GETATTR of a late dd, …) may be unanswered at this instant too
+        expect(m.session.pending()).toBeGreaterThanOrEqual(40);
+        // served while the 40 are held (were they not, the test would time out here)
         const [cat, ls, st] = [await run('cat', [m.at('hello')]), await run('ls', [m.mnt]), await run('stat', [m.at('hello')])];
-        const dt = performance.now() - t0;
         expect(cat.stdout).toBe('hello\n');
         expect(ls.code).toBe(0);
         expect(st.code).toBe(0);
-        expect(dt).toBeLessThan(3000);
         gate.open();
         for (const r of await Promise.all(dds.map((c) => waitExit(c)))) expect(r.code, r.stderr).toBe(0);
 
