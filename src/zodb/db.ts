@@ -30,6 +30,8 @@ export interface ObjectLoader {
    * IStorage.loadTransient) — for copying many small objects out at once.
    */
   loadObjectTransient?(oid: Oid, at: Tid): LoadedObject;
+  /** Optional: the raw record, transient as above (for format-specific fast paths). */
+  loadRecordTransient?(oid: Oid, at: Tid): LoadResult;
 }
 
 /** Load and decode one object; pickle failures name the oid, revision and record location. */
@@ -52,9 +54,13 @@ function decodeLoaded(oid: Oid, { data, serial, where }: LoadResult): LoadedObje
 /** ObjectLoader over a storage. */
 export class StorageLoader implements ObjectLoader {
   readonly loadObjectTransient?: (oid: Oid, at: Tid) => LoadedObject;
+  readonly loadRecordTransient?: (oid: Oid, at: Tid) => LoadResult;
   constructor(readonly storage: IStorage) {
     const lt = storage.loadTransient?.bind(storage);
-    if (lt !== undefined) this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
+    if (lt !== undefined) {
+      this.loadRecordTransient = lt;
+      this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
+    }
   }
   loadObject(oid: Oid, at: Tid): Promise<LoadedObject> {
     return loadObject(this.storage, oid, at);

@@ -162,14 +162,20 @@ export class ZBigFileView {
     // copied out at once: no allocation per chunk. Otherwise the loads are issued together
     // (a network storage overlaps them).
     const lt = this.loader.loadObjectTransient?.bind(this.loader);
+    const lr = this.loader.loadRecordTransient?.bind(this.loader);
     const chunks = lt !== undefined ? undefined : await Promise.all(entries.map(([, ref]) => this.loader.loadObject(ref.oid, this.at)));
     let stop = 0; // end of the previous chunk: chunks must not overlap
     for (let i = 0; i < entries.length; i++) {
       const off = Number(entries[i]![0]);
-      const c = chunks !== undefined ? chunks[i]! : lt!(entries[i]![1].oid, this.at);
-      if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
-      const b = asBytes(c.state);
-      if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
+      const coid = entries[i]![1].oid;
+      // the common record layout of a ZData, recognised without the pickle machine
+      let b = chunks === undefined && lr !== undefined ? zdataFast(lr(coid, this.at).data) : undefined;
+      if (b === undefined) {
+        const c = chunks !== undefined ? chunks[i]! : lt!(coid, this.at);
+        if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
+        b = asBytes(c.state);
+        if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
+      }
       if (off < stop) throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off} overlaps previous chunk ending @${stop}`);
       if (off + b.length > out.length) {
         throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off}+${b.length} exceeds blksize ${out.length}`);
@@ -178,6 +184,33 @@ export class ZBigFileView {
       stop = off + b.length;
     }
   }
+}
+
+// ZData as ZODB/py3 (and our encoder) writes it: class pickle = PROTO 3, GLOBAL
+// "wendelin.bigfile.file_zodb\nZData\n", BINPUT 0, STOP; state pickle = PROTO 3,
+// SHORT_BINBYTES n | BINBYTES n, bytes, [BINPUT 1], STOP.
+const ZDATA_CLASS_PICKLE = Buffer.from('\x80\x03cwendelin.bigfile.file_zodb\nZData\nq\x00.', 'latin1');
+
+/** The chunk bytes of a ZData record in the common layout, or undefined (use the decoder). */
+export function zdataFast(rec: Uint8Array): Uint8Array | undefined {
+  const n0 = ZDATA_CLASS_PICKLE.length;
+  if (rec.length < n0 + 5 || Buffer.compare(ZDATA_CLASS_PICKLE, rec.subarray(0, n0)) !== 0) return undefined;
+  let p = n0;
+  if (rec[p] !== 0x80 || rec[p + 1] !== 3) return undefined;
+  p += 2;
+  let len: number;
+  if (rec[p] === 0x43) {
+    len = rec[p + 1]!; // SHORT_BINBYTES
+    p += 2;
+  } else if (rec[p] === 0x42) {
+    len = new DataView(rec.buffer, rec.byteOffset + p + 1, 4).getUint32(0, true); // BINBYTES
+    p += 5;
+  } else return undefined;
+  const end = p + len;
+  // the rest: STOP, or BINPUT k + STOP
+  if (end + 1 === rec.length && rec[end] === 0x2e) return rec.subarray(p, end);
+  if (end + 3 === rec.length && rec[end] === 0x71 && rec[end + 2] === 0x2e) return rec.subarray(p, end);
+  return undefined;
 }
 
 export function decodeZBigFileState(oid: Oid, state: PyValue): { blksize: number; blktab: Oid } {
