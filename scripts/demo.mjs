@@ -31,7 +31,7 @@ try {
   const a = (await rootEntries(new StorageLoader(w), w.head())).get('a').oid;
   await w.close();
 
-  const srv = await start(db);
+  const srv = await start(db, { logFile: path.join(dir, 'wcfs.log') });
   mnt = srv.mountpoint;
   say(`wcfs serving ${db}\n  on ${mnt} (pid ${srv.pid})`);
   const at0 = (await readFile(`${mnt}/head/at`)).toString();
