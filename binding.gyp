@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/flock.cc",
+        "native/filemap.cc",
         "native/fuse.cc",
         "native/mincore.cc",
         "native/client.cc",

@@ -43,6 +43,7 @@ static Napi::Value Version(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   InitFlock(env, exports);
+  InitFileMap(env, exports);
   InitFuse(env, exports);
   InitMincore(env, exports);
   InitClient(env, exports);

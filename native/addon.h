@@ -13,6 +13,7 @@ namespace wcfs {
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
 
 void InitFlock(Napi::Env env, Napi::Object exports);
+void InitFileMap(Napi::Env env, Napi::Object exports);
 void InitFuse(Napi::Env env, Napi::Object exports);     // fuse.cc
 void InitMincore(Napi::Env env, Napi::Object exports);  // mincore.cc
 void InitClient(Napi::Env env, Napi::Object exports);   // client.cc (+ client_mmap.cc, client_wlink.cc)

@@ -9,6 +9,8 @@ export interface NativeAddon {
   version(): string;
   /** BSD flock; op 'ex'/'sh' are non-blocking; throws {code:'EAGAIN'} when held elsewhere. */
   flock(fd: number, op: 'ex' | 'sh' | 'un'): void;
+  /** Read-only MAP_SHARED mmap of [0, length) of fd; munmapped when the buffer is collected. */
+  mapFile(fd: number, length: number): ArrayBuffer;
 
   /**
    * libfuse3 low-level session (native/fuse.cc): mounts in the constructor and serves until

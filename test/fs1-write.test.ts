@@ -288,3 +288,23 @@ describe('lock', () => {
     await withTimeout(p2.call({ op: 'open', path: f }), 10000, 'open after unlock');
   });
 });
+
+describe('big records from an mmap of the file', () => {
+  it('stay correct while the file outgrows its maps; views outlive later commits and close', async () => {
+    const f = path.join(tmp.make(), 'data.fs');
+    const s = await openFS(f, { create: true, mapHeadroom: 1 << 20 }); // remap every ~1 MiB of growth
+    const big = (k: number) => new Uint8Array(600 * 1024).map((_, i) => (i * 7 + k) & 0xff);
+    const tids: bigint[] = [];
+    const views: Uint8Array[] = [];
+    for (let k = 0; k < 6; k++) {
+      tids.push(await s.commit({ records: [{ oid: 1n, data: big(k) }, { oid: 2n + BigInt(k), data: big(100 + k) }] }));
+      views.push((await s.load(1n, tids[k]!)).data);
+    }
+    for (let k = 0; k < 6; k++) {
+      expect(Buffer.compare((await s.load(1n, tids[k]!)).data, big(k)), `oid 1 @${k}`).toBe(0);
+      expect(Buffer.compare((await s.load(2n + BigInt(k), tids[5]!)).data, big(100 + k))).toBe(0);
+    }
+    await s.close();
+    for (let k = 0; k < 6; k++) expect(Buffer.compare(views[k]!, big(k)), `view ${k} after close`).toBe(0);
+  });
+});

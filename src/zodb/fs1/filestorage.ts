@@ -94,6 +94,10 @@ import {
   type ScanStep,
 } from './scan.js';
 
+/** Records at least this big are served from an mmap of the file (see FileStorage.mapped). */
+const MAP_MIN = 256 * 1024;
+const MAP_HEADROOM = 256 * 1024 * 1024;
+
 const log = createDebug('wcfs:zodb:fs1');
 
 const writeAsync = (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> =>
@@ -120,6 +124,8 @@ export interface FileStorageOptions {
   verifyTxns?: number;
   /** Where warnings go (index rebuilt, tail truncated). Default: stderr. */
   warn?: (msg: string) => void;
+  /** Virtual size beyond the file's end mapped for big records (see mapped). Default 256 MiB. */
+  mapHeadroom?: number;
   /** Test hooks. */
   hooks?: {
     /** Called in commit after the status-'c' txn is durable and before its status flips. */
@@ -165,6 +171,8 @@ export class FileStorage implements IStorage, ICommitter {
   private commitMu: Promise<void> = Promise.resolve();
   /** Read-ahead window of load() (see RecordReader); created at open. */
   private rr!: RecordReader;
+  /** Read-only mmap of the file for big records (see mapped); replaced when outgrown. */
+  private fmap: Uint8Array | undefined;
 
   private constructor(absPath: string, readOnly: boolean, opts: FileStorageOptions) {
     this.path = absPath;
@@ -430,8 +438,30 @@ export class FileStorage implements IStorage, ICommitter {
       h = b;
     }
     // where: the record holding the bytes (after backpointers), for upper layers' errors
-    const data = transient ? rr.peek(h.pos + DATA_HEADER_SIZE, h.plen, limit) : rr.take(h.pos + DATA_HEADER_SIZE, h.plen, limit);
+    const dpos = h.pos + DATA_HEADER_SIZE;
+    const data = transient ? rr.peek(dpos, h.plen, limit) : (this.mapped(dpos, h.plen, limit) ?? rr.take(dpos, h.plen, limit));
     return { data, serial, where: `${this.path} @${h.pos}` };
+  }
+
+  /**
+   * A big record as a view into a read-only mmap of the file — no copy (notes.md §8): bytes
+   * before topPos never change in place, so the view is as good as a private copy. The map
+   * covers the file with headroom and is replaced when the file outgrows it; old maps live
+   * while views of them do. undefined: small record, or mmap failed (callers copy then).
+   */
+  private mapped(pos: number, n: number, limit: number): Uint8Array | undefined {
+    if (n < MAP_MIN || pos + n > limit) return undefined;
+    if (this.fmap === undefined || pos + n > this.fmap.length) {
+      const room = this.opts.mapHeadroom ?? MAP_HEADROOM;
+      const want = Math.ceil((limit + room) / room) * room;
+      try {
+        this.fmap = new Uint8Array(native().mapFile(this.fd, want));
+      } catch (e) {
+        log('%s: mmap: %s (falling back to reads)', this.path, (e as Error).message);
+        return undefined;
+      }
+    }
+    return this.fmap.subarray(pos, pos + n);
   }
 
   /** The data a record stands for: its own, or via backpointers; null = deleted. */
