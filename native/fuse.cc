@@ -32,8 +32,19 @@
 //    exit), the cleanup hook detaches the threads and leaks the Core on purpose: the kernel
 //    aborts the connection when the process' /dev/fuse fd closes.
 //
+// 6) READ fast path (BlockCache): JS registers blocks it has loaded — cacheBlock(nodeid, off,
+//    data, served) — and ll_read answers a READ whose [off, off+size) lies wholly inside one
+//    registered range right on the libfuse worker (fuse_reply_buf from the JS memory), without
+//    a request id and without posting to JS; it then marks the pages the reply fully covered in
+//    `served` (1 byte per 4 KiB page of the range). uncacheBlock(nodeid, off) removes the
+//    entry and waits until no worker sends from it any more (a reply is one writev). JS decides
+//    what may be registered (src/server/server.ts §2): serving a registered range must be
+//    exactly what JS would reply. Teardown and the env cleanup hook close the table (later
+//    READs go to JS) and wait for in-flight fast replies, so no worker sends from freed memory.
+//
 // Threads:
-//   JS thread      — constructor, reply*, notify* (enqueue only), TSFN callbacks, teardown.
+//   JS thread      — constructor, reply*, notify* (enqueue only), TSFN callbacks, teardown,
+//                    cacheBlock/uncacheBlock.
 //   loop thread    — fuse_session_loop_mt; it spawns ≤ maxThreads libfuse workers, which run
 //                    the ll_* handlers, onInterrupt and ll_retrieve_reply.
 //   notify threads — NotifyJob::run (fuse_lowlevel_notify_*). Started on demand (a job finds
@@ -46,9 +57,18 @@
 //   state == OPEN ∨ state == CLOSING ⇒ the TSFN may be called (emit() checks under mu).
 //   se is destroyed only after the loop thread and all notify threads were joined.
 //   A RETRIEVE job is in retrieves ⇔ its promise is unresolved and its reply is expected.
+// Invariants (BlockCache):
+//   an entry's memory (data, served) is alive while the entry is in the table or its
+//     inflight > 0: the JS references are dropped only on the JS thread, after the entry left
+//     the table and inflight reached 0 (waited for under BlockCache::mu).
+//   a worker touches an entry (send, mark served, inflight--) only between its inflight++
+//     and inflight-- — both under BlockCache::mu, with the entry found in the open table.
+//   closed ⇒ the table is empty or leaked with Core (env cleanup); nothing is served any more.
 // Lock order: libfuse req->lock > Core::mu (onInterrupt runs under req->lock and takes mu);
 //   so mu is never held while calling into libfuse for a request (fuse_reply_*,
 //   fuse_req_interrupt_func). NonBlockingCall under mu is fine (never blocks, queue unbounded).
+//   BlockCache::mu is a leaf: never held while calling libfuse or JS, nor while taking Core::mu
+//   (ll_read takes it, releases it, and only then falls back to submit()).
 //
 // Fixed layouts shared with src/fuse/kernel.ts (Float64Array, one number per slot):
 //   ATTR   [ino, mode, nlink, uid, gid, rdev, size, blocks, blksize,
@@ -80,6 +100,8 @@
 #include <cstring>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -226,6 +248,125 @@ struct Pending {
   bool interrupted = false;  // the kernel sent FUSE_INTERRUPT for it
 };
 
+// ---- 6) READ fast path ----
+
+struct CachedBlock {
+  uint64_t off;                  // file offset of data[0]
+  const char* data;              // len bytes (JS memory, kept alive by keepData)
+  size_t len;
+  uint8_t* served;               // servedLen bytes, 1 per 4 KiB page of [off, off+len)
+  size_t servedLen;
+  unsigned inflight = 0;         // workers sending from data right now; guarded by BlockCache::mu
+  Napi::Reference<Napi::Value> keepData, keepServed;  // JS thread only (created, reset)
+};
+
+// Per-session table nodeid → (off → block). Leaf lock; see the top comment, 6).
+class BlockCache {
+ public:
+  static constexpr size_t kPage = 4096;
+
+  std::mutex mu;
+  std::condition_variable cv;  // an inflight count dropped
+  // ---- guarded by mu ----
+  bool closed = false;
+  std::unordered_map<uint64_t, std::map<uint64_t, std::unique_ptr<CachedBlock>>> files;
+  // ---- end guarded by mu ----
+
+  // JS thread. Inserts b, replacing every entry overlapping it. The replaced entries are
+  // returned (to be destroyed by the caller on the JS thread) once no worker uses them.
+  // false: closed (b is returned too).
+  bool put(uint64_t nodeid, std::unique_ptr<CachedBlock> b, std::vector<std::unique_ptr<CachedBlock>>* out) {
+    std::unique_lock<std::mutex> g(mu);
+    if (closed) {
+      out->push_back(std::move(b));
+      return false;
+    }
+    auto& m = files[nodeid];
+    uint64_t lo = b->off, hi = b->off + b->len;
+    auto it = m.upper_bound(lo);
+    if (it != m.begin()) {
+      auto prev = std::prev(it);
+      if (prev->second->off + prev->second->len > lo) it = prev;
+    }
+    while (it != m.end() && it->first < hi) {
+      out->push_back(std::move(it->second));
+      it = m.erase(it);
+    }
+    m.emplace(lo, std::move(b));
+    waitIdle(g, *out);
+    return true;
+  }
+
+  // JS thread. Removes the entry starting at off (if any) once no worker sends from it.
+  std::unique_ptr<CachedBlock> drop(uint64_t nodeid, uint64_t off) {
+    std::unique_lock<std::mutex> g(mu);
+    auto f = files.find(nodeid);
+    if (f == files.end()) return nullptr;
+    auto it = f->second.find(off);
+    if (it == f->second.end()) return nullptr;
+    std::vector<std::unique_ptr<CachedBlock>> v;
+    v.push_back(std::move(it->second));
+    f->second.erase(it);
+    if (f->second.empty()) files.erase(f);
+    waitIdle(g, v);
+    return std::move(v[0]);
+  }
+
+  // Closes the table and waits for in-flight fast replies. Returns the entries (teardown
+  // destroys them on the JS thread; the env cleanup hook leaks them with the Core).
+  std::vector<std::unique_ptr<CachedBlock>> close() {
+    std::unique_lock<std::mutex> g(mu);
+    closed = true;
+    std::vector<std::unique_ptr<CachedBlock>> v;
+    for (auto& kv : files)
+      for (auto& e : kv.second) v.push_back(std::move(e.second));
+    files.clear();
+    waitIdle(g, v);
+    return v;
+  }
+
+  // libfuse worker. Replies req from a registered range covering [off, off+size) → true, or
+  // false (nothing sent: the caller forwards the request to JS).
+  bool serve(fuse_req_t req, uint64_t nodeid, uint64_t off, size_t size) {
+    CachedBlock* b = nullptr;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (closed || size == 0) return false;
+      auto f = files.find(nodeid);
+      if (f == files.end()) return false;
+      auto it = f->second.upper_bound(off);
+      if (it == f->second.begin()) return false;
+      --it;
+      CachedBlock* c = it->second.get();
+      if (off < c->off || off + size > c->off + c->len) return false;
+      b = c;
+      b->inflight++;
+    }
+    size_t rel = size_t(off - b->off);
+    int rc = fuse_reply_buf(req, b->data + rel, size);
+    if (rc == 0) {
+      // only whole pages count: a partial page may not be in the page cache as a whole
+      size_t p0 = (rel + kPage - 1) / kPage, p1 = (rel + size) / kPage;
+      for (size_t p = p0; p < p1 && p < b->servedLen; p++) b->served[p] = 1;
+    }
+    {
+      std::lock_guard<std::mutex> g(mu);
+      b->inflight--;
+    }
+    cv.notify_all();
+    return true;
+  }
+
+ private:
+  void waitIdle(std::unique_lock<std::mutex>& g, const std::vector<std::unique_ptr<CachedBlock>>& v) {
+    cv.wait(g, [&] {
+      for (auto& b : v)
+        if (b && b->inflight > 0) return false;
+      return true;
+    });
+  }
+};
+
 // Core is all state shared between threads. It is owned by the FuseSession wrapper, except
 // after an environment teardown while mounted, when it is leaked (threads still use it).
 class Core {
@@ -244,6 +385,7 @@ class Core {
   std::thread::id jsThread;
   bool cleanupHookAdded = false;       // JS thread
   bool destroyed = false;              // JS thread: onDestroy was called
+  BlockCache blocks;                   // 6) READ fast path (own lock)
 
   std::mutex mu;
   // ---- guarded by mu ----
@@ -380,6 +522,13 @@ class Core {
     {
       std::lock_guard<std::mutex> g(mu);
       if (state != OPEN) return;
+    }
+    // 6) the loop has ended (no workers any more); close the fast path anyway before
+    // anything is freed. The entries (JS references) are destroyed here, on the JS thread.
+    blocks.close();
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (state != OPEN) return;
       state = CLOSING;  // replies and new notifications now fail with ENOTCONN
       for (auto& kv : reqs) unanswered.push_back(kv.second.req);
       reqs.clear();
@@ -437,6 +586,10 @@ class Core {
       core->stopNotify = true;
     }
     core->jobsCv.notify_all();
+    // 6) detached workers keep running: no fast reply may send from JS memory that the
+    // environment frees next. Later READs fall through to submit() (→ ENOTCONN). The
+    // entries leak with the Core (their references die with the environment).
+    for (auto& b : core->blocks.close()) b.release();
     if (core->loopThread.joinable()) core->loopThread.detach();
     for (auto& t : core->notifyThreads)
       if (t.joinable()) t.detach();
@@ -654,6 +807,8 @@ void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  // 6) fast path: a READ wholly inside a registered block is answered here.
+  if (off >= 0 && CoreOf(req)->blocks.serve(req, ino, uint64_t(off), size)) return;
   auto* ev = new ReqEvent(OP_READ, req, ino);
   ev->fh = double(fi->fh);
   ev->offset = double(off);
@@ -844,6 +999,8 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
                            InstanceMethod("notifyStore", &FuseSession::NotifyStore),
                            InstanceMethod("notifyRetrieve", &FuseSession::NotifyRetrieve),
                            InstanceMethod("pending", &FuseSession::PendingCount),
+                           InstanceMethod("cacheBlock", &FuseSession::CacheBlock),
+                           InstanceMethod("uncacheBlock", &FuseSession::UncacheBlock),
                            InstanceMethod("ref", &FuseSession::Ref),
                            InstanceMethod("unref", &FuseSession::Unref),
                        });
@@ -1163,6 +1320,49 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
       n = core_->reqs.size();
     }
     return Napi::Number::New(info.Env(), double(n));
+  }
+
+  // cacheBlock(nodeid, off, data: Uint8Array, served: Uint8Array) → true, or false when the
+  // session is closed. From now on READs wholly inside [off, off+data.length) of nodeid are
+  // answered natively from `data` (which must not change while registered), marking the
+  // 4 KiB pages they fully cover in `served` (page i of the range = served[i]). Replaces
+  // any registered range overlapping it.
+  Napi::Value CacheBlock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
+        !info[3].IsTypedArray())
+      throw Napi::TypeError::New(env, "cacheBlock(nodeid, off, data: Uint8Array, served: Uint8Array)");
+    double offd = info[1].As<Napi::Number>().DoubleValue();
+    if (!(offd >= 0)) throw Napi::RangeError::New(env, "cacheBlock: off must be >= 0");
+    auto [p, n] = ViewBytes(info[2]);
+    auto [sp, sn] = ViewBytes(info[3]);
+    if (sn < (n + BlockCache::kPage - 1) / BlockCache::kPage)
+      throw Napi::RangeError::New(env, "cacheBlock: served must have one byte per 4 KiB page of data");
+    if (!core_ || n == 0) return Napi::Boolean::New(env, false);
+    auto b = std::make_unique<CachedBlock>();
+    b->off = uint64_t(offd);
+    b->data = p;
+    b->len = n;
+    b->served = reinterpret_cast<uint8_t*>(const_cast<char*>(sp));
+    b->servedLen = sn;
+    b->keepData = Napi::Persistent(info[2]);
+    b->keepServed = Napi::Persistent(info[3]);
+    std::vector<std::unique_ptr<CachedBlock>> replaced;
+    bool ok = core_->blocks.put(U64(info[0]), std::move(b), &replaced);
+    return Napi::Boolean::New(env, ok);  // `replaced` is destroyed here, on the JS thread
+  }
+
+  // uncacheBlock(nodeid, off) → whether an entry starting at off was registered. On return
+  // no libfuse worker sends from it any more.
+  Napi::Value UncacheBlock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsNumber())
+      throw Napi::TypeError::New(env, "uncacheBlock(nodeid, off)");
+    if (!core_) return Napi::Boolean::New(env, false);
+    double offd = info[1].As<Napi::Number>().DoubleValue();
+    if (!(offd >= 0)) return Napi::Boolean::New(env, false);
+    auto b = core_->blocks.drop(U64(info[0]), uint64_t(offd));
+    return Napi::Boolean::New(env, b != nullptr);
   }
 
   // ref()/unref(): whether the mounted session keeps Node's event loop alive (default: yes).

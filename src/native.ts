@@ -142,6 +142,15 @@ export interface NativeFuseSession {
   notifyStore(ino: number, off: number, data: Uint8Array): Promise<number>;
   notifyRetrieve(ino: number, off: number, size: number): Promise<Buffer | number>;
   pending(): number;
+  /**
+   * READ fast path: READs wholly inside [off, off+data.length) of nodeid are answered on the
+   * libfuse worker from `data` (must not change while registered), marking the 4 KiB pages
+   * they fully cover in `served` (1 byte per page of the range). Replaces overlapping ranges.
+   * → false when the session is closed.
+   */
+  cacheBlock(nodeid: number, off: number, data: Uint8Array, served: Uint8Array): boolean;
+  /** Unregisters the range starting at off; on return no worker sends from it any more. */
+  uncacheBlock(nodeid: number, off: number): boolean;
   ref(): void;
   unref(): void;
 }

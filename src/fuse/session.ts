@@ -15,6 +15,11 @@
 //    interrupted before JS saw it starts with ctx.interrupted = true and an aborted signal.
 //    Handlers that wait should pass the signal on; an abort ends as EINTR.
 // 4) notifications: session.notifier (notifier.ts), Promises run on native notify threads.
+// 6) READ fast path: session.blockCache.put(nodeid, off, data, served) registers memory the
+//    filesystem would reply from anyway; READs wholly inside it are then answered on the
+//    libfuse worker and never reach the handler (nor pending()). drop(nodeid, off) unregisters
+//    it and returns only once no worker sends from it any more. The filesystem is responsible
+//    for dropping a range before its content would change (see src/server/server.ts §2).
 // 5) end: the kernel ends the connection (unmount(), `fusermount3 -u`, abort(), or the fusectl
 //    abort file) → native tears down → `closed` resolves with {rc, mounted}. mounted = true
 //    means the connection died but the mount entry stayed (abort: clients get ENOTCONN) —
@@ -96,12 +101,25 @@ class Ctx implements RequestContext {
 
 const escOpt = (s: string) => s.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
 
+/** READ fast path (native/fuse.cc 6): registered ranges served without JS. */
+export interface BlockCache {
+  /** Registers [off, off+data.length) of nodeid (replacing overlapping ranges); false once closed. */
+  put(nodeid: number, off: number, data: Uint8Array, served: Uint8Array): boolean;
+  /** Unregisters the range starting at off and waits (briefly, natively) for replies in flight from it. */
+  drop(nodeid: number, off: number): boolean;
+}
+
 export class FuseSession {
   /** Connection number N: /sys/fs/fuse/connections/N. */
   connectionId = -1;
   /** What INIT negotiated. */
   init!: InitInfo;
   notifier!: Notifier;
+  /** READ fast path; a no-op once the session ended. */
+  readonly blockCache: BlockCache = {
+    put: (nodeid, off, data, served) => (this.exit ? false : this.nat.cacheBlock(nodeid, off, data, served)),
+    drop: (nodeid, off) => (this.exit ? false : this.nat.uncacheBlock(nodeid, off)),
+  };
   /** Resolves once the session ended (never rejects). */
   readonly closed: Promise<ExitInfo>;
 

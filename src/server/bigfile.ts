@@ -7,6 +7,8 @@
 // Invariants:
 //   loading[blk] exists ⇒ a load of blk is in flight, or blk's data is loaded and its upload
 //     into the page cache (notifyStore) is not finished; readers of blk use it.
+//   blk registered in the READ fast path (server.ts §2) ⇒ loading[blk] exists with data set;
+//     the server removes entries only through dropLoading (unregister first).
 //   head files: view.at == server head; size, revApprox are those of the head revision. They
 //     change only inside commit processing (server.ts, step 4), all at once.
 //   @rev files: never change.
@@ -23,9 +25,10 @@ export interface LoadingEntry {
   data?: Uint8Array;
   /**
    * Pages of the block already sent to the kernel in READ replies (1 = sent): those are in
-   * the page cache already, the upload stores only the rest.
+   * the page cache already, the upload stores only the rest. Allocated with the entry: the
+   * native READ fast path marks pages in it from libfuse workers.
    */
-  served?: Uint8Array;
+  served: Uint8Array;
 }
 
 export const PAGE_SIZE = 4096;
@@ -33,8 +36,6 @@ export const PAGE_SIZE = 4096;
 /** Mark [off, end) of block blk (file offsets) as sent to the kernel. */
 export function markServed(e: LoadingEntry | undefined, blk: number, blksize: number, off: number, end: number): void {
   if (e === undefined) return;
-  const npages = Math.ceil(blksize / PAGE_SIZE);
-  e.served ??= new Uint8Array(npages);
   const base = blk * blksize;
   // only whole pages count: a partial page may not be in the cache as a whole
   const p0 = Math.ceil((Math.max(off, base) - base) / PAGE_SIZE);
@@ -48,7 +49,7 @@ export function unservedRuns(e: LoadingEntry, blksize: number): Array<[number, n
   const out: Array<[number, number]> = [];
   let start = -1;
   for (let p = 0; p <= npages; p++) {
-    const sent = p < npages && e.served !== undefined && e.served[p] === 1;
+    const sent = p < npages && e.served[p] === 1;
     if (p < npages && !sent) {
       if (start < 0) start = p;
     } else if (start >= 0) {
@@ -88,8 +89,11 @@ export class BigFile {
   /**
    * Data of block blk, loaded once for all concurrent readers. Hooks of a fresh load:
    * `started` runs synchronously when it begins; `loaded` after it succeeded, before any
-   * reader gets the data (head: ΔFtail tracking); `settled` when it ended either way; `after`
-   * once the readers are released, with the entry (the upload into the page cache).
+   * reader gets the data (head: ΔFtail tracking, pins); `published` right after entry.data
+   * is set, in the same step (registration in the READ fast path); `settled` when it ended
+   * either way; `after` once the readers are released, with the entry (the upload into the
+   * page cache); `failed` when the load failed, with the entry still in `loading` — it must
+   * remove it (default: delete).
    */
   readBlk(blk: number, hooks: LoadHooks, signal?: AbortSignal): Promise<Uint8Array> {
     let e = this.loading.get(blk);
@@ -99,8 +103,10 @@ export class BigFile {
         ready: this.view.loadBlock(blk).then(async (b) => {
           await hooks.loaded?.(b);
           entry.data = b.data;
+          hooks.published?.(blk, entry);
           return b.data;
         }),
+        served: new Uint8Array(Math.ceil(this.blksize / PAGE_SIZE)),
       };
       entry.ready.then(
         () => {
@@ -109,7 +115,9 @@ export class BigFile {
         },
         () => {
           hooks.settled?.();
-          if (this.loading.get(blk) === entry) this.loading.delete(blk);
+          if (this.loading.get(blk) !== entry) return;
+          if (hooks.failed) hooks.failed(blk, entry);
+          else this.loading.delete(blk);
         },
       );
       this.loading.set(blk, entry);
@@ -123,7 +131,9 @@ export interface LoadHooks {
   started?: () => void;
   loaded?: (b: BlockLoad) => void | Promise<void>;
   settled?: () => void;
+  published?: (blk: number, e: LoadingEntry) => void;
   after?: (blk: number, e: LoadingEntry) => void;
+  failed?: (blk: number, e: LoadingEntry) => void;
 }
 
 /** p, or the signal's reason when aborted first (p keeps running for other waiters). */

@@ -12,6 +12,22 @@
 //    concurrent readers), reply, then upload each whole block into the page cache
 //    (notifyStore) asynchronously — never from inside the READ (the kernel holds its pages
 //    locked). Head blocks are tracked in ΔFtail before their data reaches the kernel.
+//    READ fast path: once a block's data is set in its `loading` entry (head: after ΔFtail
+//    tracking and readPinWatchers), the block — clamped to the file size — is registered in
+//    the session's blockCache (src/fuse/session.ts 6), so READs wholly inside it are answered
+//    on the libfuse worker without coming here. Every removal from `loading` goes through
+//    dropLoading, which unregisters first. Why this serves exactly what JS would:
+//      - a registered range is the entry's data, which is what readBlocks replies for any
+//        READ inside it (the same loading entry, clamped to the same size); the native path
+//        marks `served` the way markServed does, so the upload stays correct.
+//      - head: the data changes only in commit processing (step 3), which takes every changed
+//        block's entry (invalidateBlock → dropLoading) BEFORE invalidating it in the page
+//        cache; drop waits for fast replies in flight, so a reply sent from the old data
+//        lands before the invalidation and is removed by it, and any READ after the drop
+//        goes to JS and waits for headMu. No load is in flight during step 3 (I3), so no
+//        block is registered meanwhile. Blocks past a shrunk end are dropped too (ΔFtail
+//        reports them as unchanged holes); unchanged blocks stay valid as they are.
+//      - @rev: never changes; entries are dropped after the upload (or the load failure).
 // 3) Commit processing (handleCommit), one storage commit event at a time:
 //    lock headMu exclusively with uploads paused; δF = ΔFtail.update(δZ); for each changed
 //    block of each head file: take the old data (from `loading`, or retrieve it from the
@@ -541,7 +557,17 @@ export class WcfsServer implements FileSystem {
   }
 
   private readBlk(f: BigFile, blk: number, signal: AbortSignal): Promise<Uint8Array> {
-    if (!f.isHead) return f.readBlk(blk, { after: (b, e) => void this.uploadRev(f, b, e) }, signal);
+    if (!f.isHead) {
+      return f.readBlk(
+        blk,
+        {
+          published: (b, e) => this.publishLoading(f, b, e),
+          after: (b, e) => void this.uploadRev(f, b, e),
+          failed: (b, e) => this.dropLoading(f, b, e),
+        },
+        signal,
+      );
+    }
     return f.readBlk(
       blk,
       {
@@ -553,10 +579,29 @@ export class WcfsServer implements FileSystem {
           this.deltaFtail.track(f.foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
           await this.isolation.readPinWatchers(f, blk);
         },
+        // after `loaded`: tracked and pinned before the kernel may get the data natively
+        published: (b, e) => this.publishLoading(f, b, e),
         after: (b, e) => void this.uploadHead(f, b, e),
+        failed: (b, e) => this.dropLoading(f, b, e),
       },
       signal,
     );
+  }
+
+  /** §2 fast path: serve READs inside the loaded block natively from now on. */
+  private publishLoading(f: BigFile, blk: number, e: LoadingEntry): void {
+    if (f.loading.get(blk) !== e || e.data === undefined) return;
+    const base = blk * f.blksize;
+    const len = Math.min(f.blksize, e.data.length, f.size - base);
+    if (len <= 0) return;
+    this.session.blockCache.put(f.ino, base, e.data.subarray(0, len), e.served);
+  }
+
+  /** The one way out of `loading`: unregisters the block from the fast path first (§2). */
+  private dropLoading(f: BigFile, blk: number, e: LoadingEntry): void {
+    if (f.loading.get(blk) !== e) return;
+    this.session.blockCache.drop(f.ino, blk * f.blksize);
+    f.loading.delete(blk);
   }
 
   /**
@@ -584,7 +629,7 @@ export class WcfsServer implements FileSystem {
     } catch (err) {
       if (!this.session.isClosed) this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
     } finally {
-      if (f.loading.get(blk) === e) f.loading.delete(blk);
+      this.dropLoading(f, blk, e);
       this.uploadsInflight--;
       if (this.uploadsInflight === 0) this.uploadsDrained?.set();
     }
@@ -597,7 +642,7 @@ export class WcfsServer implements FileSystem {
     } catch (err) {
       if (!this.session.isClosed) this.warn(`BUG: @${hex16(f.rev!)}/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message}`);
     } finally {
-      if (f.loading.get(blk) === e) f.loading.delete(blk);
+      this.dropLoading(f, blk, e);
     }
   }
 
@@ -657,6 +702,9 @@ export class WcfsServer implements FileSystem {
           const { size, path } = await f.view.withAt(ev.tid).size();
           this.deltaFtail.trackFile(foid, f.view.blktab, path);
           sizes.set(f, size);
+          // §2: blocks past a shrunk end are not reported as changed; unregister them now,
+          // before the kernel learns the new size (invalAttr below).
+          for (const [b, e] of [...f.loading]) if ((b + 1) * f.blksize > size) this.dropLoading(f, b, e);
         }
       }
       await Promise.all(work);
@@ -704,7 +752,9 @@ export class WcfsServer implements FileSystem {
     const e = f.loading.get(blk);
     if (e !== undefined) {
       old = e.data;
-      f.loading.delete(blk); // the uploader must not store stale data
+      // the uploader must not store stale data; nor may the fast path serve it (§2): the
+      // drop waits for fast replies in flight, all before the invalidation below
+      this.dropLoading(f, blk, e);
     }
     const revFile = this.revs.get(oldHead)?.files.get(f.foid);
     if (revFile !== undefined && revFile.nlookup > 0) {
