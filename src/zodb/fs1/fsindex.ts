@@ -29,6 +29,22 @@ import { WcfsError } from '../errors.js';
 import type { Oid } from '../ids.js';
 
 const SUFFIXES = 65536;
+
+// splitOid's result, in module variables: get/set are hot and a returned pair would allocate.
+let splitPrefix = 0;
+let splitSuffix = 0;
+
+/** oid → its 48-bit prefix and 16-bit suffix (number arithmetic while the oid fits 2^53). */
+function splitOid(oid: Oid): void {
+  if (oid <= 0x1fffffffffffffn && oid >= 0n) {
+    const n = Number(oid);
+    splitSuffix = n % SUFFIXES;
+    splitPrefix = (n - splitSuffix) / SUFFIXES;
+  } else {
+    splitPrefix = Number(BigInt.asUintN(64, oid) >> 16n);
+    splitSuffix = Number(oid & 0xffffn);
+  }
+}
 const SPARSE_MAX = 16384;
 
 type Bucket = Map<number, number> | Float64Array;
@@ -50,15 +66,9 @@ export class FsIndex {
   }
 
   get(oid: Oid): number | undefined {
-    let prefix: number, suffix: number;
-    if (oid <= 0x1fffffffffffffn && oid >= 0n) {
-      const n = Number(oid);
-      suffix = n % SUFFIXES;
-      prefix = (n - suffix) / SUFFIXES;
-    } else {
-      prefix = Number(oid >> 16n);
-      suffix = Number(oid & 0xffffn);
-    }
+    splitOid(oid);
+    const prefix = splitPrefix;
+    const suffix = splitSuffix;
     const b = this.buckets.get(prefix);
     if (b === undefined) return undefined;
     if (b instanceof Float64Array) {
@@ -70,17 +80,9 @@ export class FsIndex {
 
   set(oid: Oid, pos: number): void {
     if (!(pos > 0)) throw new RangeError(`FsIndex.set: invalid position ${pos}`);
-    let prefix: number, suffix: number;
-    if (oid <= 0x1fffffffffffffn && oid >= 0n) {
-      const n = Number(oid);
-      suffix = n % SUFFIXES;
-      prefix = (n - suffix) / SUFFIXES;
-    } else {
-      if (oid < 0n || oid > 0xffffffffffffffffn) throw new RangeError(`FsIndex.set: oid ${oid} out of range`);
-      prefix = Number(oid >> 16n);
-      suffix = Number(oid & 0xffffn);
-    }
-    this.setParts(prefix, suffix, pos);
+    if (oid < 0n || oid > 0xffffffffffffffffn) throw new RangeError(`FsIndex.set: oid ${oid} out of range`);
+    splitOid(oid);
+    this.setParts(splitPrefix, splitSuffix, pos);
   }
 
   /** set() with the oid already split into its 48-bit prefix and 16-bit suffix. */
