@@ -10,7 +10,7 @@
 //   blk registered in the READ fast path (server.ts §2) ⇒ loading[blk] exists with data set;
 //     the server removes entries only through dropLoading (unregister first).
 //   head files: view.at == server head; size, revApprox are those of the head revision. They
-//     change only inside commit processing (server.ts, step 4), all at once.
+//     change only inside commit processing (server.ts, step 3a), all at once.
 //   @rev files: never change.
 //
 // Guarded by: head files — the server's headMu (R: reads, W: commit processing).

@@ -20,36 +20,55 @@
 //      - a registered range is the entry's data, which is what readBlocks replies for any
 //        READ inside it (the same loading entry, clamped to the same size); the native path
 //        marks `served` the way markServed does, so the upload stays correct.
-//      - head: the data changes only in commit processing (step 3), which takes every changed
-//        block's entry (invalidateBlock → dropLoading) BEFORE invalidating it in the page
+//      - head: the data changes only in commit processing, whose step 3a takes every changed
+//        block's entry (takeOldBlock → dropLoading) before step 3b invalidates it in the page
 //        cache; drop waits for fast replies in flight, so a reply sent from the old data
 //        lands before the invalidation and is removed by it, and any READ after the drop
-//        goes to JS and waits for headMu. No load is in flight during step 3 (I3), so no
-//        block is registered meanwhile. Blocks past a shrunk end are dropped too (ΔFtail
-//        reports them as unchanged holes); unchanged blocks stay valid as they are.
+//        goes to JS and waits for headMu. No load is in flight during 3a (I3), so no block
+//        is registered meanwhile; a block loaded after 3a holds the new data. Blocks past a
+//        shrunk end are dropped too (ΔFtail reports them as unchanged holes); unchanged
+//        blocks stay valid as they are.
 //      - @rev: never changes; entries are dropped after the upload (or the load failure).
-// 3) Commit processing (handleCommit), one storage commit event at a time:
-//    lock headMu exclusively with uploads paused; δF = ΔFtail.update(δZ); for each changed
-//    block of each head file: take the old data (from `loading`, or retrieve it from the
-//    kernel) and store it into @<oldHead>/bigfile/<oid> if the kernel knows that inode, then
-//    invalidate the block in head's page cache; invalidate attributes of files whose size
-//    changed; then, in one synchronous step, advance headAt, sizes, views and mtimes; wake
-//    head waiters.
+// 3) Commit processing (handleCommit), one storage commit event at a time, in three steps:
+//    3a headMu exclusive, uploads paused and drained: δF = ΔFtail.update(δZ); for each
+//       changed block of each head file take the old data out of `loading` (or RETRIEVE it
+//       from the kernel, which locks no page) if @<oldHead>/bigfile/<oid> is known to the
+//       kernel; compute new sizes; then, in one synchronous step, advance headAt, sizes,
+//       views and mtimes. Unlock.
+//    3b no lock: store the old data into @<oldHead>/bigfile/<oid>, invalidate every changed
+//       block in head's page cache, and the attributes of every touched file.
+//    3c publish: head/at shows the new head, head waiters (watch requests, @rev lookups
+//       ahead of head) wake.
 // 4) A change of a tracked ZBigFile object itself (blksize or blktab replaced) is fatal, as
 //    is any failure of the storage watch or of an invalidation: the server logs it, aborts
 //    the FUSE connection (clients get ENOTCONN — never stale data) and reports onFatal.
 //
 // Invariants:
 //   I1 (ΔFtail) a head block may be in the page cache ⇒ it is tracked (track in step 2 before
-//      the reply, under headMu shared; step 3 invalidates every reported block).
-//   I2 headAt, head sizes and head views change only at the end of step 3, synchronously, so
-//      GETATTR and head/at (served without the lock) see either the old or the new state.
+//      the reply, under headMu shared; step 3b invalidates every reported block).
+//   I2 headAt, head sizes and head views change only at the end of step 3a, synchronously,
+//      so GETATTR (served without the lock) sees either the old or the new state, and every
+//      READ that gets headMu after 3a is answered from the new head.
 //   I3 a head block load holds headMu shared until it completes (rlockNested), even if the
 //      READ that started it was interrupted: no load straddles a commit.
 //   I4 uploadsInflight > 0 ⇒ commit processing does not hold headMu (pause protocol,
 //      §3.5.3): an upload may wait on a page locked by a READ that waits for headMu.
+//   I5 publishedAt = headAt except between 3a and 3c, where publishedAt = the old head: a
+//      client learns of a revision (head/at, watch `@at`, `@at/` ahead of head) only after
+//      head's page cache holds nothing older for it. Pages of changed blocks that are
+//      still cached between 3a and 3b are seen only by plain readers of head (no isolation)
+//      and by clients at older revisions, each of which is pinned before it can see new
+//      data (READs pin in step 2, against headAt).
+//   I6 no deadlock with the kernel's page locks: the kernel locks a page, then sends READ,
+//      which takes headMu shared. So headMu is never held exclusively by code that waits for
+//      a page lock (3a waits for storage loads and RETRIEVE only; uploads, STORE and
+//      INVAL_INODE run without headMu); and while 3b waits for a page lock, no one holds or
+//      waits for headMu exclusively (commits are processed one at a time), so the READ that
+//      holds the page gets headMu, is answered (from the new head, I2) and unlocks the page.
 //
-// Lock order: headMu is the only lock; it is never held while waiting for a client.
+// Lock order: kernel page lock → headMu (a READ). headMu is held exclusively only in 3a,
+// which, once it holds it, waits for no page lock and no client; shared holders may wait for a client's pin
+// ack (bounded by the pin timeout), never for a page lock.
 // Never touches its own mount from this (the serving) thread: see src/fuse/session.ts.
 
 import createDebug from 'debug';
@@ -125,6 +144,22 @@ interface RevView {
   files: Map<Oid, BigFile>;
 }
 
+/** 3b's work for one changed head block (from 3a). */
+interface BlockInval {
+  f: BigFile;
+  blk: number;
+  /** The block's data as of oldHead, to store into @<oldHead>/bigfile/<oid> (revFile). */
+  old?: Uint8Array;
+  revFile?: BigFile;
+  oldHead?: Tid;
+}
+
+interface CommitPlan {
+  blocks: BlockInval[];
+  /** Head files in δF: their attributes (size, mtime) are invalidated in 3b. */
+  touched: BigFile[];
+}
+
 /** Counters of .wcfs/stats (wcfs-server.md §1.5), in their fixed order. */
 export interface Stats {
   BigFile: number;
@@ -150,11 +185,15 @@ export class WcfsServer implements FileSystem {
   private readonly log: (line: string) => void;
   private readonly opts: ServerOptions;
 
-  // ---- head state: guarded by headMu (W: commit processing; R: reads, lookups) ----
+  // ---- head state: guarded by headMu (W: commit processing 3a; R: reads, lookups) ----
   private readonly headMu = new RWMutex();
+  /** The head READs serve and isolation works against (I2). */
   private headAt: Tid;
   private readonly deltaFtail: DeltaFtail;
   private readonly headFiles = new Map<Oid, BigFile>();
+  // ---- published head: changed only in step 3c, on the JS thread (I5) ----
+  /** head/at; what head waiters wait for. publishedAt ≤ headAt, equal outside 3a-3c. */
+  private publishedAt: Tid;
   private headWaiters: Array<{ at: Tid; ev: Event }> = [];
 
   // ---- upload pause protocol (§3.5.3) ----
@@ -192,6 +231,7 @@ export class WcfsServer implements FileSystem {
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.headAt = storage.head();
+    this.publishedAt = this.headAt;
     this.deltaFtail = new DeltaFtail(this.headAt, this.loader);
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.isolation = new Isolation({
@@ -252,7 +292,7 @@ export class WcfsServer implements FileSystem {
     n({ kind: 'root', ino: INO_ROOT });
     n({ kind: 'head', ino: INO_HEAD });
     n({ kind: 'bigfileDir', ino: INO_HEAD_BIGFILE, rev: null });
-    n({ kind: 'small', ino: INO_HEAD_AT, content: () => Buffer.from(hex16(this.headAt)), direct: true });
+    n({ kind: 'small', ino: INO_HEAD_AT, content: () => Buffer.from(hex16(this.publishedAt)), direct: true });
     n({ kind: 'watch', ino: INO_HEAD_WATCH });
     n({ kind: 'wcfs', ino: INO_WCFS });
     n({ kind: 'small', ino: INO_ZURL, content: () => Buffer.from(this.zurl), direct: false });
@@ -274,7 +314,7 @@ export class WcfsServer implements FileSystem {
       case 'bigfileDir':
         return { ino: nd.ino, mode: S_IFDIR | 0o755, nlink: 2 };
       case 'head': {
-        const t = tidTime(this.headAt);
+        const t = tidTime(this.publishedAt);
         return { ino: nd.ino, mode: S_IFDIR | 0o555, nlink: 2, mtime: t, ctime: t };
       }
       case 'rev': {
@@ -463,7 +503,7 @@ export class WcfsServer implements FileSystem {
     const have = this.revs.get(rev);
     if (have !== undefined) return this.node(have.dir);
     // A view ahead of head would show data that can still change: wait until head reaches it.
-    if (rev > this.headAt) await this.waitHead(rev, ctx.signal, this.pinTimeout * 1000);
+    await this.waitHead(rev, ctx.signal, this.pinTimeout * 1000);
     const again = this.revs.get(rev);
     if (again !== undefined) return this.node(again.dir);
     const v: RevView = { rev, dir: this.nextIno++, bigfileDir: this.nextIno++, files: new Map() };
@@ -664,7 +704,7 @@ export class WcfsServer implements FileSystem {
     }
   }
 
-  /** Exclusive headMu with uploads paused and none in flight (§3.4 step 1). */
+  /** 3a: exclusive headMu with uploads paused and none in flight (§3.4 step 1). */
   private async lockForCommit(): Promise<void> {
     for (;;) {
       await this.headMu.lock();
@@ -685,52 +725,105 @@ export class WcfsServer implements FileSystem {
     resume.set();
   }
 
+  /**
+   * One commit event, in three steps (overview, 3):
+   *   3a under headMu W (uploads drained): δF; take every changed block out of `loading` and
+   *      out of the fast path, with its old data (from `loading`, or RETRIEVEd from the
+   *      kernel when @<oldHead> needs it); new sizes; advance headAt, views, sizes, mtimes.
+   *      Nothing here waits for a page lock.
+   *   3b no lock: store the old data into @<oldHead>, invalidate the changed blocks and the
+   *      attributes of touched files in head's page cache. A READ the kernel issued for one of
+   *      those pages meanwhile gets headMu and is answered from the new head (I6).
+   *   3c publish: head/at and head waiters see the new head only now (I5).
+   */
   private async handleCommit(ev: CommitEvent): Promise<void> {
+    let plan: CommitPlan;
     await this.lockForCommit();
-    const oldHead = this.headAt;
     try {
-      debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
-      const δF = await this.deltaFtail.update(ev.tid, ev.oids);
-      const sizes = new Map<BigFile, number>();
-      const work: Promise<void>[] = [];
-      for (const [foid, d] of δF) {
-        const f = this.headFiles.get(foid);
-        if (f === undefined) continue;
-        if (d.epoch) await this.checkEpoch(f, ev.tid);
-        for (const blk of d.blocks) work.push(this.invalidateBlock(f, blk, oldHead));
-        if (d.size) {
-          const { size, path } = await f.view.withAt(ev.tid).size();
-          this.deltaFtail.trackFile(foid, f.view.blktab, path);
-          sizes.set(f, size);
-          // §2: blocks past a shrunk end are not reported as changed; unregister them now,
-          // before the kernel learns the new size (invalAttr below).
-          for (const [b, e] of [...f.loading]) if ((b + 1) * f.blksize > size) this.dropLoading(f, b, e);
-        }
-      }
-      await Promise.all(work);
-      // attributes: size and mtime (revApprox) of every file in δF change
-      const touched = [...δF.keys()].map((foid) => this.headFiles.get(foid)).filter((f): f is BigFile => f !== undefined);
-      await Promise.all(touched.map((f) => this.invalAttr(f)));
-      // I2: the new head becomes visible all at once.
-      this.headAt = ev.tid;
-      for (const f of this.headFiles.values()) f.view = f.view.withAt(ev.tid);
-      for (const [f, size] of sizes) f.size = size;
-      for (const foid of δF.keys()) {
-        const f = this.headFiles.get(foid);
-        if (f !== undefined) f.revApprox = ev.tid;
-      }
-      this.deltaFtail.forgetPast(this.isolation.revCut());
-      const waiters = this.headWaiters;
-      this.headWaiters = [];
-      for (const w of waiters) {
-        if (w.at <= ev.tid) w.ev.set();
-        else this.headWaiters.push(w);
-      }
-      debugCommit('head @%s (δF: %d files)', hex16(ev.tid), δF.size);
+      plan = await this.commitHead(ev);
     } catch (e) {
       this.fatal(e as Error);
+      return;
     } finally {
       this.unlockAfterCommit();
+    }
+    try {
+      await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b)));
+      await Promise.all(plan.touched.map((f) => this.invalAttr(f)));
+    } catch (e) {
+      this.fatal(e as Error);
+      return;
+    }
+    this.publishHead(ev.tid);
+    debugCommit('head @%s (δF: %d files, %d blocks)', hex16(ev.tid), plan.touched.length, plan.blocks.length);
+  }
+
+  /** 3a: under headMu W. Returns what 3b must invalidate. */
+  private async commitHead(ev: CommitEvent): Promise<CommitPlan> {
+    const oldHead = this.headAt;
+    debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
+    const δF = await this.deltaFtail.update(ev.tid, ev.oids);
+    const sizes = new Map<BigFile, number>();
+    const takes: Promise<BlockInval>[] = [];
+    const touched: BigFile[] = [];
+    for (const [foid, d] of δF) {
+      const f = this.headFiles.get(foid);
+      if (f === undefined) continue;
+      touched.push(f);
+      if (d.epoch) await this.checkEpoch(f, ev.tid);
+      for (const blk of d.blocks) takes.push(this.takeOldBlock(f, blk, oldHead));
+      if (d.size) {
+        const { size, path } = await f.view.withAt(ev.tid).size();
+        this.deltaFtail.trackFile(foid, f.view.blktab, path);
+        sizes.set(f, size);
+        // §2: blocks past a shrunk end are not reported as changed; unregister them now,
+        // before the kernel can learn the new size.
+        for (const [b, e] of [...f.loading]) if ((b + 1) * f.blksize > size) this.dropLoading(f, b, e);
+      }
+    }
+    const blocks = await Promise.all(takes);
+    // I2: the new head becomes visible to READs and GETATTR all at once.
+    this.headAt = ev.tid;
+    for (const f of this.headFiles.values()) f.view = f.view.withAt(ev.tid);
+    for (const [f, size] of sizes) f.size = size;
+    for (const f of touched) f.revApprox = ev.tid;
+    this.deltaFtail.forgetPast(this.isolation.revCut());
+    return { blocks, touched };
+  }
+
+  /**
+   * 3a for one changed block: out of `loading` and the fast path (the uploader must not store
+   * stale data, nor the fast path serve it; the drop waits for fast replies in flight), and
+   * its old data when @<oldHead> has the file looked up. RETRIEVE takes no page lock.
+   */
+  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid): Promise<BlockInval> {
+    const bs = f.blksize;
+    let old: Uint8Array | undefined;
+    const e = f.loading.get(blk);
+    if (e !== undefined) {
+      old = e.data;
+      this.dropLoading(f, blk, e);
+    }
+    const revFile = this.revs.get(oldHead)?.files.get(f.foid);
+    if (revFile === undefined || revFile.nlookup === 0) return { f, blk };
+    if (old === undefined) {
+      try {
+        old = await this.session.notifier.retrieve(f.ino, blk * bs, bs);
+      } catch (err) {
+        debugCommit('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
+      }
+    }
+    return old !== undefined && old.length === bs ? { f, blk, old, revFile, oldHead } : { f, blk };
+  }
+
+  /** 3c: head/at and head waiters move to tid. */
+  private publishHead(tid: Tid): void {
+    this.publishedAt = tid;
+    const waiters = this.headWaiters;
+    this.headWaiters = [];
+    for (const w of waiters) {
+      if (w.at <= tid) w.ev.set();
+      else this.headWaiters.push(w);
     }
   }
 
@@ -744,37 +837,19 @@ export class WcfsServer implements FileSystem {
     }
   }
 
-  /** §3.4 step 4: keep the old data for @<oldHead>, then drop the block from head's cache. */
-  private async invalidateBlock(f: BigFile, blk: number, oldHead: Tid): Promise<void> {
-    const bs = f.blksize;
-    const off = blk * bs;
-    let old: Uint8Array | undefined;
-    const e = f.loading.get(blk);
-    if (e !== undefined) {
-      old = e.data;
-      // the uploader must not store stale data; nor may the fast path serve it (§2): the
-      // drop waits for fast replies in flight, all before the invalidation below
-      this.dropLoading(f, blk, e);
-    }
-    const revFile = this.revs.get(oldHead)?.files.get(f.foid);
-    if (revFile !== undefined && revFile.nlookup > 0) {
-      if (old === undefined) {
-        try {
-          old = await this.session.notifier.retrieve(f.ino, off, bs);
-        } catch (err) {
-          debugCommit('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
-        }
-      }
-      if (old !== undefined && old.length === bs) {
-        try {
-          await this.session.notifier.store(revFile.ino, off, old);
-        } catch (err) {
-          debugCommit('store @%s/%s #%d: %s', hex16(oldHead), hex16(f.foid), blk, (err as Error).message);
-        }
+  /** 3b for one block: keep the old data for @<oldHead>, then drop the block from head's cache. */
+  private async invalidateBlock(b: BlockInval): Promise<void> {
+    const bs = b.f.blksize;
+    const off = b.blk * bs;
+    if (b.old !== undefined && b.revFile !== undefined) {
+      try {
+        await this.session.notifier.store(b.revFile.ino, off, b.old);
+      } catch (err) {
+        debugCommit('store @%s/%s #%d: %s', hex16(b.oldHead!), hex16(b.f.foid), b.blk, (err as Error).message);
       }
     }
     try {
-      await this.session.notifier.invalInode(f.ino, off, bs);
+      await this.session.notifier.invalInode(b.f.ino, off, bs);
     } catch (err) {
       if ((err as { errno?: number }).errno !== errno.ENOENT) throw err; // ENOENT: nothing cached
     }
@@ -790,14 +865,14 @@ export class WcfsServer implements FileSystem {
 
   /** Wait until head ≥ at (§3.8); with timeoutMs: EINVAL when head does not get there. */
   private async waitHead(at: Tid, signal: AbortSignal, timeoutMs?: number): Promise<void> {
-    if (at <= this.headAt) return;
+    if (at <= this.publishedAt) return;
     const ev = new Event();
     this.headWaiters.push({ at, ev });
     const t = timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs);
     try {
       await ev.wait(t === undefined ? signal : AbortSignal.any([signal, t]));
     } catch (e) {
-      if (t?.aborted && !signal.aborted) throw new FuseError(errno.EINVAL, `@${hex16(at)}: revision is ahead of head @${hex16(this.headAt)}`);
+      if (t?.aborted && !signal.aborted) throw new FuseError(errno.EINVAL, `@${hex16(at)}: revision is ahead of head @${hex16(this.publishedAt)}`);
       throw e;
     } finally {
       this.headWaiters = this.headWaiters.filter((w) => w.ev !== ev);

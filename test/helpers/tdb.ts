@@ -50,7 +50,7 @@ export class TDB {
     return foid;
   }
   /** Commit blk → fill byte (null: punch a hole) for each file. */
-  async commit(changes: Array<[bigint, Record<number, number | null>]>): Promise<Tid> {
+  async commit(changes: Array<[bigint, Record<number, number | null>]>, opts: { wait?: boolean } = {}): Promise<Tid> {
     const txn = new WriteTxn(this.db);
     for (const [foid, blocks] of changes) {
       for (const [blk, fill] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
@@ -66,7 +66,7 @@ export class TDB {
         this.data.get(foid)!.set(b, fill);
       }
     }
-    if (this.srv) await this.srv.waitHead(hex16(tid));
+    if (this.srv && opts.wait !== false) await this.srv.waitHead(hex16(tid));
     return tid;
   }
   async serve(): Promise<void> {

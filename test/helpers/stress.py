@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Load generators for test/wcfs-stress.test.ts (plain Python 3, no dependencies).
+
+  reader  <file> <blksize> <nblk> <secs>
+      loop: posix_fadvise(DONTNEED) the first nblk blocks, then pread them; every 4 KiB page
+      read must be uniform (the writer fills whole blocks with one byte). Prints `reads N`.
+  watcher <mnt> <foid-hex16> <secs>
+      opens <mnt>/head/watch; a receiver thread acks every pin; the main thread (re)watches
+      <foid> at the current head/at every 20 ms and waits for each reply. Prints
+      `pins N watches N`.
+
+Exit status: 0 on success, 2 on a wrong byte or an unexpected line, 3 on a stuck reply.
+"""
+import os
+import sys
+import threading
+import time
+
+PAGE = 4096
+
+
+def reader(path, bs, nblk, secs):
+    fd = os.open(path, os.O_RDONLY)
+    n = 0
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        os.posix_fadvise(fd, 0, bs * nblk, os.POSIX_FADV_DONTNEED)
+        data = os.pread(fd, bs * nblk, 0)
+        for off in range(0, len(data), PAGE):
+            page = data[off:off + PAGE]
+            if page.count(page[0]) != len(page):
+                print(f"reader: torn page at offset {off}: {page[:16].hex()}...", flush=True)
+                sys.exit(2)
+        n += 1
+    os.close(fd)
+    print(f"reads {n}", flush=True)
+
+
+def watcher(mnt, foid, secs):
+    fd = os.open(os.path.join(mnt, "head", "watch"), os.O_RDWR)
+    wlock = threading.Lock()
+    replies = {}  # odd id -> reply text
+    cond = threading.Condition()
+    state = {"pins": 0, "bad": None}
+
+    def send(line):
+        with wlock:
+            os.write(fd, (line + "\n").encode())
+
+    def rx():
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as e:
+                with cond:
+                    state["bad"] = state["bad"] or f"read: {e}"
+                    cond.notify_all()
+                return
+            if not chunk:
+                with cond:
+                    state["bad"] = state["bad"] or "EOF on watch link"
+                    cond.notify_all()
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                parts = line.decode().split(" ", 1)
+                sid = int(parts[0])
+                if sid % 2 == 0:
+                    if not parts[1].startswith("pin "):
+                        with cond:
+                            state["bad"] = f"unexpected server request: {line!r}"
+                            cond.notify_all()
+                        return
+                    state["pins"] += 1
+                    send(f"{sid} ack")
+                else:
+                    with cond:
+                        replies[sid] = parts[1]
+                        cond.notify_all()
+
+    threading.Thread(target=rx, daemon=True).start()
+    sid = 1
+    n = 0
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        with open(os.path.join(mnt, "head", "at")) as f:
+            at = f.read().strip()
+        send(f"{sid} watch {foid} @{at}")
+        with cond:
+            ok = cond.wait_for(lambda: sid in replies or state["bad"] is not None, timeout=60)
+        if state["bad"] is not None:
+            print(f"watcher: {state['bad']}", flush=True)
+            os._exit(2)
+        if not ok:
+            print(f"watcher: no reply to {sid} watch {foid} @{at} in 60 s", flush=True)
+            os._exit(3)
+        if replies[sid] != "ok":
+            print(f"watcher: {sid} watch {foid} @{at}: {replies[sid]}", flush=True)
+            os._exit(2)
+        sid += 2
+        n += 1
+        time.sleep(0.02)
+    print(f"pins {state['pins']} watches {n}", flush=True)
+    os._exit(0)  # the receiver thread is still blocked in read
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "reader":
+        reader(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "watcher":
+        watcher(args[0], args[1], float(args[2]))
+    else:
+        sys.exit(f"unknown command {cmd}")
