@@ -67,9 +67,9 @@ describe('tree', () => {
     expect(st.size % 65536).toBe(0);
     expect((await stat(srv.at('head'))).mode & 0o777).toBe(0o555);
   });
-  it('stats has the upstream keys in order', async () => {
+  it('stats has the upstream keys in order, then ours', async () => {
     const keys = (await readFile(srv.at('.wcfs/stats'))).toString().trim().split('\n').map((l) => l.split('\t:')[0]);
-    expect(keys).toEqual(['BigFile', 'RevHead', 'ZHeadLink', 'WatchLink', 'Watch', 'PinnedBlk', 'pin', 'pinkill']);
+    expect(keys).toEqual(['BigFile', 'RevHead', 'ZHeadLink', 'WatchLink', 'Watch', 'PinnedBlk', 'pin', 'pinkill', 'RevFile', 'TrackedBlk', 'History']);
   });
 });
 

@@ -52,6 +52,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--debug', 'trace to stderr (DEBUG=wcfs:*)')
     .option('--auto-exit', 'exit when no file has been open for a while (joined servers)')
     .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
+    .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')
     .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));
   program
     .command('stop')

@@ -15,6 +15,7 @@ export interface ServeOptions {
   debug?: boolean;
   autoExit?: boolean;
   pollMs?: string;
+  gcInterval?: string;
 }
 
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
@@ -23,6 +24,8 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   const mnt = mountpointArg ?? defaultMountpoint(zurl);
   const pinTimeout = opts.pintimeout === undefined ? 30 : Number(opts.pintimeout.replace(/s$/, ''));
   if (!(pinTimeout > 0)) throw new BadArgumentError(`invalid --pintimeout ${JSON.stringify(opts.pintimeout)}: want seconds > 0`);
+  const gcInterval = opts.gcInterval === undefined ? 10 : Number(opts.gcInterval.replace(/s$/, ''));
+  if (!(gcInterval > 0)) throw new BadArgumentError(`invalid --gc-interval ${JSON.stringify(opts.gcInterval)}: want seconds > 0`);
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
 
@@ -41,6 +44,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
     pinTimeout,
     autoExit: opts.autoExit,
     storagePollMs: pollMs,
+    gcIntervalMs: gcInterval * 1000,
     onFatal: () => (failed = true),
   });
   process.stderr.write(`wcfs: serving ${zurl} on ${mnt} (pid ${process.pid})\n`);

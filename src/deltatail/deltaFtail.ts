@@ -245,6 +245,13 @@ export class DeltaFtail {
     return undefined;
   }
 
+  /** Sizes for .wcfs/stats: tracked blocks over all files, δZ entries in (tail, head]. */
+  sizes(): { trackedBlocks: number; history: number } {
+    let n = 0;
+    for (const f of this.files.values()) n += f.blocks.size;
+    return { trackedBlocks: n, history: this.δZtail.length };
+  }
+
   /** Forget history at and before rev (tail moves forward only). */
   forgetPast(rev: Tid): void {
     if (rev <= this.tailRev) return;

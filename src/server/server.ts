@@ -4,7 +4,8 @@
 // Tree (inode numbers of the fixed nodes in brackets):
 //   / [1]  head/ [2]  head/bigfile/ [3]  head/at [4]  head/watch [5]
 //          .wcfs/ [6]  .wcfs/zurl [7]  .wcfs/pintimeout [8]  .wcfs/stats [9]
-//          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup, kept forever
+//          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup; @<rev> views
+//          are forgotten when the kernel forgets them (I7)
 //
 // 1) Views. head/ is the database at `headAt`; @<rev>/ at rev. A BigFile (bigfile.ts) is one
 //    ZBigFile in one view. Loads go straight to the storage at the view's revision.
@@ -65,6 +66,10 @@
 //      INVAL_INODE run without headMu); and while 3b waits for a page lock, no one holds or
 //      waits for headMu exclusively (commits are processed one at a time), so the READ that
 //      holds the page gets headMu, is answered (from the new head, I2) and unlocks the page.
+//   I7 view @rev is in `revs` ⇐ the kernel holds a lookup of its directory, its bigfile/
+//      directory or one of its files, or a file of it is open, loading or being created;
+//      when none holds any more it is collected (collectView, on FORGET and RELEASE, and by
+//      the periodic sweep, which also asks the kernel to drop idle views: INVAL_ENTRY).
 //
 // Lock order: kernel page lock → headMu (a READ). headMu is held exclusively only in 3a,
 // which, once it holds it, waits for no page lock and no client; shared holders may wait for a client's pin
@@ -103,6 +108,8 @@ export interface ServerOptions {
   /** Exit when no file has been open for autoExitDelayMs (joiners keep .wcfs/zurl open). */
   autoExit?: boolean;
   autoExitDelayMs?: number;
+  /** How often idle @rev/ views are dropped from the kernel's caches (so collected) [10 s]. */
+  gcIntervalMs?: number;
   /** Storage options (tests poll faster). */
   storagePollMs?: number;
   /** Extra FUSE mount options. */
@@ -142,6 +149,8 @@ interface RevView {
   dir: number;
   bigfileDir: number;
   files: Map<Oid, BigFile>;
+  /** Date.now() of the last lookup or open in this view (the sweep leaves fresh views be). */
+  used: number;
 }
 
 /** 3b's work for one changed head block (from 3a). */
@@ -170,6 +179,10 @@ export interface Stats {
   PinnedBlk: number;
   pin: number;
   pinkill: number;
+  // ours, after upstream's keys: memory the server holds (issue 7 item 5)
+  RevFile: number;
+  TrackedBlk: number;
+  History: number;
 }
 
 export class WcfsServer implements FileSystem {
@@ -202,7 +215,7 @@ export class WcfsServer implements FileSystem {
   private uploadsResume = new Event();
   private uploadsDrained: Event | undefined;
 
-  // ---- tables (never shrink, as upstream) ----
+  // ---- tables: head entries are kept forever (as upstream), @rev views until unused (I7) ----
   private readonly nodes = new Map<number, Node>();
   private readonly nlookup = new Map<number, number>();
   private readonly revs = new Map<Tid, RevView>();
@@ -212,7 +225,7 @@ export class WcfsServer implements FileSystem {
   /** Open head/watch handles by fh (until RELEASE); a closed link still answers EOF. */
   private readonly links = new Map<number, WatchLink>();
   private nextLinkId = 1;
-  private readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0 };
+  private readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0, RevFile: 0, TrackedBlk: 0, History: 0 };
 
   private readonly isolation: Isolation;
   private watch: StorageWatch | undefined;
@@ -220,6 +233,9 @@ export class WcfsServer implements FileSystem {
   private stopping = false;
   private openCount = 0;
   private autoExitTimer: NodeJS.Timeout | undefined;
+  private readonly gcIntervalMs: number;
+  private gcTimer: NodeJS.Timeout | undefined;
+  private sweeping = false;
   private resolveDone!: () => void;
 
   private constructor(opts: ServerOptions, storage: IStorage) {
@@ -227,6 +243,7 @@ export class WcfsServer implements FileSystem {
     this.zurl = opts.zurl;
     this.mountpoint = opts.mountpoint;
     this.pinTimeout = opts.pinTimeout ?? 30;
+    this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? ((line) => process.stderr.write(line + '\n'));
     this.storage = storage;
     this.loader = new StorageLoader(storage);
@@ -269,6 +286,8 @@ export class WcfsServer implements FileSystem {
     void srv.serveCommits();
     void srv.session.closed.then(() => srv.shutdown());
     if (opts.autoExit) srv.armAutoExit(10_000);
+    srv.gcTimer = setInterval(() => void srv.sweepViews(), srv.gcIntervalMs);
+    srv.gcTimer.unref();
     debug('serving %s on %s @%s', opts.zurl, opts.mountpoint, hex16(srv.headAt));
     return srv;
   }
@@ -382,6 +401,8 @@ export class WcfsServer implements FileSystem {
     else this.nlookup.delete(nodeid);
     const nd = this.nodes.get(nodeid);
     if (nd?.kind === 'bigfile') nd.file.nlookup = Math.max(0, nd.file.nlookup - n);
+    const rev = nd === undefined ? null : nd.kind === 'rev' ? nd.rev : nd.kind === 'bigfileDir' ? nd.rev : nd.kind === 'bigfile' ? nd.file.rev : null;
+    if (rev !== null) this.collectView(rev);
   }
 
   getattr(req: GetattrIn): { attr: Attr; attrTimeout: number } {
@@ -410,6 +431,10 @@ export class WcfsServer implements FileSystem {
     if (accmode !== 0) throw new FuseError(errno.EROFS, 'read-only filesystem');
     if (nd.kind === 'bigfile') {
       nd.file.nopen++;
+      if (nd.file.rev !== null) {
+        const v = this.revs.get(nd.file.rev);
+        if (v !== undefined) v.used = Date.now();
+      }
       this.opened();
       return { fh: 0, openFlags: FOPEN_KEEP_CACHE };
     }
@@ -426,7 +451,10 @@ export class WcfsServer implements FileSystem {
       this.links.get(req.fh)?.release();
       this.links.delete(req.fh);
     }
-    if (nd?.kind === 'bigfile') nd.file.nopen--;
+    if (nd?.kind === 'bigfile') {
+      nd.file.nopen--;
+      if (nd.file.rev !== null) this.collectView(nd.file.rev);
+    }
     this.closed1();
   }
 
@@ -501,17 +529,74 @@ export class WcfsServer implements FileSystem {
     if (!/^@[0-9a-f]{16}$/.test(name)) throw new FuseError(errno.EINVAL, `${JSON.stringify(name)}: not @rev`);
     const rev = BigInt('0x' + name.slice(1));
     const have = this.revs.get(rev);
-    if (have !== undefined) return this.node(have.dir);
+    if (have !== undefined) {
+      have.used = Date.now();
+      return this.node(have.dir);
+    }
     // A view ahead of head would show data that can still change: wait until head reaches it.
     await this.waitHead(rev, ctx.signal, this.pinTimeout * 1000);
     const again = this.revs.get(rev);
-    if (again !== undefined) return this.node(again.dir);
-    const v: RevView = { rev, dir: this.nextIno++, bigfileDir: this.nextIno++, files: new Map() };
+    if (again !== undefined) {
+      again.used = Date.now();
+      return this.node(again.dir);
+    }
+    const v: RevView = { rev, dir: this.nextIno++, bigfileDir: this.nextIno++, files: new Map(), used: Date.now() };
     this.revs.set(rev, v);
     this.nodes.set(v.dir, { kind: 'rev', ino: v.dir, rev, bigfileDir: v.bigfileDir });
     this.nodes.set(v.bigfileDir, { kind: 'bigfileDir', ino: v.bigfileDir, rev });
     this.stats.RevHead++;
     return this.node(v.dir);
+  }
+
+  /**
+   * Forget view rev if nothing refers to it any more (I7): the kernel forgot its inodes (FUSE
+   * FORGET), no file of it is open, no load or upload of it is in flight, none is being
+   * created. Its inode numbers are never reused; a later lookup builds a fresh view.
+   */
+  private collectView(rev: Tid): void {
+    const v = this.revs.get(rev);
+    if (v === undefined) return;
+    if (this.nlookup.has(v.dir) || this.nlookup.has(v.bigfileDir)) return;
+    for (const f of v.files.values()) if (f.nlookup > 0 || f.nopen > 0 || f.loading.size > 0) return;
+    const prefix = hex16(rev) + '/';
+    for (const key of this.creating.keys()) if (key.startsWith(prefix)) return;
+    this.revs.delete(rev);
+    this.nodes.delete(v.dir);
+    this.nodes.delete(v.bigfileDir);
+    for (const f of v.files.values()) {
+      this.nodes.delete(f.ino);
+      this.nlookup.delete(f.ino);
+    }
+    this.stats.RevHead--;
+    debug('@%s: view forgotten (%d files)', hex16(rev), v.files.size);
+  }
+
+  /**
+   * The kernel keeps dentries (so inodes, so our views) until memory gets short: every
+   * gcInterval, ask it to drop the dentry of each @rev/ view unused for that long with no
+   * file open (INVAL_ENTRY); the FORGETs that follow collect the view. One notification at
+   * a time: INVAL_ENTRY locks the root directory, which a LOOKUP there may hold (bounded by
+   * the pin timeout) — commit processing never needs that lock.
+   */
+  private async sweepViews(): Promise<void> {
+    if (this.sweeping || this.stopping) return;
+    this.sweeping = true;
+    try {
+      const idle = Date.now() - this.gcIntervalMs;
+      for (const v of [...this.revs.values()]) {
+        if (this.stopping || this.session.isClosed) return;
+        this.collectView(v.rev);
+        if (!this.revs.has(v.rev) || v.used > idle) continue;
+        if ([...v.files.values()].some((f) => f.nopen > 0)) continue;
+        try {
+          await this.session.notifier.invalEntry(INO_ROOT, '@' + hex16(v.rev));
+        } catch (err) {
+          if ((err as { errno?: number }).errno !== errno.ENOENT) debug('sweep @%s: %s', hex16(v.rev), (err as Error).message);
+        }
+      }
+    } finally {
+      this.sweeping = false;
+    }
   }
 
   /** The BigFile of foid in view rev (null = head), created on first lookup. */
@@ -903,6 +988,7 @@ export class WcfsServer implements FileSystem {
     if (this.stopping) return;
     this.stopping = true;
     if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
+    if (this.gcTimer) clearInterval(this.gcTimer);
     this.watch?.close();
     for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
@@ -951,6 +1037,12 @@ export class WcfsServer implements FileSystem {
 
   statsText(): string {
     this.stats.PinnedBlk = this.isolation.pinnedBlocks();
+    let nrevFiles = 0;
+    for (const v of this.revs.values()) nrevFiles += v.files.size;
+    this.stats.RevFile = nrevFiles;
+    const δ = this.deltaFtail.sizes();
+    this.stats.TrackedBlk = δ.trackedBlocks;
+    this.stats.History = δ.history;
     return Object.entries(this.stats)
       .map(([k, v]) => `${k}\t: ${v}\n`)
       .join('');

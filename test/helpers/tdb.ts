@@ -22,6 +22,8 @@ export const BS = 65536;
 /** A database with ZBigFiles written by us, and the history the model needs. */
 export class TDB {
   pinTimeout = 3;
+  /** Extra `wcfs serve` options. */
+  serveArgs: string[] = [];
   db!: IWritableStorage;
   srv!: TestServer;
   tail = 0n;
@@ -70,7 +72,7 @@ export class TDB {
     return tid;
   }
   async serve(): Promise<void> {
-    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', String(this.pinTimeout), ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])] });
+    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', String(this.pinTimeout), ...this.serveArgs, ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])] });
     this.tail = this.head();
     // no readahead: a read of one block must not load its neighbours (they would become
     // "accessed" behind the model's back)
