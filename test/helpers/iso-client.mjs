@@ -4,7 +4,8 @@
 // answers the test over IPC.
 //   argv: <zurl> <mountpoint> <foid hex> <nblk>
 //   {connect: at}  → {ok}                          conn at `at`, open, mmap blocks [0, nblk)
-//   {check: fills} → {bad: [blk…]}                 fills[blk] = expected byte of every byte of blk
+//   {check: fills} → {bad: [blk…]}                 fills[blk] = expected byte of every byte of blk,
+//                                                  for blk < fills.length (≤ nblk)
 //   {resync: at}   → {ok}
 //   {close}        → {ok}, then exit
 import { WCFS } from '../../dist/client/index.js';
@@ -25,7 +26,7 @@ async function handle(msg) {
   if (msg.check !== undefined) {
     const bs = fh.blksize;
     const bad = [];
-    for (let blk = 0; blk < nblk; blk++) {
+    for (let blk = 0; blk < Math.min(nblk, msg.check.length); blk++) {
       const want = msg.check[blk];
       const b = m.bytes.subarray(blk * bs, (blk + 1) * bs);
       // every page of the block (a fault per page goes through the isolation machinery)

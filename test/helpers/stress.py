@@ -9,6 +9,12 @@
       <foid> at the current head/at every 20 ms and waits for each reply. Prints
       `pins N watches N`.
 
+  faulty  <mnt> <foid-hex16> <kind> <secs>
+      a misbehaving watch client (wcfs-server.md §2.9): watches <foid> at the current head/at,
+      then, per kind: `noack` never answers pins, `nak` answers them wrongly, `noread` never
+      reads its link, `garbage` sends bad lines (counts the error replies) and says bye.
+      Ends when the server kills it, or after secs. Prints `faulty <kind> done`.
+
 Exit status: 0 on success, 2 on a wrong byte or an unexpected line, 3 on a stuck reply.
 """
 import os
@@ -106,11 +112,54 @@ def watcher(mnt, foid, secs):
     os._exit(0)  # the receiver thread is still blocked in read
 
 
+def faulty(mnt, foid, kind, secs):
+    fd = os.open(os.path.join(mnt, "head", "watch"), os.O_RDWR)
+    with open(os.path.join(mnt, "head", "at")) as f:
+        at = f.read().strip()
+    os.write(fd, f"1 watch {foid} @{at}\n".encode())
+    deadline = time.monotonic() + secs
+    if kind == "noread":
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+    elif kind == "garbage":
+        bad = ["3 watch", "5 watch zzz @zzz", "7 hello", "9 watch %s @%s" % (foid, "x" * 60), "11 " + "y" * 200]
+        for line in bad:
+            os.write(fd, (line + "\n").encode())
+        got = b""
+        while got.count(b"\n") < 1 + len(bad) and time.monotonic() < deadline:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            got += chunk
+        errors = [l for l in got.split(b"\n") if b" error " in l]
+        print(f"faulty garbage: {len(errors)} error replies to {len(bad)} bad lines", flush=True)
+        try:
+            os.write(fd, b"13 bye\n")
+        except OSError:
+            pass  # the server may have ended the link
+    else:
+        buf = b""
+        while time.monotonic() < deadline:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                parts = line.decode().split(" ", 1)
+                if int(parts[0]) % 2 == 0 and kind == "nak":
+                    os.write(fd, f"{parts[0]} nak\n".encode())
+    print(f"faulty {kind} done", flush=True)
+    os._exit(0)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "reader":
         reader(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "watcher":
         watcher(args[0], args[1], float(args[2]))
+    elif cmd == "faulty":
+        faulty(args[0], args[1], args[2], float(args[3]))
     else:
         sys.exit(f"unknown command {cmd}")

@@ -19,6 +19,8 @@ export interface TestServer {
   mnt: string;
   zurl: string;
   proc: ChildProcess;
+  /** The FUSE connection (fusectl minor) of the mount, once up. */
+  minor?: number;
   /** Everything the server wrote to stderr so far. */
   stderr(): string;
   /** Resolves with the exit code (or signal) when the server process ends. */
@@ -84,9 +86,11 @@ export async function startServer(zurl: string, opts: { dir?: string; args?: str
   const t0 = Date.now();
   for (;;) {
     if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`wcfs serve exited: ${err}`);
-    if (findMount(mnt) !== undefined) {
+    const m = findMount(mnt);
+    if (m !== undefined) {
       try {
         const z = await withTimeout(readFile(path.join(mnt, '.wcfs', 'zurl')), 5000, '.wcfs/zurl');
+        srv.minor = m.minor;
         if (z.toString() === zurl || z.toString() === path.resolve(zurl)) break;
       } catch {
         /* not yet */
@@ -110,9 +114,13 @@ async function stopServer(srv: TestServer): Promise<void> {
     proc.kill('SIGTERM');
     await Promise.race([srv.exited, sleep(3000)]);
   }
+  // A server that does not exit on SIGTERM is stuck: abort its connection, even when the
+  // mount already left mountinfo (an unmount stuck behind the kernel's requests keeps the
+  // connection, and everyone waiting on it, alive).
   const m = findMount(mnt);
-  if (running() && m !== undefined) {
-    await abortConnection(m.minor).catch(() => {});
+  const minor = m?.minor ?? srv.minor;
+  if (running() && minor !== undefined) {
+    await abortConnection(minor).catch(() => {});
     await Promise.race([srv.exited, sleep(2000)]);
   }
   if (running()) {
