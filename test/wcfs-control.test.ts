@@ -1,0 +1,239 @@
+// Control-path safety (src/server/control.ts 2-3; issue 7 item 3).
+//
+// The attacker is uid 65534 (setpriv --reuid=65534 --regid=65534 --clear-groups): it plants
+// symlinks, directories and a mount of its own in the shared /dev/shm/wcfs, where root's
+// default mountpoint and log file have predictable names. Root must refuse them all with a
+// clear error and mount nothing.
+//
+// /dev/shm/wcfs is created here (01777) when absent and removed at the end when empty; every
+// planted path is removed; every server started is stopped.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { abortConnection, findMount, fuseOwner } from '../src/fuse/mountinfo.js';
+import {
+  checkOurMount,
+  defaultMountpoint,
+  join,
+  openLogFile,
+  prepareMountpoint,
+  start,
+  stop,
+  WCFS_SHM,
+} from '../src/server/control.js';
+import { zblkPath } from './helpers/paths.js';
+import { requireFuse, sleep } from './helpers/mount.js';
+import { copyInto, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';
+
+const NOBODY = 65534;
+const asNobody = (...argv: string[]) =>
+  spawnSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...argv], { encoding: 'utf8', timeout: 30_000 });
+const cli = (...args: string[]) => spawnSync(process.execPath, [wcfsBin, ...args], { timeout: 60_000, encoding: 'utf8' });
+
+let shmCreated = false;
+const planted: string[] = []; // paths under /dev/shm/wcfs to remove at the end
+const dirs: string[] = [];
+const cleanups: Array<() => Promise<unknown>> = [];
+
+/** A temp dir others may enter, with a copy of a fixture database in it. */
+function newDb(): { dir: string; zurl: string; mnt: string } {
+  const dir = tmpDir('wcfs-ctl-');
+  chmodSync(dir, 0o755);
+  dirs.push(dir);
+  const zurl = copyInto(dir, zblkPath('py3_pickle3'));
+  const mnt = defaultMountpoint(zurl);
+  planted.push(mnt, `${mnt}.log`);
+  return { dir, zurl, mnt };
+}
+
+beforeAll(async () => {
+  await requireFuse();
+  if (!existsSync(WCFS_SHM)) {
+    mkdirSync(WCFS_SHM, 0o1777);
+    chmodSync(WCFS_SHM, 0o1777);
+    shmCreated = true;
+  }
+  const st = lstatSync(WCFS_SHM);
+  // the attacks below need a shared dir the serving user accepts (root-owned, sticky, 1777)
+  if (!st.isDirectory() || st.uid !== 0 || (st.mode & 0o7777) !== 0o1777) throw new Error(`${WCFS_SHM}: want a root-owned 01777 directory for these tests`);
+});
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+}, 60_000);
+
+afterAll(async () => {
+  await stopAllServers();
+  for (const p of planted) {
+    if (findMount(p) !== undefined) await stop(p, { timeoutMs: 10_000 }).catch(() => {});
+    rmSync(p, { recursive: true, force: true }); // a symlink itself, not its target
+  }
+  for (const d of dirs) if (readdirSync(d).every((f) => findMount(path.join(d, f)) === undefined)) rmSync(d, { recursive: true, force: true });
+  if (shmCreated) {
+    try {
+      rmdirSync(WCFS_SHM);
+    } catch {
+      /* in use by someone else */
+    }
+  }
+}, 60_000);
+
+/**
+ * `wcfs serve <args>` until it exits — or, if the attack worked, until something gets
+ * mounted at one of `watch` (then the server is stopped and `mountedAt` says where).
+ */
+async function serveOnce(args: string[], watch: string[]): Promise<{ code: number | string; stderr: string; mountedAt?: string }> {
+  const p = spawn(process.execPath, [wcfsBin, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | string>((resolve) => p.on('exit', (code, sig) => resolve(sig ?? code ?? -1)));
+  for (let i = 0; ; i++) {
+    const code = await Promise.race([exited, sleep(50).then(() => undefined)]);
+    if (code !== undefined) return { code, stderr };
+    const at = watch.find((w) => findMount(w) !== undefined);
+    if (at !== undefined || i > 600) {
+      if (at !== undefined) await stop(at, { timeoutMs: 10_000 });
+      p.kill('SIGKILL');
+      await exited;
+      return { code: at !== undefined ? 'mounted' : 'still running after 30 s', stderr, mountedAt: at };
+    }
+  }
+}
+
+describe('the shared /dev/shm/wcfs: planted paths are refused (7.3)', () => {
+  it('a symlink at the default mountpoint: serve refuses, nothing is mounted, its target stays visible', async () => {
+    const { dir, zurl, mnt } = newDb();
+    const victim = path.join(dir, 'victim');
+    mkdirSync(victim);
+    writeFileSync(path.join(victim, 'keep'), 'x');
+    expect(asNobody('ln', '-s', victim, mnt).status).toBe(0);
+
+    const r = await serveOnce([zurl], [victim, mnt]);
+    expect(r.mountedAt).toBeUndefined();
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`wcfs: serve ${zurl}: ${mnt}: is a symlink (to ${victim}, owned by uid ${NOBODY})`);
+    expect(readdirSync(victim)).toEqual(['keep']);
+    expect(lstatSync(mnt).isSymbolicLink()).toBe(true); // left for an admin to look at
+
+    // join(autostart) refuses the same way, and stop has nothing to stop
+    await expect(join(zurl, { autostart: true })).rejects.toThrow(/is a symlink/);
+    expect(findMount(victim)).toBeUndefined();
+    const sp = cli('stop', zurl);
+    expect(sp.status).toBe(0);
+    expect(sp.stderr).toMatch(/not mounted/);
+  }, 60_000);
+
+  it('a directory of another user at the default mountpoint: serve refuses', async () => {
+    const { zurl, mnt } = newDb();
+    expect(asNobody('mkdir', mnt).status).toBe(0);
+    const r = await serveOnce([zurl], [mnt]);
+    expect(r.mountedAt).toBeUndefined();
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`wcfs: serve ${zurl}: ${mnt}: owned by uid ${NOBODY}, not by us (uid 0): refusing to mount there`);
+  }, 60_000);
+
+  it('a symlink at the default log file: start refuses, the target is not written, nothing stays mounted', async () => {
+    const { dir, zurl, mnt } = newDb();
+    const victim = path.join(dir, 'victim.txt');
+    writeFileSync(victim, 'precious\n');
+    expect(asNobody('ln', '-s', victim, `${mnt}.log`).status).toBe(0);
+    cleanups.push(() => stop(zurl, { timeoutMs: 10_000 }));
+    await expect(start(zurl)).rejects.toThrow(`start ${zurl}: log ${mnt}.log: is a symlink (to ${victim}, owned by uid ${NOBODY})`);
+    expect(readFileSync(victim, 'utf8')).toBe('precious\n');
+    expect(findMount(mnt)).toBeUndefined();
+    expect(existsSync(mnt)).toBe(false); // the mountpoint start created is removed again
+  }, 60_000);
+
+  it('a wcfs mounted by another user at the default mountpoint: join and serve refuse it', async () => {
+    const { zurl, mnt } = newDb();
+    expect(asNobody('mkdir', mnt).status).toBe(0);
+    // A server whose real uid is 65534 (effective uid 0, so it may mount here without
+    // fusermount3 and a world-accessible /dev/fuse): its mount shows user_id=65534, as one
+    // started by that user would.
+    const foreign: ChildProcess = spawn('setpriv', [`--ruid=${NOBODY}`, process.execPath, wcfsBin, 'serve', zurl, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    foreign.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const gone = new Promise((resolve) => foreign.on('exit', resolve));
+    cleanups.push(async () => {
+      const m = findMount(mnt);
+      await stop(mnt, { timeoutMs: 10_000 });
+      if (findMount(mnt) !== undefined && m !== undefined) await abortConnection(m.minor);
+      foreign.kill('SIGKILL');
+      await gone;
+    });
+    for (let i = 0; !/serving/.test(err); i++) {
+      if (foreign.exitCode !== null || i > 600) throw new Error(`foreign server did not come up: ${err}`);
+      await sleep(50);
+    }
+    const m = findMount(mnt)!;
+    expect(m.fstype).toBe('fuse.wcfs');
+    expect(fuseOwner(m)).toBe(NOBODY);
+
+    await expect(join(zurl, { autostart: false })).rejects.toThrow(`wcfs: join ${zurl}: ${mnt}: the wcfs mounted there belongs to uid ${NOBODY}, not to us (uid 0)`);
+    await expect(join(zurl, { autostart: true })).rejects.toThrow(/belongs to uid 65534/);
+    const r = cli('serve', zurl);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(`wcfs: serve ${zurl}: ${mnt}: the wcfs mounted there belongs to uid ${NOBODY}`);
+  }, 60_000);
+});
+
+describe('mountpoint rules as functions (control.ts 2, 3)', () => {
+  it('the shared dir must be owned by root or us, and sticky when others may write it', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    chmodSync(dir, 0o755);
+    dirs.push(dir);
+    const shared = path.join(dir, 'shm');
+    // created 01777, the mountpoint 0755 and ours
+    expect(prepareMountpoint(path.join(shared, 'a'), { shared })).toBe(true);
+    expect(lstatSync(shared).mode & 0o7777).toBe(0o1777);
+    expect(prepareMountpoint(path.join(shared, 'a'), { shared })).toBe(false);
+    // ours but not 01777: fixed up
+    chmodSync(shared, 0o755);
+    prepareMountpoint(path.join(shared, 'a'), { shared });
+    expect(lstatSync(shared).mode & 0o7777).toBe(0o1777);
+    // root's, world-writable, not sticky, and we are somebody else: refused
+    chmodSync(shared, 0o777);
+    expect(() => prepareMountpoint(path.join(shared, 'b'), { shared, uid: 1000 })).toThrow(`${shared}: writable by others but not sticky (mode 777)`);
+    // another user's: refused
+    const pub = path.join(dir, 'pub');
+    mkdirSync(pub);
+    chmodSync(pub, 0o1777);
+    const theirs = path.join(pub, 'theirs');
+    expect(asNobody('mkdir', '-m', '1777', theirs).status).toBe(0);
+    expect(() => prepareMountpoint(path.join(theirs, 'c'), { shared: theirs })).toThrow(`${theirs}: owned by uid ${NOBODY}, not by root or us (uid 0)`);
+    expect(existsSync(path.join(theirs, 'c'))).toBe(false);
+    // a symlink as the shared dir: refused
+    const link = path.join(pub, 'link');
+    expect(asNobody('ln', '-s', shared, link).status).toBe(0);
+    expect(() => prepareMountpoint(path.join(link, 'd'), { shared: link })).toThrow(`${link}: is a symlink`);
+  });
+
+  it('the log file: no symlink, no FIFO, only a regular file of ours with one link', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    chmodSync(dir, 0o1777);
+    dirs.push(dir);
+    const ok = path.join(dir, 'ok.log');
+    closeSync(openLogFile(ok));
+    expect(lstatSync(ok).isFile()).toBe(true);
+    expect(() => openLogFile(ok, NOBODY)).toThrow(`log ${ok}: owned by uid 0, not by us (uid ${NOBODY})`);
+    linkSync(ok, path.join(dir, 'hard.log'));
+    expect(() => openLogFile(ok)).toThrow(`log ${ok}: has 2 links`);
+    const fifo = path.join(dir, 'fifo.log');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    expect(() => openLogFile(fifo)).toThrow(`log ${fifo}`); // ENXIO: no reader — never blocks
+    const theirs = path.join(dir, 'theirs.log');
+    expect(asNobody('touch', theirs).status).toBe(0);
+    expect(() => openLogFile(theirs)).toThrow(`log ${theirs}: owned by uid ${NOBODY}`);
+  });
+
+  it('a mount is ours only when mountinfo says fuse.wcfs, our uid and our zurl', () => {
+    const m = { id: 1, parent: 0, major: 0, minor: 42, root: '/', mountpoint: '/m', fstype: 'fuse.wcfs', source: '/db/data.fs', superOptions: 'rw,user_id=0,group_id=0' };
+    expect(() => checkOurMount(m, '/m', '/db/data.fs', 0)).not.toThrow();
+    expect(() => checkOurMount({ ...m, fstype: 'tmpfs' }, '/m', '/db/data.fs', 0)).toThrow('/m: tmpfs (source /db/data.fs) is mounted there, not a wcfs');
+    expect(() => checkOurMount({ ...m, fstype: 'fuse.sshfs' }, '/m', undefined, 0)).toThrow(/not a wcfs/);
+    expect(() => checkOurMount(m, '/m', '/db/data.fs', 1000)).toThrow('belongs to uid 0, not to us (uid 1000)');
+    expect(() => checkOurMount({ ...m, superOptions: 'rw' }, '/m', '/db/data.fs', 0)).toThrow('belongs to uid ?');
+    expect(() => checkOurMount(m, '/m', '/db/other.fs', 0)).toThrow('/m: the wcfs mounted there serves /db/data.fs, not /db/other.fs');
+  });
+});
