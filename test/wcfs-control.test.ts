@@ -1,9 +1,9 @@
-// Control-path safety (src/server/control.ts 2-3; issue 7 item 3).
+// Control-path safety and CLI faults (src/server/control.ts 2-3, 6; issue 7 items 3 and 6).
 //
 // The attacker is uid 65534 (setpriv --reuid=65534 --regid=65534 --clear-groups): it plants
 // symlinks, directories and a mount of its own in the shared /dev/shm/wcfs, where root's
 // default mountpoint and log file have predictable names. Root must refuse them all with a
-// clear error and mount nothing.
+// clear error and mount nothing. Then the smaller faults of the CLI.
 //
 // /dev/shm/wcfs is created here (01777) when absent and removed at the end when empty; every
 // planted path is removed; every server started is stopped.
@@ -24,7 +24,7 @@ import {
 } from '../src/server/control.js';
 import { zblkPath } from './helpers/paths.js';
 import { requireFuse, sleep } from './helpers/mount.js';
-import { copyInto, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';
+import { copyInto, startServer, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';
 
 const NOBODY = 65534;
 const asNobody = (...argv: string[]) =>
@@ -236,4 +236,24 @@ describe('mountpoint rules as functions (control.ts 2, 3)', () => {
     expect(() => checkOurMount({ ...m, superOptions: 'rw' }, '/m', '/db/data.fs', 0)).toThrow('belongs to uid ?');
     expect(() => checkOurMount(m, '/m', '/db/other.fs', 0)).toThrow('/m: the wcfs mounted there serves /db/data.fs, not /db/other.fs');
   });
+});
+
+describe('CLI faults (7.6)', () => {
+  it('status of a SIGSTOPped server returns: the stuck probe is reported as hung, not waited for', async () => {
+    const dir = tmpDir('wcfs-ctl-');
+    const srv = await startServer(copyInto(dir, zblkPath('py2_pickle1')), { dir });
+    const pid = srv.proc.pid!;
+    process.kill(pid, 'SIGSTOP');
+    cleanups.push(async () => {
+      process.kill(pid, 'SIGCONT');
+      await srv.stop();
+    });
+    // before the fix this never returned (the probe child sat in the FUSE request, unkillable)
+    const r = spawnSync(process.execPath, [wcfsBin, 'status', srv.mnt], { timeout: 40_000, encoding: 'utf8' });
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(1);
+    expect(r.stdout).toMatch(/^ok {3}- mount entry: /m);
+    expect(r.stdout).toMatch(/^fail - (stat|\.wcfs\/zurl|\.wcfs\/stats): hung \(no answer in 5000 ms; probe pid \d+ left behind/m);
+  }, 60_000);
+
 });

@@ -20,9 +20,10 @@
 //
 // Nothing here touches a mount from a thread that could be the one serving it: file access
 // goes through libuv's pool with a timeout (a hung server costs a pool thread, not this
-// process), and status runs its probes in child processes.
+// process), and status runs its probes in child processes it does not wait for once they
+// time out (a child stuck in a FUSE request of a stopped server cannot even be killed).
 
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -500,7 +501,40 @@ export interface StatusLine {
   text: string;
 }
 
-/** Each check in a child process with a timeout, so a hung mount cannot hang us. */
+/**
+ * Probe `code` (node -e, argv[1] = mnt) in a child process. After timeoutMs it answers
+ * "hung" without waiting for the child: one stuck in a FUSE request of a stopped server
+ * cannot be reaped (not even by SIGKILL) until the server answers or the connection is
+ * aborted. The child is SIGKILLed, unreferenced and its pipes closed, so it dies on its own
+ * later and never keeps this process alive.
+ */
+function probeIn(mnt: string, what: string, code: string, timeoutMs: number): Promise<StatusLine & { hung?: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['-e', code, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      child.unref();
+      child.stdout.destroy();
+      child.stderr.destroy();
+      resolve({ ok: false, hung: true, text: `${what}: hung (no answer in ${timeoutMs} ms; probe pid ${child.pid} left behind until the server answers)` });
+    }, timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ ok: false, text: `${what}: ${e.message}` });
+    });
+    child.on('close', (rc, sig) => {
+      clearTimeout(timer);
+      const why = stderr.split('\n').find((l) => /Error/.test(l)) ?? (stderr.trim() || `exited ${rc ?? sig}`);
+      resolve(rc === 0 ? { ok: true, text: `${what}: ${stdout.trim()}` } : { ok: false, text: `${what}: ${why.trim()}` });
+    });
+  });
+}
+
+/** Each check in a child process with a timeout, so a hung mount cannot hang us (see probeIn). */
 export async function status(target: string, timeoutMs = 5000): Promise<StatusLine[]> {
   const mnt = resolveTarget(target);
   const out: StatusLine[] = [];
@@ -509,20 +543,23 @@ export async function status(target: string, timeoutMs = 5000): Promise<StatusLi
     out.push({ ok: false, text: `mount entry: ${mnt} not mounted` });
     return out;
   }
-  out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source})` });
+  out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source}, uid ${fuseOwner(m) ?? '?'})` });
   const pids = findServerPids(mnt);
   out.push({ ok: pids.length === 1, text: pids.length ? `server process: pid ${pids.join(',')}` : 'server process: not found' });
-  const probeIn = (what: string, code: string) =>
-    new Promise<StatusLine>((resolve) => {
-      execFile(process.execPath, ['-e', code, mnt], { timeout: timeoutMs }, (err, stdout, stderr) => {
-        if (err) resolve({ ok: false, text: `${what}: ${err.killed ? `stuck (no answer in ${timeoutMs} ms)` : (String(stderr).trim() || err.message)}` });
-        else resolve({ ok: true, text: `${what}: ${String(stdout).trim()}` });
-      });
-    });
-  out.push(await probeIn('stat', `const s=require('fs').statSync(process.argv[1]); process.stdout.write('dev '+s.dev)`));
-  const z = await probeIn('.wcfs/zurl', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/zurl','utf8'))`);
-  if (z.ok && m.source !== z.text.slice('.wcfs/zurl: '.length)) z.ok = false;
-  out.push(z);
-  out.push(await probeIn('.wcfs/stats', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/stats','utf8').trim().replace(/\\s*\\n/g,', '))`));
+  const probes: Array<[string, string]> = [
+    ['stat', `const s=require('fs').statSync(process.argv[1]); process.stdout.write('dev '+s.dev)`],
+    ['.wcfs/zurl', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/zurl','utf8'))`],
+    ['.wcfs/stats', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/stats','utf8').trim().replace(/\\s*\\n/g,', '))`],
+  ];
+  for (const [what, code] of probes) {
+    const r = await probeIn(mnt, what, code, timeoutMs);
+    if (what === '.wcfs/zurl' && r.ok && m.source !== r.text.slice('.wcfs/zurl: '.length)) r.ok = false;
+    out.push({ ok: r.ok, text: r.text });
+    if (r.hung) {
+      // every further probe would hang as well
+      for (const [rest] of probes.slice(probes.findIndex(([w]) => w === what) + 1)) out.push({ ok: false, text: `${rest}: not tried (mount hung)` });
+      break;
+    }
+  }
   return out;
 }
