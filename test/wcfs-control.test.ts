@@ -22,6 +22,8 @@ import {
   stop,
   WCFS_SHM,
 } from '../src/server/control.js';
+import { NotAFileError } from '../src/zodb/fs1/errors.js';
+import { FileStorage } from '../src/zodb/fs1/filestorage.js';
 import { zblkPath } from './helpers/paths.js';
 import { requireFuse, sleep } from './helpers/mount.js';
 import { copyInto, startServer, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';
@@ -254,6 +256,43 @@ describe('CLI faults (7.6)', () => {
     expect(r.status).toBe(1);
     expect(r.stdout).toMatch(/^ok {3}- mount entry: /m);
     expect(r.stdout).toMatch(/^fail - (stat|\.wcfs\/zurl|\.wcfs\/stats): hung \(no answer in 5000 ms; probe pid \d+ left behind/m);
+  }, 60_000);
+
+  it('serve of a FIFO fails at once, naming the path; the mountpoint it made is removed', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    dirs.push(dir);
+    const fifo = path.join(dir, 'data.fs');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const mnt = path.join(dir, 'mnt');
+    // before the fix: blocked in open(2) until killed by this timeout
+    const r = spawnSync(process.execPath, [wcfsBin, 'serve', fifo, mnt], { timeout: 30_000, encoding: 'utf8' });
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`wcfs: ${fifo}: is a FIFO, not a FileStorage data file (a zurl names one: /path/to/Data.fs or file:///path/to/Data.fs)\n`);
+    expect(existsSync(mnt)).toBe(false);
+    expect(findMount(mnt)).toBeUndefined();
+  }, 60_000);
+
+  it('serve of a directory says which path and what a zurl should be', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    dirs.push(dir);
+    const mnt = path.join(dir, 'mnt');
+    const r = cli('serve', dir, mnt);
+    expect(r.status).toBe(1);
+    expect(r.stderr).not.toMatch(/EISDIR/);
+    expect(r.stderr).toBe(`wcfs: ${dir}: is a directory, not a FileStorage data file (a zurl names one: /path/to/Data.fs or file:///path/to/Data.fs)\n`);
+    expect(existsSync(mnt)).toBe(false);
+  }, 60_000);
+
+  it('a writer open of a directory or a FIFO: the same error (O_RDWR fails on a directory in open itself)', async () => {
+    const dir = tmpDir('wcfs-ctl-');
+    dirs.push(dir);
+    const sub = path.join(dir, 'sub.fs');
+    mkdirSync(sub);
+    await expect(FileStorage.open(sub)).rejects.toThrow(new NotAFileError(sub, 'is a directory'));
+    const fifo = path.join(dir, 'fifo.fs');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    await expect(FileStorage.open(fifo)).rejects.toThrow(new NotAFileError(fifo, 'is a FIFO'));
   }, 60_000);
 
 });
