@@ -295,4 +295,18 @@ describe('CLI faults (7.6)', () => {
     await expect(FileStorage.open(fifo)).rejects.toThrow(new NotAFileError(fifo, 'is a FIFO'));
   }, 60_000);
 
+  it('stop and status of a mountpoint that is gone say how the argument was understood', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    dirs.push(dir);
+    const gone = path.join(dir, 'mnt');
+    const sp = cli('stop', gone);
+    expect(sp.status).toBe(0);
+    expect(sp.stderr).toBe(`wcfs: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`);
+    const st = cli('status', gone);
+    expect(st.status).toBe(1);
+    expect(st.stdout).toBe(`fail - mount entry: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`);
+    // an existing database that is not served: named as the zurl it was taken for
+    const db = copyInto(dir, zblkPath('py2_pickle1'));
+    expect(cli('stop', db).stderr).toBe(`wcfs: ${db}: not mounted (mountpoint ${defaultMountpoint(db)})\n`);
+  }, 60_000);
 });

@@ -29,7 +29,6 @@ import {
   chmodSync,
   closeSync,
   constants as fsc,
-  existsSync,
   fstatSync,
   lstatSync,
   mkdirSync,
@@ -383,19 +382,37 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
 
 // ---- 5) stop, 6) status ----
 
-/** Resolve a zurl-or-mountpoint argument to a mountpoint. */
-export function resolveTarget(target: string): string {
-  const m = path.resolve(target);
-  if (findMount(m) !== undefined || (existsSync(m) && isDir(m))) return m;
-  return defaultMountpoint(target);
+/** What a `wcfs stop|status <target>` argument names. */
+export interface Target {
+  mnt: string;
+  /** Set when target was taken for a zurl (mnt is then its default mountpoint). */
+  zurl?: string;
+  /** A bare path that exists as neither a directory nor a file: a gone mountpoint, or a deleted database. */
+  missing?: boolean;
 }
 
-function isDir(p: string): boolean {
+/**
+ * A zurl-or-mountpoint argument: a mount point or an existing directory is a mountpoint;
+ * anything else a zurl. Looks at mountinfo before stat, so a hung mount cannot hang us.
+ */
+export function resolveTarget(target: string): Target {
+  const p = path.resolve(target);
+  if (findMount(p) !== undefined) return { mnt: p };
+  let st: Stats | undefined;
   try {
-    return statSync(p).isDirectory();
+    st = statSync(p);
   } catch {
-    return false;
+    /* no such path */
   }
+  if (st?.isDirectory()) return { mnt: p };
+  return { mnt: defaultMountpoint(target), zurl: normalizeZurl(target), missing: st === undefined && !hasScheme(target) };
+}
+
+/** "<mnt>: not mounted", saying how target was understood when that is not obvious. */
+function notMounted(target: string, t: Target): string {
+  if (t.zurl === undefined) return `${t.mnt}: not mounted`;
+  if (t.missing) return `${target}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${t.mnt}) not mounted either`;
+  return `${t.zurl}: not mounted (mountpoint ${t.mnt})`;
 }
 
 /** Pids of `wcfs serve … <mnt>` processes (argv ends with the mountpoint, holds /dev/fuse). */
@@ -438,7 +455,8 @@ async function waitGone(pids: number[], ms: number): Promise<boolean> {
  * (lazy if needed); remove the mountpoint directory. Returns what it did, for the log.
  */
 export async function stop(target: string, opts: { timeoutMs?: number; log?: (s: string) => void } = {}): Promise<string[]> {
-  const mnt = resolveTarget(target);
+  const t = resolveTarget(target);
+  const mnt = t.mnt;
   const budget = opts.timeoutMs ?? 25_000;
   const done: string[] = [];
   const say = (s: string) => {
@@ -448,7 +466,7 @@ export async function stop(target: string, opts: { timeoutMs?: number; log?: (s:
   const m = findMount(mnt);
   const pids = findServerPids(mnt);
   if (m === undefined && pids.length === 0) {
-    say(`${mnt}: not mounted`);
+    say(notMounted(target, t));
     return done;
   }
   let unmounted = false;
@@ -536,11 +554,12 @@ function probeIn(mnt: string, what: string, code: string, timeoutMs: number): Pr
 
 /** Each check in a child process with a timeout, so a hung mount cannot hang us (see probeIn). */
 export async function status(target: string, timeoutMs = 5000): Promise<StatusLine[]> {
-  const mnt = resolveTarget(target);
+  const t = resolveTarget(target);
+  const mnt = t.mnt;
   const out: StatusLine[] = [];
   const m = findMount(mnt);
   if (m === undefined) {
-    out.push({ ok: false, text: `mount entry: ${mnt} not mounted` });
+    out.push({ ok: false, text: `mount entry: ${notMounted(target, t)}` });
     return out;
   }
   out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source}, uid ${fuseOwner(m) ?? '?'})` });
