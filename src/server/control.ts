@@ -3,9 +3,9 @@
 // 1) mountpoint of a zurl: WCFS_SHM/<sha1 of the normalised zurl>, WCFS_SHM = /dev/shm/wcfs.
 // 2) preparing a mountpoint: WCFS_SHM is shared by every user (01777, sticky like /tmp) and
 //    its names are predictable, so anything in it may have been planted. Before mounting:
-//      dir ∈ WCFS_SHM ⇒ lstat(WCFS_SHM) is a directory (not a symlink), owned by root or us,
-//                        sticky when others may write it;
-//                        lstat(mnt) is a directory (not a symlink), owned by us.
+//      dirname(mnt) = WCFS_SHM ⇒ lstat(WCFS_SHM) is a directory (not a symlink), owned by
+//                                  root or us, sticky when others may write it;
+//                                lstat(mnt) is a directory (not a symlink), owned by us.
 //    Then only root and we can rename or replace either path (sticky rule), so the checked
 //    directory is the one mount(2) mounts on. A mountpoint elsewhere is the caller's choice
 //    and only has to be a directory. The server log (<mnt>.log by default, also in WCFS_SHM)
@@ -21,7 +21,7 @@
 // Nothing here touches a mount from a thread that could be the one serving it: file access
 // goes through libuv's pool with a timeout (a hung server costs a pool thread, not this
 // process), and status runs its probes in child processes it does not wait for once they
-// time out (a child stuck in a FUSE request of a stopped server cannot even be killed).
+// time out (a child stuck in a FUSE request of a stopped server may not even be killable).
 
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -521,10 +521,10 @@ export interface StatusLine {
 
 /**
  * Probe `code` (node -e, argv[1] = mnt) in a child process. After timeoutMs it answers
- * "hung" without waiting for the child: one stuck in a FUSE request of a stopped server
- * cannot be reaped (not even by SIGKILL) until the server answers or the connection is
- * aborted. The child is SIGKILLed, unreferenced and its pipes closed, so it dies on its own
- * later and never keeps this process alive.
+ * "hung" without waiting for the child: one stuck in a FUSE request of a stopped server may
+ * not die even from SIGKILL until the server answers or the connection is aborted (a request
+ * the server has read is waited for uninterruptibly). The child is SIGKILLed, unreferenced
+ * and its pipes closed, so it dies on its own later and never keeps this process alive.
  */
 function probeIn(mnt: string, what: string, code: string, timeoutMs: number): Promise<StatusLine & { hung?: boolean }> {
   return new Promise((resolve) => {
