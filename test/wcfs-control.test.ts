@@ -56,9 +56,10 @@ beforeAll(async () => {
     chmodSync(WCFS_SHM, 0o1777);
     shmCreated = true;
   }
+  // the attacks below need a shared dir root accepts and uid 65534 can write: root's, 01777
   const st = lstatSync(WCFS_SHM);
-  // the attacks below need a shared dir the serving user accepts (root-owned, sticky, 1777)
-  if (!st.isDirectory() || st.uid !== 0 || (st.mode & 0o7777) !== 0o1777) throw new Error(`${WCFS_SHM}: want a root-owned 01777 directory for these tests`);
+  if (!st.isDirectory() || st.uid !== 0) throw new Error(`${WCFS_SHM}: want a root-owned directory for these tests (found uid ${st.uid}, mode ${st.mode.toString(8)})`);
+  if ((st.mode & 0o7777) !== 0o1777) chmodSync(WCFS_SHM, 0o1777); // as prepareMountpoint fixes it up
 });
 
 afterEach(async () => {
