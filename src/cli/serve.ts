@@ -2,7 +2,10 @@
 //
 // serve runs the server in the foreground until the filesystem is unmounted (exit 0) or it
 // fails (exit 1, after switching the mount to EIO mode). SIGTERM/SIGINT unmount; if clients
-// keep the mount busy the connection is aborted instead — never a hang.
+// keep the mount busy the connection is aborted instead — never a hang. Before mounting, a
+// mount already at the mountpoint must be our own wcfs (control.ts 3: else refused, or
+// cleaned up when crashed) and the mountpoint passes the shared-dir rules (control.ts 2); a
+// mountpoint serve created is removed again when the server fails to start.
 
 import createDebug from 'debug';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
