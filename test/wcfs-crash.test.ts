@@ -3,19 +3,27 @@
 // read is pending in the server exits promptly.
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { findMount } from '../src/fuse/mountinfo.js';
-import { defaultMountpoint, findServerPids, join, stop } from '../src/server/control.js';
+import { defaultMountpoint, findServerPids, join, stop, WCFS_SHM } from '../src/server/control.js';
 import { zblkPath } from './helpers/paths.js';
 import { sleep } from './helpers/mount.js';
 import { copyInto, startServer, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
+const shmExisted = existsSync(WCFS_SHM);
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
   await stopAllServers();
+  if (!shmExisted) {
+    try {
+      rmdirSync(WCFS_SHM); // join created it; leave nothing in /dev/shm
+    } catch {
+      /* another user's mountpoint is in it */
+    }
+  }
 }, 60_000);
 
 const errnoOf = (p: Promise<unknown>) => p.then(() => undefined, (e: NodeJS.ErrnoException) => e.code);

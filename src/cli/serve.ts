@@ -2,13 +2,16 @@
 //
 // serve runs the server in the foreground until the filesystem is unmounted (exit 0) or it
 // fails (exit 1, after switching the mount to EIO mode). SIGTERM/SIGINT unmount; if clients
-// keep the mount busy the connection is aborted instead — never a hang.
+// keep the mount busy the connection is aborted instead — never a hang. Before mounting, a
+// mount already at the mountpoint must be our own wcfs (control.ts 3: else refused, or
+// cleaned up when crashed) and the mountpoint passes the shared-dir rules (control.ts 2); a
+// mountpoint serve created is removed again when the server fails to start.
 
 import createDebug from 'debug';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
-import { cleanupCrashed, defaultMountpoint, ensureMountpoint, normalizeZurl, probe, status, stop } from '../server/control.js';
+import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../server/control.js';
 import { WcfsServer } from '../server/server.js';
-import { BadArgumentError } from '../zodb/errors.js';
+import { BadArgumentError, WcfsError } from '../zodb/errors.js';
 
 export interface ServeOptions {
   pintimeout?: string;
@@ -29,24 +32,36 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
 
-  const st = await probe(mnt);
+  const ctx = (e: unknown) => (e instanceof WcfsError ? new WcfsError(e.code, `serve ${zurl}: ${e.message}`, { cause: e }) : e);
+  const st = await probe(mnt, 5000, zurl).catch((e) => Promise.reject(ctx(e))); // another user's mount: refused
   if (st.state === 'running') throw new BadArgumentError(`${mnt}: already running (serving ${st.zurl})`);
   if (st.state === 'crashed') {
     process.stderr.write(`wcfs: ${mnt}: cleaning up the mount of a crashed server (${st.errno})\n`);
     await cleanupCrashed(mnt);
   }
-  ensureMountpoint(mnt);
+  let created: boolean;
+  try {
+    created = prepareMountpoint(mnt); // a planted symlink or foreign directory: refused
+  } catch (e) {
+    throw ctx(e);
+  }
 
   let failed = false;
-  const srv = await WcfsServer.start({
-    zurl,
-    mountpoint: mnt,
-    pinTimeout,
-    autoExit: opts.autoExit,
-    storagePollMs: pollMs,
-    gcIntervalMs: gcInterval * 1000,
-    onFatal: () => (failed = true),
-  });
+  let srv: WcfsServer;
+  try {
+    srv = await WcfsServer.start({
+      zurl,
+      mountpoint: mnt,
+      pinTimeout,
+      autoExit: opts.autoExit,
+      storagePollMs: pollMs,
+      gcIntervalMs: gcInterval * 1000,
+      onFatal: () => (failed = true),
+    });
+  } catch (e) {
+    if (created) removeMountpoint(mnt);
+    throw e;
+  }
   process.stderr.write(`wcfs: serving ${zurl} on ${mnt} (pid ${process.pid})\n`);
 
   const onSignal = (sig: string) => {

@@ -24,6 +24,7 @@ export interface MountEntry {
   mountpoint: string;
   fstype: string; // e.g. fuse.wcfs
   source: string; // fsname
+  superOptions: string; // e.g. rw,user_id=0,group_id=0
 }
 
 const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
@@ -45,6 +46,7 @@ export function readMountinfo(file = '/proc/self/mountinfo'): MountEntry[] {
       mountpoint: unescape(f[4]!),
       fstype: f[sep + 1]!,
       source: unescape(f[sep + 2] ?? ''),
+      superOptions: f[sep + 3] ?? '',
     });
   }
   return out;
@@ -55,6 +57,15 @@ export function findMount(mountpoint: string): MountEntry | undefined {
   let found: MountEntry | undefined;
   for (const m of readMountinfo()) if (m.mountpoint === mountpoint) found = m;
   return found;
+}
+
+/**
+ * The uid that mounted a FUSE filesystem (its `user_id=` super option: the uid allowed to
+ * access it without allow_other), or undefined when the entry has none (not FUSE).
+ */
+export function fuseOwner(m: MountEntry): number | undefined {
+  const o = /(?:^|,)user_id=(\d+)(?:,|$)/.exec(m.superOptions);
+  return o ? Number(o[1]) : undefined;
 }
 
 /** Whether FUSE connection N (see above) is still mounted at `mountpoint`. */

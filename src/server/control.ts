@@ -1,20 +1,49 @@
 // Finding, starting, joining, stopping and checking wcfs servers (wcfs-server.md §4.2-§4.4).
 //
-// Mountpoint of a zurl: /dev/shm/wcfs/<sha1 of the normalised zurl> (/dev/shm/wcfs is 01777).
-// A server is "running" when <mnt>/.wcfs/zurl opens and holds the zurl; "crashed" when the
-// mount entry is there but access gives ENOTCONN/ECONNABORTED; "absent" otherwise.
+// 1) mountpoint of a zurl: WCFS_SHM/<sha1 of the normalised zurl>, WCFS_SHM = /dev/shm/wcfs.
+// 2) preparing a mountpoint: WCFS_SHM is shared by every user (01777, sticky like /tmp) and
+//    its names are predictable, so anything in it may have been planted. Before mounting:
+//      dirname(mnt) = WCFS_SHM ⇒ lstat(WCFS_SHM) is a directory (not a symlink), owned by
+//                                  root or us, sticky when others may write it;
+//                                lstat(mnt) is a directory (not a symlink), owned by us.
+//    Then only root and we can rename or replace either path (sticky rule), so the checked
+//    directory is the one mount(2) mounts on. A mountpoint elsewhere is the caller's choice
+//    and only has to be a directory. The server log (<mnt>.log by default, also in WCFS_SHM)
+//    is opened O_NOFOLLOW|O_NONBLOCK and must be a regular file of ours with one link.
+//    ("Us" = process.getuid(): the uid libfuse records as the mount's user_id.)
+// 3) recognising our server: a mount at mnt is accepted only when
+//      mountinfo: fstype = fuse.wcfs ∧ user_id = us ∧ source = zurl, and .wcfs/zurl = zurl.
+//    Anything else mounted there is an error (WCFS_EFOREIGN), never "absent" or "crashed".
+//    Ours and <mnt>/.wcfs/zurl answers: "running"; ours but ENOTCONN/ECONNABORTED: "crashed"
+//    (the dead mount is cleaned up before starting anew); no mount entry: "absent".
+// 4) start / join  5) stop  6) status
 //
 // Nothing here touches a mount from a thread that could be the one serving it: file access
 // goes through libuv's pool with a timeout (a hung server costs a pool thread, not this
-// process), and status runs its probes in child processes.
+// process), and status runs its probes in child processes it does not wait for once they
+// time out (a child stuck in a FUSE request of a stopped server may not even be killable).
 
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmdirSync, statSync, chmodSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants as fsc,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmdirSync,
+  statSync,
+  type Stats,
+} from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { abortConnection, findMount, unmountPath } from '../fuse/mountinfo.js';
+import { abortConnection, findMount, fuseOwner, unmountPath, type MountEntry } from '../fuse/mountinfo.js';
 import { BadArgumentError, WcfsError } from '../zodb/errors.js';
 import { withTimeout } from '../util/async.js';
 import { processAlive } from '../util/proc.js';
@@ -24,9 +53,13 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** bin/wcfs.js of this package. */
 export const WCFS_BIN = path.resolve(here, '..', '..', 'bin', 'wcfs.js');
 
+// ---- 1) mountpoint of a zurl ----
+
+const hasScheme = (zurl: string) => /^[a-z][a-z0-9+.-]*:/i.test(zurl);
+
 /** Bare paths become absolute (a relative path means nothing to another process). */
 export function normalizeZurl(zurl: string): string {
-  if (/^[a-z][a-z0-9+.-]*:/i.test(zurl)) return zurl;
+  if (hasScheme(zurl)) return zurl;
   return path.resolve(zurl);
 }
 
@@ -34,13 +67,141 @@ export function defaultMountpoint(zurl: string): string {
   return path.join(WCFS_SHM, createHash('sha1').update(normalizeZurl(zurl)).digest('hex'));
 }
 
-/** Create the mountpoint directory (and /dev/shm/wcfs with mode 01777 when it is ours). */
-export function ensureMountpoint(mnt: string): void {
-  if (path.dirname(mnt) === WCFS_SHM && !existsSync(WCFS_SHM)) {
-    mkdirSync(WCFS_SHM, { recursive: true });
-    chmodSync(WCFS_SHM, 0o1777);
+// ---- 2) preparing a mountpoint ----
+
+/** Our uid: what libfuse records as a mount's user_id (see 2). */
+export const ourUid = (): number => process.getuid?.() ?? 0;
+
+const unsafe = (msg: string) => new WcfsError('WCFS_EUNSAFE', msg);
+
+function lstatOrUndefined(p: string): Stats | undefined {
+  try {
+    return lstatSync(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
   }
-  mkdirSync(mnt, { recursive: true });
+}
+
+function describeSymlink(p: string, st: Stats): string {
+  return `${p}: is a symlink (to ${safeReadlink(p) || '?'}, owned by uid ${st.uid})`;
+}
+
+/**
+ * Create (01777) or check the shared directory `dir` (2): not a symlink, a directory, owned
+ * by root or uid, sticky when group or others may write it. One of uid's that is not 01777 is
+ * fixed up (upstream does the same), so other users can create their mountpoints in it.
+ */
+function secureSharedDir(dir: string, uid: number): void {
+  let st = lstatOrUndefined(dir);
+  if (st === undefined) {
+    try {
+      mkdirSync(dir, 0o1777);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    st = lstatSync(dir);
+  }
+  if (st.isSymbolicLink()) throw unsafe(`${describeSymlink(dir, st)}: refusing to use it; remove it`);
+  if (!st.isDirectory()) throw unsafe(`${dir}: not a directory; remove it`);
+  if (st.uid !== uid && st.uid !== 0) {
+    throw unsafe(`${dir}: owned by uid ${st.uid}, not by root or us (uid ${uid}): that user could redirect our mount; remove it`);
+  }
+  if (st.uid === uid) {
+    // lstat said: a directory of ours; only we (or root) can replace it in its sticky parent
+    if ((st.mode & 0o7777) !== 0o1777) chmodSync(dir, 0o1777);
+  } else if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
+    throw unsafe(`${dir}: writable by others but not sticky (mode ${(st.mode & 0o7777).toString(8)}): anyone could redirect our mount`);
+  }
+}
+
+/** mkdir `mnt` if missing; it must then be a real directory (not a symlink) owned by uid. Returns whether it was created. */
+function secureMountDir(mnt: string, uid: number): boolean {
+  let created = true;
+  try {
+    mkdirSync(mnt, 0o755);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    created = false;
+  }
+  const st = lstatSync(mnt);
+  if (st.isSymbolicLink()) throw unsafe(`${describeSymlink(mnt, st)}: refusing to mount there; remove it`);
+  if (!st.isDirectory()) throw unsafe(`${mnt}: not a directory: refusing to mount there; remove it`);
+  if (st.uid !== uid) throw unsafe(`${mnt}: owned by uid ${st.uid}, not by us (uid ${uid}): refusing to mount there; remove it`);
+  return created;
+}
+
+/**
+ * Make `mnt` ready to be mounted on (2). In the shared directory `shared` [WCFS_SHM] the
+ * rules of 2 apply; elsewhere mnt is created if missing and must be a directory. Returns
+ * whether mnt was created, so a caller whose mount then fails can remove it again.
+ */
+export function prepareMountpoint(mnt: string, opts: { shared?: string; uid?: number } = {}): boolean {
+  const shared = opts.shared ?? WCFS_SHM;
+  const uid = opts.uid ?? ourUid();
+  if (path.dirname(mnt) !== shared) {
+    const created = mkdirSync(mnt, { recursive: true }) !== undefined;
+    if (!statSync(mnt).isDirectory()) throw new BadArgumentError(`${mnt}: not a directory`);
+    return created;
+  }
+  for (let attempt = 1; ; attempt++) {
+    try {
+      secureSharedDir(shared, uid);
+      return secureMountDir(mnt, uid);
+    } catch (e) {
+      // someone removed the (empty) shared directory between the two steps: start over
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt === 3) throw e;
+    }
+  }
+}
+
+/** rmdir a mountpoint we created, unless something got mounted there meanwhile. */
+export function removeMountpoint(mnt: string): void {
+  if (findMount(mnt) !== undefined) return;
+  try {
+    rmdirSync(mnt);
+  } catch {
+    /* not empty, or gone */
+  }
+}
+
+/**
+ * Open the server log for appending (2): never through a symlink (O_NOFOLLOW), never
+ * blocking on a FIFO (O_NONBLOCK; no effect on a regular file), and only a regular file
+ * owned by uid with one link. Returns the fd.
+ */
+export function openLogFile(file: string, uid = ourUid()): number {
+  // lstat first for a clear message (open(O_CREAT|O_NOFOLLOW) of another user's symlink in a
+  // sticky dir fails with EACCES, not ELOOP); O_NOFOLLOW then closes the race.
+  const pre = lstatOrUndefined(file);
+  if (pre?.isSymbolicLink()) throw unsafe(`log ${describeSymlink(file, pre)}: refusing to write through it; remove it`);
+  let fd: number;
+  try {
+    fd = openSync(file, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW | fsc.O_NONBLOCK, 0o644);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') throw unsafe(`log ${file}: is a symlink: refusing to write through it; remove it`);
+    throw new WcfsError('WCFS_ELOG', `log ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  const st = fstatSync(fd);
+  const bad = !st.isFile() ? 'not a regular file' : st.uid !== uid ? `owned by uid ${st.uid}, not by us (uid ${uid})` : st.nlink !== 1 ? `has ${st.nlink} links` : '';
+  if (bad !== '') {
+    closeSync(fd);
+    throw unsafe(`log ${file}: ${bad}: refusing to write to it; remove it`);
+  }
+  return fd;
+}
+
+// ---- 3) recognising our server ----
+
+const foreign = (msg: string) => new WcfsError('WCFS_EFOREIGN', msg);
+
+/** Throws WCFS_EFOREIGN unless mountinfo entry m at mnt is a wcfs mounted by uid (serving zurl, when given). */
+export function checkOurMount(m: MountEntry, mnt: string, zurl: string | undefined, uid = ourUid()): void {
+  if (m.fstype !== 'fuse.wcfs') throw foreign(`${mnt}: ${m.fstype} (source ${m.source}) is mounted there, not a wcfs`);
+  const owner = fuseOwner(m);
+  if (owner !== uid) throw foreign(`${mnt}: the wcfs mounted there belongs to uid ${owner ?? '?'}, not to us (uid ${uid}): refusing to use it`);
+  if (zurl !== undefined && m.source !== zurl) throw foreign(`${mnt}: the wcfs mounted there serves ${m.source}, not ${zurl}`);
 }
 
 export type ServerState = { state: 'running'; zurl: string } | { state: 'absent' } | { state: 'crashed'; errno: string };
@@ -49,24 +210,30 @@ const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
 const stuck = (what: string, ms: number) => () => new WcfsError('WCFS_ETIMEDOUT', `${what}: no answer in ${ms} ms (server stuck?)`);
 
-
-/** Open <mnt>/.wcfs/zurl; the handle is kept by joiners as a liveness handle. */
-async function openZurlFile(mnt: string, timeoutMs: number): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
-  if (findMount(mnt) === undefined) return { state: 'absent' };
+/**
+ * Open <mnt>/.wcfs/zurl of our server there (3); the handle is kept by joiners as a liveness
+ * handle. zurl, when given, must be what the mount entry says it serves.
+ */
+async function openZurlFile(mnt: string, timeoutMs: number, zurl?: string): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
+  const m = findMount(mnt);
+  if (m === undefined) return { state: 'absent' };
+  checkOurMount(m, mnt, zurl);
+  const zf = path.join(mnt, '.wcfs', 'zurl');
   try {
-    const fh = await withTimeout(open(path.join(mnt, '.wcfs', 'zurl'), 'r'), timeoutMs, stuck(`${mnt}/.wcfs/zurl`, timeoutMs));
-    const zurl = (await withTimeout(fh.readFile(), timeoutMs, stuck(`${mnt}/.wcfs/zurl`, timeoutMs))).toString();
-    return { fh, zurl };
+    const fh = await withTimeout(open(zf, 'r'), timeoutMs, stuck(zf, timeoutMs));
+    const got = (await withTimeout(fh.readFile(), timeoutMs, stuck(zf, timeoutMs))).toString();
+    return { fh, zurl: got };
   } catch (e) {
     const code = (e as { code?: string }).code ?? '';
     if (DEAD.has(code)) return { state: 'crashed', errno: code };
-    if (code === 'ENOENT') return { state: 'absent' }; // another filesystem is mounted there
+    if (code === 'ENOENT') throw foreign(`${mnt}: the fuse.wcfs mounted there has no .wcfs/zurl: not a wcfs server`);
     throw e;
   }
 }
 
-export async function probe(mnt: string, timeoutMs = 5000): Promise<ServerState> {
-  const r = await openZurlFile(mnt, timeoutMs);
+/** State of the server at mnt (3); throws WCFS_EFOREIGN when something else is mounted there. */
+export async function probe(mnt: string, timeoutMs = 5000, zurl?: string): Promise<ServerState> {
+  const r = await openZurlFile(mnt, timeoutMs, zurl);
   if ('fh' in r) {
     await r.fh.close().catch(() => {});
     return { state: 'running', zurl: r.zurl };
@@ -78,6 +245,8 @@ export async function probe(mnt: string, timeoutMs = 5000): Promise<ServerState>
 export async function cleanupCrashed(mnt: string): Promise<void> {
   await unmountPath(mnt).catch(() => unmountPath(mnt, { lazy: true }));
 }
+
+// ---- 4) start / join ----
 
 export interface StartOptions {
   mountpoint?: string;
@@ -95,14 +264,23 @@ export interface Started {
 }
 
 /** Spawn `wcfs serve` in the background and wait until it answers (§4.3 start). */
-export async function start(zurl: string, opts: StartOptions = {}): Promise<Started> {
+export async function start(zurlArg: string, opts: StartOptions = {}): Promise<Started> {
+  const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
-  const st = await probe(mnt);
+  const ctx = (e: unknown) => (e instanceof WcfsError && /^WCFS_E(UNSAFE|FOREIGN|LOG)$/.test(e.code) ? new WcfsError(e.code, `start ${zurl}: ${e.message}`, { cause: e }) : e);
+  const st = await probe(mnt, 5000, zurl).catch((e) => Promise.reject(ctx(e)));
   if (st.state === 'running') throw new WcfsError('WCFS_ERUNNING', `wcfs: start ${zurl}: already running at ${mnt}`);
   if (st.state === 'crashed') await cleanupCrashed(mnt);
-  ensureMountpoint(mnt);
+  let created = false;
+  let logFd: number;
   const logFile = opts.logFile ?? `${mnt}.log`;
-  const logFd = openSync(logFile, 'a');
+  try {
+    created = prepareMountpoint(mnt);
+    logFd = openLogFile(logFile);
+  } catch (e) {
+    if (created) removeMountpoint(mnt);
+    throw ctx(e);
+  }
   const args = (process.env.WCFS_SERVE_OPTIONS ?? '').split(/\s+/).filter(Boolean).concat(opts.args ?? []);
   const child = spawn(process.execPath, [WCFS_BIN, 'serve', ...args, zurl, mnt], {
     detached: true,
@@ -115,7 +293,10 @@ export async function start(zurl: string, opts: StartOptions = {}): Promise<Star
   try {
     for (;;) {
       if (exited !== undefined) throw new WcfsError('WCFS_ESTART', `wcfs: start ${zurl}: server ${exited} (log: ${logFile}): ${tail(logFile)}`);
-      const s = await probe(mnt, 2000).catch(() => ({ state: 'absent' }) as ServerState);
+      const s = await probe(mnt, 2000, zurl).catch((e) => {
+        if ((e as { code?: string }).code === 'WCFS_EFOREIGN') throw ctx(e);
+        return { state: 'absent' } as ServerState; // not answering yet
+      });
       if (s.state === 'running') {
         if (s.zurl !== zurl) throw new WcfsError('WCFS_ESTART', `wcfs: start ${zurl}: ${mnt} serves ${s.zurl}`);
         break;
@@ -125,6 +306,7 @@ export async function start(zurl: string, opts: StartOptions = {}): Promise<Star
     }
   } catch (e) {
     if (exited === undefined) child.kill('SIGKILL');
+    if (created) removeMountpoint(mnt);
     throw e;
   }
   child.unref();
@@ -167,7 +349,8 @@ const registry = new Map<string, WcfsHandle>();
  * or yes). A crashed server's dead mount is cleaned up first. Joining again in the same
  * process returns the same handle.
  */
-export async function join(zurl: string, opts: { autostart?: boolean; mountpoint?: string; args?: string[] } = {}): Promise<WcfsHandle> {
+export async function join(zurlArg: string, opts: { autostart?: boolean; mountpoint?: string; args?: string[] } = {}): Promise<WcfsHandle> {
+  const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
   const have = registry.get(mnt);
   if (have !== undefined) return have.ref();
@@ -177,11 +360,15 @@ export async function join(zurl: string, opts: { autostart?: boolean; mountpoint
     if (env !== 'yes' && env !== 'no') throw new BadArgumentError(`$WENDELIN_CORE_WCFS_AUTOSTART=${env}: want yes or no`);
     autostart = env === 'yes';
   }
-  let r = await openZurlFile(mnt, 5000);
+  const openOurs = () =>
+    openZurlFile(mnt, 5000, zurl).catch((e) => {
+      throw e instanceof WcfsError && e.code === 'WCFS_EFOREIGN' ? new WcfsError(e.code, `wcfs: join ${zurl}: ${e.message}`, { cause: e }) : e;
+    });
+  let r = await openOurs();
   if (!('fh' in r)) {
     if (!autostart) throw new WcfsError('WCFS_ENOTRUNNING', `wcfs: join ${zurl}: server not running`);
     await start(zurl, { mountpoint: mnt, args: ['--auto-exit', ...(opts.args ?? [])] });
-    r = await openZurlFile(mnt, 5000);
+    r = await openOurs();
     if (!('fh' in r)) throw new WcfsError('WCFS_ESTART', `wcfs: join ${zurl}: server started but not answering (${r.state})`);
   }
   if (r.zurl !== zurl) {
@@ -193,19 +380,39 @@ export async function join(zurl: string, opts: { autostart?: boolean; mountpoint
   return h;
 }
 
-/** Resolve a zurl-or-mountpoint argument to a mountpoint. */
-export function resolveTarget(target: string): string {
-  const m = path.resolve(target);
-  if (findMount(m) !== undefined || (existsSync(m) && isDir(m))) return m;
-  return defaultMountpoint(target);
+// ---- 5) stop, 6) status ----
+
+/** What a `wcfs stop|status <target>` argument names. */
+export interface Target {
+  mnt: string;
+  /** Set when target was taken for a zurl (mnt is then its default mountpoint). */
+  zurl?: string;
+  /** A bare path that exists as neither a directory nor a file: a gone mountpoint, or a deleted database. */
+  missing?: boolean;
 }
 
-function isDir(p: string): boolean {
+/**
+ * A zurl-or-mountpoint argument: a mount point or an existing directory is a mountpoint;
+ * anything else a zurl. Looks at mountinfo before stat, so a hung mount cannot hang us.
+ */
+export function resolveTarget(target: string): Target {
+  const p = path.resolve(target);
+  if (findMount(p) !== undefined) return { mnt: p };
+  let st: Stats | undefined;
   try {
-    return statSync(p).isDirectory();
+    st = statSync(p);
   } catch {
-    return false;
+    /* no such path */
   }
+  if (st?.isDirectory()) return { mnt: p };
+  return { mnt: defaultMountpoint(target), zurl: normalizeZurl(target), missing: st === undefined && !hasScheme(target) };
+}
+
+/** "<mnt>: not mounted", saying how target was understood when that is not obvious. */
+function notMounted(target: string, t: Target): string {
+  if (t.zurl === undefined) return `${t.mnt}: not mounted`;
+  if (t.missing) return `${target}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${t.mnt}) not mounted either`;
+  return `${t.zurl}: not mounted (mountpoint ${t.mnt})`;
 }
 
 /** Pids of `wcfs serve … <mnt>` processes (argv ends with the mountpoint, holds /dev/fuse). */
@@ -248,7 +455,8 @@ async function waitGone(pids: number[], ms: number): Promise<boolean> {
  * (lazy if needed); remove the mountpoint directory. Returns what it did, for the log.
  */
 export async function stop(target: string, opts: { timeoutMs?: number; log?: (s: string) => void } = {}): Promise<string[]> {
-  const mnt = resolveTarget(target);
+  const t = resolveTarget(target);
+  const mnt = t.mnt;
   const budget = opts.timeoutMs ?? 25_000;
   const done: string[] = [];
   const say = (s: string) => {
@@ -258,7 +466,7 @@ export async function stop(target: string, opts: { timeoutMs?: number; log?: (s:
   const m = findMount(mnt);
   const pids = findServerPids(mnt);
   if (m === undefined && pids.length === 0) {
-    say(`${mnt}: not mounted`);
+    say(notMounted(target, t));
     return done;
   }
   let unmounted = false;
@@ -311,29 +519,66 @@ export interface StatusLine {
   text: string;
 }
 
-/** Each check in a child process with a timeout, so a hung mount cannot hang us. */
+/**
+ * Probe `code` (node -e, argv[1] = mnt) in a child process. After timeoutMs it answers
+ * "hung" without waiting for the child: one stuck in a FUSE request of a stopped server may
+ * not die even from SIGKILL until the server answers or the connection is aborted (a request
+ * the server has read is waited for uninterruptibly). The child is SIGKILLed, unreferenced
+ * and its pipes closed, so it dies on its own later and never keeps this process alive.
+ */
+function probeIn(mnt: string, what: string, code: string, timeoutMs: number): Promise<StatusLine & { hung?: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['-e', code, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      child.unref();
+      child.stdout.destroy();
+      child.stderr.destroy();
+      resolve({ ok: false, hung: true, text: `${what}: hung (no answer in ${timeoutMs} ms; probe pid ${child.pid} left behind until the server answers)` });
+    }, timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ ok: false, text: `${what}: ${e.message}` });
+    });
+    child.on('close', (rc, sig) => {
+      clearTimeout(timer);
+      const why = stderr.split('\n').find((l) => /Error/.test(l)) ?? (stderr.trim() || `exited ${rc ?? sig}`);
+      resolve(rc === 0 ? { ok: true, text: `${what}: ${stdout.trim()}` } : { ok: false, text: `${what}: ${why.trim()}` });
+    });
+  });
+}
+
+/** Each check in a child process with a timeout, so a hung mount cannot hang us (see probeIn). */
 export async function status(target: string, timeoutMs = 5000): Promise<StatusLine[]> {
-  const mnt = resolveTarget(target);
+  const t = resolveTarget(target);
+  const mnt = t.mnt;
   const out: StatusLine[] = [];
   const m = findMount(mnt);
   if (m === undefined) {
-    out.push({ ok: false, text: `mount entry: ${mnt} not mounted` });
+    out.push({ ok: false, text: `mount entry: ${notMounted(target, t)}` });
     return out;
   }
-  out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source})` });
+  out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source}, uid ${fuseOwner(m) ?? '?'})` });
   const pids = findServerPids(mnt);
   out.push({ ok: pids.length === 1, text: pids.length ? `server process: pid ${pids.join(',')}` : 'server process: not found' });
-  const probeIn = (what: string, code: string) =>
-    new Promise<StatusLine>((resolve) => {
-      execFile(process.execPath, ['-e', code, mnt], { timeout: timeoutMs }, (err, stdout, stderr) => {
-        if (err) resolve({ ok: false, text: `${what}: ${err.killed ? `stuck (no answer in ${timeoutMs} ms)` : (String(stderr).trim() || err.message)}` });
-        else resolve({ ok: true, text: `${what}: ${String(stdout).trim()}` });
-      });
-    });
-  out.push(await probeIn('stat', `const s=require('fs').statSync(process.argv[1]); process.stdout.write('dev '+s.dev)`));
-  const z = await probeIn('.wcfs/zurl', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/zurl','utf8'))`);
-  if (z.ok && m.source !== z.text.slice('.wcfs/zurl: '.length)) z.ok = false;
-  out.push(z);
-  out.push(await probeIn('.wcfs/stats', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/stats','utf8').trim().replace(/\\s*\\n/g,', '))`));
+  const probes: Array<[string, string]> = [
+    ['stat', `const s=require('fs').statSync(process.argv[1]); process.stdout.write('dev '+s.dev)`],
+    ['.wcfs/zurl', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/zurl','utf8'))`],
+    ['.wcfs/stats', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/stats','utf8').trim().replace(/\\s*\\n/g,', '))`],
+  ];
+  for (const [what, code] of probes) {
+    const r = await probeIn(mnt, what, code, timeoutMs);
+    if (what === '.wcfs/zurl' && r.ok && m.source !== r.text.slice('.wcfs/zurl: '.length)) r.ok = false;
+    out.push({ ok: r.ok, text: r.text });
+    if (r.hung) {
+      // every further probe would hang as well
+      for (const [rest] of probes.slice(probes.findIndex(([w]) => w === what) + 1)) out.push({ ok: false, text: `${rest}: not tried (mount hung)` });
+      break;
+    }
+  }
   return out;
 }

@@ -10,6 +10,13 @@ export class StorageNotFoundError extends WcfsError {
   }
 }
 
+/** The path names a directory, FIFO, device…: a FileStorage is a regular file. */
+export class NotAFileError extends WcfsError {
+  constructor(readonly file: string, what: string) {
+    super('WCFS_ENOTFILE', `${file}: ${what}, not a FileStorage data file (a zurl names one: /path/to/Data.fs or file:///path/to/Data.fs)`);
+  }
+}
+
 /** A write operation on a storage opened read-only. */
 export class ReadOnlyError extends WcfsError {
   constructor(readonly file: string, op: string) {

@@ -3,9 +3,10 @@
 // Owns: the Data.fs file descriptor, the oid → position index (FsIndex), the committed end
 // `topPos` and head tid, the writer lock `Data.fs.lock`, the `.index` file, and the watches.
 //
-//   1) open      — lock (writers only) → magic → index: load `.index` + verify, or rebuild by a
-//                  full scan → catch up from the index's pos → tail: a status-'c' or
-//                  incomplete txn is truncated away by a writer, left to the follower by a reader.
+//   1) open      — lock (writers only) → a regular file (fstat; a FIFO never blocks the open)
+//                  → magic → index: load `.index` + verify, or rebuild by a full scan → catch
+//                  up from the index's pos → tail: a status-'c' or incomplete txn is truncated
+//                  away by a writer, left to the follower by a reader.
 //   2) load      — index → prev chain until tid ≤ at → backpointer chain until data (§2.6).
 //                  Synchronous preads behind the async API, through a read-ahead window
 //                  (RecordReader, scan.ts): records met in file order (a ZBlk1's chunks) cost
@@ -61,7 +62,7 @@ import type {
   TxnRecord,
 } from '../storage.js';
 import { native } from '../../native.js';
-import { ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
+import { NotAFileError, ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
 import { FsWatch, Follower } from './follow.js';
 import {
   DATA_HEADER_SIZE,
@@ -210,9 +211,13 @@ export class FileStorage implements IStorage, ICommitter {
 
   private openFile(): void {
     try {
-      this.fd = fs.openSync(this.path, this.readOnly ? 'r' : 'r+');
+      // O_NONBLOCK: open of a FIFO would wait for a writer; on a regular file it has no effect.
+      this.fd = fs.openSync(this.path, (this.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | fs.constants.O_NONBLOCK);
+      const st = fs.fstatSync(this.fd);
+      if (!st.isFile()) throw new NotAFileError(this.path, st.isDirectory() ? 'is a directory' : st.isFIFO() ? 'is a FIFO' : 'is not a regular file');
       this.rr = new RecordReader(this.fd, this.path);
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new NotAFileError(this.path, 'is a directory'); // O_RDWR
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !this.opts.create) throw e;
       // 'wx+': create exclusively, so a concurrent creator cannot be clobbered.
       this.fd = fs.openSync(this.path, 'wx+');
