@@ -4,6 +4,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import type { Writable } from 'node:stream';
 import { ProcessGoneError, ProcessRef } from '../src/util/proc.js';
 import { exitOf, spawnWithPid } from './helpers/pidreuse.js';
 import { sleep } from './helpers/mount.js';
@@ -60,10 +61,15 @@ describe('ProcessRef', () => {
     p.kill('SIGKILL');
     await exitOf(p); // reaped
     expect(() => ProcessRef.open(p.pid!)).toThrow(ProcessGoneError);
-    // a zombie: sh's background child, never reaped once sh became `sleep`
-    const sh = spawn('sh', ['-c', 'true & echo $!; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // a zombie: sh's background child, exiting (on a byte from fd 3) only once sh has become
+    // `sleep`, which never reaps it
+    const sh = spawn('sh', ['-c', 'head -c1 <&3 >/dev/null & echo $!; exec sleep 600 3<&-'], { stdio: ['ignore', 'pipe', 'ignore', 'pipe'] });
     procs.push(sh);
     const zpid = Number(await new Promise<string>((resolve) => sh.stdout!.once('data', (d: Buffer) => resolve(d.toString()))));
+    const comm = () => readFileSync(`/proc/${sh.pid}/comm`, 'latin1').trim();
+    for (let i = 0; i < 1000 && comm() !== 'sleep'; i++) await sleep(10);
+    expect(comm()).toBe('sleep');
+    (sh.stdio[3] as Writable).write('x');
     const state = () => {
       const st = readFileSync(`/proc/${zpid}/stat`, 'latin1');
       return st.charAt(st.lastIndexOf(')') + 2);

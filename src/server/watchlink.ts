@@ -12,13 +12,25 @@
 //                     LinkDownError, an optional stream-0 "error:"/"fatal:" line is queued, and
 //                     then reads see EOF. handlers.down runs once.
 //
+// The client process (`proc`, a ProcessRef = pidfd): the process of the thread that OPENed the
+// link — the one killed when it fails a pin. Its pidfd is taken at OPEN (the opening thread is
+// blocked in open(2) until we answer, so its id cannot have been reused; a process already
+// gone is refused with ESRCH), and the server signals only through it, never by pid number.
+// Takeover: if that process has exited while the link is up and another process uses the link
+// (a READ or WRITE — typically a child that inherited the fd), that process becomes `proc`:
+// it is now the one that must answer pins. Checked when a READ or WRITE arrives and when a
+// READ is answered with data, i.e. while the requesting thread is blocked in our request.
+//
 // Invariants: frames go out whole and in order; each pending request settles exactly once;
 // after down no request is sent and no "ok" can be queued (send() is a no-op); a READ that
-// waits for data is released by data, EOF or its interrupt (EINTR).
+// waits for data is released by data, EOF or its interrupt (EINTR); the link holds exactly one
+// hold on `proc` until RELEASE (then none: no pidfd outlives the link, except a hold taken by
+// a kill in progress).
 
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
+import { ProcessGoneError, ProcessRef } from '../util/proc.js';
 import { formatFrame, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
 const debug = createDebug('wcfs:watch');
@@ -71,12 +83,33 @@ export class WatchLink {
   /** Aborted when the link goes down: waits tied to the link's life use it. */
   private readonly ac = new AbortController();
 
+  /** The client process (see the overview); null once the link's hold is dropped (RELEASE). */
+  private client: ProcessRef | null;
+
   constructor(
     readonly id: number,
-    /** Pid of the opener (from the OPEN request): the process that gets killed on pin failure. */
-    readonly pid: number,
+    /** The opener's process; the link takes over this hold. */
+    proc: ProcessRef,
     private readonly handlers: LinkHandlers,
-  ) {}
+  ) {
+    this.client = proc;
+  }
+
+  /**
+   * A link for the OPEN of head/watch by thread `tid` (the OPEN's pid field). Throws
+   * FuseError(ESRCH) when the opener's process is gone.
+   */
+  static open(id: number, tid: number, handlers: LinkHandlers): WatchLink {
+    let proc: ProcessRef;
+    try {
+      proc = ProcessRef.open(tid);
+    } catch (e) {
+      const msg = `wlink ${id}: open of head/watch refused: ${(e as Error).message}`;
+      process.stderr.write(`wcfs: ${msg}\n`);
+      throw new FuseError(e instanceof ProcessGoneError ? errno.ESRCH : errno.EIO, msg);
+    }
+    return new WatchLink(id, proc, handlers);
+  }
 
   get down(): boolean {
     return this.isDown;
@@ -84,16 +117,21 @@ export class WatchLink {
   get signal(): AbortSignal {
     return this.ac.signal;
   }
+  /** The client process, or null after RELEASE. Callers that outlive the link take a hold(). */
+  get proc(): ProcessRef | null {
+    return this.client;
+  }
 
   toString(): string {
-    return `wlink ${this.id} (pid ${this.pid})`;
+    return `wlink ${this.id} (pid${this.client?.pid ?? '?'})`;
   }
 
   // ---- client side of the pipe (FUSE handlers) ----
 
-  /** WRITE from the client: consume everything, handle complete lines. */
-  write(data: Buffer): number {
+  /** WRITE from thread `tid`: consume everything, handle complete lines. */
+  write(data: Buffer, tid: number): number {
     if (this.eof) throw new FuseError(errno.EPIPE, `${this}: closed`);
+    this.usedBy(tid);
     this.rx += data.toString('latin1');
     let nl: number;
     while (!this.isDown && (nl = this.rx.indexOf('\n')) >= 0) {
@@ -104,10 +142,14 @@ export class WatchLink {
     return data.length;
   }
 
-  /** READ from the client: up to `size` bytes, waiting for some; 0 bytes = EOF. */
-  async read(size: number, signal: AbortSignal): Promise<Uint8Array> {
-    for (;;) {
-      if (this.tx.length > 0) return this.take(size);
+  /** READ from thread `tid`: up to `size` bytes, waiting for some; 0 bytes = EOF. */
+  async read(size: number, signal: AbortSignal, tid: number): Promise<Uint8Array> {
+    this.usedBy(tid);
+    for (let waited = false; ; waited = true) {
+      if (this.tx.length > 0) {
+        if (waited) this.usedBy(tid); // the owner may have exited while we waited
+        return this.take(size);
+      }
       if (this.eof) return new Uint8Array(0);
       await new Promise<void>((resolve, reject) => {
         if (signal.aborted) return reject(signal.reason);
@@ -130,6 +172,26 @@ export class WatchLink {
     for (const t of this.tx.splice(0)) t.done();
     this.shutdown('unexpected EOF');
     this.eof = true;
+    this.client?.close();
+    this.client = null;
+  }
+
+  /**
+   * Thread `tid` is blocked in a READ or WRITE of this link (so it is alive and its id not
+   * reused): if the client process has exited, tid's process takes the link over.
+   */
+  private usedBy(tid: number): void {
+    const cur = this.client;
+    if (cur === null || this.isDown || !cur.exited()) return;
+    let next: ProcessRef;
+    try {
+      next = ProcessRef.open(tid);
+    } catch {
+      return; // that one is gone as well
+    }
+    process.stderr.write(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now\n`);
+    cur.close();
+    this.client = next;
   }
 
   // ---- server side ----
