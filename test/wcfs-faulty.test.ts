@@ -3,10 +3,12 @@
 // everybody else goes on — the test's own link gets its pins and "ok" within 2·pintimeout.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
+import { MAX_INFLIGHT, MAX_LINE } from '../src/server/watchlink.js';
 import { ProcessRef } from '../src/util/proc.js';
+import { QUOTE_MAX } from '../src/watchlink/wire.js';
 import { hex16 } from '../src/zodb/ids.js';
 import { sleep } from './helpers/mount.js';
 import { stopAllServers } from './helpers/wcfs.js';
@@ -227,5 +229,58 @@ describe('the client process', () => {
     expect(serverPidfds(t)).toBe(3);
     for (const l of ls) await l.close();
     await until('pidfds closed', () => serverPidfds(t) === 0, 10_000);
+  }, 30_000);
+});
+
+// ---- bounded input on head/watch (issue 7.4) ----
+
+function vmRSS(pid: number): number {
+  return Number(/^VmRSS:\s*(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'))![1]) * 1024;
+}
+
+describe('bounded input', () => {
+  async function served(): Promise<TDB> {
+    const t = new TDB();
+    tdbs.push(t);
+    await t.open();
+    await t.newFile('f');
+    await t.serve();
+    return t;
+  }
+
+  it('64 MiB without a newline: a protocol error after MAX_LINE bytes, the server does not grow', async () => {
+    const t = await served();
+    const l = await t.link();
+    const rss0 = vmRSS(t.srv.proc.pid!);
+    const MiB = 'a'.repeat(1 << 20);
+    for (let i = 0; i < 64; i++) l.send(MiB);
+    const lines = await l.untilEOF(30_000);
+    expect(lines).toEqual([`0 error: invalid frame: "${'a'.repeat(QUOTE_MAX)}"... (line longer than ${MAX_LINE} bytes)`]);
+    await until('the writes refused', () => l.err === 'EPIPE' || l.proc.exitCode !== null, 10_000);
+    expect(vmRSS(t.srv.proc.pid!) - rss0).toBeLessThan(48 << 20);
+    expect(t.srv.stderr().length).toBeLessThan(4096); // one short line, not the input
+    await until('the link gone', async () => (await stats(t)).WatchLink === 0, 10_000);
+  }, 60_000);
+
+  it('replies and logs quote at most QUOTE_MAX bytes of a bad request', async () => {
+    const t = await served();
+    const l = await t.link();
+    const junk = 'y'.repeat(MAX_LINE - 10);
+    expect(await l.request(junk)).toBe(`error bad watch: not a watch request: "${'y'.repeat(QUOTE_MAX)}"...`);
+    l.send(`${junk}\n`); // no stream number: protocol error quoting the line
+    expect(await l.untilEOF()).toEqual([`0 error: invalid frame: "${'y'.repeat(QUOTE_MAX)}"... (invalid stream)`]);
+    expect(t.srv.stderr()).not.toMatch(/y{101}/);
+  }, 30_000);
+
+  it('a client that sends requests and never reads the replies: at most MAX_INFLIGHT, then the link ends', async () => {
+    const t = await served();
+    const l = await TWatchLink.open(t.srv.at('head/watch'), { noread: true });
+    t.links.push(l);
+    let s = '';
+    for (let i = 0; i <= MAX_INFLIGHT; i++) s += `${2 * i + 1} bla bla\n`;
+    l.send(s);
+    await until('the link ended', async () => (await stats(t)).WatchLink === 0, 10_000);
+    expect(t.srv.stderr()).toMatch(new RegExp(`${2 * MAX_INFLIGHT + 1}: too many requests in flight \\(${MAX_INFLIGHT}\\)`));
+    expect((await stats(t)).pinkill).toBe(0); // no pins were pending: nobody is killed
   }, 30_000);
 });

@@ -33,7 +33,7 @@
 
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
 import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
-import { formatPin } from '../watchlink/wire.js';
+import { formatPin, goQuote } from '../watchlink/wire.js';
 import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
 import { sleep } from '../util/async.js';
@@ -250,7 +250,7 @@ export class Isolation {
       const msg = formatPin({ foid: w.file.foid, blk, rev });
       try {
         const reply = await w.link.request(msg, h.pinTimeoutMs);
-        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${JSON.stringify(reply)}`);
+        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${goQuote(reply)}`);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {
         if (w.pinned.get(blk) === entry) w.pinned.delete(blk);

@@ -354,7 +354,7 @@ export class WcfsServer implements FileSystem {
     if (nd.kind === 'watch') {
       const id = this.nextLinkId++;
       const link = WatchLink.open(id, req.pid, {
-        request: (l, stream, r) => void this.isolation.handleRequest(l, stream, r.foid, r.at),
+        request: (l, stream, r) => this.isolation.handleRequest(l, stream, r.foid, r.at),
         down: (l, reason, npending) => {
           this.stats.WatchLink--;
           this.isolation.linkDown(l, reason, npending);
