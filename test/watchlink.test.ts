@@ -2,15 +2,23 @@
 // server hold (B1 line length, B2 requests in flight, B3 outgoing queue, B4 quoting), driven
 // through the same write/read entry points the FUSE handlers use.
 import { afterEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { FuseError } from '../src/fuse/errors.js';
+import { errno } from '../src/fuse/kernel.js';
 import { LinkTimeoutError, MAX_INFLIGHT, MAX_LINE, TX_MAX, WatchLink, type LinkHandlers } from '../src/server/watchlink.js';
 import { ProcessRef } from '../src/util/proc.js';
 import { goQuote, QUOTE_MAX } from '../src/watchlink/wire.js';
+import { exitOf } from './helpers/pidreuse.js';
 
 const tid = process.pid; // the "client thread" of every READ/WRITE here
 const links: WatchLink[] = [];
-afterEach(() => {
+const children: ChildProcess[] = [];
+afterEach(async () => {
   for (const l of links.splice(0)) l.release(); // closes the pidfd
+  for (const c of children.splice(0)) {
+    c.kill('SIGKILL');
+    await exitOf(c);
+  }
 });
 
 function newLink(request?: LinkHandlers['request']) {
@@ -144,5 +152,48 @@ describe('B3 outgoing queue', () => {
     expect(out.length).toBe(admitted + '0 fatal: pin #1 @head: timeout\n'.length);
     expect(out.endsWith('\n0 fatal: pin #1 @head: timeout\n')).toBe(true);
     expect(out).not.toMatch(/^\d+ pin /m); // the pin itself never went out
+  });
+});
+
+describe('the client process', () => {
+  const noHandlers: LinkHandlers = { request: () => Promise.resolve(), down: () => {} };
+
+  it('an OPEN by a thread that is gone, or not visible in our pid namespace (pid 0), is refused', async () => {
+    const p = spawn('sleep', ['600'], { stdio: 'ignore' });
+    children.push(p);
+    p.kill('SIGKILL');
+    await exitOf(p);
+    for (const tid of [p.pid!, 0]) {
+      let err: unknown;
+      try {
+        links.push(WatchLink.open(7, tid, noHandlers));
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(FuseError);
+      expect((err as FuseError).errno).toBe(errno.ESRCH);
+    }
+  });
+
+  it('is taken over by the process using the link once the opener has exited: on WRITE, and on a READ answered after waiting', async () => {
+    for (const how of ['write', 'read'] as const) {
+      const opener = spawn('sleep', ['600'], { stdio: 'ignore' });
+      children.push(opener);
+      const l = new WatchLink(1, ProcessRef.open(opener.pid!), noHandlers);
+      links.push(l);
+      expect(l.proc!.pid).toBe(opener.pid);
+      let reading: Promise<Uint8Array> | undefined;
+      if (how === 'read') reading = l.read(4096, new AbortController().signal, tid); // waits
+      w(l, '1 watch 0000000000000001 -\n'); // opener alive: no takeover
+      expect(l.proc!.pid).toBe(opener.pid);
+      opener.kill('SIGKILL');
+      await exitOf(opener);
+      if (how === 'write') w(l, '3 watch 0000000000000001 -\n');
+      else {
+        void l.send(2n, 'pin 0000000000000001 #0 @head');
+        await reading;
+      }
+      expect(l.proc!.pid).toBe(process.pid);
+    }
   });
 });
