@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/flock.cc",
         "native/filemap.cc",
+        "native/pidfd.cc",
         "native/fuse.cc",
         "native/mincore.cc",
         "native/client.cc",

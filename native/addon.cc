@@ -1,8 +1,8 @@
 // wcfs native addon — module entry.
 //
 // Owns: module registration and the error helper every part shares.
-// Parts: flock.cc (BSD flock for the FileStorage .lock), fuse.cc (libfuse3 low-level
-// layer), mincore.cc (page-cache probes), client*.cc (the client: mmaps, watch link, pinner).
+// Parts: flock.cc (BSD flock for the FileStorage .lock), pidfd.cc (process handles for
+// signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes), client*.cc (the client: mmaps, watch link, pinner).
 #include "addon.h"
 
 #include <cerrno>
@@ -23,6 +23,7 @@ static const char* errnoName(int err) {
     case EPERM: return "EPERM";
     case EIO: return "EIO";
     case ENOTCONN: return "ENOTCONN";
+    case ESRCH: return "ESRCH";
     default: return "EUNKNOWN";
   }
 }
@@ -44,6 +45,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   InitFlock(env, exports);
   InitFileMap(env, exports);
+  InitPidfd(env, exports);
   InitFuse(env, exports);
   InitMincore(env, exports);
   InitClient(env, exports);

@@ -14,6 +14,7 @@ namespace wcfs {
 
 void InitFlock(Napi::Env env, Napi::Object exports);
 void InitFileMap(Napi::Env env, Napi::Object exports);
+void InitPidfd(Napi::Env env, Napi::Object exports);    // pidfd.cc
 void InitFuse(Napi::Env env, Napi::Object exports);     // fuse.cc
 void InitMincore(Napi::Env env, Napi::Object exports);  // mincore.cc
 void InitClient(Napi::Env env, Napi::Object exports);   // client.cc (+ client_mmap.cc, client_wlink.cc)

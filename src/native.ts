@@ -12,6 +12,13 @@ export interface NativeAddon {
   /** Read-only MAP_SHARED mmap of [0, length) of fd; munmapped when the buffer is collected. */
   mapFile(fd: number, length: number): ArrayBuffer;
 
+  /** pidfd_open(2) of a process (thread-group leader) → fd; throws {code: 'ESRCH' | 'EINVAL' | …}. Use ProcessRef (src/util/proc.ts). */
+  pidfdOpen(pid: number): number;
+  /** pidfd_send_signal(2); throws {code: 'ESRCH'} once the process has exited. */
+  pidfdSendSignal(fd: number, signo: number): void;
+  /** The pidfd's process has terminated (zombie or reaped). Never blocks. */
+  pidfdExited(fd: number): boolean;
+
   /**
    * libfuse3 low-level session (native/fuse.cc): mounts in the constructor and serves until
    * the kernel ends the connection. Wrapped by src/fuse/session.ts — use that.

@@ -17,7 +17,9 @@
 //    waits for the acks.
 // 3) pin failure (timeout, wrong reply, link gone mid-pin): the link is shut down with a
 //    "fatal:" line, and the client process is killed (SIGBUS, then SIGKILL) unless it is
-//    already dying; a client that cannot be killed switches the server into EIO mode.
+//    already dying; a client that cannot be killed switches the server into EIO mode. The
+//    client is link.proc, signalled through its pidfd only (never a pid number, which may
+//    belong to an unrelated process by now).
 //    A pin never fails the read or the setup of anyone else.
 //
 // Invariants:
@@ -31,11 +33,11 @@
 
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
 import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
-import { formatPin } from '../watchlink/wire.js';
+import { formatPin, goQuote } from '../watchlink/wire.js';
 import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
 import { sleep } from '../util/async.js';
-import { processAlive } from '../util/proc.js';
+import type { ProcessRef } from '../util/proc.js';
 import { LinkDownError, LinkTimeoutError, type WatchLink } from './watchlink.js';
 
 export class Watch {
@@ -248,7 +250,7 @@ export class Isolation {
       const msg = formatPin({ foid: w.file.foid, blk, rev });
       try {
         const reply = await w.link.request(msg, h.pinTimeoutMs);
-        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${JSON.stringify(reply)}`);
+        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${goQuote(reply)}`);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {
         if (w.pinned.get(blk) === entry) w.pinned.delete(blk);
@@ -284,43 +286,51 @@ export class Isolation {
   }
 
   private async maybeKill(link: WatchLink, reason: string, kind: KillKind): Promise<void> {
+    // our own hold: the link drops its own at RELEASE, which the kill itself brings about
+    const proc = link.proc?.hold();
+    if (proc === undefined) return; // released: the client closed the link, nothing pending
+    try {
+      await this.kill(proc, reason, kind);
+    } finally {
+      proc.close();
+    }
+  }
+
+  /** Kill the client process `proc` (never a pid number: see util/proc.ts) unless it is dying. */
+  private async kill(proc: ProcessRef, reason: string, kind: KillKind): Promise<void> {
     const h = this.host;
     const T = h.pinTimeoutMs;
-    const pid = link.pid;
-    if (kind === 'timeout' && !processAlive(pid)) return;
+    if (kind === 'timeout' && proc.exited()) return;
     if (kind === 'io') {
       // a dying process closes its fds before it becomes a zombie: give it time to finish
       const deadline = Date.now() + Math.min(3000, T);
       while (Date.now() < deadline) {
-        if (!processAlive(pid)) return;
+        if (proc.exited()) return;
         await sleep(100);
       }
-      if (!processAlive(pid)) return;
+      if (proc.exited()) return;
     }
-    h.log(`wcfs: pid${pid}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
-    h.log(`wcfs: pid${pid}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
-    h.log(`wcfs: pid${pid}:    (see "Protection against slow or faulty clients" in notes.md)`);
+    h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
+    h.log(`wcfs: ${proc}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
+    h.log(`wcfs: ${proc}:    (see "Protection against slow or faulty clients" in notes.md)`);
     const t0 = Date.now();
     try {
-      process.kill(pid, 'SIGBUS');
-      h.log(`wcfs: pid${pid}: <- SIGBUS`);
-      if (!(await waitDead(pid, T / 6))) {
-        h.log(`wcfs: pid${pid}: is still alive after SIGBUS`);
-        process.kill(pid, 'SIGKILL');
-        h.log(`wcfs: pid${pid}: <- SIGKILL`);
-        await waitDead(pid, Math.max(0, T / 3 - (Date.now() - t0)));
+      // signal() → false: it exited meanwhile (checked below)
+      if (proc.signal('SIGBUS')) h.log(`wcfs: ${proc}: <- SIGBUS`);
+      if (!(await waitExited(proc, T / 6))) {
+        h.log(`wcfs: ${proc}: is still alive after SIGBUS`);
+        if (proc.signal('SIGKILL')) h.log(`wcfs: ${proc}: <- SIGKILL`);
+        await waitExited(proc, Math.max(0, T / 3 - (Date.now() - t0)));
       }
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') {
-        h.fatal(new Error(`pid${pid}: failed to kill it: ${(e as Error).message}; this is major unexpected event`));
-        return;
-      }
-    }
-    if (processAlive(pid)) {
-      h.fatal(new Error(`pid${pid}: failed to kill it: still alive; this is major unexpected event`));
+      h.fatal(new Error(`${proc}: failed to kill it: ${(e as Error).message}; this is major unexpected event`));
       return;
     }
-    h.log(`wcfs: pid${pid}: terminated`);
+    if (!proc.exited()) {
+      h.fatal(new Error(`${proc}: failed to kill it: still alive; this is major unexpected event`));
+      return;
+    }
+    h.log(`wcfs: ${proc}: terminated`);
     h.stats.pinkill++;
   }
 
@@ -338,10 +348,10 @@ type KillKind = 'wrong' | 'timeout' | 'io';
 
 
 
-async function waitDead(pid: number, ms: number): Promise<boolean> {
+async function waitExited(proc: ProcessRef, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   for (;;) {
-    if (!processAlive(pid)) return true;
+    if (proc.exited()) return true;
     if (Date.now() >= deadline) return false;
     await sleep(20);
   }

@@ -414,8 +414,8 @@ export class WcfsServer implements FileSystem {
     const accmode = req.flags & 3;
     if (nd.kind === 'watch') {
       const id = this.nextLinkId++;
-      const link = new WatchLink(id, req.pid, {
-        request: (l, stream, r) => void this.isolation.handleRequest(l, stream, r.foid, r.at),
+      const link = WatchLink.open(id, req.pid, {
+        request: (l, stream, r) => this.isolation.handleRequest(l, stream, r.foid, r.at),
         down: (l, reason, npending) => {
           this.stats.WatchLink--;
           this.isolation.linkDown(l, reason, npending);
@@ -425,7 +425,7 @@ export class WcfsServer implements FileSystem {
       this.links.set(id, link);
       this.stats.WatchLink++;
       this.opened();
-      debug('wlink %d: open by pid %d', id, req.pid);
+      debug('wlink %d: open by pid %d (%s)', id, req.pid, link.proc);
       return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
     }
     if (accmode !== 0) throw new FuseError(errno.EROFS, 'read-only filesystem');
@@ -470,7 +470,7 @@ export class WcfsServer implements FileSystem {
       case 'watch': {
         const link = this.links.get(req.fh);
         if (link === undefined) throw new FuseError(errno.EBADF);
-        return link.read(req.size, ctx.signal);
+        return link.read(req.size, ctx.signal, req.pid);
       }
       default:
         throw new FuseError(errno.EISDIR);
@@ -482,7 +482,7 @@ export class WcfsServer implements FileSystem {
     if (nd.kind !== 'watch') throw new FuseError(errno.EROFS);
     const link = this.links.get(req.fh);
     if (link === undefined) throw new FuseError(errno.EBADF);
-    return link.write(req.data);
+    return link.write(req.data, req.pid);
   }
 
   opendir(): OpenOut {

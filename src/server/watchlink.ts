@@ -12,16 +12,47 @@
 //                     LinkDownError, an optional stream-0 "error:"/"fatal:" line is queued, and
 //                     then reads see EOF. handlers.down runs once.
 //
+// Bounds (the client is untrusted; memory per link must not grow with what it sends or fails
+// to read — see notes.md "Protection against slow or faulty clients"):
+//   B1 a line is ≤ MAX_LINE bytes, LF included: a longer one (complete or not) is a protocol
+//      error; rx holds ≤ MAX_LINE bytes.
+//   B2 ≤ MAX_INFLIGHT client requests in flight (received, reply not yet read by the client);
+//      one more is a protocol error.
+//   B3 frames are admitted to the outgoing queue (tx) only while it holds < TX_MAX bytes;
+//      the others wait in order (txWait). A pin that waits past its deadline fails like an
+//      unanswered one (timeout → the client is killed); a waiting reply keeps its request in
+//      flight (B2). The stream-0 control line at shutdown is the one frame admitted anyway.
+//   B4 peer text is quoted with at most QUOTE_MAX characters in replies and logs (wire.ts).
+//
+// The client process (`proc`, a ProcessRef = pidfd): the process of the thread that OPENed the
+// link — the one killed when it fails a pin. Its pidfd is taken at OPEN (the opening thread is
+// blocked in open(2) until we answer, so its id cannot have been reused; a process already
+// gone is refused with ESRCH), and the server signals only through it, never by pid number.
+// Takeover: if that process has exited while the link is up and another process uses the link
+// (a READ or WRITE — typically a child that inherited the fd), that process becomes `proc`:
+// it is now the one that must answer pins. Checked when a READ or WRITE arrives and when a
+// READ is answered with data, i.e. while the requesting thread is blocked in our request.
+//
 // Invariants: frames go out whole and in order; each pending request settles exactly once;
 // after down no request is sent and no "ok" can be queued (send() is a no-op); a READ that
-// waits for data is released by data, EOF or its interrupt (EINTR).
+// waits for data is released by data, EOF or its interrupt (EINTR); the link holds exactly one
+// hold on `proc` until RELEASE (then none: no pidfd outlives the link, except a hold taken by
+// a kill in progress).
 
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
-import { formatFrame, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
+import { ProcessGoneError, ProcessRef } from '../util/proc.js';
+import { formatFrame, goQuote, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
 const debug = createDebug('wcfs:watch');
+
+/** B1: longest line accepted from a client, LF included (ours are < 100 bytes). */
+export const MAX_LINE = 4096;
+/** B2: most client requests in flight per link. */
+export const MAX_INFLIGHT = 1024;
+/** B3: outgoing bytes queued per link before further frames wait. */
+export const TX_MAX = 64 * 1024;
 
 /** Our request failed because the link is (or went) down. */
 export class LinkDownError extends Error {
@@ -51,8 +82,11 @@ interface Pending {
 }
 
 export interface LinkHandlers {
-  /** A parsed client request on odd `stream` (watch; bye is handled here). */
-  request(link: WatchLink, stream: bigint, req: Extract<ClientRequest, { kind: 'watch' }>): void;
+  /**
+   * A parsed client request on odd `stream` (watch; bye is handled here). Resolves once its
+   * reply was read by the client or the link is down (B2 counts it in flight until then).
+   */
+  request(link: WatchLink, stream: bigint, req: Extract<ClientRequest, { kind: 'watch' }>): Promise<void>;
   /**
    * The link went down. `pendingPins` = requests of ours that were in flight; `reason` is
    * undefined for bye, else the error text (protocol error, EOF without bye, pin failure).
@@ -61,8 +95,16 @@ export interface LinkHandlers {
 }
 
 export class WatchLink {
-  private rx = '';
+  /** Bytes of the incomplete line received so far (B1: rxLen ≤ MAX_LINE). */
+  private rx: Buffer[] = [];
+  private rxLen = 0;
+  /** Frames admitted, in order; txBytes = their bytes not yet read (B3). */
   private readonly tx: TxItem[] = [];
+  private txBytes = 0;
+  /** Frames waiting for room in tx, in order (B3). */
+  private txWait: TxItem[] = [];
+  /** Client requests in flight (B2). */
+  private inflight = 0;
   private readers: Array<() => void> = [];
   private isDown = false;
   private eof = false;
@@ -71,12 +113,33 @@ export class WatchLink {
   /** Aborted when the link goes down: waits tied to the link's life use it. */
   private readonly ac = new AbortController();
 
+  /** The client process (see the overview); null once the link's hold is dropped (RELEASE). */
+  private client: ProcessRef | null;
+
   constructor(
     readonly id: number,
-    /** Pid of the opener (from the OPEN request): the process that gets killed on pin failure. */
-    readonly pid: number,
+    /** The opener's process; the link takes over this hold. */
+    proc: ProcessRef,
     private readonly handlers: LinkHandlers,
-  ) {}
+  ) {
+    this.client = proc;
+  }
+
+  /**
+   * A link for the OPEN of head/watch by thread `tid` (the OPEN's pid field). Throws
+   * FuseError(ESRCH) when the opener's process is gone.
+   */
+  static open(id: number, tid: number, handlers: LinkHandlers): WatchLink {
+    let proc: ProcessRef;
+    try {
+      proc = ProcessRef.open(tid);
+    } catch (e) {
+      const msg = `wlink ${id}: open of head/watch refused: ${(e as Error).message}`;
+      process.stderr.write(`wcfs: ${msg}\n`);
+      throw new FuseError(e instanceof ProcessGoneError ? errno.ESRCH : errno.EIO, msg);
+    }
+    return new WatchLink(id, proc, handlers);
+  }
 
   get down(): boolean {
     return this.isDown;
@@ -84,30 +147,58 @@ export class WatchLink {
   get signal(): AbortSignal {
     return this.ac.signal;
   }
+  /** The client process, or null after RELEASE. Callers that outlive the link take a hold(). */
+  get proc(): ProcessRef | null {
+    return this.client;
+  }
 
   toString(): string {
-    return `wlink ${this.id} (pid ${this.pid})`;
+    return `wlink ${this.id} (pid${this.client?.pid ?? '?'})`;
   }
 
   // ---- client side of the pipe (FUSE handlers) ----
 
-  /** WRITE from the client: consume everything, handle complete lines. */
-  write(data: Buffer): number {
+  /** WRITE from thread `tid`: consume everything, handle complete lines. */
+  write(data: Buffer, tid: number): number {
     if (this.eof) throw new FuseError(errno.EPIPE, `${this}: closed`);
-    this.rx += data.toString('latin1');
-    let nl: number;
-    while (!this.isDown && (nl = this.rx.indexOf('\n')) >= 0) {
-      const line = this.rx.slice(0, nl + 1);
-      this.rx = this.rx.slice(nl + 1);
+    this.usedBy(tid);
+    let off = 0;
+    while (!this.isDown) {
+      const nl = data.indexOf(0x0a, off);
+      const end = nl < 0 ? data.length : nl + 1;
+      if (this.rxLen + end - off > MAX_LINE) {
+        const head = Buffer.concat([...this.rx, data.subarray(off, Math.min(end, off + MAX_LINE))]);
+        this.protocolError(`invalid frame: ${goQuote(head.toString('latin1'))} (line longer than ${MAX_LINE} bytes)`);
+        break;
+      }
+      if (nl < 0) {
+        // keep a copy of the tail only: `data` may be a large buffer
+        if (off < data.length) this.rx.push(Buffer.from(data.subarray(off)));
+        this.rxLen += data.length - off;
+        break;
+      }
+      const part = data.subarray(off, end);
+      const line = (this.rxLen === 0 ? part : Buffer.concat([...this.rx, part])).toString('latin1');
+      this.rx = [];
+      this.rxLen = 0;
+      off = end;
       this.handleLine(line);
+    }
+    if (this.isDown) {
+      this.rx = [];
+      this.rxLen = 0;
     }
     return data.length;
   }
 
-  /** READ from the client: up to `size` bytes, waiting for some; 0 bytes = EOF. */
-  async read(size: number, signal: AbortSignal): Promise<Uint8Array> {
-    for (;;) {
-      if (this.tx.length > 0) return this.take(size);
+  /** READ from thread `tid`: up to `size` bytes, waiting for some; 0 bytes = EOF. */
+  async read(size: number, signal: AbortSignal, tid: number): Promise<Uint8Array> {
+    this.usedBy(tid);
+    for (let waited = false; ; waited = true) {
+      if (this.tx.length > 0) {
+        if (waited) this.usedBy(tid); // the owner may have exited while we waited
+        return this.take(size);
+      }
       if (this.eof) return new Uint8Array(0);
       await new Promise<void>((resolve, reject) => {
         if (signal.aborted) return reject(signal.reason);
@@ -128,8 +219,29 @@ export class WatchLink {
   /** RELEASE of the fd: the client is gone (closed it, or its process is exiting). */
   release(): void {
     for (const t of this.tx.splice(0)) t.done();
+    this.txBytes = 0;
     this.shutdown('unexpected EOF');
     this.eof = true;
+    this.client?.close();
+    this.client = null;
+  }
+
+  /**
+   * Thread `tid` is blocked in a READ or WRITE of this link (so it is alive and its id not
+   * reused): if the client process has exited, tid's process takes the link over.
+   */
+  private usedBy(tid: number): void {
+    const cur = this.client;
+    if (cur === null || this.isDown || !cur.exited()) return;
+    let next: ProcessRef;
+    try {
+      next = ProcessRef.open(tid);
+    } catch {
+      return; // that one is gone as well
+    }
+    process.stderr.write(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now\n`);
+    cur.close();
+    this.client = next;
   }
 
   // ---- server side ----
@@ -173,9 +285,11 @@ export class WatchLink {
     for (const p of this.pending.values()) p.reject(new LinkDownError(reason ?? 'bye'));
     this.pending.clear();
     this.ac.abort(new LinkDownError(reason ?? 'bye'));
+    // frames still waiting for room are never sent (B3): their senders are told "done"
+    for (const t of this.txWait.splice(0)) t.done();
     if (control !== undefined && !this.eof) {
       debug('%s: > 0 %s', this, control);
-      void this.queue(0n, control);
+      void this.queue(0n, control, true);
     }
     if (reason !== undefined && control === undefined) debug('%s: down: %s', this, reason);
     this.eof = true; // readers get EOF once the queue (the control line) is drained
@@ -186,12 +300,25 @@ export class WatchLink {
 
   // ---- internals ----
 
-  private queue(stream: bigint, msg: string): Promise<void> {
+  /** Queue a frame (B3: admitted now if tx has room or `force`, else when it has). */
+  private queue(stream: bigint, msg: string, force = false): Promise<void> {
     debug('%s: > %d %s', this, stream, msg);
     return new Promise<void>((resolve) => {
-      this.tx.push({ bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve });
-      this.wakeReaders();
+      const t: TxItem = { bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve };
+      if (force || (this.txWait.length === 0 && this.txBytes < TX_MAX)) this.admit(t);
+      else this.txWait.push(t);
     });
+  }
+
+  private admit(t: TxItem): void {
+    this.tx.push(t);
+    this.txBytes += t.bytes.length;
+    this.wakeReaders();
+  }
+
+  /** Bytes queued for the client (tx), and frames waiting for room: for tests and stats. */
+  get queued(): { bytes: number; waiting: number; inflight: number } {
+    return { bytes: this.txBytes, waiting: this.txWait.length, inflight: this.inflight };
   }
 
   private take(size: number): Uint8Array {
@@ -208,6 +335,8 @@ export class WatchLink {
         t.done();
       }
     }
+    this.txBytes -= n;
+    while (this.txWait.length > 0 && this.txBytes < TX_MAX) this.admit(this.txWait.shift()!);
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
@@ -242,17 +371,28 @@ export class WatchLink {
       p.resolve(msg);
       return;
     }
+    if (this.inflight >= MAX_INFLIGHT) {
+      this.protocolError(`${stream}: too many requests in flight (${MAX_INFLIGHT})`);
+      return;
+    }
     let req: ClientRequest;
     try {
       req = parseClientRequest(msg);
     } catch (e) {
-      void this.send(stream, `error ${(e as Error).message}`);
+      this.track(this.send(stream, `error ${(e as Error).message}`));
       return;
     }
     if (req.kind === 'bye') {
       this.shutdown(undefined);
       return;
     }
-    this.handlers.request(this, stream, req);
+    this.track(this.handlers.request(this, stream, req));
+  }
+
+  /** B2: a client request is in flight until `done` (its reply read, or the link down). */
+  private track(done: Promise<void>): void {
+    this.inflight++;
+    const dec = () => void this.inflight--;
+    done.then(dec, dec);
   }
 }

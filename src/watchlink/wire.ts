@@ -18,8 +18,16 @@ export interface Frame {
 
 const U64_MAX = 0xffffffffffffffffn;
 
-/** Go's %q of a string, as upstream error texts quote it (ASCII subset is what matters). */
+/** At most this many characters of a peer's text are quoted in a reply or log line. */
+export const QUOTE_MAX = 100;
+
+/**
+ * Go's %q of a string, as upstream error texts quote it (ASCII subset is what matters) — of
+ * its first QUOTE_MAX characters only, `...` after the quote marking the cut (peer input is
+ * untrusted: a reply must not grow with it).
+ */
 export function goQuote(s: string): string {
+  if (s.length > QUOTE_MAX) return goQuote(s.slice(0, QUOTE_MAX)) + '...';
   let out = '"';
   for (const ch of s) {
     const c = ch.codePointAt(0)!;
