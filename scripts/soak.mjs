@@ -43,6 +43,7 @@ const { values: opt } = parseArgs({
     readers: { type: 'string', default: '2' },
     rate: { type: 'string', default: '60' },
     pintimeout: { type: 'string', default: '3' },
+    faulty: { type: 'string', default: '1' },
     seed: { type: 'string', default: process.env.WCFS_SEED ?? String(Date.now() % 1e9) },
   },
 });
@@ -228,7 +229,15 @@ async function reader(id) {
           const got = uniform(b.subarray(off, off + PAGE));
           if (!ok.has(got)) bad = `page ${off / PAGE} = ${got}`;
         }
-        if (bad !== undefined) wrong(`reader ${id}: head #${blk}: ${bad}; no revision in [${h0}, ${hex16(hist[hi].tid)}] has it`);
+        if (bad !== undefined) {
+          const st1 = await fh.stat();
+          const again = await fh.read(Buffer.alloc(BS), 0, BS, blk * BS);
+          const st2 = await fh.stat();
+          wrong(
+            `reader ${id}: head #${blk}: ${bad}; no revision in [${h0}, ${hex16(hist[hi].tid)}] has it ` +
+              `(size at ${h0}: ${hist[lo].fills.length} blocks; fstat after: ${st1.size / BS} blocks; read again: ${again.bytesRead} bytes; fstat: ${st2.size / BS}; head/at now ${await headAt()})`,
+          );
+        }
       } finally {
         await fh.close();
       }
@@ -369,7 +378,8 @@ async function reporter() {
 
 // ---- run ----
 let failure;
-const tasks = [writer(), monitor(), reporter(), faultyClients(), dropper(0)];
+const tasks = [writer(), monitor(), reporter(), dropper(0)];
+if (opt.faulty !== '0') tasks.push(faultyClients());
 for (let i = 0; i < R; i++) tasks.push(reader(i));
 for (let i = 0; i < K; i++) tasks.push(client(i));
 try {
@@ -430,7 +440,7 @@ const result = {
   failure: failure ? String(failure.stack ?? failure) : undefined,
   serverStderr: /BUG|zwatcher failed|EIO mode/.test(srvErr) ? srvErr.slice(-4000) : undefined,
 };
-if (failure !== undefined || total.kills > total.faulty) log(`soak: server stderr (tail):\n${srvErr.slice(-3000)}`);
+if (failure !== undefined || total.kills > total.faulty || total.wrong > 0) log(`soak: server stderr (tail):\n${srvErr.slice(-3000)}`);
 result.pass =
   failure === undefined && result.serverStderr === undefined && total.wrong === 0 && total.stallHeadMs < stallLimitMs && total.stallReadMs < stallLimitMs && result.rssGrowth <= 0.1;
 log(

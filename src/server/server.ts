@@ -30,12 +30,13 @@
 //        shrunk end are dropped too (ΔFtail reports them as unchanged holes); unchanged
 //        blocks stay valid as they are.
 //      - @rev: never changes; entries are dropped after the upload (or the load failure).
-// 3) Commit processing (handleCommit), one storage commit event at a time, in three steps:
-//    3a headMu exclusive, uploads paused and drained: δF = ΔFtail.update(δZ); for each
-//       changed block of each head file take the old data out of `loading` (or RETRIEVE it
-//       from the kernel, which locks no page) if @<oldHead>/bigfile/<oid> is known to the
-//       kernel; compute new sizes; then, in one synchronous step, advance headAt, sizes,
-//       views and mtimes. Unlock.
+// 3) Commit processing (handleCommits), one batch of storage commit events at a time (those
+//    queued when the first arrives), in three steps:
+//    3a headMu exclusive, uploads paused and drained: δF = ΔFtail.update(δZ) per commit, in
+//       order; for each block of a head file changed in the batch take the old data out of
+//       `loading` (or RETRIEVE it from the kernel, which locks no page) if
+//       @<oldHead>/bigfile/<oid> is known to the kernel; compute new sizes; then, in one
+//       synchronous step, advance headAt, sizes, views and mtimes to the last tid. Unlock.
 //    3b no lock: store the old data into @<oldHead>/bigfile/<oid>, invalidate every changed
 //       block in head's page cache, and the attributes of every touched file.
 //    3c publish: head/at shows the new head, head waiters (watch requests, @rev lookups
@@ -133,6 +134,7 @@ const INO_FIRST_DYNAMIC = 16;
 
 const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
 const UPLOAD_DELAY_MS = 2; // see uploadHead
+const MAX_BATCH = 256; // commit events processed in one pass (serveCommits)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const EMPTY = new Uint8Array(0);
 
@@ -778,10 +780,25 @@ export class WcfsServer implements FileSystem {
 
   // ---- 3) commit processing ----
 
+  /**
+   * Commit events one batch at a time: the first event, and every one queued behind it (up
+   * to MAX_BATCH) — a server that fell behind (a slow client held a commit for a pin
+   * timeout) catches up in one pass of steps 3a-3c instead of one per commit.
+   */
   private async serveCommits(): Promise<void> {
+    const watch = this.watch!;
+    const it = watch[Symbol.asyncIterator]();
     try {
-      for await (const ev of this.watch!) {
-        await this.handleCommit(ev);
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        const batch = [r.value];
+        while (batch.length < MAX_BATCH && watch.ready() > 0) {
+          const more = await it.next();
+          if (more.done) break;
+          batch.push(more.value);
+        }
+        await this.handleCommits(batch);
         if (this.fatalErr) return;
       }
     } catch (e) {
@@ -811,21 +828,22 @@ export class WcfsServer implements FileSystem {
   }
 
   /**
-   * One commit event, in three steps (overview, 3):
-   *   3a under headMu W (uploads drained): δF; take every changed block out of `loading` and
-   *      out of the fast path, with its old data (from `loading`, or RETRIEVEd from the
-   *      kernel when @<oldHead> needs it); new sizes; advance headAt, views, sizes, mtimes.
-   *      Nothing here waits for a page lock.
+   * A batch of commit events (ascending tids), in three steps (overview, 3):
+   *   3a under headMu W (uploads drained): δF of each commit, in order; take every block
+   *      changed in the batch out of `loading` and out of the fast path, with its old data
+   *      (from `loading`, or RETRIEVEd from the kernel when @<oldHead> needs it); new sizes;
+   *      advance headAt, views, sizes, mtimes to the last tid. Nothing here waits for a page
+   *      lock.
    *   3b no lock: store the old data into @<oldHead>, invalidate the changed blocks and the
    *      attributes of touched files in head's page cache. A READ the kernel issued for one of
    *      those pages meanwhile gets headMu and is answered from the new head (I6).
    *   3c publish: head/at and head waiters see the new head only now (I5).
    */
-  private async handleCommit(ev: CommitEvent): Promise<void> {
+  private async handleCommits(evs: CommitEvent[]): Promise<void> {
     let plan: CommitPlan;
     await this.lockForCommit();
     try {
-      plan = await this.commitHead(ev);
+      plan = await this.commitHead(evs);
     } catch (e) {
       this.fatal(e as Error);
       return;
@@ -839,41 +857,49 @@ export class WcfsServer implements FileSystem {
       this.fatal(e as Error);
       return;
     }
-    this.publishHead(ev.tid);
-    debugCommit('head @%s (δF: %d files, %d blocks)', hex16(ev.tid), plan.touched.length, plan.blocks.length);
+    const tid = evs[evs.length - 1]!.tid;
+    this.publishHead(tid);
+    debugCommit('head @%s (%d commits; δF: %d files, %d blocks)', hex16(tid), evs.length, plan.touched.length, plan.blocks.length);
   }
 
   /** 3a: under headMu W. Returns what 3b must invalidate. */
-  private async commitHead(ev: CommitEvent): Promise<CommitPlan> {
+  private async commitHead(evs: CommitEvent[]): Promise<CommitPlan> {
     const oldHead = this.headAt;
-    debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
-    const δF = await this.deltaFtail.update(ev.tid, ev.oids);
+    const newHead = evs[evs.length - 1]!.tid;
     const sizes = new Map<BigFile, number>();
-    const takes: Promise<BlockInval>[] = [];
-    const touched: BigFile[] = [];
-    for (const [foid, d] of δF) {
-      const f = this.headFiles.get(foid);
-      if (f === undefined) continue;
-      touched.push(f);
-      if (d.epoch) await this.checkEpoch(f, ev.tid);
-      for (const blk of d.blocks) takes.push(this.takeOldBlock(f, blk, oldHead));
-      if (d.size) {
-        const { size, path } = await f.view.withAt(ev.tid).size();
-        this.deltaFtail.trackFile(foid, f.view.blktab, path);
-        sizes.set(f, size);
-        // §2: blocks past a shrunk end are not reported as changed; unregister them now,
-        // before the kernel can learn the new size.
-        for (const [b, e] of [...f.loading]) if ((b + 1) * f.blksize > size) this.dropLoading(f, b, e);
+    const changed = new Map<BigFile, Set<number>>();
+    const lastChange = new Map<BigFile, Tid>(); // mtime (revApprox)
+    for (const ev of evs) {
+      debugCommit('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
+      const δF = await this.deltaFtail.update(ev.tid, ev.oids);
+      for (const [foid, d] of δF) {
+        const f = this.headFiles.get(foid);
+        if (f === undefined) continue;
+        lastChange.set(f, ev.tid);
+        if (d.epoch) await this.checkEpoch(f, ev.tid);
+        let blks = changed.get(f);
+        if (blks === undefined) changed.set(f, (blks = new Set()));
+        for (const blk of d.blocks) blks.add(blk);
+        if (d.size) {
+          const { size, path } = await f.view.withAt(ev.tid).size();
+          this.deltaFtail.trackFile(foid, f.view.blktab, path);
+          sizes.set(f, size);
+          // §2: blocks past a shrunk end are not reported as changed; unregister them now,
+          // before the kernel can learn the new size.
+          for (const [b, e] of [...f.loading]) if ((b + 1) * f.blksize > size) this.dropLoading(f, b, e);
+        }
       }
     }
+    const takes: Promise<BlockInval>[] = [];
+    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead));
     const blocks = await Promise.all(takes);
     // I2: the new head becomes visible to READs and GETATTR all at once.
-    this.headAt = ev.tid;
-    for (const f of this.headFiles.values()) f.view = f.view.withAt(ev.tid);
+    this.headAt = newHead;
+    for (const f of this.headFiles.values()) f.view = f.view.withAt(newHead);
     for (const [f, size] of sizes) f.size = size;
-    for (const f of touched) f.revApprox = ev.tid;
+    for (const [f, tid] of lastChange) f.revApprox = tid;
     this.deltaFtail.forgetPast(this.isolation.revCut());
-    return { blocks, touched };
+    return { blocks, touched: [...lastChange.keys()] };
   }
 
   /**

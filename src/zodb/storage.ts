@@ -58,6 +58,8 @@ export interface CommitEvent {
  * ends the iteration normally.
  */
 export interface StorageWatch extends AsyncIterable<CommitEvent> {
+  /** > 0 ⇒ the next next() resolves without waiting (an event is queued or replayable). */
+  ready(): number;
   close(): void;
 }
 

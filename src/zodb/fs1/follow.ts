@@ -123,6 +123,10 @@ export class FsWatch implements StorageWatch, AsyncIterator<CommitEvent> {
 
   // -- consumer side --
 
+  ready(): number {
+    return this.done ? 0 : this.queue.length + (this.replay !== null ? 1 : 0);
+  }
+
   close(): void {
     if (this.done) return;
     this.done = true;
