@@ -137,9 +137,10 @@ const bigIntArb = fc.oneof(
   fc.bigInt({ min: -(2n ** 2100n), max: 2n ** 2100n }), // LONG4 (≥ 256 bytes) too
   fc.integer({ min: 0, max: 2100 }).chain((k) => fc.constantFrom(2n ** BigInt(k), 2n ** BigInt(k) - 1n, -(2n ** BigInt(k)), -(2n ** BigInt(k)) - 1n)),
 );
+// No bytes keys next to text keys: pyKeyEquals is not transitive (text == py2 str == bytes,
+// text ≠ bytes), so set(b''), set(''), set(py2 '') leaves two equal keys that a decode merges.
 const keyArb: fc.Arbitrary<PyValue> = fc.oneof(
   fc.string({ maxLength: 4 }),
-  fc.uint8Array({ maxLength: 3 }),
   fc.uint8Array({ maxLength: 3 }).map((x) => new ByteStr(x)),
   fc.bigInt({ min: -3n, max: 3n }),
   fc.constantFrom(null, true, false, 0, 1.5, NaN),
