@@ -13,6 +13,7 @@ import {
 } from '../src/zodb/pickle/index.js';
 import { decodeLong } from '../src/zodb/pickle/decode.js';
 import { PickleError } from '../src/zodb/errors.js';
+import { zdataFast } from '../src/zodb/zbigfile.js';
 import { fcParams } from './helpers/fuzz.js';
 
 const bytes = (...parts: Array<number | string | Uint8Array>): Uint8Array =>
@@ -124,6 +125,27 @@ describe('pickle: table', () => {
     expect(() => decodePickle(bytes(OP.BINUNICODE, le32(0xffffffff), OP.STOP))).toThrow(/truncated/);
     expect(() => decodePickle(bytes(OP.LONG4, le32(0x80000000), OP.STOP))).toThrow(/negative length/);
     expect(() => decodePickle(bytes(OP.BINSTRING, le32(0x7fffffff), OP.STOP))).toThrow(/truncated/);
+  });
+});
+
+describe('zdataFast (the decoder\'s shortcut for ZData records): table', () => {
+  const zclass = new Global('wendelin.bigfile.file_zodb', 'ZData');
+  it('agrees with decodeRecord for SHORT_BINBYTES and BINBYTES', () => {
+    for (const n of [0, 1, 255, 256, 4096]) {
+      const data = new Uint8Array(n).fill(7);
+      const rec = encodeRecord(zclass, data);
+      expect(zdataFast(rec)).toEqual(data);
+      expect(decodeRecord(rec).state).toEqual(data);
+    }
+  });
+  it('found: a record cut inside the BINBYTES length → undefined (was a RangeError, or a read past the view)', () => {
+    const rec = encodeRecord(zclass, new Uint8Array(300));
+    const cls = Buffer.from(rec).indexOf('q\x00.', 0, 'latin1') + 3; // end of the class pickle
+    expect(rec.subarray(cls, cls + 3)).toEqual(Uint8Array.from([0x80, 3, 0x42])); // PROTO 3, BINBYTES
+    for (let cut = cls + 3; cut < cls + 7; cut++) {
+      expect(zdataFast(rec.slice(0, cut)), `cut ${cut}`).toBeUndefined();
+      expect(zdataFast(rec.subarray(0, cut)), `cut ${cut} (view)`).toBeUndefined();
+    }
   });
 });
 
@@ -254,6 +276,28 @@ describe('pickle: properties', () => {
 
   it('mutated encoder output: a value or PickleError, nothing else', () => {
     fc.assert(fc.property(mutated, (b) => void decodeAll(b)), fcParams(2000));
+  });
+
+  it('zdataFast: undefined or exactly what decodeRecord gives, never reading outside the view', () => {
+    const zrec = fc.oneof(fc.uint8Array({ maxLength: 400 }), fc.constant(new Uint8Array(0))).map((d) => encodeRecord(new Global('wendelin.bigfile.file_zodb', 'ZData'), d));
+    const muts = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.boolean()), { maxLength: 3 });
+    fc.assert(
+      fc.property(zrec, muts, fc.uint8Array({ maxLength: 8 }), (rec0, edits, post) => {
+        let rec = Buffer.from(rec0);
+        for (const [i, x, cut] of edits) {
+          if (cut) rec = rec.subarray(0, i % (rec.length + 1));
+          else if (rec.length > 0) rec[i % rec.length] = x;
+        }
+        const view = bytes(rec, post).subarray(0, rec.length);
+        const fast = zdataFast(view);
+        expect(zdataFast(Uint8Array.from(rec))).toEqual(fast);
+        if (fast === undefined) return;
+        const r = decodeRecord(view);
+        expect(r.klass).toEqual(new Global('wendelin.bigfile.file_zodb', 'ZData'));
+        expect(r.state).toEqual(fast);
+      }),
+      fcParams(2000),
+    );
   });
 
   it('never reads outside its view: decoding a view inside junk = decoding a copy', () => {
