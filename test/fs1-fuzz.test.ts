@@ -16,7 +16,7 @@ import {
 } from '../src/zodb/fs1/format.js';
 import { SeqReader, checkFile, decodeRecordAt, readTxnBefore, scanTxn, type ScanRec } from '../src/zodb/fs1/scan.js';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
-import { FsIndex, encodeIndexFile } from '../src/zodb/fs1/fsindex.js';
+import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from '../src/zodb/fs1/fsindex.js';
 import { CorruptError, NoDataError, NoObjectError } from '../src/zodb/errors.js';
 import { FsBuilder, TmpDirs } from './helpers/fs1util.js';
 import { fcParams } from './helpers/fuzz.js';
@@ -283,6 +283,43 @@ describe('fs1: properties (pure decoders, no I/O)', () => {
   });
 });
 
+describe('fs1: .index codec (pure)', () => {
+  const indexArb = fc
+    .tuple(
+      fc.uniqueArray(fc.oneof(fc.bigInt({ min: 0n, max: 70_000n }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })), { maxLength: 40 }),
+      fc.integer({ min: 5, max: MAX_POS }),
+    )
+    .chain(([oids, pos]) => fc.tuple(fc.constant(oids), fc.constant(pos), fc.array(fc.integer({ min: 4, max: pos - 1 }), { minLength: oids.length, maxLength: oids.length })));
+
+  it('encode → decode round-trips; mutations decode to a valid index or IndexFormatError', () => {
+    const edits = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom('set', 'cut', 'ins')), { maxLength: 3 });
+    fc.assert(
+      fc.property(indexArb, edits, ([oids, pos, poss], eds) => {
+        const idx = new FsIndex();
+        oids.forEach((o, i) => idx.set(o, poss[i]!));
+        const enc = encodeIndexFile(idx, pos);
+        const dec = decodeIndexFile(enc, 'f.index');
+        expect(dec.pos).toBe(pos);
+        expect(new Map(dec.index.entries())).toEqual(new Map(idx.entries()));
+        let b = Buffer.from(enc);
+        for (const [i, x, op] of eds) {
+          const k = i % b.length;
+          if (op === 'set') b[k] = x;
+          else if (op === 'cut') b = b.subarray(0, k);
+          else b = Buffer.concat([b.subarray(0, k), Buffer.from([x]), b.subarray(k)]);
+        }
+        try {
+          const m = decodeIndexFile(b, 'f.index');
+          for (const [, p] of m.index.entries()) expect(p >= 4 && p < m.pos).toBe(true);
+        } catch (e) {
+          if (!(e instanceof IndexFormatError)) throw new Error(`threw ${String(e)}`, { cause: e });
+        }
+      }),
+      fcParams(1000),
+    );
+  });
+});
+
 describe('fs1: properties (scan.ts and FileStorage on files)', () => {
   const dir = tmp.make('fs1fuzz');
   let n = 0;
@@ -336,7 +373,7 @@ describe('fs1: properties (scan.ts and FileStorage on files)', () => {
           fs.rmSync(f);
         }
       }),
-      fcParams(250),
+      fcParams(150),
     );
   });
 });
