@@ -40,7 +40,7 @@ export function goQuote(s: string): string {
   return out + '"';
 }
 
-/** Parse one line (with its trailing \n). Throws an Error with upstream's text on a bad frame. */
+/** Parse one line (with its trailing \n). Throws an Error (upstream's text where it has one) on a bad frame. */
 export function parseFrame(line: string): Frame {
   const bad = () => new Error(`invalid frame: ${goQuote(line)} (invalid stream)`);
   if (!line.endsWith('\n')) throw new Error(`invalid frame: ${goQuote(line)} (no LF)`);

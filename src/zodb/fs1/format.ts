@@ -86,7 +86,7 @@ export function put64big(b: Uint8Array, o: number, v: bigint): void {
 const h16 = (x: bigint) => x.toString(16).padStart(16, '0');
 
 /** b[off, off+n) must exist: decoders never read past their input (short → CorruptError). */
-export function need(b: Uint8Array, off: number, n: number, pos: number, file: string, what: string): void {
+function need(b: Uint8Array, off: number, n: number, pos: number, file: string, what: string): void {
   if (!(off >= 0 && off + n <= b.length)) {
     throw new CorruptError(file, pos, `${what}: ${Math.max(0, b.length - Math.max(off, 0))} of ${n} bytes`);
   }
