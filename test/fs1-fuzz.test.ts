@@ -415,7 +415,7 @@ describe('fs1: properties (scan.ts and FileStorage on files)', () => {
           fs.rmSync(f);
         }
       }),
-      fcParams(150),
+      fcParams(100),
     );
   });
 });

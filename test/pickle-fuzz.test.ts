@@ -271,7 +271,7 @@ describe('pickle: properties', () => {
   });
 
   it('random opcode programs: a value or PickleError, nothing else', () => {
-    fc.assert(fc.property(program, (b) => void decodeAll(b)), fcParams(4000));
+    fc.assert(fc.property(program, (b) => void decodeAll(b)), fcParams(2500));
   });
 
   it('mutated encoder output: a value or PickleError, nothing else', () => {
@@ -296,7 +296,7 @@ describe('pickle: properties', () => {
         expect(r.klass).toEqual(new Global('wendelin.bigfile.file_zodb', 'ZData'));
         expect(r.state).toEqual(fast);
       }),
-      fcParams(2000),
+      fcParams(1000),
     );
   });
 
@@ -313,7 +313,7 @@ describe('pickle: properties', () => {
           expect(e).toBeInstanceOf(PickleError);
         }
       }),
-      fcParams(1500),
+      fcParams(1000),
     );
   });
 });
