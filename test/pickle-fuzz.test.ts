@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
-  ByteStr, Global, OP, PersistentRef, PyDict, PyObject, Tuple, Unpickler, decodePickle, decodePickles, decodeRecord,
+  ByteStr, Global, OP, PersistentRef, PyDict, PyObject, Tuple, Unpickler, decodePickle, decodePickles, decodeRecord, decodeRecordClass,
   encodeLong, encodePickle, encodeRecord, type PyValue,
 } from '../src/zodb/pickle/index.js';
 import { decodeLong } from '../src/zodb/pickle/decode.js';
@@ -27,7 +27,7 @@ const le32 = (n: number) => {
 /** Run every decoder entry point on `b`: a value, or PickleError with an offset inside b. */
 function decodeAll(b: Uint8Array): Array<unknown> {
   const out: unknown[] = [];
-  for (const f of [() => decodePickle(b), () => decodePickles(b), () => decodeRecord(b)]) {
+  for (const f of [() => decodePickle(b), () => decodePickles(b), () => decodeRecord(b), () => decodeRecordClass(b)]) {
     try {
       out.push(f());
     } catch (e) {
