@@ -587,12 +587,47 @@ static Napi::Value ClientSocketpair(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// clientParseLine(line: Uint8Array) → the rx thread's reading of one server line (without
+// its LF): {error} | {stream, msg, pin?, pinError?} (pin* only for even streams ≠ 0). Test
+// hook: lets test/wire-fuzz.test.ts run the same cases against these and the TS parsers.
+static Napi::Value ClientParseLine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "clientParseLine(line: Uint8Array)");
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  std::string line(static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ByteLength());
+  Napi::Object r = Napi::Object::New(env);
+  uint64_t stream;
+  std::string msg;
+  std::string err = ParseFrame(line, &stream, &msg);
+  if (!err.empty()) {
+    r.Set("error", Napi::String::New(env, err));
+    return r;
+  }
+  r.Set("stream", Napi::BigInt::New(env, stream));
+  r.Set("msg", Napi::Buffer<char>::Copy(env, msg.data(), msg.size()));
+  if (stream != 0 && stream % 2 == 0) {
+    uint64_t foid, blk, rev;
+    std::string perr = ParsePin(msg, &foid, &blk, &rev);
+    if (!perr.empty()) {
+      r.Set("pinError", Napi::String::New(env, perr));
+    } else {
+      Napi::Object pin = Napi::Object::New(env);
+      pin.Set("foid", Napi::BigInt::New(env, foid));
+      pin.Set("blk", Napi::Number::New(env, double(blk)));
+      pin.Set("rev", rev == kTidHead ? env.Null() : Napi::Value(Napi::BigInt::New(env, rev)));
+      r.Set("pin", pin);
+    }
+  }
+  return r;
+}
+
 }  // namespace client
 
 void InitClient(Napi::Env env, Napi::Object exports) {
   exports.Set("ClientConn", client::ClientConn::Define(env));
   exports.Set("clientProbe", Napi::Function::New(env, client::ClientProbe));
   exports.Set("clientSocketpair", Napi::Function::New(env, client::ClientSocketpair));
+  exports.Set("clientParseLine", Napi::Function::New(env, client::ClientParseLine));
 }
 
 }  // namespace wcfs

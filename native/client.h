@@ -62,6 +62,7 @@ namespace wcfs {
 namespace client {
 
 constexpr uint64_t kTidHead = ~uint64_t(0);  // "@head" in a pin: unpin
+constexpr uint64_t kMaxBlk = (uint64_t(1) << 53) - 1;  // largest blk in a pin (a JS safe integer)
 
 // Signal used to interrupt a link thread blocked in read/write/open of a FUSE file
 // (installed without SA_RESTART, handler does nothing). Only ever sent with pthread_kill.
@@ -233,6 +234,10 @@ void RegisterForFork(ConnCore* c);
 void UnregisterForFork(ConnCore* c);
 
 std::string Hex16(uint64_t x);
+
+// Watch-link codecs (client_wlink.cc), pure: "" on success, else the error text.
+std::string ParseFrame(const std::string& line, uint64_t* stream, std::string* msg);
+std::string ParsePin(const std::string& msg, uint64_t* foid, uint64_t* blk, uint64_t* rev);
 
 }  // namespace client
 }  // namespace wcfs

@@ -110,8 +110,21 @@ static bool ParseHex16(const std::string& s, uint64_t* out) {
   return true;
 }
 
-// "pin <foid> #<blk> @<rev>|@head" → fields; "" or the error text.
-static std::string ParsePin(const std::string& msg, uint64_t* foid, uint64_t* blk, uint64_t* rev) {
+// "<stream> <msg>" (the line without its LF) → fields; "" or the error text. The stream is
+// canonical decimal u64 (no sign, no leading zeros): one spelling per stream id, as the
+// TS parser (src/watchlink/wire.ts parseFrame) — test/wire-fuzz.test.ts checks they agree.
+std::string ParseFrame(const std::string& line, uint64_t* stream, std::string* msg) {
+  size_t sp = line.find(' ');
+  if (sp == std::string::npos) return "invalid frame: no SP";
+  if (!ParseU64(line.substr(0, sp), stream)) return "invalid frame: invalid stream ID";
+  *msg = line.substr(sp + 1);
+  return "";
+}
+
+// "pin <foid> #<blk> @<rev>|@head" → fields (rev = kTidHead for @head); "" or the error text.
+// blk: canonical decimal ≤ 2⁵³−1 (a JS number, as TS parsePin); rev: 16 lowercase hex, and
+// not ffffffffffffffff (InvalidTid, which would alias kTidHead = @head).
+std::string ParsePin(const std::string& msg, uint64_t* foid, uint64_t* blk, uint64_t* rev) {
   std::vector<std::string> a;
   size_t i = 0;
   while (true) {
@@ -123,9 +136,9 @@ static std::string ParsePin(const std::string& msg, uint64_t* foid, uint64_t* bl
   if (a.empty() || a[0] != "pin") return "not a pin request";
   if (a.size() != 4) return "expected 3 arguments, got " + std::to_string(a.size() - 1);
   if (!ParseHex16(a[1], foid)) return "invalid foid";
-  if (a[2].size() < 2 || a[2][0] != '#' || !ParseU64(a[2].substr(1), blk) || *blk > (uint64_t(1) << 52)) return "invalid blk";
+  if (a[2].size() < 2 || a[2][0] != '#' || !ParseU64(a[2].substr(1), blk) || *blk > kMaxBlk) return "invalid blk";
   if (a[3] == "@head") *rev = kTidHead;
-  else if (a[3].size() != 17 || a[3][0] != '@' || !ParseHex16(a[3].substr(1), rev)) return "invalid at";
+  else if (a[3].size() != 17 || a[3][0] != '@' || !ParseHex16(a[3].substr(1), rev) || *rev == kTidHead) return "invalid at";
   return "";
 }
 
@@ -164,11 +177,10 @@ void ConnCore::rxMain() {
   bool eof = false;
   char tmp[4096];
   auto handleLine = [&](const std::string& line) -> std::string {
-    size_t sp = line.find(' ');
     uint64_t stream;
-    if (sp == std::string::npos) return "invalid frame: no SP";
-    if (!ParseU64(line.substr(0, sp), &stream)) return "invalid frame: invalid stream ID";
-    std::string msg = line.substr(sp + 1);
+    std::string msg;
+    std::string ferr = ParseFrame(line, &stream, &msg);
+    if (!ferr.empty()) return ferr;
     const uint64_t seq = ++rxSeq;
     if (debug) Logf("%s: < %" PRIu64 " %s", name.c_str(), stream, msg.c_str());
     if (stream == 0) {

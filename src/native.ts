@@ -55,7 +55,18 @@ export interface NativeAddon {
   clientProbe(view: Uint8Array, offsets: number[], mode: 'raw' | 'fork' | 'crash', fds?: number[]): { values: Int32Array; fds: Int32Array; status: string };
   /** Test hook: a connected AF_UNIX socket pair (O_CLOEXEC), stand-in for head/watch. */
   clientSocketpair(): [number, number];
+  /**
+   * Test hook: how the client's rx thread + pinner read one server line (bytes without the
+   * LF): a frame error, or stream + message, and for even streams ≠ 0 the parsed pin or the
+   * pin's error (native/client_wlink.cc ParseFrame, ParsePin).
+   */
+  clientParseLine(line: Uint8Array): NativeParsedLine;
 }
+
+/** See NativeAddon.clientParseLine. rev null = @head. */
+export type NativeParsedLine =
+  | { error: string }
+  | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
 /**
  * Events of a NativeClientConn, on the JS thread:

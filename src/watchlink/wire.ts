@@ -8,6 +8,12 @@
 //   stream 0: server control ("error: …" / "fatal: …") right before the link is closed.
 //
 // Texts of errors are upstream's exactly where tests (theirs and ours) see them.
+//
+// Numbers have one spelling: streams and blocks are canonical decimal (no sign, no leading
+// zeros — upstream's Go server also took "01"; its client did not), oids and tids 16 lowercase
+// hex. So parse∘format = id and format∘parse = id on every accepted line. The client's C++
+// parser (native/client_wlink.cc ParseFrame/ParsePin) accepts exactly the same lines with the
+// same values: test/wire-fuzz.test.ts runs one table and the same properties against both.
 
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 
@@ -42,15 +48,16 @@ export function goQuote(s: string): string {
   return out + '"';
 }
 
-/** Parse one line (with its trailing \n). Throws an Error with upstream's text on a bad frame. */
+/** Parse one line (with its trailing \n). Throws an Error (upstream's text where it has one) on a bad frame. */
 export function parseFrame(line: string): Frame {
   const bad = () => new Error(`invalid frame: ${goQuote(line)} (invalid stream)`);
   if (!line.endsWith('\n')) throw new Error(`invalid frame: ${goQuote(line)} (no LF)`);
   const body = line.slice(0, -1);
+  if (body.includes('\n')) throw new Error(`invalid frame: ${goQuote(line)} (LF inside)`);
   const sp = body.indexOf(' ');
   if (sp <= 0) throw bad();
   const s = body.slice(0, sp);
-  if (!/^\d{1,20}$/.test(s)) throw bad();
+  if (!/^(?:0|[1-9]\d{0,19})$/.test(s)) throw bad();
   const stream = BigInt(s);
   if (stream > U64_MAX) throw bad();
   return { stream, msg: body.slice(sp + 1) };
@@ -92,10 +99,16 @@ export function formatPin(p: PinRequest): string {
   return `pin ${hex16(p.foid)} #${p.blk} @${p.rev === null ? 'head' : hex16(p.rev)}`;
 }
 
+/**
+ * Parse a pin request. blk ≤ 2⁵³−1 (a JS number); rev ffffffffffffffff is refused: it is
+ * InvalidTid (wcfs-server.md §0.1), and the C++ client would read it as @head.
+ */
 export function parsePin(msg: string): PinRequest {
-  const m = /^pin ([0-9a-f]{16}) #(\d+) @(head|[0-9a-f]{16})$/.exec(msg);
+  const m = /^pin ([0-9a-f]{16}) #(0|[1-9]\d*) @(head|[0-9a-f]{16})$/.exec(msg);
   if (!m) throw new Error(`bad pin: ${goQuote(msg)}`);
   const blk = Number(m[2]);
   if (!Number.isSafeInteger(blk)) throw new Error(`bad pin: block number out of range: ${goQuote(msg)}`);
-  return { foid: BigInt('0x' + m[1]), blk, rev: m[3] === 'head' ? null : BigInt('0x' + m[3]) };
+  const rev = m[3] === 'head' ? null : BigInt('0x' + m[3]);
+  if (rev === U64_MAX) throw new Error(`bad pin: invalid rev: ${goQuote(msg)}`);
+  return { foid: BigInt('0x' + m[1]), blk, rev };
 }

@@ -191,7 +191,10 @@ export class ZBigFileView {
 // SHORT_BINBYTES n | BINBYTES n, bytes, [BINPUT 1], STOP.
 const ZDATA_CLASS_PICKLE = Buffer.from('\x80\x03cwendelin.bigfile.file_zodb\nZData\nq\x00.', 'latin1');
 
-/** The chunk bytes of a ZData record in the common layout, or undefined (use the decoder). */
+/**
+ * The chunk bytes of a ZData record in the common layout, or undefined (use the decoder).
+ * Never reads outside rec; agrees with decodeRecord (test/pickle-fuzz.test.ts).
+ */
 export function zdataFast(rec: Uint8Array): Uint8Array | undefined {
   const n0 = ZDATA_CLASS_PICKLE.length;
   if (rec.length < n0 + 5 || Buffer.compare(ZDATA_CLASS_PICKLE, rec.subarray(0, n0)) !== 0) return undefined;
@@ -202,7 +205,7 @@ export function zdataFast(rec: Uint8Array): Uint8Array | undefined {
   if (rec[p] === 0x43) {
     len = rec[p + 1]!; // SHORT_BINBYTES
     p += 2;
-  } else if (rec[p] === 0x42) {
+  } else if (rec[p] === 0x42 && p + 5 <= rec.length) {
     len = new DataView(rec.buffer, rec.byteOffset + p + 1, 4).getUint32(0, true); // BINBYTES
     p += 5;
   } else return undefined;

@@ -16,6 +16,7 @@
 //         tid(txn) > tid(previous txn);  next txn @ tpos + tlen + 8.
 //   data: vlen = 0;  tid = tid(txn);  tloc = tpos;  dpos + reclen ≤ tpos + tlen;
 //         prev < dpos;  backpointer < dpos;  the records of a txn exactly fill its data area.
+// Decoders never read outside b: a buffer too short for a header is a CorruptError too.
 // Checks that need a second record (prev/backpointer point at the same oid with a smaller
 // tid) are done by the readers that follow those links (filestorage.ts load, checkFile).
 //
@@ -84,6 +85,13 @@ export function put64big(b: Uint8Array, o: number, v: bigint): void {
 
 const h16 = (x: bigint) => x.toString(16).padStart(16, '0');
 
+/** b[off, off+n) must exist: decoders never read past their input (short → CorruptError). */
+function need(b: Uint8Array, off: number, n: number, pos: number, file: string, what: string): void {
+  if (!(off >= 0 && off + n <= b.length)) {
+    throw new CorruptError(file, pos, `${what}: ${Math.max(0, b.length - Math.max(off, 0))} of ${n} bytes`);
+  }
+}
+
 // ---- 1) file header ----
 
 export const MAGIC_FS21 = new Uint8Array([0x46, 0x53, 0x32, 0x31]);
@@ -127,6 +135,7 @@ export const txnDataEnd = (t: TxnHeader): number => t.pos + t.tlen;
 
 /** Decode a 23-byte txn header found at file position `pos` (bytes at b[off…]). */
 export function decodeTxnHeader(b: Uint8Array, off: number, pos: number, file: string): TxnHeader {
+  need(b, off, TXN_HEADER_SIZE, pos, file, 'txn header');
   const tid = u64big(b, off);
   const tlen = u64num(b, off + 8);
   const st = b[off + 16]!;
@@ -197,6 +206,7 @@ export const dataRecordLen = (d: DataHeader): number => DATA_HEADER_SIZE + (d.pl
 
 /** Decode a 42-byte data record header found at file position `pos`. Checks what needs no context. */
 export function decodeDataHeader(b: Uint8Array, off: number, pos: number, file: string): DataHeader {
+  need(b, off, DATA_HEADER_SIZE, pos, file, 'data record header');
   const oid = u64big(b, off);
   const tid = u64big(b, off + 8);
   const prev = u64num(b, off + 16);

@@ -154,6 +154,10 @@ export function scanTxn(r: SeqReader, pos: number, prevTid: Tid, file: string, r
  * must agree.
  */
 export function readTxnBefore(fd: number, pos: number, file: string): TxnHeader {
+  // pos may come from an untrusted .index: the smallest txn ends @4+23+8
+  if (!(pos >= FILE_HEADER_SIZE + TXN_HEADER_SIZE + TRAILER_SIZE)) {
+    throw new CorruptError(file, pos, `no txn can end @${pos} (the first ends @${FILE_HEADER_SIZE + TXN_HEADER_SIZE + TRAILER_SIZE} or later)`);
+  }
   const tb = readFresh(fd, pos - TRAILER_SIZE, TRAILER_SIZE, file, 'txn trailer');
   const tlen = u64num(tb, 0);
   const tpos = pos - TRAILER_SIZE - tlen;
@@ -182,7 +186,7 @@ export function decodeRecordAt(b: Uint8Array, off: number, got: number, pos: num
   const d = decodeDataHeader(b, off, pos, file) as ScanRec;
   d.backpointer = -1;
   if (d.plen === 0) {
-    if (got < DATA_HEADER_SIZE + BACKPOINTER_SIZE) throw new CorruptError(file, pos, 'backpointer: unexpected end of file');
+    if (Math.min(got, b.length - off) < DATA_HEADER_SIZE + BACKPOINTER_SIZE) throw new CorruptError(file, pos, 'backpointer: unexpected end of file');
     d.backpointer = u64num(b, off + DATA_HEADER_SIZE);
     checkBackpointer(d, d.backpointer, file);
   }

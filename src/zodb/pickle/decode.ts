@@ -201,7 +201,7 @@ export class Unpickler {
           stack.push(this.bytes(this.u64len(opPos), opPos).slice());
           break;
         case OP.UNICODE:
-          stack.push(decodeRawUnicodeEscape(this.lineBytes(opPos)));
+          stack.push(decodeRawUnicodeEscape(this.lineBytes(opPos), opPos));
           break;
         case OP.BINUNICODE:
           stack.push(utf8.decode(this.bytes(this.dv.getUint32(this.take(4, opPos), true), opPos)));
@@ -542,11 +542,14 @@ function parseDecimal(s: string, offset: number): number {
   return Number(s);
 }
 
-/** Two's-complement little-endian → bigint (LONG1/LONG4). */
+/**
+ * Two's-complement little-endian → bigint (LONG1/LONG4). Linear in n: one hex string and one
+ * BigInt parse (a shift-and-or per byte would be quadratic — minutes for a 4 MiB LONG4).
+ */
 export function decodeLong(buf: Uint8Array, at: number, n: number): bigint {
   if (n === 0) return 0n;
-  let v = 0n;
-  for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(buf[at + i]!);
+  const be = Buffer.from(buf.subarray(at, at + n)).reverse();
+  let v = BigInt('0x' + be.toString('hex'));
   if (buf[at + n - 1]! & 0x80) v -= 1n << BigInt(8 * n);
   return v;
 }
@@ -601,7 +604,7 @@ function decodeStringRepr(s: string, offset: number): Uint8Array {
 }
 
 /** Protocol-0 UNICODE argument: raw-unicode-escape (latin-1 bytes + \uXXXX / \UXXXXXXXX). */
-function decodeRawUnicodeEscape(b: Uint8Array): string {
+function decodeRawUnicodeEscape(b: Uint8Array, offset: number): string {
   let out = '';
   for (let i = 0; i < b.length; i++) {
     const c = b[i]!;
@@ -609,7 +612,9 @@ function decodeRawUnicodeEscape(b: Uint8Array): string {
       const n = b[i + 1] === 0x75 ? 4 : 8;
       const hex = Buffer.from(b.subarray(i + 2, i + 2 + n)).toString('latin1');
       if (hex.length === n && /^[0-9a-fA-F]+$/.test(hex)) {
-        out += String.fromCodePoint(parseInt(hex, 16));
+        const cp = parseInt(hex, 16);
+        if (cp > 0x10ffff) throw new PickleError(offset, `UNICODE: \\U${hex} out of range`); // as Python
+        out += String.fromCodePoint(cp);
         i += 1 + n;
         continue;
       }

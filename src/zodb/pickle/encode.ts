@@ -236,18 +236,18 @@ export class Pickler {
   }
 }
 
-/** bigint → minimal two's-complement little-endian bytes (LONG1/LONG4 payload). */
+/**
+ * bigint → minimal two's-complement little-endian bytes (LONG1/LONG4 payload). Linear in the
+ * size: n = the fewest bytes with −2^(8n−1) ≤ v < 2^(8n−1), then one hex conversion.
+ */
 export function encodeLong(v: bigint): Uint8Array {
   if (v === 0n) return new Uint8Array(0);
-  const out: number[] = [];
-  let x = v;
-  for (;;) {
-    out.push(Number(x & 0xffn));
-    x >>= 8n; // arithmetic shift: keeps the sign
-    const signBit = out[out.length - 1]! & 0x80;
-    if ((x === 0n && !signBit) || (x === -1n && signBit)) break;
-  }
-  return Uint8Array.from(out);
+  const mag = v < 0n ? -v - 1n : v; // both signs: need mag < 2^(8n−1)
+  const hex = mag.toString(16);
+  const bits = mag === 0n ? 0 : (hex.length - 1) * 4 + (32 - Math.clz32(parseInt(hex[0]!, 16)));
+  const n = Math.ceil((bits + 1) / 8);
+  const u = v < 0n ? v + (1n << BigInt(8 * n)) : v;
+  return Uint8Array.from(Buffer.from(u.toString(16).padStart(2 * n, '0'), 'hex').reverse());
 }
 
 /** One pickle of `v`. */

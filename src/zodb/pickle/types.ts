@@ -45,12 +45,37 @@ export class Tuple {
   }
 }
 
+/**
+ * A dict: entries in insertion order; set() replaces the first entry whose key is equal
+ * (pyKeyEquals). Read `entries`; change only through set().
+ *
+ * Linear time: a hash index buckets entries by keyHash (equal keys ⇒ same bucket), so a
+ * pickle's 100k-item SETITEMS costs 100k bucket lookups, not 100k scans of the dict.
+ */
 export class PyDict {
   readonly entries: Array<[PyValue, PyValue]> = [];
+  /**
+   * keyHash → indices into entries (ascending); NaN keys are in no bucket. An ES private
+   * field: derived state, invisible to deep equality (tests compare dicts by entries).
+   */
+  readonly #index = new Map<unknown, number[]>();
   set(k: PyValue, v: PyValue): void {
-    const i = this.entries.findIndex(([ek]) => pyKeyEquals(ek, k));
-    if (i >= 0) this.entries[i] = [k, v];
-    else this.entries.push([k, v]);
+    const h = keyHash(k);
+    if (h === NO_MATCH) {
+      this.entries.push([k, v]);
+      return;
+    }
+    const bucket = this.#index.get(h);
+    if (bucket !== undefined) {
+      for (const i of bucket) {
+        if (pyKeyEquals(this.entries[i]![0], k)) {
+          this.entries[i] = [k, v];
+          return;
+        }
+      }
+      bucket.push(this.entries.length);
+    } else this.#index.set(h, [this.entries.length]);
+    this.entries.push([k, v]);
   }
   /** Lookup by text key; py2 str keys (ByteStr) match their latin-1 text. */
   get(key: string): PyValue | undefined {
@@ -101,6 +126,21 @@ export class PersistentRef {
     readonly kind: 'strong' | 'weak' | 'xdb' = 'strong',
     readonly database: string | null = null,
   ) {}
+}
+
+const NO_MATCH = Symbol('no match');
+
+/**
+ * Bucket of a dict key: pyKeyEquals(a, b) ⇒ keyHash(a) === keyHash(b) (SameValueZero, as Map
+ * compares). Text, py2 str and bytes hash by their latin-1/UTF-16 content (they can compare
+ * equal across types), other objects by identity. NaN never equals anything: NO_MATCH.
+ */
+function keyHash(k: PyValue): unknown {
+  if (typeof k === 'string') return 't' + k;
+  if (k instanceof ByteStr) return 't' + k.toString();
+  if (k instanceof Uint8Array) return 't' + Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('latin1');
+  if (typeof k === 'number' && Number.isNaN(k)) return NO_MATCH;
+  return k; // null, booleans, bigints, numbers by value; objects by identity
 }
 
 function pyKeyEquals(a: PyValue, b: PyValue): boolean {
