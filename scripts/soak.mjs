@@ -31,6 +31,7 @@ import { parseArgs } from 'node:util';
 import { abortConnection, findMount, unmountPath } from '../dist/fuse/mountinfo.js';
 import { WriteTxn } from '../dist/zodb/db.js';
 import { hex16 } from '../dist/zodb/ids.js';
+import { rng } from '../dist/util/rng.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { PersistentRef } from '../dist/zodb/pickle/index.js';
 import { createZBigFile, ensureRoot, rootSet, setBlock, ZBIGFILE_CLASS } from '../dist/zodb/zbigfile.js';
@@ -59,16 +60,6 @@ const NBLK_MAX = 32;
 const PAGE = 4096;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rand = rng(SEED);
 const pick = (n) => Math.floor(rand() * n);
 const log = (s) => process.stdout.write(s + '\n');

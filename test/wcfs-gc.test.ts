@@ -32,14 +32,25 @@ async function readBlk(fh: FileHandle, blk: number): Promise<Buffer> {
   return b.subarray(0, bytesRead);
 }
 
+/** A database with one file, served with a short --gc-interval. */
+async function served(): Promise<{ t: TDB; foid: bigint }> {
+  const t = new TDB();
+  t.serveArgs = ['--gc-interval', String(GC_S)];
+  try {
+    await t.open();
+    const foid = await t.newFile('gc');
+    await t.serve();
+    return { t, foid };
+  } catch (e) {
+    await t.close();
+    throw e;
+  }
+}
+
 describe('@rev views are forgotten when unused', () => {
   it('idle views go, open ones stay and serve, a later lookup rebuilds', async () => {
-    const t = new TDB();
-    t.serveArgs = ['--gc-interval', String(GC_S)];
+    const { t, foid } = await served();
     try {
-      await t.open();
-      const foid = await t.newFile('gc');
-      await t.serve();
       const revs: Tid[] = [];
       for (let i = 1; i <= 5; i++) revs.push(await t.commit([[foid, { 0: i, 1: 100 + i }]]));
       const file = (rev: Tid) => t.srv.at(`@${hex16(rev)}/bigfile/${hex16(foid)}`);
@@ -85,12 +96,8 @@ describe('@rev views are forgotten when unused', () => {
   }, 90_000);
 
   it('a stream of commits, each looked up at @<head>/, leaves no view behind', async () => {
-    const t = new TDB();
-    t.serveArgs = ['--gc-interval', String(GC_S)];
+    const { t, foid } = await served();
     try {
-      await t.open();
-      const foid = await t.newFile('gc');
-      await t.serve();
       let maxViews = 0;
       for (let i = 1; i <= 60; i++) {
         const rev = await t.commit([[foid, { [i % 4]: i }]]);
