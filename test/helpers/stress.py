@@ -15,6 +15,10 @@
       reads its link, `garbage` sends bad lines (counts the error replies) and says bye.
       Ends when the server kills it, or after secs. Prints `faulty <kind> done`.
 
+  growreader <mnt> <foid-hex16> <blksize> <secs>
+      loop: stat head/bigfile/<foid>, then pread its last block; a short read is reported
+      (`short: ...`). Prints `reads N short N`.
+
 Exit status: 0 on success, 2 on a wrong byte or an unexpected line, 3 on a stuck reply.
 """
 import os
@@ -153,12 +157,34 @@ def faulty(mnt, foid, kind, secs):
     os._exit(0)
 
 
+def growreader(mnt, foid, bs, secs):
+    path = os.path.join(mnt, "head", "bigfile", foid)
+    n = short = 0
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        with open(os.path.join(mnt, "head", "at")) as f:
+            at = f.read()
+        nblk = os.stat(path).st_size // bs
+        if nblk == 0:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        got = len(os.pread(fd, bs, (nblk - 1) * bs))
+        if got != bs:
+            short += 1
+            print(f"short: head/at {at}: stat {nblk} blocks, read #{nblk - 1}: {got} bytes; fstat now {os.fstat(fd).st_size // bs}", flush=True)
+        os.close(fd)
+        n += 1
+    print(f"reads {n} short {short}", flush=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "reader":
         reader(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "watcher":
         watcher(args[0], args[1], float(args[2]))
+    elif cmd == "growreader":
+        growreader(args[0], args[1], int(args[2]), float(args[3]))
     elif cmd == "faulty":
         faulty(args[0], args[1], args[2], float(args[3]))
     else:
