@@ -143,6 +143,8 @@ const deadline = Date.now() + MINUTES * 60_000;
 const running = () => !stopping && Date.now() < deadline;
 
 // ---- writer ----
+/** The writer's commit in flight (null: none). */
+let inFlight = null;
 const commitTimes = []; // [{hex, t}] not yet seen in head/at, ascending
 async function writer() {
   let nblk = NBLK0;
@@ -170,8 +172,18 @@ async function writer() {
       await setBlock(txn, foid, blk, fill === 0 ? null : new Uint8Array(BS).fill(fill), { format: rand() < 0.5 ? 'ZBlk0' : 'ZBlk1' });
     }
     while (fills.length < nblk) fills.push(0);
-    const tid = await txn.commit();
-    record(tid, fills);
+    // the server may see the commit (and readers its data) before txn.commit() returns here:
+    // readers that find data of no recorded revision wait for this and look again
+    let recorded;
+    inFlight = new Promise((resolve) => (recorded = resolve));
+    let tid;
+    try {
+      tid = await txn.commit();
+      record(tid, fills);
+    } finally {
+      inFlight = null;
+      recorded();
+    }
     commitTimes.push({ hex: hex16(tid), t: Date.now() });
     total.commits++;
     minute.commits++;
@@ -215,9 +227,11 @@ async function reader(id) {
         const blk = pick(hist[lo].fills.length);
         const b = Buffer.alloc(BS);
         const { bytesRead } = await fh.read(b, 0, BS, blk * BS);
-        const hi = hist.length - 1;
         // no isolation for plain head readers: each page is of some revision in [lo, hi]
-        // (a commit between the reads of two pages may show in one of them)
+        // (a commit between the reads of two pages may show in one of them); hi = the last
+        // commit once the one in flight, if any, is recorded
+        if (inFlight !== null) await inFlight;
+        const hi = hist.length - 1;
         const ok = new Set();
         for (let i = lo; i <= hi; i++) ok.add(hist[i].fills[blk] ?? 0);
         if (bytesRead === 0) {
@@ -228,7 +242,11 @@ async function reader(id) {
           let bad = bytesRead !== BS ? `${bytesRead} bytes` : undefined;
           for (let off = 0; bad === undefined && off < BS; off += PAGE) {
             const got = uniform(b.subarray(off, off + PAGE));
-            if (!ok.has(got)) bad = `page ${off / PAGE} = ${got}`;
+            if (!ok.has(got)) {
+              const seen = [];
+              for (let i = Math.max(0, lo - 50); i < lo; i++) if ((hist[i].fills[blk] ?? 0) === got) seen.push(i - lo);
+              bad = `page ${off / PAGE} = ${got} (at revisions ${seen.length ? seen.join(' ') : 'none of the 50'} before head/at)`;
+            }
           }
           if (bad !== undefined) wrong(`reader ${id}: head #${blk}: ${bad}; no revision in [${h0}, ${hex16(hist[hi].tid)}] has it`);
         }
