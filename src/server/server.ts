@@ -162,7 +162,6 @@ interface BlockInval {
   /** The block's data as of oldHead, to store into @<oldHead>/bigfile/<oid> (revFile). */
   old?: Uint8Array;
   revFile?: BigFile;
-  oldHead?: Tid;
 }
 
 interface CommitPlan {
@@ -546,7 +545,6 @@ export class WcfsServer implements FileSystem {
     this.revs.set(rev, v);
     this.nodes.set(v.dir, { kind: 'rev', ino: v.dir, rev, bigfileDir: v.bigfileDir });
     this.nodes.set(v.bigfileDir, { kind: 'bigfileDir', ino: v.bigfileDir, rev });
-    this.stats.RevHead++;
     return this.node(v.dir);
   }
 
@@ -569,7 +567,6 @@ export class WcfsServer implements FileSystem {
       this.nodes.delete(f.ino);
       this.nlookup.delete(f.ino);
     }
-    this.stats.RevHead--;
     debug('@%s: view forgotten (%d files)', hex16(rev), v.files.size);
   }
 
@@ -924,7 +921,7 @@ export class WcfsServer implements FileSystem {
         debugCommit('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
       }
     }
-    return old !== undefined && old.length === bs ? { f, blk, old, revFile, oldHead } : { f, blk };
+    return old !== undefined && old.length === bs ? { f, blk, old, revFile } : { f, blk };
   }
 
   /** 3c: head/at and head waiters move to tid. */
@@ -956,7 +953,7 @@ export class WcfsServer implements FileSystem {
       try {
         await this.session.notifier.store(b.revFile.ino, off, b.old);
       } catch (err) {
-        debugCommit('store @%s/%s #%d: %s', hex16(b.oldHead!), hex16(b.f.foid), b.blk, (err as Error).message);
+        debugCommit('store @%s/%s #%d: %s', hex16(b.revFile.rev!), hex16(b.f.foid), b.blk, (err as Error).message);
       }
     }
     try {
@@ -1063,6 +1060,7 @@ export class WcfsServer implements FileSystem {
 
   statsText(): string {
     this.stats.PinnedBlk = this.isolation.pinnedBlocks();
+    this.stats.RevHead = this.revs.size;
     let nrevFiles = 0;
     for (const v of this.revs.values()) nrevFiles += v.files.size;
     this.stats.RevFile = nrevFiles;
