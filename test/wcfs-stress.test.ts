@@ -78,6 +78,7 @@ async function stress(nwatchers: number): Promise<void> {
     await t.open();
     const foid = await t.newFile('stress');
     await t.commit([[foid, { 0: 1, 1: 2 }]]);
+    t.serveArgs = ['--gc-interval', '0.2']; // the view sweep runs all along
     await t.serve();
     const file = t.srv.at(`head/bigfile/${hex16(foid)}`);
     const kids: Child[] = [];
