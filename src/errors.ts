@@ -19,6 +19,8 @@
 //     (src/control/) and the server throw WcfsError with their codes directly;
 //   - native/ throws plain Errors with a `code` from this list (or an errno name); TS turns
 //     the ones callers handle into classes where they are caught (e.g. src/client/conn.ts).
+//   - not WcfsCodes: errno names ('ENOENT': Node's system errors, native ThrowErrno) and
+//     Node's own ERR_* codes (native mmap: ERR_OUT_OF_RANGE on a RangeError-like misuse).
 
 import os from 'node:os';
 
