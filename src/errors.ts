@@ -3,6 +3,7 @@
 //
 // Owns:
 //   WcfsError  — base of all wcfs errors; `code` is one of WcfsCode, `name` the class name.
+//   BadArgumentError — the one class every layer shares (a malformed argument).
 //   WcfsCode   — every 'WCFS_E…' code used anywhere (TS and native/). A new code is added
 //                here first, with the layer that throws it.
 //   isCode     — the guard callers decide with: isCode(e, 'WCFS_ENOOBJ').
@@ -25,8 +26,8 @@
 import os from 'node:os';
 
 export type WcfsCode =
+  | 'WCFS_EBADARG' // a malformed argument (tid text, URL, option): BadArgumentError, here
   // zodb (src/zodb/errors.ts, src/zodb/fs1/)
-  | 'WCFS_EBADARG' // a malformed argument (tid text, URL, option)
   | 'WCFS_ENOOBJ' // oid never existed
   | 'WCFS_ENODATA' // oid has no data as of the asked revision
   | 'WCFS_ECORRUPT' // storage file violates its format
@@ -75,6 +76,13 @@ export class WcfsError extends Error {
     super(message, options);
     this.code = code;
     this.name = new.target.name;
+  }
+}
+
+/** A command-line or API argument is malformed (bad tid text, bad URL, bad option, …): every layer's. */
+export class BadArgumentError extends WcfsError {
+  constructor(message: string) {
+    super('WCFS_EBADARG', message);
   }
 }
 

@@ -48,8 +48,9 @@ describe('the registry lists every code', () => {
     const registry = new Set([...readFileSync('src/errors.ts', 'utf8').matchAll(/^\s*\| '(WCFS_E[A-Z]+)'/gm)].map((m) => m[1]));
     const used = new Set<string>();
     for (const f of files) {
-      if (f === path.join('src', 'errors.ts')) continue;
-      for (const m of readFileSync(f, 'utf8').matchAll(/['"](WCFS_E[A-Z]+)['"]/g)) used.add(m[1]!);
+      let text = readFileSync(f, 'utf8');
+      if (f === path.join('src', 'errors.ts')) text = text.slice(text.indexOf('export class WcfsError')); // past the list
+      for (const m of text.matchAll(/['"](WCFS_E[A-Z]+)['"]/g)) used.add(m[1]!);
     }
     expect(registry.size).toBeGreaterThan(30);
     expect([...used].filter((c) => !registry.has(c))).toEqual([]);

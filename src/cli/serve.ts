@@ -11,8 +11,7 @@ import createDebug from 'debug';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
 import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../control/control.js';
 import { WcfsServer } from '../server/server.js';
-import { WcfsError } from '../errors.js';
-import { BadArgumentError } from '../zodb/errors.js';
+import { BadArgumentError, WcfsError } from '../errors.js';
 
 export interface ServeOptions {
   pintimeout?: string;

@@ -48,9 +48,8 @@ import {
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isCode, WcfsError, type WcfsCode } from '../errors.js';
+import { BadArgumentError, isCode, WcfsError, type WcfsCode } from '../errors.js';
 import { abortConnection, findMount, fuseOwner, unmountPath, type MountEntry } from '../fuse/mountinfo.js';
-import { BadArgumentError } from '../zodb/errors.js';
 import { withTimeout } from '../util/async.js';
 import { processAlive } from '../util/proc.js';
 

@@ -8,12 +8,7 @@ import type { Oid, Tid } from './ids.js';
 
 const h16 = (x: bigint) => x.toString(16).padStart(16, '0');
 
-/** A command-line or API argument is malformed (bad tid text, bad URL, …). */
-export class BadArgumentError extends WcfsError {
-  constructor(message: string) {
-    super('WCFS_EBADARG', message);
-  }
-}
+export { BadArgumentError } from '../errors.js'; // shared by every layer; zodb callers meet it here
 
 /** The oid never existed in the database. (neo/go: NoObjectError; ZODB: POSKeyError) */
 export class NoObjectError extends WcfsError {
