@@ -1,37 +1,50 @@
 // wcfs native addon — module entry.
 //
-// Owns: module registration and the error helper every part shares.
+// Owns: module registration and the error helper every part shares (ThrowErrno; the errno
+// names come from TS, see setErrnoNames).
 // Parts: flock.cc (BSD flock for the FileStorage .lock), pidfd.cc (process handles for
 // signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes), client*.cc (the client: mmaps, watch link, pinner).
 #include "addon.h"
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace wcfs {
 
-static const char* errnoName(int err) {
-  switch (err) {
-    case EAGAIN: return "EAGAIN";
-    case EBADF: return "EBADF";
-    case EINTR: return "EINTR";
-    case EINVAL: return "EINVAL";
-    case ENOLCK: return "ENOLCK";
-    case ENOENT: return "ENOENT";
-    case EACCES: return "EACCES";
-    case EPERM: return "EPERM";
-    case EIO: return "EIO";
-    case ENOTCONN: return "ENOTCONN";
-    case ESRCH: return "ESRCH";
-    default: return "EUNKNOWN";
+// errno → name, installed once by src/native.ts from os.constants.errno (the registry,
+// src/errors.ts): the names are TS's, so every errno Node knows has one. Shared by all
+// threads and worker environments of the process, hence the mutex.
+static std::mutex errnoMu;
+static std::vector<std::string> errnoNames;
+
+static std::string errnoName(int err) {
+  {
+    std::lock_guard<std::mutex> lk(errnoMu);
+    if (err >= 0 && size_t(err) < errnoNames.size() && !errnoNames[size_t(err)].empty()) return errnoNames[size_t(err)];
   }
+  return "E" + std::to_string(err);
+}
+
+// setErrnoNames(names: string[]): names[n] = name of errno n ('' = none). First call wins.
+static Napi::Value SetErrnoNames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "setErrnoNames(names: string[])");
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<std::string> v(a.Length());
+  for (uint32_t i = 0; i < a.Length(); i++) v[i] = a.Get(i).ToString().Utf8Value();
+  std::lock_guard<std::mutex> lk(errnoMu);
+  if (errnoNames.empty()) errnoNames = std::move(v);
+  return env.Undefined();
 }
 
 void ThrowErrno(Napi::Env env, int err, const char* syscall) {
-  std::string msg = std::string(errnoName(err)) + ": " + std::strerror(err) + ", " + syscall;
+  const std::string name = errnoName(err);
+  std::string msg = name + ": " + std::strerror(err) + ", " + syscall;
   Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, errnoName(err)));
+  e.Set("code", Napi::String::New(env, name));
   e.Set("errno", Napi::Number::New(env, -err));
   e.Set("syscall", Napi::String::New(env, syscall));
   throw e;
@@ -43,6 +56,7 @@ static Napi::Value Version(const Napi::CallbackInfo& info) {
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
+  exports.Set("setErrnoNames", Napi::Function::New(env, SetErrnoNames));
   InitFlock(env, exports);
   InitFileMap(env, exports);
   InitPidfd(env, exports);

@@ -8,8 +8,9 @@
 
 namespace wcfs {
 
-// Throws a JS Error whose .code is the errno name (e.g. "EAGAIN") and .errno the number,
-// the same shape Node's own fs errors have.
+// Throws a JS Error whose .code is the errno name (e.g. "EAGAIN"; "E<n>" for a number TS did
+// not name, see addon.cc setErrnoNames) and .errno the negative number, the same shape
+// Node's own fs errors have.
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
 
 void InitFlock(Napi::Env env, Napi::Object exports);

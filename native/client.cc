@@ -8,8 +8,10 @@
 //          'down'     0, why (poisoned)         'closed'   0, error text or ''
 //   request(msg) → id                          throws {code:'WCFS_ELINKDOWN'}
 //   fileAdd(foid: bigint, headFd, blksize, size) → fileId   (takes ownership of headFd)
+//                                              throws {code:'WCFS_EBUSY'} if foid is open
 //   fileRemove(fileId) → fds[]                 efaults the file's mappings; caller closes fds
-//   fileResize(fileId, size) → '' | error text
+//   fileResize(fileId, size)                  throws {code:'WCFS_ESERVERBUG'|'WCFS_EFILECLOSED'|
+//                                              'WCFS_ECONNCLOSED'} or a plain Error (unzero)
 //   filePinned(fileId) → [blk, rev: bigint][]  (test hook)
 //   mmap(fileId, blkStart, blkLen) → [mappingId, ArrayBuffer]
 //        throws {code:'WCFS_EFILECLOSED'|'WCFS_ECONNCLOSED'} or an errno error
@@ -269,14 +271,24 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     uint64_t size = ToU64(env, info[1], "size");
     uint64_t id = ToU64(env, info[0], "fileId");
     std::string err;
+    const char* code = nullptr;
     {
       std::lock_guard<std::mutex> lk(core_->mu);
       auto it = core_->files.find(id);
-      if (it == core_->files.end()) err = "file closed";
-      else if (core_->poisoned) err = core_->downErr;
-      else err = core_->resizeLocked(it->second.get(), size);
+      if (it == core_->files.end()) {
+        err = "file closed";
+        code = "WCFS_EFILECLOSED";
+      } else if (core_->poisoned) {
+        err = core_->downErr;
+        code = "WCFS_ECONNCLOSED";
+      } else {
+        err = core_->resizeLocked(it->second.get(), size, &code);
+      }
     }
-    return Napi::String::New(env, err);  // no JS allocation under mu (style: never)
+    // no JS allocation under mu (style: never)
+    if (code != nullptr) ThrowCode(env, code, err);
+    if (!err.empty()) throw Napi::Error::New(env, err);
+    return env.Undefined();
   }
 
   Napi::Value FilePinned(const Napi::CallbackInfo& info) {

@@ -204,8 +204,9 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   int unmapLocked(Mapping* m);
   // fileRemove: drop the file from the tables, efault its mappings; returns fds to close.
   std::vector<int> fileRemoveLocked(FileState* f);
-  // resync phase 1 for one file: new head size. Returns "" or the error text.
-  std::string resizeLocked(FileState* f, uint64_t newSize);
+  // resync phase 1 for one file: new head size. Returns "" or the error text; *code = the
+  // error's registry code (src/errors.ts: WCFS_ESERVERBUG, WCFS_EFILECLOSED) or nullptr.
+  std::string resizeLocked(FileState* f, uint64_t newSize, const char** code);
   // Applies pin (rev = kTidHead: unpin) to f; revFile = the opened @rev file for rev (or
   // nullptr for head / when f->revTab already has it). Returns "" or error text. Fds that
   // became unused are appended to `toClose`.

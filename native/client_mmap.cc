@@ -109,11 +109,16 @@ std::vector<int> ConnCore::fileRemoveLocked(FileState* f) {
 // to newSize. Blocks in [old, new) of every mapping were zeros and become head — except
 // pinned ones, which are re-applied right after (hazard H2: the server will not resend a
 // pin it already has). The range is clamped on both sides, in signed arithmetic (H3).
-std::string ConnCore::resizeLocked(FileState* f, uint64_t newSize) {
+std::string ConnCore::resizeLocked(FileState* f, uint64_t newSize, const char** code) {
   const uint64_t bs = f->blksize;
-  if (f->removed) return "file closed";
-  if (newSize % bs != 0) return "wcfs bug: head/file size % blksize != 0";
-  if (newSize < f->headfsize) return "wcfs bug: head/file size not ↑";
+  if (f->removed) {
+    *code = "WCFS_EFILECLOSED";
+    return "file closed";
+  }
+  *code = "WCFS_ESERVERBUG";  // the server broke its promise (TS: ServerBugError)
+  if (newSize % bs != 0) return "head/file size % blksize != 0";
+  if (newSize < f->headfsize) return "head/file size not ↑";
+  *code = nullptr;
   const int64_t oldSz = int64_t(f->headfsize), newSz = int64_t(newSize);
   for (Mapping* m : f->mmaps) {
     if (m->efaulted) continue;

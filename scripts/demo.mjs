@@ -14,7 +14,7 @@ import { open, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { zodbDemo } from '../dist/cli/zodb.js';
-import { start, stop } from '../dist/server/control.js';
+import { start, stop } from '../dist/control/control.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { WriteTxn } from '../dist/zodb/db.js';
 import { hex16 } from '../dist/zodb/ids.js';

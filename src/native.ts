@@ -4,9 +4,12 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { errnoNameTable } from './errors.js';
 
 export interface NativeAddon {
   version(): string;
+  /** Installs errno names (index = errno) for native errno errors; first call wins. Done by native(). */
+  setErrnoNames(names: string[]): void;
   /** BSD flock; op 'ex'/'sh' are non-blocking; throws {code:'EAGAIN'} when held elsewhere. */
   flock(fd: number, op: 'ex' | 'sh' | 'un'): void;
   /** Read-only MAP_SHARED mmap of [0, length) of fd; munmapped when the buffer is collected. */
@@ -80,12 +83,16 @@ export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed',
 export interface NativeClientConn {
   /** Sends msg on a new odd stream → its id. Throws {code: 'WCFS_ELINKDOWN'}. */
   request(msg: string): number;
-  /** Takes ownership of headFd (returned by fileRemove). → fileId */
+  /** Takes ownership of headFd (returned by fileRemove). → fileId. Throws {code: 'WCFS_EBUSY'} when foid is already added. */
   fileAdd(foid: bigint, headFd: number, blksize: number, size: number): number;
   /** Efaults the file's mappings and forgets it; → fds for the caller to close. */
   fileRemove(fileId: number): number[];
-  /** Resync phase 1: the head file has now `size` bytes. → '' or the error text. */
-  fileResize(fileId: number, size: number): string;
+  /**
+   * Resync phase 1: the head file has now `size` bytes. Throws {code: 'WCFS_ESERVERBUG'
+   * (message: what the server got wrong) | 'WCFS_EFILECLOSED' | 'WCFS_ECONNCLOSED'}, or a
+   * plain Error when remapping failed.
+   */
+  fileResize(fileId: number, size: number): void;
   /** Test hook: the pinned table, [blk, rev]. */
   filePinned(fileId: number): Array<[number, bigint]>;
   /** → [mappingId, ArrayBuffer over the mapping]. Throws {code: 'WCFS_EFILECLOSED' | 'WCFS_ECONNCLOSED' | errno}. */
@@ -187,6 +194,7 @@ export function native(): NativeAddon {
     } catch (e) {
       throw new Error(`wcfs: cannot load native addon ${addonPath} (run \`npm run build:native\`): ${(e as Error).message}`);
     }
+    cached.setErrnoNames(errnoNameTable()); // errno errors from native carry the registry's names
   }
   return cached;
 }

@@ -5,7 +5,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { FuseError } from '../src/fuse/errors.js';
 import { errno } from '../src/fuse/kernel.js';
-import { LinkTimeoutError, MAX_INFLIGHT, MAX_LINE, TX_MAX, WatchLink, type LinkHandlers } from '../src/server/watchlink.js';
+import { MAX_INFLIGHT, MAX_LINE, TX_MAX, WatchLink, type LinkHandlers } from '../src/server/watchlink.js';
+import { LinkTimeoutError } from '../src/watchlink/errors.js';
 import { ProcessRef } from '../src/util/proc.js';
 import { goQuote, QUOTE_MAX } from '../src/watchlink/wire.js';
 import { exitOf } from './helpers/pidreuse.js';
@@ -25,7 +26,7 @@ function newLink(request?: LinkHandlers['request']) {
   const downs: Array<string | undefined> = [];
   const l = new WatchLink(1, ProcessRef.open(process.pid), {
     request: request ?? ((link, stream) => link.send(stream, 'ok')),
-    down: (_l, reason) => void downs.push(reason),
+    down: (_l, down) => void downs.push(down?.why),
   });
   links.push(l);
   return { l, downs };

@@ -1,4 +1,4 @@
-// Control-path safety and CLI faults (src/server/control.ts 2-3, 6; issue 7 items 3 and 6).
+// Control-path safety and CLI faults (src/control/control.ts 2-3, 6; issue 7 items 3 and 6).
 //
 // The attacker is uid 65534 (setpriv --reuid=65534 --regid=65534 --clear-groups): it plants
 // symlinks, directories and a mount of its own in the shared /dev/shm/wcfs, where root's
@@ -21,7 +21,7 @@ import {
   start,
   stop,
   WCFS_SHM,
-} from '../src/server/control.js';
+} from '../src/control/control.js';
 import { NotAFileError } from '../src/zodb/fs1/errors.js';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
 import { zblkPath } from './helpers/paths.js';

@@ -7,7 +7,7 @@ import { existsSync, rmdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { findMount } from '../src/fuse/mountinfo.js';
-import { defaultMountpoint, findServerPids, join, stop, WCFS_SHM } from '../src/server/control.js';
+import { defaultMountpoint, findServerPids, join, stop, WCFS_SHM } from '../src/control/control.js';
 import { zblkPath } from './helpers/paths.js';
 import { sleep } from './helpers/mount.js';
 import { copyInto, startServer, stopAllServers, tmpDir, wcfsBin } from './helpers/wcfs.js';

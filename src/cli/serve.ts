@@ -3,15 +3,15 @@
 // serve runs the server in the foreground until the filesystem is unmounted (exit 0) or it
 // fails (exit 1, after switching the mount to EIO mode). SIGTERM/SIGINT unmount; if clients
 // keep the mount busy the connection is aborted instead — never a hang. Before mounting, a
-// mount already at the mountpoint must be our own wcfs (control.ts 3: else refused, or
-// cleaned up when crashed) and the mountpoint passes the shared-dir rules (control.ts 2); a
-// mountpoint serve created is removed again when the server fails to start.
+// mount already at the mountpoint must be our own wcfs (src/control/control.ts 3: else
+// refused, or cleaned up when crashed) and the mountpoint passes the shared-dir rules
+// (control.ts 2); a mountpoint serve created is removed again when the server fails to start.
 
 import createDebug from 'debug';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
-import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../server/control.js';
+import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../control/control.js';
 import { WcfsServer } from '../server/server.js';
-import { BadArgumentError, WcfsError } from '../zodb/errors.js';
+import { BadArgumentError, WcfsError } from '../errors.js';
 
 export interface ServeOptions {
   pintimeout?: string;

@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import { WriteTxn, StorageLoader } from '../zodb/db.js';
-import { BadArgumentError } from '../zodb/errors.js';
+import { BadArgumentError } from '../errors.js';
 import { hex16, parseHexArg, tidToString, type Oid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import { PersistentRef, decodeRecordClass } from '../zodb/pickle/index.js';

@@ -50,10 +50,11 @@ import createDebug from 'debug';
 import { constants as bufferConstants } from 'node:buffer';
 import { close as fsClose, constants as fsc, fstat as fsFstat, open as fsOpen, type Stats } from 'node:fs';
 import path from 'node:path';
+import { isCode } from '../errors.js';
 import { native, type NativeClientConn } from '../native.js';
 import { formatWatch } from '../watchlink/wire.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
-import { ConnClosedError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';
+import { ConnClosedError, FileBusyError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';
 import type { WCFS } from './wcfs.js';
 import { withTimeout } from '../util/async.js';
 
@@ -222,7 +223,7 @@ export class Conn {
       fileId = this.nc.fileAdd(foid, fd, blksize, size);
     } catch (e) {
       await closeFd(fd);
-      throw e;
+      throw isCode(e, 'WCFS_EBUSY') ? new FileBusyError(ctx) : e;
     }
     const fh = new FileH(this, foid, fileId, fd, blksize, size);
     this.fileTab.set(foid, fh);
@@ -253,10 +254,11 @@ export class Conn {
       const st = stats[i]!;
       const fctx = `${ctx}: f${hex16(fh.foid)}`;
       if (st.blksize !== fh.blksize) throw new ServerBugError(fctx, `blksize changed ${fh.blksize} -> ${st.blksize}`);
-      const err = this.nc.fileResize(fh.fileId, st.size);
-      if (err !== '') {
-        if (err.startsWith('wcfs bug: ')) throw new ServerBugError(fctx, err.slice('wcfs bug: '.length));
-        throw new Error(`${fctx}: ${err}`);
+      try {
+        this.nc.fileResize(fh.fileId, st.size);
+      } catch (e) {
+        if (isCode(e, 'WCFS_ESERVERBUG')) throw new ServerBugError(fctx, (e as Error).message);
+        throw new Error(`${fctx}: ${(e as Error).message}`, { cause: e });
       }
       fh.headfsize = st.size;
     });
@@ -336,8 +338,7 @@ export class FileH {
     try {
       r = this.conn.native.mmap(this.fileId, blkStart, n);
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'WCFS_EFILECLOSED' || code === 'WCFS_ECONNCLOSED') throw new FileClosedError(ctx);
+      if (isCode(e, 'WCFS_EFILECLOSED') || isCode(e, 'WCFS_ECONNCLOSED')) throw new FileClosedError(ctx);
       throw e;
     }
     return new Mapping(this, r[0], r[1], blkStart, n);

@@ -2,4 +2,4 @@
 // fileh.mmap(blkStart, blkLen) → mapping.bytes. See conn.ts for the design.
 export { WCFS, type JoinOptions } from './wcfs.js';
 export { Conn, FileH, FileState, Mapping, MAX_MAPPING, type ConnOptions } from './conn.js';
-export { ConnClosedError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';
+export { ConnClosedError, FileBusyError, FileClosedError, LinkDownError, ServerBugError, WatchError } from './errors.js';

@@ -1,6 +1,6 @@
 // WCFS: the client's handle on one wcfs mount (upstream wcfs.WCFS / PyWCFS, wcfs-client.md
 // §1.2, §8). One per mountpoint per process, shared by join() calls (njoin counts them);
-// holds the server's .wcfs/zurl open (src/server/control.ts join) so the server knows it is
+// holds the server's .wcfs/zurl open (src/control/control.ts join) so the server knows it is
 // in use. connect(at) makes Conns.
 //
 // All file access here goes through libuv's pool (the server is another process); nothing
@@ -9,7 +9,7 @@
 import { readFile } from 'node:fs/promises';
 import { constants as fsc, open as fsOpen } from 'node:fs';
 import path from 'node:path';
-import { join as joinServer, type WcfsHandle } from '../server/control.js';
+import { join as joinServer, type WcfsHandle } from '../control/control.js';
 import { parseHex16, type Tid } from '../zodb/ids.js';
 import { Conn, type ConnOptions } from './conn.js';
 

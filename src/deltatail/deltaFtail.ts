@@ -30,6 +30,7 @@
 // per-block history, which is idempotent.
 
 import createDebug from 'debug';
+import { isCode } from '../errors.js';
 import { btreeGet, type PathNode } from '../zodb/btree/index.js';
 import type { ObjectLoader } from '../zodb/db.js';
 import type { Oid, Tid } from '../zodb/ids.js';
@@ -313,8 +314,7 @@ export class DeltaFtail {
       for (const n of path) if (n.serial > revMax) revMax = n.serial;
       return { value: v === undefined ? null : v, pathOids: pathOids(path), revMax };
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'WCFS_ENODATA' || code === 'WCFS_ENOOBJ') return undefined;
+      if (isCode(e, 'WCFS_ENODATA') || isCode(e, 'WCFS_ENOOBJ')) return undefined;
       throw e;
     }
   }

@@ -1,40 +1,37 @@
-// Errors of the FUSE layer and the one function that maps any error to the errno a FUSE
-// reply carries (toErrno). Stable codes: WCFS_EFUSE (an errno meant for the kernel),
-// WCFS_ENOTIFY (a kernel notification failed), WCFS_EMOUNT (mount/unmount failed).
+// Errors of the FUSE layer (codes from the registry, src/errors.ts: WCFS_EFUSE — an errno
+// meant for the kernel, WCFS_ENOTIFY — a kernel notification failed, WCFS_EMOUNT —
+// mount/unmount failed; native/fuse.cc throws WCFS_EMOUNT as a plain Error, session.ts turns
+// it into a MountError) and the one function that maps any error to the errno a FUSE reply
+// carries (toErrno).
 
-import { errno, errnoName } from './kernel.js';
+import { errnoName, WcfsError } from '../errors.js';
+import { errno } from './kernel.js';
 
 /** Thrown by handlers to answer a request with `errno` (positive, e.g. errno.ENOENT). */
-export class FuseError extends Error {
-  readonly code = 'WCFS_EFUSE';
+export class FuseError extends WcfsError {
   constructor(
     readonly errno: number,
     message?: string,
     options?: { cause?: unknown },
   ) {
-    super(message ?? errnoName(errno), options);
-    this.name = 'FuseError';
+    super('WCFS_EFUSE', message ?? errnoName(errno), options);
   }
 }
 
 /** A fuse_lowlevel_notify_* call failed; `errno` is positive (ENOENT: inode unknown to the kernel). */
-export class NotifyError extends Error {
-  readonly code = 'WCFS_ENOTIFY';
+export class NotifyError extends WcfsError {
   constructor(
     readonly errno: number,
     readonly what: string,
   ) {
-    super(`${what}: ${errnoName(errno)}`);
-    this.name = 'NotifyError';
+    super('WCFS_ENOTIFY', `${what}: ${errnoName(errno)}`);
   }
 }
 
 /** Mounting, unmounting or aborting failed. */
-export class MountError extends Error {
-  readonly code = 'WCFS_EMOUNT';
+export class MountError extends WcfsError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'MountError';
+    super('WCFS_EMOUNT', message, options);
   }
 }
 

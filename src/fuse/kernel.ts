@@ -83,11 +83,8 @@ export const S_IFLNK = 0o120000;
 // ---- errno (positive numbers, as FUSE replies want them) ----
 export const errno = os.constants.errno;
 
-/** 'ENOENT' for 2, …; `E<n>` when unknown. */
-export function errnoName(n: number): string {
-  for (const [name, v] of Object.entries(errno)) if (v === n) return name;
-  return `E${n}`;
-}
+/** 'ENOENT' for 2, …; `E<n>` when unknown (the registry's reverse map of os.constants.errno). */
+export { errnoName } from '../errors.js';
 
 // ---- fixed layouts shared with native/fuse.cc ----
 export const ATTR_INO = 0;

@@ -63,7 +63,10 @@ export interface MountOptions extends NativeFuseConfig {
   options?: string[];
   /** Where warnings and errors go [stderr]. */
   log?: (line: string) => void;
-  /** Extends toErrno: return a verdict for errors the filesystem knows, else undefined. */
+  /**
+   * Extends toErrno: return a verdict for errors the filesystem knows, else undefined. Not
+   * asked about a FuseError: that one always answers with its errno.
+   */
   mapError?: (err: unknown) => ErrnoVerdict | undefined;
 }
 
@@ -333,7 +336,7 @@ export class FuseSession {
     if (ctx.done) return;
     ctx.done = true;
     this.inflight.delete(ctx.req.id);
-    const v = this.opts.mapError?.(err) ?? toErrno(err, ctx.interrupted);
+    const v = (err instanceof FuseError ? undefined : this.opts.mapError?.(err)) ?? toErrno(err, ctx.interrupted);
     if (v.log !== 'no') {
       const what = v.log === 'error' ? 'error' : 'warning';
       this.log(`wcfs: fuse: ${what}: ${this.where(ctx)}: ${errnoName(v.errno)}: ${err instanceof Error && v.log === 'error' ? err.stack : String(err)}`);

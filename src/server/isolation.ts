@@ -38,7 +38,9 @@ import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
 import { sleep } from '../util/async.js';
 import type { ProcessRef } from '../util/proc.js';
-import { LinkDownError, LinkTimeoutError, type WatchLink } from './watchlink.js';
+import { isCode } from '../errors.js';
+import { LinkDownError, LinkTimeoutError, PinError, WrongReplyError } from '../watchlink/errors.js';
+import type { WatchLink } from './watchlink.js';
 
 export class Watch {
   at: Tid = 0n;
@@ -65,8 +67,6 @@ export interface IsolationHost {
   log(line: string): void;
   fatal(err: Error): void;
 }
-
-class WrongReplyError extends Error {}
 
 export class Isolation {
   /** Watches per head file (by foid) and per link. */
@@ -108,8 +108,7 @@ export class Isolation {
       await link.send(stream, 'ok');
     } catch (e) {
       if (link.down) return; // no reply on a down link (I2)
-      const msg = e instanceof LinkDownError ? e.message : (e as Error).message;
-      await link.send(stream, `error ${prefix}: ${msg}`);
+      await link.send(stream, `error ${prefix}: ${(e as Error).message}`);
     }
   }
 
@@ -141,7 +140,7 @@ export class Isolation {
         throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${δt}s`);
       }
       const byFile = this.linkWatches.get(link);
-      if (byFile === undefined) throw new LinkDownError('');
+      if (byFile === undefined) throw new LinkDownError('link is down', '');
       let w = byFile.get(foid);
       let created = false;
       if (w === undefined) {
@@ -198,7 +197,7 @@ export class Isolation {
     } finally {
       w.atMu.runlock();
     }
-    if (w.link.down) throw new LinkDownError('');
+    if (w.link.down) throw new LinkDownError('link is down', '');
   }
 
   // ---- 2) reads ----
@@ -267,21 +266,22 @@ export class Isolation {
     // linkDown() decides about the client.
     if (err instanceof LinkDownError) return;
     const kind: KillKind = err instanceof WrongReplyError ? 'wrong' : err instanceof LinkTimeoutError ? 'timeout' : 'io';
-    const reason = `${what}: ${err.message}`;
-    link.shutdown(reason, `fatal: ${reason}`);
-    await this.maybeKill(link, reason, kind);
+    const pe = new PinError(what, err);
+    link.shutdown(pe, `fatal: ${pe.message}`); // linkDown() sees the PinError as the cause
+    await this.maybeKill(link, pe.message, kind);
   }
 
   /**
    * The link went down: drop its watches. A protocol error or EOF while pins were in flight
    * counts as a failed pin (the client may be killed); bye never does.
    */
-  linkDown(link: WatchLink, reason: string | undefined, pendingRequests: number): void {
+  linkDown(link: WatchLink, down: LinkDownError | undefined, pendingRequests: number): void {
     const byFile = this.linkWatches.get(link);
     if (byFile !== undefined) for (const w of [...byFile.values()]) this.drop(w);
     this.linkWatches.delete(link);
-    if (reason !== undefined && pendingRequests > 0 && !/^pin #/.test(reason)) {
-      void this.maybeKill(link, reason, 'io');
+    // a failed pin (cause: PinError) was dealt with by pinFailed
+    if (down !== undefined && pendingRequests > 0 && !isCode(down.cause, 'WCFS_EPIN')) {
+      void this.maybeKill(link, down.why, 'io');
     }
   }
 

@@ -79,6 +79,7 @@
 
 import createDebug from 'debug';
 import { DeltaFtail } from '../deltatail/deltaFtail.js';
+import { isCode, WcfsError } from '../errors.js';
 import { FuseError } from '../fuse/errors.js';
 import type { Attr, DirEntry, EntryOut, FileSystem, OpenOut, RequestContext } from '../fuse/fs.js';
 import {
@@ -87,7 +88,6 @@ import {
 } from '../fuse/kernel.js';
 import { FuseSession, type MountOptions } from '../fuse/session.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
-import { WcfsError } from '../zodb/errors.js';
 import { hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { CommitEvent, IStorage, StorageWatch } from '../zodb/storage.js';
@@ -642,8 +642,7 @@ export class WcfsServer implements FileSystem {
     try {
       return await ZBigFileView.open(this.loader, foid, at);
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'WCFS_ENOOBJ' || code === 'WCFS_ENODATA' || (code === 'WCFS_EFORMAT' && /not a ZBigFile/.test((e as Error).message))) {
+      if (isCode(e, 'WCFS_ENOOBJ') || isCode(e, 'WCFS_ENODATA') || isCode(e, 'WCFS_ENOTZBIGFILE')) {
         throw new FuseError(errno.EINVAL, `@${hex16(at)}/bigfile/${hex16(foid)}: ${(e as Error).message}`);
       }
       throw e;

@@ -43,6 +43,7 @@ import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
 import { ProcessGoneError, ProcessRef } from '../util/proc.js';
+import { LinkDownError, LinkTimeoutError } from '../watchlink/errors.js';
 import { formatFrame, goQuote, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
 const debug = createDebug('wcfs:watch');
@@ -53,22 +54,6 @@ export const MAX_LINE = 4096;
 export const MAX_INFLIGHT = 1024;
 /** B3: outgoing bytes queued per link before further frames wait. */
 export const TX_MAX = 64 * 1024;
-
-/** Our request failed because the link is (or went) down. */
-export class LinkDownError extends Error {
-  readonly code = 'WCFS_ELINKDOWN';
-  constructor(readonly why: string) {
-    super(`link is down${why ? ': ' + why : ''}`);
-  }
-}
-
-/** No reply (or the frame was not even read) within the deadline. */
-export class LinkTimeoutError extends Error {
-  readonly code = 'WCFS_ETIMEDOUT';
-  constructor(ms: number) {
-    super(`timeout (${(ms / 1000).toFixed(1)}s)`);
-  }
-}
 
 interface TxItem {
   bytes: Buffer;
@@ -88,10 +73,11 @@ export interface LinkHandlers {
    */
   request(link: WatchLink, stream: bigint, req: Extract<ClientRequest, { kind: 'watch' }>): Promise<void>;
   /**
-   * The link went down. `pendingPins` = requests of ours that were in flight; `reason` is
-   * undefined for bye, else the error text (protocol error, EOF without bye, pin failure).
+   * The link went down. `pendingRequests` = requests of ours that were in flight; `down` is
+   * undefined for bye, else the error our requests failed with: `why` = protocol error, EOF
+   * without bye, …; `cause` = the error shutdown() was given (a PinError for a failed pin).
    */
-  down(link: WatchLink, reason: string | undefined, pendingRequests: number): void;
+  down(link: WatchLink, down: LinkDownError | undefined, pendingRequests: number): void;
 }
 
 export class WatchLink {
@@ -257,7 +243,7 @@ export class WatchLink {
    * Rejects with LinkDownError / LinkTimeoutError.
    */
   async request(msg: string, timeoutMs: number): Promise<string> {
-    if (this.isDown) throw new LinkDownError('');
+    if (this.isDown) throw new LinkDownError('link is down', '');
     this.nextStream += 2n;
     const stream = this.nextStream;
     const reply = new Promise<string>((resolve, reject) => this.pending.set(stream, { resolve, reject }));
@@ -276,25 +262,28 @@ export class WatchLink {
 
   /**
    * Take the link down (first call wins; returns whether this call did). `reason` undefined
-   * = graceful (bye). `control` = the stream-0 line to send first ("error: …"/"fatal: …").
+   * = graceful (bye); an Error becomes the cause of the LinkDownError. `control` = the
+   * stream-0 line to send first ("error: …"/"fatal: …").
    */
-  shutdown(reason: string | undefined, control?: string): boolean {
+  shutdown(reason: string | Error | undefined, control?: string): boolean {
     if (this.isDown) return false;
     this.isDown = true;
+    const why = reason instanceof Error ? reason.message : reason;
+    const down = new LinkDownError('link is down', why ?? 'bye', reason instanceof Error ? { cause: reason } : undefined);
     const npending = this.pending.size;
-    for (const p of this.pending.values()) p.reject(new LinkDownError(reason ?? 'bye'));
+    for (const p of this.pending.values()) p.reject(down);
     this.pending.clear();
-    this.ac.abort(new LinkDownError(reason ?? 'bye'));
+    this.ac.abort(down);
     // frames still waiting for room are never sent (B3): their senders are told "done"
     for (const t of this.txWait.splice(0)) t.done();
     if (control !== undefined && !this.eof) {
       debug('%s: > 0 %s', this, control);
       void this.queue(0n, control, true);
     }
-    if (reason !== undefined && control === undefined) debug('%s: down: %s', this, reason);
+    if (why !== undefined && control === undefined) debug('%s: down: %s', this, why);
     this.eof = true; // readers get EOF once the queue (the control line) is drained
     this.wakeReaders();
-    this.handlers.down(this, reason, npending);
+    this.handlers.down(this, reason === undefined ? undefined : down, npending);
     return true;
   }
 

@@ -14,6 +14,7 @@
 
 import { closeSync, readFileSync, statSync } from 'node:fs';
 import { constants } from 'node:os';
+import { WcfsError } from '../errors.js';
 import { native } from '../native.js';
 
 export function processAlive(pid: number): boolean {
@@ -31,10 +32,9 @@ export function processAlive(pid: number): boolean {
 }
 
 /** The process asked for has exited (or never existed). */
-export class ProcessGoneError extends Error {
-  readonly code = 'WCFS_ESRCH';
+export class ProcessGoneError extends WcfsError {
   constructor(tid: number, why: string) {
-    super(`pid${tid}: process is gone (${why})`);
+    super('WCFS_ESRCH', `pid${tid}: process is gone (${why})`);
   }
 }
 

@@ -1,26 +1,14 @@
-// Errors of the ZODB layer. Every error has a stable `code` ('WCFS_E…') so callers and the
-// CLI can tell kinds apart without matching messages; messages carry context as a path
-// ("data.fs: txn @1234: data record @1300: oid mismatch").
+// Errors of the ZODB layer (FileStorage ones: fs1/errors.ts). Each has a stable `code` from
+// the registry (src/errors.ts) so callers and the CLI tell kinds apart without matching
+// messages; messages carry context as a path ("data.fs: txn @1234: data record @1300: oid
+// mismatch").
 
+import { WcfsError } from '../errors.js';
 import type { Oid, Tid } from './ids.js';
 
 const h16 = (x: bigint) => x.toString(16).padStart(16, '0');
 
-export class WcfsError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-    this.name = new.target.name;
-  }
-}
-
-/** A command-line or API argument is malformed (bad tid text, bad URL, …). */
-export class BadArgumentError extends WcfsError {
-  constructor(message: string) {
-    super('WCFS_EBADARG', message);
-  }
-}
+export { BadArgumentError } from '../errors.js'; // shared by every layer; zodb callers meet it here
 
 /** The oid never existed in the database. (neo/go: NoObjectError; ZODB: POSKeyError) */
 export class NoObjectError extends WcfsError {
@@ -57,10 +45,17 @@ export class PickleError extends WcfsError {
   }
 }
 
-/** An object decoded fine but is not what it should be (e.g. not a ZBigFile). */
+/** An object decoded fine but is not what it should be (a bad record, a bad ZBigFile state). */
 export class ObjectFormatError extends WcfsError {
   constructor(readonly oid: Oid | undefined, detail: string) {
     super('WCFS_EFORMAT', `${oid === undefined ? '' : `oid ${h16(oid)}: `}${detail}`);
+  }
+}
+
+/** The object is not a ZBigFile (its class is `klass`). */
+export class NotZBigFileError extends WcfsError {
+  constructor(readonly oid: Oid, klass: string) {
+    super('WCFS_ENOTZBIGFILE', `oid ${h16(oid)}: not a ZBigFile (class ${klass})`);
   }
 }
 

@@ -17,7 +17,8 @@
 // revMax = max serial over everything visited — an upper bound of the block's last change.
 
 import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeRange, btreeSet, type PathNode } from './btree/index.js';
-import { ObjectFormatError } from './errors.js';
+import { isCode } from '../errors.js';
+import { NotZBigFileError, ObjectFormatError } from './errors.js';
 import { WriteTxn, type ObjectLoader } from './db.js';
 import type { Oid, Tid } from './ids.js';
 import { Global, PersistentRef, PyDict, Tuple, asBytes, asInt, pyTypeName, type PyValue } from './pickle/index.js';
@@ -75,7 +76,7 @@ export class ZBigFileView {
   static async open(loader: ObjectLoader, oid: Oid, at: Tid): Promise<ZBigFileView> {
     const obj = await loader.loadObject(oid, at);
     if (!obj.klass.is(MOD, 'ZBigFile')) {
-      throw new ObjectFormatError(oid, `not a ZBigFile (class ${obj.klass})`);
+      throw new NotZBigFileError(oid, String(obj.klass));
     }
     const { blksize, blktab } = decodeZBigFileState(oid, obj.state);
     return new ZBigFileView(loader, oid, at, blksize, blktab, obj.serial);
@@ -269,7 +270,7 @@ export async function ensureRoot(storage: IWritableStorage): Promise<void> {
     await storage.load(0n, storage.head());
     return;
   } catch (e) {
-    if ((e as { code?: string }).code !== 'WCFS_ENOOBJ' && (e as { code?: string }).code !== 'WCFS_ENODATA') throw e;
+    if (!isCode(e, 'WCFS_ENOOBJ') && !isCode(e, 'WCFS_ENODATA')) throw e;
   }
   const root = new PyDict();
   root.set('data', new PyDict());
@@ -326,7 +327,7 @@ export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, d
   const key = BigInt(blk);
   if (key < 0n) throw new ObjectFormatError(foid, `setBlock: blk ${key} < 0`);
   const f = await txn.loadObject(foid);
-  if (!f.klass.is(MOD, 'ZBigFile')) throw new ObjectFormatError(foid, `not a ZBigFile (class ${f.klass})`);
+  if (!f.klass.is(MOD, 'ZBigFile')) throw new NotZBigFileError(foid, String(f.klass));
   const { blksize, blktab } = decodeZBigFileState(foid, f.state);
 
   if (data === null) {

@@ -1,7 +1,7 @@
 // Errors specific to the FileStorage driver (the layer-wide ones are in ../errors.ts:
 // CorruptError, StorageLockedError, NoObjectError, NoDataError, ClosedError, ConflictError).
 
-import { WcfsError } from '../errors.js';
+import { WcfsError } from '../../errors.js';
 
 /** The Data.fs does not exist and the open did not ask to create it. */
 export class StorageNotFoundError extends WcfsError {

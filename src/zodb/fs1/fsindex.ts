@@ -25,7 +25,7 @@
 // index (one pickled dict) is reported as IndexFormatError so the caller rebuilds.
 
 import { encodePickle, Tuple, Unpickler, asBytes, type PyValue, pyTypeName } from '../pickle/index.js';
-import { WcfsError } from '../errors.js';
+import { WcfsError } from '../../errors.js';
 import type { Oid } from '../ids.js';
 
 const SUFFIXES = 65536;

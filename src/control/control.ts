@@ -1,4 +1,9 @@
-// Finding, starting, joining, stopping and checking wcfs servers (wcfs-server.md §4.2-§4.4).
+// The launcher and mount registry: finding, starting, joining, stopping and checking wcfs
+// servers (wcfs-server.md §4.2-§4.4). Used by the CLI (src/cli/serve.ts) and the client
+// (src/client/wcfs.ts join); depends on neither, nor on the server (it runs one as a child
+// process: bin/wcfs.js serve). Errors are WcfsErrors (codes in src/errors.ts): WCFS_EUNSAFE,
+// WCFS_ELOG (2), WCFS_EFOREIGN, WCFS_ETIMEDOUT (3), WCFS_ERUNNING, WCFS_ESTART,
+// WCFS_ENOTRUNNING, WCFS_EMISMATCH (4), and BadArgumentError.
 //
 // 1) mountpoint of a zurl: WCFS_SHM/<sha1 of the normalised zurl>, WCFS_SHM = /dev/shm/wcfs.
 // 2) preparing a mountpoint: WCFS_SHM is shared by every user (01777, sticky like /tmp) and
@@ -43,8 +48,8 @@ import {
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BadArgumentError, isCode, WcfsError, type WcfsCode } from '../errors.js';
 import { abortConnection, findMount, fuseOwner, unmountPath, type MountEntry } from '../fuse/mountinfo.js';
-import { BadArgumentError, WcfsError } from '../zodb/errors.js';
 import { withTimeout } from '../util/async.js';
 import { processAlive } from '../util/proc.js';
 
@@ -263,11 +268,14 @@ export interface Started {
   logFile: string;
 }
 
+/** Errors of the mountpoint checks, which start prefixes with its context. */
+const CTX_CODES: readonly WcfsCode[] = ['WCFS_EUNSAFE', 'WCFS_EFOREIGN', 'WCFS_ELOG'];
+
 /** Spawn `wcfs serve` in the background and wait until it answers (§4.3 start). */
 export async function start(zurlArg: string, opts: StartOptions = {}): Promise<Started> {
   const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
-  const ctx = (e: unknown) => (e instanceof WcfsError && /^WCFS_E(UNSAFE|FOREIGN|LOG)$/.test(e.code) ? new WcfsError(e.code, `start ${zurl}: ${e.message}`, { cause: e }) : e);
+  const ctx = (e: unknown) => (e instanceof WcfsError && CTX_CODES.includes(e.code) ? new WcfsError(e.code, `start ${zurl}: ${e.message}`, { cause: e }) : e);
   const st = await probe(mnt, 5000, zurl).catch((e) => Promise.reject(ctx(e)));
   if (st.state === 'running') throw new WcfsError('WCFS_ERUNNING', `wcfs: start ${zurl}: already running at ${mnt}`);
   if (st.state === 'crashed') await cleanupCrashed(mnt);
@@ -294,7 +302,7 @@ export async function start(zurlArg: string, opts: StartOptions = {}): Promise<S
     for (;;) {
       if (exited !== undefined) throw new WcfsError('WCFS_ESTART', `wcfs: start ${zurl}: server ${exited} (log: ${logFile}): ${tail(logFile)}`);
       const s = await probe(mnt, 2000, zurl).catch((e) => {
-        if ((e as { code?: string }).code === 'WCFS_EFOREIGN') throw ctx(e);
+        if (isCode(e, 'WCFS_EFOREIGN')) throw ctx(e);
         return { state: 'absent' } as ServerState; // not answering yet
       });
       if (s.state === 'running') {
@@ -362,7 +370,7 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
   }
   const openOurs = () =>
     openZurlFile(mnt, 5000, zurl).catch((e) => {
-      throw e instanceof WcfsError && e.code === 'WCFS_EFOREIGN' ? new WcfsError(e.code, `wcfs: join ${zurl}: ${e.message}`, { cause: e }) : e;
+      throw e instanceof WcfsError && isCode(e, 'WCFS_EFOREIGN') ? new WcfsError(e.code, `wcfs: join ${zurl}: ${e.message}`, { cause: e }) : e;
     });
   let r = await openOurs();
   if (!('fh' in r)) {
