@@ -18,6 +18,8 @@ import { makeTmpDir } from './tmp.js';
 
 /** A block's new content: a fill byte (ZBlk0), null (punch a hole), or explicit data and format. */
 export type BlkWrite = number | null | { data: Uint8Array; format: ZBlkKind };
+/** Per file (String(foid)): blk → content, or [blk, content] pairs applied in order (a block may repeat). */
+export type Writes = Record<string, Record<number, BlkWrite> | Array<[number, BlkWrite]>>;
 
 export class FHist {
   readonly loader: StorageLoader;
@@ -52,10 +54,10 @@ export class FHist {
   }
 
   /** One commit: per file, blk → content; `extra` adds to the same transaction. Returns tid and δZ. */
-  async commitZ(writes: Record<string, Record<number, BlkWrite>>, extra?: (txn: WriteTxn) => void | Promise<void>): Promise<{ tid: Tid; oids: Oid[] }> {
+  async commitZ(writes: Writes, extra?: (txn: WriteTxn) => void | Promise<void>): Promise<{ tid: Tid; oids: Oid[] }> {
     const txn = new WriteTxn(this.s);
     for (const [f, blocks] of Object.entries(writes)) {
-      for (const [blk, w] of Object.entries(blocks)) {
+      for (const [blk, w] of Array.isArray(blocks) ? blocks : Object.entries(blocks)) {
         const foid = BigInt(f);
         if (w === null) await setBlock(txn, foid, Number(blk), null);
         else if (typeof w === 'number') await setBlock(txn, foid, Number(blk), new Uint8Array(this.blksize).fill(w), { format: 'ZBlk0' });
@@ -69,7 +71,7 @@ export class FHist {
     return { tid, oids };
   }
 
-  async commit(writes: Record<string, Record<number, BlkWrite>>): Promise<Tid> {
+  async commit(writes: Writes): Promise<Tid> {
     return (await this.commitZ(writes)).tid;
   }
 
@@ -95,7 +97,7 @@ export class FHist {
   }
 
   /** Commit and fold it into ΔFtail; returns the tid and ΔFtail's δF of the commit. */
-  async commitΔ(writes: Record<string, Record<number, BlkWrite>>, extra?: (txn: WriteTxn) => void | Promise<void>): Promise<{ tid: Tid; δF: Map<Oid, FileDelta> }> {
+  async commitΔ(writes: Writes, extra?: (txn: WriteTxn) => void | Promise<void>): Promise<{ tid: Tid; δF: Map<Oid, FileDelta> }> {
     const { tid, oids } = await this.commitZ(writes, extra);
     return { tid, δF: await this.δF.update(tid, oids) };
   }
