@@ -349,6 +349,23 @@ describe('watch setup: pins', () => {
     expect(await c.recv()).toBe('1 ok');
   });
 
+  it('a read during setup: the block being pinned is not pinned again, the read waits for that ack (I1)', async () => {
+    const c = client();
+    c.send(`1 watch ${F} @${x(t1)}`);
+    const streams = await c.expectPins(f, { 0: t1, 1: t1, 3: t1 });
+    // >>> read #0 at head while the setup's pin of #0 is in flight
+    let done = false;
+    const read = iso.readPinWatchers(host.files.get(f)!, 0).then(() => (done = true));
+    await flush();
+    expect(await c.received()).toEqual([]); // no second "pin #0"
+    c.ack(streams, [0]);
+    await flush();
+    expect(done).toBe(false);
+    c.send(`${streams.get(0)} ack`);
+    await read;
+    expect(await c.recv()).toBe('1 ok');
+  });
+
   it('two links watching the same file get their own pins', async () => {
     const a = client();
     const b = client();
@@ -378,6 +395,10 @@ describe('watch setup: pins', () => {
     expect(await c.received()).toEqual([]);
     c.send(`5 watch ${x(g)} -`);
     expect(await c.recv()).toBe('5 ok');
+    // >>> a new watch may start further back than the dropped one was (it is not "going back")
+    c.send(`7 watch ${F} @${x(t1)}`);
+    c.ack(await c.expectPins(f, { 0: t1, 1: t1, 2: t1, 3: t1 }));
+    expect(await c.recv()).toBe('7 ok');
   });
 });
 
