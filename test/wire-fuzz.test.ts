@@ -4,6 +4,10 @@
 // both must round-trip what the formatters write. One table (every case a fuzz run found is
 // copied here) and seeded properties, run against both parsers.
 //
+// Tables: server → client lines (both parsers: the reading); why a line is refused (both
+// parsers: their error texts); client → server lines (TS: the server's reading — request,
+// reply, request error or frame error, with upstream's texts), each paired with a property.
+//
 // Seeds and reruns: see test/helpers/fuzz.ts (`npm run fuzz` for long runs).
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -65,6 +69,9 @@ const table: Array<[string, Reading | 'frame' | 'pin']> = [
   ['1 ok', { stream: 1n, msg: 'ok' }],
   ['3 error bad watch: invalid oid', { stream: 3n, msg: 'error bad watch: invalid oid' }],
   ['0 fatal: pin timeout', { stream: 0n, msg: 'fatal: pin timeout' }],
+  ['0 error: invalid frame: "zzz hello\\n" (invalid stream)', { stream: 0n, msg: 'error: invalid frame: "zzz hello\\n" (invalid stream)' }], // control line before a protocol-error close
+  [`5 error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile`, { stream: 5n, msg: `error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile` }],
+  ['7 ok', { stream: 7n, msg: 'ok' }],
   ['1 ', { stream: 1n, msg: '' }],
   ['1  ok', { stream: 1n, msg: ' ok' }],
   ['1 a\r', { stream: 1n, msg: 'a\r' }],
@@ -151,6 +158,145 @@ describe('wire: table (TS and C++ parsers)', () => {
     expect(() => parseClientRequest(`watch 000000000000000A -`)).toThrow('bad watch: invalid oid');
     expect(() => parseClientRequest(`watch ${foid1} @head`)).toThrow('bad watch: invalid at');
     expect(() => parseClientRequest(`watch ${foid1} -x`)).toThrow('bad watch: invalid at');
+  });
+});
+
+// Why a line is refused, as each parser says it: [line without LF, TS error, C++ error]. The
+// frame errors are the TS texts upstream's tests see; the C++ texts are the client's log lines.
+const reasons: Array<[string, string, string]> = [
+  ['1', 'invalid frame: "1\\n" (invalid stream)', 'invalid frame: no SP'],
+  ['zzz hello', 'invalid frame: "zzz hello\\n" (invalid stream)', 'invalid frame: invalid stream ID'],
+  ['01 ok', 'invalid frame: "01 ok\\n" (invalid stream)', 'invalid frame: invalid stream ID'],
+  ['18446744073709551616 ok', 'invalid frame: "18446744073709551616 ok\\n" (invalid stream)', 'invalid frame: invalid stream ID'],
+  ['2 ack', 'bad pin: "ack"', 'not a pin request'],
+  [`2 pin ${foid1} #1`, `bad pin: "pin ${foid1} #1"`, 'expected 3 arguments, got 2'],
+  [`2 pin ${foid1} #1 @head x`, `bad pin: "pin ${foid1} #1 @head x"`, 'expected 3 arguments, got 4'],
+  [`2 pin 000000000000000A #1 @head`, `bad pin: "pin 000000000000000A #1 @head"`, 'invalid foid'],
+  [`2 pin ${foid1} #01 @head`, `bad pin: "pin ${foid1} #01 @head"`, 'invalid blk'],
+  [`2 pin ${foid1} #9007199254740992 @head`, `bad pin: block number out of range: "pin ${foid1} #9007199254740992 @head"`, 'invalid blk'],
+  [`2 pin ${foid1} #1 @HEAD`, `bad pin: "pin ${foid1} #1 @HEAD"`, 'invalid at'],
+  [`2 pin ${foid1} #1 @ffffffffffffffff`, `bad pin: invalid rev: "pin ${foid1} #1 @ffffffffffffffff"`, 'invalid at'],
+];
+
+describe('wire: why a server line is refused (TS and C++ parsers)', () => {
+  it.each(reasons)('%j', (line, tsErr, cxxErr) => {
+    const r = native().clientParseLine(Buffer.from(line, 'latin1'));
+    let ts: string;
+    try {
+      const { msg } = parseFrame(line + '\n');
+      parsePin(msg);
+      ts = '';
+    } catch (e) {
+      ts = (e as Error).message;
+    }
+    expect(ts, 'TS').toBe(tsErr);
+    expect('error' in r ? r.error : r.pinError, 'C++').toBe(cxxErr);
+  });
+});
+
+// ---- client → server lines, as the server reads them ----
+//
+// The server's reading of one client line (WatchLink.handleLine): the frame; an even stream is
+// a reply to one of our pins (its text judged by the pin: only exactly "ack" is right); an odd
+// stream is a request — watch @at, watch -, bye — or a request error, answered "error <text>"
+// on its stream (the link stays up). Only the C++ client writes these lines: it has no parser
+// for them, so this table is the TS side's.
+
+type ServerReading =
+  | { frameError: string }
+  | { reply: bigint; msg: string }
+  | { request: bigint; req: ReturnType<typeof parseClientRequest> }
+  | { request: bigint; error: string };
+
+function serverRead(line: string): ServerReading {
+  let stream: bigint, msg: string;
+  try {
+    ({ stream, msg } = parseFrame(line + '\n'));
+  } catch (e) {
+    expectPlainError(e, 'invalid frame: ');
+    return { frameError: (e as Error).message };
+  }
+  if (stream % 2n === 0n) return { reply: stream, msg };
+  try {
+    return { request: stream, req: parseClientRequest(msg) };
+  } catch (e) {
+    expectPlainError(e, 'bad watch: ');
+    return { request: stream, error: (e as Error).message };
+  }
+}
+
+const clientTable: Array<[string, ServerReading]> = [
+  // requests
+  [`1 watch ${foid1} @00000000000000ff`, { request: 1n, req: { kind: 'watch', foid: 1n, at: 0xffn } }],
+  [`3 watch ffffffffffffffff @0000000000000000`, { request: 3n, req: { kind: 'watch', foid: 0xffffffffffffffffn, at: 0n } }],
+  [`5 watch ${foid1} -`, { request: 5n, req: { kind: 'watch', foid: 1n, at: null } }],
+  ['7 bye', { request: 7n, req: { kind: 'bye' } }],
+  // replies to pins: the reading keeps the text; only "ack" is a right answer (isolation.ts)
+  ['2 ack', { reply: 2n, msg: 'ack' }],
+  ['4 nak: mmap failed', { reply: 4n, msg: 'nak: mmap failed' }],
+  ['6 ack ', { reply: 6n, msg: 'ack ' }],
+  ['6 ', { reply: 6n, msg: '' }],
+  ['0 ack', { reply: 0n, msg: 'ack' }], // stream 0: even, and no pin is ever sent on it → "reply on unexpected stream"
+  // request errors (★ = upstream's tests see the text)
+  ['1 bla bla', { request: 1n, error: 'bad watch: not a watch request: "bla bla"' }], // ★
+  ['1 ack', { request: 1n, error: 'bad watch: not a watch request: "ack"' }],
+  ['1 bye ', { request: 1n, error: 'bad watch: not a watch request: "bye "' }],
+  ['1 Bye', { request: 1n, error: 'bad watch: not a watch request: "Bye"' }],
+  ['1 ', { request: 1n, error: 'bad watch: not a watch request: ""' }],
+  ['1 watch', { request: 1n, error: 'bad watch: not a watch request: "watch"' }],
+  [`1 watch ${foid1}`, { request: 1n, error: 'bad watch: expected 2 arguments, got 1' }],
+  [`1 watch  ${foid1} -`, { request: 1n, error: 'bad watch: expected 2 arguments, got 3' }],
+  [`1 watch ${foid1} - `, { request: 1n, error: 'bad watch: expected 2 arguments, got 3' }],
+  [`1 watch 000000000000000A -`, { request: 1n, error: 'bad watch: invalid oid' }],
+  [`1 watch 1 -`, { request: 1n, error: 'bad watch: invalid oid' }],
+  [`1 watch ${foid1} @head`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} ${foid1}`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} @00000000000000FF`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} @0000000000000000f`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} -x`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} --`, { request: 1n, error: 'bad watch: invalid at' }],
+  [`1 watch ${foid1} @-`, { request: 1n, error: 'bad watch: invalid at' }],
+  ['1 bla\tbla\x00', { request: 1n, error: 'bad watch: not a watch request: "bla\\tbla\\x00"' }], // Go %q
+  // frame errors: the link goes down with "0 error: <text>" (★)
+  ['zzz hello', { frameError: 'invalid frame: "zzz hello\\n" (invalid stream)' }], // ★
+  ['bye', { frameError: 'invalid frame: "bye\\n" (invalid stream)' }],
+  [' 1 bye', { frameError: 'invalid frame: " 1 bye\\n" (invalid stream)' }],
+  ['01 bye', { frameError: 'invalid frame: "01 bye\\n" (invalid stream)' }],
+  ['-1 bye', { frameError: 'invalid frame: "-1 bye\\n" (invalid stream)' }],
+  ['18446744073709551617 bye', { frameError: 'invalid frame: "18446744073709551617 bye\\n" (invalid stream)' }],
+  ['18446744073709551615 bye', { request: 18446744073709551615n, req: { kind: 'bye' } }],
+];
+
+describe('wire: client → server lines (TS)', () => {
+  it.each(clientTable)('%j', (line, want) => {
+    expect(serverRead(line)).toEqual(want);
+  });
+
+  it('formatters: one line per message kind', () => {
+    expect(formatFrame(1n, formatWatch(1n, 0xffn))).toBe(`1 watch ${foid1} @00000000000000ff\n`);
+    expect(formatFrame(3n, formatWatch(1n, null))).toBe(`3 watch ${foid1} -\n`);
+    expect(formatFrame(2n, formatPin(pin(7, 0xabn)))).toBe(`2 pin ${foid1} #7 @00000000000000ab\n`);
+    expect(formatFrame(4n, formatPin(pin(0, null)))).toBe(`4 pin ${foid1} #0 @head\n`);
+    expect(formatFrame(0n, 'fatal: x')).toBe('0 fatal: x\n');
+    expect(() => formatFrame(1n, 'a\nb')).toThrow('watchlink: message contains LF');
+  });
+
+  it('random client lines: only its own errors; an accepted request is canonical (seeded)', () => {
+    const request = fc.oneof(
+      fc.tuple(fc.constantFrom('watch ', 'watch ', 'watch', 'watch  '), hexPart, fc.constantFrom(' ', ' ', '  '), fc.oneof(hexPart.map((h) => '@' + h), fc.constantFrom('-', '@', '--', '@head'))).map((p) => p.join('')),
+      fc.constantFrom('bye', 'bye ', 'ack', 'nak: x', ''),
+    );
+    const clientLine = fc.oneof(fc.tuple(streamText, fc.oneof(request, mutate(request))).map(([st, m]) => `${st} ${m}`), junk);
+    fc.assert(
+      fc.property(clientLine, (line) => {
+        const r = serverRead(line);
+        if ('frameError' in r) return;
+        if ('reply' in r) expect(formatFrame(r.reply, r.msg)).toBe(line + '\n');
+        else if ('req' in r) expect(formatFrame(r.request, r.req.kind === 'bye' ? 'bye' : formatWatch(r.req.foid, r.req.at))).toBe(line + '\n');
+        else expect(r.request % 2n).toBe(1n);
+      }),
+      fcParams(3000),
+    );
   });
 });
 
