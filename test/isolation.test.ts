@@ -161,7 +161,7 @@ class TClient {
         return p;
       },
       down: (l, reason, n) => {
-        this.downs.push([reason, n]);
+        this.downs.push([reason?.why, n]);
         iso.linkDown(l, reason, n);
       },
     });
