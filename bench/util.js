@@ -68,7 +68,7 @@ export async function tools() {
   try {
     fuse = (await run('pkg-config', ['--cflags', '--libs', 'fuse3'])).stdout.trim().split(/\s+/);
   } catch (e) {
-    throw new Error(`bench: pkg-config fuse3 failed (apt-get install libfuse3-dev pkg-config): ${e.message}`);
+    throw new Error(`bench: pkg-config fuse3 failed (apt-get install libfuse3-dev pkg-config): ${e.message}`, { cause: e });
   }
   await buildIfStale(path.join(here, 'cfuse.c'), cfuse, fuse);
   return { rd, cfuse };

@@ -39,7 +39,7 @@ export class TWatchLink {
       this.wake();
     });
     this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-    this.exited.then(() => this.wake());
+    void this.exited.then(() => this.wake()); // exited never rejects
   }
 
   static async open(watchPath: string, opts: { noread?: boolean } = {}): Promise<TWatchLink> {
