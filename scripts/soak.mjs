@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// wcfs soak (issue 7 item 7): `npm run soak -- --minutes N [--clients K] [--readers R]`.
+// wcfs soak (issue 7 item 7): `npm run soak -- --minutes N [--clients K] [--readers R] [--seed S]`.
+// The seed (default: WCFS_SEED, else a fresh one; printed first) drives src/util/rng.ts.
 //
 // One server (`wcfs serve`, a child process, database on tmpfs) under everything at once:
 //   writer    our writer commits random changes to one ZBigFile (64 KiB blocks): ZBlk0 and

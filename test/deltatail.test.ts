@@ -13,6 +13,7 @@ import { openStorage } from '../src/zodb/open.js';
 import type { IWritableStorage } from '../src/zodb/storage.js';
 import { ZBigFileView, createZBigFile, ensureRoot, setBlock } from '../src/zodb/zbigfile.js';
 import { makeTmpDir } from './helpers/tmp.js';
+import { fcSeed } from './helpers/fuzz.js';
 
 const BS = 4096;
 const NBLK = 150; // > 2 buckets of 60
@@ -99,7 +100,7 @@ describe('ΔFtail', () => {
             await s.close();
           }
         }),
-        { numRuns: 25, ...(process.env.WCFS_FC_SEED ? { seed: Number(process.env.WCFS_FC_SEED) } : {}) },
+        { numRuns: 25, ...fcSeed() },
       );
     } finally {
       tmp.cleanup();
