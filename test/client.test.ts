@@ -12,6 +12,7 @@ import { native } from '../src/native.js';
 import { ClientTDB, assertBlk, assertBlkFaults, assertRangeFaults, blkData, pinnedText, readMustFault, PAGE, SIGSEGV } from './helpers/client.js';
 import { stopAllServers } from './helpers/wcfs.js';
 import { seedOr } from './helpers/fuzz.js';
+import { sleep } from '../src/util/async.js';
 import { rng } from '../src/util/rng.js';
 
 const T = { timeout: 60_000 };
@@ -78,7 +79,7 @@ describe('client', () => {
     const future = t.head() + 1n;
     let connected = false;
     const cp = connect(wc, future).then((c) => ((connected = true), c));
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     expect(connected).toBe(false);
     const at1 = await t.commit(foids[0]!, { 0: 'x' });
     expect(at1 > future).toBe(true);

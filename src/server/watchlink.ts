@@ -42,6 +42,7 @@
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
+import { withTimeout } from '../util/async.js';
 import { ProcessGoneError, ProcessRef } from '../util/proc.js';
 import { formatFrame, goQuote, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
@@ -261,15 +262,11 @@ export class WatchLink {
     this.nextStream += 2n;
     const stream = this.nextStream;
     const reply = new Promise<string>((resolve, reject) => this.pending.set(stream, { resolve, reject }));
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new LinkTimeoutError(timeoutMs)), timeoutMs);
-    });
+    const replyOrTimeout = withTimeout(reply, timeoutMs, () => new LinkTimeoutError(timeoutMs));
     try {
       void this.queue(stream, msg);
-      return await Promise.race([reply, timeout]);
+      return await replyOrTimeout;
     } finally {
-      clearTimeout(timer);
       this.pending.delete(stream);
     }
   }
