@@ -43,6 +43,7 @@ import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
 import { withTimeout } from '../util/async.js';
+import { logLine } from '../util/log.js';
 import { ProcessGoneError, ProcessRef } from '../util/proc.js';
 import { formatFrame, goQuote, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
 
@@ -93,6 +94,8 @@ export interface LinkHandlers {
    * undefined for bye, else the error text (protocol error, EOF without bye, pin failure).
    */
   down(link: WatchLink, reason: string | undefined, pendingRequests: number): void;
+  /** Where the link's warnings go: the server's log (default: stderr). */
+  log?(line: string): void;
 }
 
 export class WatchLink {
@@ -136,7 +139,7 @@ export class WatchLink {
       proc = ProcessRef.open(tid);
     } catch (e) {
       const msg = `wlink ${id}: open of head/watch refused: ${(e as Error).message}`;
-      process.stderr.write(`wcfs: ${msg}\n`);
+      (handlers.log ?? logLine)(`wcfs: ${msg}`);
       throw new FuseError(e instanceof ProcessGoneError ? errno.ESRCH : errno.EIO, msg);
     }
     return new WatchLink(id, proc, handlers);
@@ -240,7 +243,7 @@ export class WatchLink {
     } catch {
       return; // that one is gone as well
     }
-    process.stderr.write(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now\n`);
+    this.log(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now`);
     cur.close();
     this.client = next;
   }
@@ -337,6 +340,10 @@ export class WatchLink {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
+  private log(line: string): void {
+    (this.handlers.log ?? logLine)(line);
+  }
+
   private wakeReaders(): void {
     const rs = this.readers;
     this.readers = [];
@@ -344,7 +351,7 @@ export class WatchLink {
   }
 
   private protocolError(text: string): void {
-    process.stderr.write(`wcfs: ${this}: serve rx: ${text}\n`);
+    this.log(`wcfs: ${this}: serve rx: ${text}`);
     this.shutdown(text, `error: ${text}`);
   }
 
