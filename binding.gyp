@@ -11,7 +11,8 @@
         "native/mincore.cc",
         "native/client.cc",
         "native/client_mmap.cc",
-        "native/client_wlink.cc"
+        "native/client_wlink.cc",
+        "native/test_hooks.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

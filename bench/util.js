@@ -27,6 +27,7 @@ import { hex16 } from '../dist/zodb/ids.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { WriteTxn } from '../dist/zodb/db.js';
 import { createZBigFile, ensureRoot, setBlock } from '../dist/zodb/zbigfile.js';
+import { sleep, withTimeout } from '../dist/util/async.js';
 
 export { hex16, WriteTxn, setBlock };
 
@@ -36,7 +37,7 @@ const wcfsBin = path.resolve(here, '..', 'bin', 'wcfs.js');
 export const MiB = 1 << 20;
 const CLK_TCK = 100; // USER_HZ: /proc/<pid>/stat times are in 1/100 s on Linux
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export { sleep };
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
 // ---- building the C helpers ----
@@ -68,7 +69,7 @@ export async function tools() {
   try {
     fuse = (await run('pkg-config', ['--cflags', '--libs', 'fuse3'])).stdout.trim().split(/\s+/);
   } catch (e) {
-    throw new Error(`bench: pkg-config fuse3 failed (apt-get install libfuse3-dev pkg-config): ${e.message}`);
+    throw new Error(`bench: pkg-config fuse3 failed (apt-get install libfuse3-dev pkg-config): ${e.message}`, { cause: e });
   }
   await buildIfStale(path.join(here, 'cfuse.c'), cfuse, fuse);
   return { rd, cfuse };
@@ -192,14 +193,6 @@ async function stopServer(proc, exited, mnt) {
       await run('fusermount3', ['-u', '-z', mnt], { timeout: 5000 }).catch(() => {});
     }
   }
-}
-
-function withTimeout(p, ms, what) {
-  let t;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise((_, rej) => (t = setTimeout(() => rej(new Error(`timeout after ${ms} ms: ${what}`)), ms))),
-  ]);
 }
 
 function spawnServer(cmd, args, mnt, name, env = undefined) {

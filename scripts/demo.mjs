@@ -17,6 +17,7 @@ import { zodbDemo } from '../dist/cli/zodb.js';
 import { start, stop } from '../dist/control/control.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { WriteTxn } from '../dist/zodb/db.js';
+import { sleep } from '../dist/util/async.js';
 import { hex16 } from '../dist/zodb/ids.js';
 import { rootEntries, setBlock } from '../dist/zodb/zbigfile.js';
 import { StorageLoader } from '../dist/zodb/db.js';
@@ -70,7 +71,7 @@ try {
   })();
   say(`client -> 1 watch ${hex16(a)} @${at0}`);
   await link.write(`1 watch ${hex16(a)} @${at0}\n`);
-  while (replies.length === 0) await new Promise((r) => setTimeout(r, 10));
+  while (replies.length === 0) await sleep(10);
 
   // the writer commits a change to block 0 of a
   const ws = await openStorage(db);
@@ -79,7 +80,7 @@ try {
   const at1 = hex16(await txn.commit({ description: 'demo: change block 0' }));
   await ws.close();
   say(`writer committed @${at1} (block 0 := ee…)`);
-  while ((await readFile(`${mnt}/head/at`)).toString() !== at1) await new Promise((r) => setTimeout(r, 10));
+  while ((await readFile(`${mnt}/head/at`)).toString() !== at1) await sleep(10);
 
   say('reading head/ block 0 (the server pins the client first):');
   say(`  head/           block 0 starts ${await blk0(F)}`);

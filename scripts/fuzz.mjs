@@ -2,7 +2,7 @@
 // npm run fuzz [-- wire|pickle|fs1 …] — the codec properties of test/{wire,pickle,fs1}-fuzz.test.ts
 // with many more runs and a fresh seed (npm test runs them briefly with a fixed seed).
 //
-//   WCFS_FC_SEED=<n>   seed (default: random; printed first so any failure can be rerun)
+//   WCFS_SEED=<n>      seed (default: random; printed first so any failure can be rerun)
 //   WCFS_FC_RUNS=<k>   runs per property × k (default 50)
 //   WCFS_FC_PATH=<p>   replay one counterexample (fast-check prints seed and path on failure)
 //
@@ -21,14 +21,14 @@ for (const n of names) {
     process.exit(2);
   }
 }
-const seed = process.env.WCFS_FC_SEED ?? String((Math.random() * 2 ** 31) >>> 0);
+const seed = process.env.WCFS_SEED ?? String((Math.random() * 2 ** 31) >>> 0);
 const runs = process.env.WCFS_FC_RUNS ?? '50';
-console.log(`fuzz: WCFS_FC_SEED=${seed} WCFS_FC_RUNS=${runs}${process.env.WCFS_FC_PATH ? ` WCFS_FC_PATH=${process.env.WCFS_FC_PATH}` : ''}`);
+console.log(`fuzz: WCFS_SEED=${seed} WCFS_FC_RUNS=${runs}${process.env.WCFS_FC_PATH ? ` WCFS_FC_PATH=${process.env.WCFS_FC_PATH}` : ''}`);
 const files = (names.length > 0 ? names : all).map((n) => `test/${n}-fuzz.test.ts`);
 const r = spawnSync('npx', ['vitest', 'run', '--testTimeout=1800000', ...files], {
   cwd: root,
   stdio: 'inherit',
-  env: { ...process.env, WCFS_FC_SEED: seed, WCFS_FC_RUNS: runs },
+  env: { ...process.env, WCFS_SEED: seed, WCFS_FC_RUNS: runs },
 });
-console.log(`fuzz: ${r.status === 0 ? 'ok' : 'FAILED'} (WCFS_FC_SEED=${seed} WCFS_FC_RUNS=${runs})`);
+console.log(`fuzz: ${r.status === 0 ? 'ok' : 'FAILED'} (WCFS_SEED=${seed} WCFS_FC_RUNS=${runs})`);
 process.exit(r.status ?? 1);

@@ -13,12 +13,12 @@ import { WriteTxn } from '../dist/zodb/db.js';
 import { hex16 } from '../dist/zodb/ids.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { PersistentRef } from '../dist/zodb/pickle/index.js';
+import { sleep } from '../dist/util/async.js';
 import { createZBigFile, ensureRoot, rootSet, setBlock, ZBIGFILE_CLASS } from '../dist/zodb/zbigfile.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BS = 65536;
 const secs = Number(process.argv[2] ?? 20);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const dir = mkdtempSync('/dev/shm/wcfs-grow-');
 const mnt = path.join(dir, 'mnt');

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// wcfs soak (issue 7 item 7): `npm run soak -- --minutes N [--clients K] [--readers R]`.
+// wcfs soak (issue 7 item 7): `npm run soak -- --minutes N [--clients K] [--readers R] [--seed S]`.
+// The seed (default: WCFS_SEED, else a fresh one; printed first) drives src/util/rng.ts.
 //
 // One server (`wcfs serve`, a child process, database on tmpfs) under everything at once:
 //   writer    our writer commits random changes to one ZBigFile (64 KiB blocks): ZBlk0 and
@@ -34,6 +35,7 @@ import { parseArgs } from 'node:util';
 import { abortConnection, findMount, unmountPath } from '../dist/fuse/mountinfo.js';
 import { WriteTxn } from '../dist/zodb/db.js';
 import { hex16 } from '../dist/zodb/ids.js';
+import { sleep } from '../dist/util/async.js';
 import { rng } from '../dist/util/rng.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { PersistentRef } from '../dist/zodb/pickle/index.js';
@@ -64,7 +66,6 @@ const PAGE = 4096;
 const RSS_MIN_MINUTES = 6; // memory is judged from this run length on (see below)
 const REV_WINDOW = 1000; // @rev readers pick among the last REV_WINDOW revisions
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const rand = rng(SEED);
 const pick = (n) => Math.floor(rand() * n);
 const log = (s) => process.stdout.write(s + '\n');

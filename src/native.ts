@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { errnoNameTable } from './errors.js';
 
-export interface NativeAddon {
+export interface NativeAddon extends NativeTestHooks {
   version(): string;
   /** Installs errno names (index = errno) for native errno errors; first call wins. Done by native(). */
   setErrnoNames(names: string[]): void;
@@ -49,27 +49,7 @@ export interface NativeAddon {
    * src/client/conn.ts — use that.
    */
   ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean, maxBufferLength?: number) => NativeClientConn;
-  /**
-   * Test probe: reads view[off] for each offset in a child process (see native/client.cc).
-   * values[i] = byte read, or -signo if the read faulted; fds[i] = 0 open / -errno closed
-   * (in the child). mode 'raw': clone without atfork handlers; 'fork': fork(); 'crash':
-   * unguarded read of offsets[0].
-   */
-  clientProbe(view: Uint8Array, offsets: number[], mode: 'raw' | 'fork' | 'crash', fds?: number[]): { values: Int32Array; fds: Int32Array; status: string };
-  /** Test hook: a connected AF_UNIX socket pair (O_CLOEXEC), stand-in for head/watch. */
-  clientSocketpair(): [number, number];
-  /**
-   * Test hook: how the client's rx thread + pinner read one server line (bytes without the
-   * LF): a frame error, or stream + message, and for even streams ≠ 0 the parsed pin or the
-   * pin's error (native/client_wlink.cc ParseFrame, ParsePin).
-   */
-  clientParseLine(line: Uint8Array): NativeParsedLine;
 }
-
-/** See NativeAddon.clientParseLine. rev null = @head. */
-export type NativeParsedLine =
-  | { error: string }
-  | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
 /**
  * Events of a NativeClientConn, on the JS thread:
@@ -179,6 +159,33 @@ export interface NativeFuseSession {
   ref(): void;
   unref(): void;
 }
+
+// ---- test hooks ----
+// Entry points of native/test_hooks.cc: for the tests and the benchmarks only; src/ never
+// calls them (they come with every build of the addon, so NativeAddon includes them).
+
+export interface NativeTestHooks {
+  /**
+   * Reads view[off] for each offset in a child process (see native/test_hooks.cc).
+   * values[i] = byte read, or -signo if the read faulted; fds[i] = 0 open / -errno closed
+   * (in the child). mode 'raw': clone without atfork handlers; 'fork': fork(); 'crash':
+   * unguarded read of offsets[0].
+   */
+  clientProbe(view: Uint8Array, offsets: number[], mode: 'raw' | 'fork' | 'crash', fds?: number[]): { values: Int32Array; fds: Int32Array; status: string };
+  /** A connected AF_UNIX socket pair (O_CLOEXEC), stand-in for head/watch. */
+  clientSocketpair(): [number, number];
+  /**
+   * How the client's rx thread + pinner read one server line (bytes without the
+   * LF): a frame error, or stream + message, and for even streams ≠ 0 the parsed pin or the
+   * pin's error (native/client_wlink.cc ParseFrame, ParsePin).
+   */
+  clientParseLine(line: Uint8Array): NativeParsedLine;
+}
+
+/** See NativeTestHooks.clientParseLine. rev null = @head. */
+export type NativeParsedLine =
+  | { error: string }
+  | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 // src/native.ts and dist/native.js both sit one level below the package root.

@@ -6,7 +6,7 @@
 // the bucket of a same-key set, which BTrees stores anyway). Old revisions stay readable.
 //
 // fast-check prints the seed and the shrunk counterexample on failure; rerun one with
-//   WCFS_FC_SEED=<seed> [WCFS_FC_PATH=<path>] npx vitest run test/btree-prop
+//   WCFS_SEED=<seed> [WCFS_FC_PATH=<path>] npx vitest run test/btree-prop
 // and copy failures into test/btree-write.test.ts as table cases. WCFS_FC_RUNS scales the runs.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -17,11 +17,12 @@ import {
   type BTreeFamily, type BTreeWriteOptions, type PathNode,
 } from '../src/zodb/btree/index.js';
 import { nodeOids, openTestDB, shapeAt, val, type TestDB } from './helpers/btree.js';
+import { fcSeed } from './helpers/fuzz.js';
 
 const RUNS = Number(process.env.WCFS_FC_RUNS ?? '1');
 const fcParams = (numRuns: number): fc.Parameters<unknown> => ({
   numRuns: Math.max(1, Math.round(numRuns * RUNS)),
-  ...(process.env.WCFS_FC_SEED !== undefined ? { seed: Number(process.env.WCFS_FC_SEED) } : {}),
+  ...fcSeed(),
   ...(process.env.WCFS_FC_PATH !== undefined ? { path: process.env.WCFS_FC_PATH } : {}),
 });
 

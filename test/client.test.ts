@@ -11,6 +11,9 @@ import { WCFS, type Conn } from '../src/client/index.js';
 import { native } from '../src/native.js';
 import { ClientTDB, assertBlk, assertBlkFaults, assertRangeFaults, blkData, pinnedText, readMustFault, PAGE, SIGSEGV } from './helpers/client.js';
 import { stopAllServers } from './helpers/wcfs.js';
+import { seedOr } from './helpers/fuzz.js';
+import { sleep } from '../src/util/async.js';
+import { rng } from '../src/util/rng.js';
 
 const T = { timeout: 60_000 };
 
@@ -76,7 +79,7 @@ describe('client', () => {
     const future = t.head() + 1n;
     let connected = false;
     const cp = connect(wc, future).then((c) => ((connected = true), c));
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     expect(connected).toBe(false);
     const at1 = await t.commit(foids[0]!, { 0: 'x' });
     expect(at1 > future).toBe(true);
@@ -342,15 +345,10 @@ describe('client', () => {
   });
 
   it('random histories: every read through a mapping equals the data as of conn.at', { timeout: 120_000 }, async () => {
-    const seed = Number(process.env.WCFS_SEED ?? Date.now() % 100000);
+    const seed = seedOr(Date.now() % 100000);
     console.log(`client random: WCFS_SEED=${seed}`);
-    let r = seed >>> 0 || 1;
-    const rnd = (n: number) => {
-      r ^= r << 13;
-      r ^= r >>> 17;
-      r ^= r << 5;
-      return (r >>> 0) % n;
-    };
+    const r = rng(seed);
+    const rnd = (n: number) => Math.floor(r() * n);
     const { t, foids, wc } = await tdb();
     const [zf] = foids as [bigint];
     const NB = 8;

@@ -10,6 +10,7 @@ import { checkFile } from '../src/zodb/fs1/scan.js';
 import { CorruptError, NoDataError, NoObjectError } from '../src/zodb/errors.js';
 import { StorageNotFoundError } from '../src/zodb/fs1/errors.js';
 import { FsBuilder, TmpDirs, collect } from './helpers/fs1util.js';
+import { seedOr } from './helpers/fuzz.js';
 
 const tmp = new TmpDirs();
 afterAll(() => tmp.cleanup());
@@ -21,8 +22,8 @@ const write = (b: Uint8Array) => {
   return f;
 };
 
-const seed = Number(process.env.FC_SEED ?? Date.now() % 1e9);
-console.log(`fs1-bad: fast-check seed ${seed} (set FC_SEED to replay)`);
+const seed = seedOr(Date.now() % 1e9);
+console.log(`fs1-bad: fast-check seed ${seed} (set WCFS_SEED to replay)`);
 
 const T = (n: number) => 0x03f0000000000000n + BigInt(n) * 0x1000n;
 

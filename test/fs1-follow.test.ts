@@ -12,6 +12,7 @@ import { checkFile } from '../src/zodb/fs1/scan.js';
 import { CorruptError } from '../src/zodb/errors.js';
 import { hex16, type Tid } from '../src/zodb/ids.js';
 import type { CommitEvent, StorageWatch } from '../src/zodb/storage.js';
+import { sleep } from '../src/util/async.js';
 import { TmpDirs, collect, copyFixture, historyFs, withTimeout } from './helpers/fs1util.js';
 import { WriterProc } from './helpers/fs1proc.js';
 
@@ -52,7 +53,6 @@ class Collector {
 }
 
 const fmt = (ev: CommitEvent) => ({ tid: hex16(ev.tid), oids: ev.oids.map(hex16) });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const t0 = Date.now();
   while (!cond()) {

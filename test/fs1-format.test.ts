@@ -19,11 +19,12 @@ import {
 import { checkFile } from '../src/zodb/fs1/scan.js';
 import { CorruptError } from '../src/zodb/errors.js';
 import { FsBuilder, TmpDirs, bytes } from './helpers/fs1util.js';
+import { seedOr } from './helpers/fuzz.js';
 
 const tmp = new TmpDirs();
 afterAll(() => tmp.cleanup());
-const seed = Number(process.env.FC_SEED ?? Date.now() % 1e9);
-console.log(`fs1-format: fast-check seed ${seed} (set FC_SEED to replay)`);
+const seed = seedOr(Date.now() % 1e9);
+console.log(`fs1-format: fast-check seed ${seed} (set WCFS_SEED to replay)`);
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 

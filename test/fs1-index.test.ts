@@ -10,12 +10,13 @@ import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from '../
 import { checkFile } from '../src/zodb/fs1/scan.js';
 import { PyDict, Pickler, Tuple } from '../src/zodb/pickle/index.js';
 import { TmpDirs, bytes, copyFixture, historyFs } from './helpers/fs1util.js';
+import { seedOr } from './helpers/fuzz.js';
 
 const tmp = new TmpDirs();
 afterEach(() => tmp.cleanup());
 
-const seed = Number(process.env.FC_SEED ?? Date.now() % 1e9);
-console.log(`fs1-index: fast-check seed ${seed} (set FC_SEED to replay)`);
+const seed = seedOr(Date.now() % 1e9);
+console.log(`fs1-index: fast-check seed ${seed} (set WCFS_SEED to replay)`);
 
 describe('FsIndex', () => {
   it('get/set, sparse → dense, oids beyond 2^53, order, maxOid', () => {

@@ -11,6 +11,7 @@ import { cacheResidency } from '../src/fuse/pagecache.js';
 import { hex16, type Tid } from '../src/zodb/ids.js';
 import { repoRoot } from './helpers/paths.js';
 import { BS, TDB, rng, stats } from './helpers/tdb.js';
+import { ENV_SEED } from './helpers/fuzz.js';
 import { stopAllServers } from './helpers/wcfs.js';
 
 const NBLK = 8;
@@ -61,7 +62,7 @@ afterEach(async () => {
 afterAll(stopAllServers, 30_000);
 
 describe('isolation end to end', () => {
-  for (const seed of process.env.WCFS_SEED ? [Number(process.env.WCFS_SEED)] : [1, 2]) {
+  for (const seed of ENV_SEED !== undefined ? [ENV_SEED] : [1, 2]) {
     it(`3 client processes at different revisions, random commits, resync (seed ${seed})`, async () => {
       const r = rng(seed);
       const t = new TDB();

@@ -13,6 +13,7 @@ import { dateToTid, hex16, type Tid } from '../src/zodb/ids.js';
 import { sleep } from './helpers/mount.js';
 import { stopAllServers } from './helpers/wcfs.js';
 import { TDB, rng, stats } from './helpers/tdb.js';
+import { ENV_SEED } from './helpers/fuzz.js';
 
 const tdbs: TDB[] = [];
 async function newTDB(): Promise<TDB> {
@@ -169,7 +170,7 @@ describe('watch setup and reads (upstream scenarios)', () => {
 // ---- random histories against the model ----
 
 describe('random histories: exact pins (model)', () => {
-  const seeds = process.env.WCFS_SEED ? [Number(process.env.WCFS_SEED)] : [1, 2, 3];
+  const seeds = ENV_SEED !== undefined ? [ENV_SEED] : [1, 2, 3];
   for (const seed of seeds) {
     it(`seed ${seed}`, async () => {
       const r = rng(seed);

@@ -11,6 +11,7 @@
 // context (which file, which oid, which revision).
 
 import { Command, CommanderError } from 'commander';
+import { say, writeStderr } from '../util/log.js';
 import { serve, statusCmd, stopCmd } from './serve.js';
 import { zodbCat, zodbDemo, zodbInfo } from './zodb.js';
 
@@ -20,7 +21,7 @@ export async function main(argv: string[]): Promise<void> {
     .name('wcfs')
     .description('isolating FUSE file cache for ZODB ZBigFiles')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({ writeErr: writeStderr });
 
   const zodb = program.command('zodb').description('inspect and create ZODB databases (FileStorage)');
   zodb
@@ -72,7 +73,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = e.exitCode;
       return;
     }
-    process.stderr.write(`wcfs: ${(e as Error).message}\n`);
+    say((e as Error).message);
     process.exitCode = 1;
   }
 }

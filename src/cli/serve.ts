@@ -11,6 +11,7 @@ import createDebug from 'debug';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
 import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../control/control.js';
 import { WcfsServer } from '../server/server.js';
+import { say } from '../util/log.js';
 import { BadArgumentError, WcfsError } from '../errors.js';
 
 export interface ServeOptions {
@@ -36,7 +37,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   const st = await probe(mnt, 5000, zurl).catch((e) => Promise.reject(ctx(e))); // another user's mount: refused
   if (st.state === 'running') throw new BadArgumentError(`${mnt}: already running (serving ${st.zurl})`);
   if (st.state === 'crashed') {
-    process.stderr.write(`wcfs: ${mnt}: cleaning up the mount of a crashed server (${st.errno})\n`);
+    say(`${mnt}: cleaning up the mount of a crashed server (${st.errno})`);
     await cleanupCrashed(mnt);
   }
   let created: boolean;
@@ -62,10 +63,10 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
     if (created) removeMountpoint(mnt);
     throw e;
   }
-  process.stderr.write(`wcfs: serving ${zurl} on ${mnt} (pid ${process.pid})\n`);
+  say(`serving ${zurl} on ${mnt} (pid ${process.pid})`);
 
   const onSignal = (sig: string) => {
-    process.stderr.write(`wcfs: ${sig}: stopping\n`);
+    say(`${sig}: stopping`);
     srv.session.unmount().catch(async () => {
       const m = findMount(mnt);
       if (m) await abortConnection(m.minor).catch(() => {});
@@ -76,12 +77,12 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   process.on('SIGINT', () => onSignal('SIGINT'));
 
   await srv.done;
-  process.stderr.write(`wcfs: stop ${mnt} ${zurl}\n`);
+  say(`stop ${mnt} ${zurl}`);
   process.exit(failed || srv.failed !== undefined ? 1 : 0);
 }
 
 export async function stopCmd(target: string): Promise<void> {
-  await stop(target, { log: (s) => process.stderr.write(`wcfs: ${s}\n`) });
+  await stop(target, { log: say });
 }
 
 export async function statusCmd(target: string): Promise<void> {

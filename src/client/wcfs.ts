@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { constants as fsc, open as fsOpen } from 'node:fs';
 import path from 'node:path';
 import { join as joinServer, type WcfsHandle } from '../control/control.js';
+import { sleep } from '../util/async.js';
 import { parseHex16, type Tid } from '../zodb/ids.js';
 import { Conn, type ConnOptions } from './conn.js';
 
@@ -85,7 +86,7 @@ export class WCFS {
   async headWait(at: Tid): Promise<void> {
     for (let delay = 1; ; delay = Math.min(delay * 2, 10)) {
       if ((await this.head()) >= at) return;
-      await new Promise((r) => setTimeout(r, delay));
+      await sleep(delay);
     }
   }
 

@@ -81,7 +81,7 @@ export function pathOids(path: PathNode[]): Oid[] {
   return out;
 }
 
-const debug = createDebug('wcfs:δftail');
+const debug = createDebug('wcfs:deltaftail');
 const h = (x: bigint | null) => (x === null ? 'ø' : x.toString(16));
 
 const valueOid = (v: unknown): Oid | null | undefined => (v instanceof PersistentRef ? v.oid : v === undefined ? null : undefined);

@@ -37,6 +37,7 @@
 import { realpathSync } from 'node:fs';
 import createDebug from 'debug';
 import { native, type NativeFuseConfig, type NativeFuseSession } from '../native.js';
+import { logLine } from '../util/log.js';
 import { FuseError, MountError, toErrno, type ErrnoVerdict } from './errors.js';
 import type { FileSystem, RequestContext } from './fs.js';
 import { capNames, decodeInit, errno, errnoName, FUSE_CAP, type InitInfo, type Request } from './kernel.js';
@@ -138,7 +139,7 @@ export class FuseSession {
     private readonly fs: FileSystem,
     private readonly opts: MountOptions,
   ) {
-    this.log = opts.log ?? ((line) => process.stderr.write(line + '\n'));
+    this.log = opts.log ?? logLine;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
   }
 

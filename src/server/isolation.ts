@@ -31,6 +31,7 @@
 // Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R) and w.atMu
 // (R) — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN of @rev files take none.
 
+import createDebug from 'debug';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
 import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
 import { formatPin, goQuote } from '../watchlink/wire.js';
@@ -41,6 +42,9 @@ import type { ProcessRef } from '../util/proc.js';
 import { isCode } from '../errors.js';
 import { LinkDownError, LinkTimeoutError, PinError, WrongReplyError } from '../watchlink/errors.js';
 import type { WatchLink } from './watchlink.js';
+
+/** Pins sent, acked and failed; kill decisions (the kills themselves go to the server's log too). */
+const debug = createDebug('wcfs:iso');
 
 export class Watch {
   at: Tid = 0n;
@@ -247,11 +251,15 @@ export class Isolation {
       const h = this.host;
       h.stats.pin++;
       const msg = formatPin({ foid: w.file.foid, blk, rev });
+      const what = `pin ${hex16(w.file.foid)} #${blk} @${rev === null ? 'head' : hex16(rev)}`;
+      debug('%s: %s', w.link, what);
       try {
         const reply = await w.link.request(msg, h.pinTimeoutMs);
         if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${goQuote(reply)}`);
+        debug('%s: %s: ack', w.link, what);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {
+        debug('%s: %s: failed: %s', w.link, what, (e as Error).message);
         if (w.pinned.get(blk) === entry) w.pinned.delete(blk);
         await this.pinFailed(w.link, `pin #${blk} @${rev === null ? 'head' : hex16(rev)}`, e as Error);
       } finally {
@@ -288,7 +296,10 @@ export class Isolation {
   private async maybeKill(link: WatchLink, reason: string, kind: KillKind): Promise<void> {
     // our own hold: the link drops its own at RELEASE, which the kill itself brings about
     const proc = link.proc?.hold();
-    if (proc === undefined) return; // released: the client closed the link, nothing pending
+    if (proc === undefined) {
+      debug('%s: %s (%s): no kill: the client released the link', link, reason, kind);
+      return; // released: the client closed the link, nothing pending
+    }
     try {
       await this.kill(proc, reason, kind);
     } finally {
@@ -300,16 +311,20 @@ export class Isolation {
   private async kill(proc: ProcessRef, reason: string, kind: KillKind): Promise<void> {
     const h = this.host;
     const T = h.pinTimeoutMs;
-    if (kind === 'timeout' && proc.exited()) return;
+    if (kind === 'timeout' && proc.exited()) {
+      debug('%s: %s (%s): no kill: exited', proc, reason, kind);
+      return;
+    }
     if (kind === 'io') {
       // a dying process closes its fds before it becomes a zombie: give it time to finish
       const deadline = Date.now() + Math.min(3000, T);
-      while (Date.now() < deadline) {
-        if (proc.exited()) return;
-        await sleep(100);
+      while (Date.now() < deadline && !proc.exited()) await sleep(100);
+      if (proc.exited()) {
+        debug('%s: %s (%s): no kill: exited', proc, reason, kind);
+        return;
       }
-      if (proc.exited()) return;
     }
+    debug('%s: %s (%s): killing', proc, reason, kind);
     h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
     h.log(`wcfs: ${proc}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
     h.log(`wcfs: ${proc}:    (see "Protection against slow or faulty clients" in notes.md)`);
@@ -331,6 +346,7 @@ export class Isolation {
       return;
     }
     h.log(`wcfs: ${proc}: terminated`);
+    debug('%s: killed in %d ms', proc, Date.now() - t0);
     h.stats.pinkill++;
   }
 

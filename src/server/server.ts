@@ -421,6 +421,7 @@ export class WcfsServer implements FileSystem {
           this.stats.WatchLink--;
           this.isolation.linkDown(l, reason, npending);
         },
+        log: this.log,
       });
       this.isolation.linkOpened(link);
       this.links.set(id, link);

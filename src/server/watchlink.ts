@@ -42,6 +42,8 @@
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
+import { withTimeout } from '../util/async.js';
+import { logLine } from '../util/log.js';
 import { ProcessGoneError, ProcessRef } from '../util/proc.js';
 import { LinkDownError, LinkTimeoutError } from '../watchlink/errors.js';
 import { formatFrame, goQuote, parseClientRequest, parseFrame, type ClientRequest } from '../watchlink/wire.js';
@@ -78,6 +80,8 @@ export interface LinkHandlers {
    * without bye, …; `cause` = the error shutdown() was given (a PinError for a failed pin).
    */
   down(link: WatchLink, down: LinkDownError | undefined, pendingRequests: number): void;
+  /** Where the link's warnings go: the server's log (default: stderr). */
+  log?(line: string): void;
 }
 
 export class WatchLink {
@@ -121,7 +125,7 @@ export class WatchLink {
       proc = ProcessRef.open(tid);
     } catch (e) {
       const msg = `wlink ${id}: open of head/watch refused: ${(e as Error).message}`;
-      process.stderr.write(`wcfs: ${msg}\n`);
+      (handlers.log ?? logLine)(`wcfs: ${msg}`);
       throw new FuseError(e instanceof ProcessGoneError ? errno.ESRCH : errno.EIO, msg);
     }
     return new WatchLink(id, proc, handlers);
@@ -225,7 +229,7 @@ export class WatchLink {
     } catch {
       return; // that one is gone as well
     }
-    process.stderr.write(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now\n`);
+    this.log(`wcfs: ${this}: client exited; ${next} uses the link: it is the client now`);
     cur.close();
     this.client = next;
   }
@@ -247,15 +251,11 @@ export class WatchLink {
     this.nextStream += 2n;
     const stream = this.nextStream;
     const reply = new Promise<string>((resolve, reject) => this.pending.set(stream, { resolve, reject }));
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new LinkTimeoutError(timeoutMs)), timeoutMs);
-    });
+    const replyOrTimeout = withTimeout(reply, timeoutMs, () => new LinkTimeoutError(timeoutMs));
     try {
       void this.queue(stream, msg);
-      return await Promise.race([reply, timeout]);
+      return await replyOrTimeout;
     } finally {
-      clearTimeout(timer);
       this.pending.delete(stream);
     }
   }
@@ -329,6 +329,10 @@ export class WatchLink {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
+  private log(line: string): void {
+    (this.handlers.log ?? logLine)(line);
+  }
+
   private wakeReaders(): void {
     const rs = this.readers;
     this.readers = [];
@@ -336,7 +340,7 @@ export class WatchLink {
   }
 
   private protocolError(text: string): void {
-    process.stderr.write(`wcfs: ${this}: serve rx: ${text}\n`);
+    this.log(`wcfs: ${this}: serve rx: ${text}`);
     this.shutdown(text, `error: ${text}`);
   }
 

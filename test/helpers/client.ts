@@ -14,6 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
 import { native } from '../../src/native.js';
+import { sleep } from '../../src/util/async.js';
 import { WriteTxn } from '../../src/zodb/db.js';
 import { hex16, type Tid } from '../../src/zodb/ids.js';
 import { openStorage } from '../../src/zodb/open.js';
@@ -280,12 +281,8 @@ export class FakeWcfs {
   }
 
   private waitAny(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, Math.max(ms, 0));
-      this.waiters.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    const woken = new AbortController();
+    this.waiters.push(() => woken.abort());
+    return sleep(Math.max(ms, 0), woken.signal);
   }
 }

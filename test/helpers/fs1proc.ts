@@ -4,6 +4,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { withTimeout } from '../../src/util/async.js';
 import { repoRoot } from './fs1util.js';
 
 const script = path.join(repoRoot, 'test', 'helpers', 'fs1-writer-child.mjs');
@@ -35,13 +36,8 @@ export class WriterProc {
   recv(ms = 15000): Promise<Reply> {
     const m = this.inbox.shift();
     if (m) return Promise.resolve(m);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`writer process: no reply in ${ms} ms`)), ms);
-      this.waiters.push((r) => {
-        clearTimeout(t);
-        resolve(r);
-      });
-    });
+    const reply = new Promise<Reply>((resolve) => this.waiters.push(resolve));
+    return withTimeout(reply, ms, () => new Error(`writer process: no reply in ${ms} ms`));
   }
 
   /** Send a request and wait for its reply; {op:'error'} replies reject. */

@@ -107,12 +107,4 @@ export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 }
 
 /** Reject after `ms` with `what` (so no test can hang). */
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(new Error(`timeout after ${ms} ms: ${what}`)), ms);
-    }),
-  ]);
-}
+export { withTimeout } from '../../src/util/async.js';

@@ -6,6 +6,7 @@ import { FuseError } from '../../src/fuse/errors.js';
 import type { AttrOut, DirEntry, EntryOut, FileSystem, OpenOut, RequestContext, StatfsOut, Timespec } from '../../src/fuse/fs.js';
 import { errno, S_IFDIR, S_IFREG, type GetattrIn, type LookupIn, type OpenIn, type ReadIn, type WriteIn } from '../../src/fuse/kernel.js';
 import { waitFor } from './mount.js';
+import { rng } from '../../src/util/rng.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -26,13 +27,8 @@ export interface TFile {
 /** Deterministic, position-dependent content (so misplaced bytes are noticed). */
 export function pattern(size: number, seed = 1): Buffer {
   const b = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b.writeUInt32LE(x >>> 0, i);
-  }
+  const r = rng(seed);
+  for (let i = 0; i < size; i += 4) b.writeUInt32LE(Math.floor(r() * 2 ** 32), i);
   return b;
 }
 

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { FuseSession, type MountOptions } from '../../src/fuse/session.js';
 import type { FileSystem } from '../../src/fuse/fs.js';
 import { abortConnection, findMount, FUSECTL_DIR, fusectlMounted, readMountinfo, unmountPath, type MountEntry } from '../../src/fuse/mountinfo.js';
+import { sleep, withTimeout } from '../../src/util/async.js';
 import { repoRoot } from './paths.js';
 
 export const TMP_PREFIX = path.join(os.tmpdir(), 'wcfs-fuse-');
@@ -29,15 +30,7 @@ export interface TestMount {
 const live = new Set<TestMount>();
 const children = new Set<ChildProcess>();
 
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`timeout after ${ms} ms: ${what}`)), ms))),
-  ]);
-}
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep, withTimeout };
 
 /** Polls `cond` every 10 ms until true; fails after `ms`. */
 export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {

@@ -3,6 +3,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'vitest';
+import { sleep } from '../../src/util/async.js';
 import { hex16, type Tid } from '../../src/zodb/ids.js';
 import { repoRoot } from './paths.js';
 
@@ -39,7 +40,7 @@ export class TWatchLink {
       this.wake();
     });
     this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-    this.exited.then(() => this.wake());
+    void this.exited.then(() => this.wake()); // exited never rejects
   }
 
   static async open(watchPath: string, opts: { noread?: boolean } = {}): Promise<TWatchLink> {
@@ -170,12 +171,8 @@ export class TWatchLink {
     for (const w of ws) w();
   }
   private waitAny(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(resolve, Math.max(1, ms));
-      this.waiters.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    const woken = new AbortController();
+    this.waiters.push(() => woken.abort());
+    return sleep(Math.max(1, ms), woken.signal);
   }
 }

@@ -62,6 +62,7 @@ import type {
   TxnRecord,
 } from '../storage.js';
 import { native } from '../../native.js';
+import { logLine } from '../../util/log.js';
 import { NotAFileError, ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
 import { FsWatch, Follower } from './follow.js';
 import {
@@ -180,7 +181,7 @@ export class FileStorage implements IStorage, ICommitter {
     this.url = pathToFileURL(absPath).href;
     this.readOnly = readOnly;
     this.opts = { pollMs: 1000, garbageMs: 3000, verifyTxns: 10, ...opts };
-    this.warn = opts.warn ?? ((msg) => process.stderr.write(`wcfs: warning: ${msg}\n`));
+    this.warn = opts.warn ?? ((msg) => logLine(`wcfs: warning: ${msg}`));
   }
 
   get fileMagic(): Magic {
