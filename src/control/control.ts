@@ -50,7 +50,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BadArgumentError, isCode, WcfsError, type WcfsCode } from '../errors.js';
 import { abortConnection, findMount, fuseOwner, unmountPath, type MountEntry } from '../fuse/mountinfo.js';
-import { withTimeout } from '../util/async.js';
+import { sleep, withTimeout } from '../util/async.js';
 import { processAlive } from '../util/proc.js';
 
 export const WCFS_SHM = '/dev/shm/wcfs';
@@ -310,7 +310,7 @@ export async function start(zurlArg: string, opts: StartOptions = {}): Promise<S
         break;
       }
       if (Date.now() > deadline) throw new WcfsError('WCFS_ESTART', `wcfs: start ${zurl}: server did not come up (log: ${logFile})`);
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
   } catch (e) {
     if (exited === undefined) child.kill('SIGKILL');
@@ -453,7 +453,7 @@ async function waitGone(pids: number[], ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (!pids.some(processAlive)) return true;
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
   return !pids.some(processAlive);
 }

@@ -94,6 +94,8 @@ import type { CommitEvent, IStorage, StorageWatch } from '../zodb/storage.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
 import { BigFile, markServed, unservedRuns, type LoadingEntry } from './bigfile.js';
 import { Isolation } from './isolation.js';
+import { sleep } from '../util/async.js';
+import { logLine } from '../util/log.js';
 import { Event, RWMutex } from './lock.js';
 import { WatchLink } from './watchlink.js';
 
@@ -135,7 +137,6 @@ const INO_FIRST_DYNAMIC = 16;
 const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
 const UPLOAD_DELAY_MS = 2; // see uploadHead
 const MAX_BATCH = 256; // commit events processed in one pass (serveCommits)
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const EMPTY = new Uint8Array(0);
 
 type Node =
@@ -245,7 +246,7 @@ export class WcfsServer implements FileSystem {
     this.mountpoint = opts.mountpoint;
     this.pinTimeout = opts.pinTimeout ?? 30;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
-    this.log = opts.log ?? ((line) => process.stderr.write(line + '\n'));
+    this.log = opts.log ?? logLine;
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.headAt = storage.head();

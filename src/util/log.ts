@@ -1,8 +1,6 @@
-// Where src/ writes diagnostics to stderr: the default `log` of the FUSE session, the watch
-// links and FileStorage (each of them takes its own log function), and the CLI's messages to
-// the user. (The server's default log in server.ts writes stderr the same way; it moves here
-// once server.ts is not being reworked.) Tracing goes through `debug` namespaces instead
-// (README: Tracing).
+// Where src/ writes diagnostics to stderr: the default `log` of the server, the FUSE session,
+// the watch links and FileStorage (each of them takes its own log function), and the CLI's
+// messages to the user. Tracing goes through `debug` namespaces instead (README: Tracing).
 
 /** Writes `text` to stderr as it is. */
 export function writeStderr(text: string): void {
