@@ -38,7 +38,7 @@
 //    a request id and without posting to JS; it then marks the pages the reply fully covered in
 //    `served` (1 byte per 4 KiB page of the range). uncacheBlock(nodeid, off) removes the
 //    entry and waits until no worker sends from it any more (a reply is one writev). JS decides
-//    what may be registered (src/server/server.ts §2): serving a registered range must be
+//    what may be registered (src/server/loads.ts L2): serving a registered range must be
 //    exactly what JS would reply. Teardown and the env cleanup hook close the table (later
 //    READs go to JS) and wait for in-flight fast replies, so no worker sends from freed memory.
 //

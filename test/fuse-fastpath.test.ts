@@ -1,7 +1,7 @@
 // READ fast path (native/fuse.cc 6, src/fuse/session.ts 6): READs wholly inside a range
 // registered with session.blockCache are answered on the libfuse worker and never reach the
 // filesystem's handler; after drop() they do again. Then wcfs: a commit that changes a
-// registered head block serves the new data afterwards (server.ts §2).
+// registered head block serves the new data afterwards (src/server/loads.ts L2-L3, commit.ts 3a).
 // Clients are child processes (dd | sha256sum); this process only serves.
 import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import { createHash } from 'node:crypto';
@@ -146,8 +146,8 @@ describe('wcfs: READ fast path and commits', () => {
       const db = (await openStorage(dbPath)) as IWritableStorage;
       try {
         // keep loaded blocks registered: no upload (which would end the registration)
-        const s = srv as unknown as { uploadHead: () => Promise<void>; read: (...a: unknown[]) => Promise<Uint8Array> };
-        s.uploadHead = async () => {};
+        const s = srv as unknown as { reads: { uploadHead: () => Promise<void> }; read: (...a: unknown[]) => Promise<Uint8Array> };
+        s.reads.uploadHead = async () => {};
         let jsReads = 0;
         const read0 = s.read.bind(srv);
         s.read = (...a: unknown[]) => {
@@ -169,7 +169,7 @@ describe('wcfs: READ fast path and commits', () => {
         await setBlock(txn, FOID, 3, new Uint8Array(BS).fill(0xab));
         const t1 = await txn.commit({ description: 'fastpath test' });
         const t0 = Date.now();
-        while (hex16((srv as unknown as { headAt: bigint }).headAt) < hex16(t1)) {
+        while (srv.head.publishedAt < t1) {
           if (Date.now() - t0 > 10_000) throw new Error('head did not advance');
           await sleep(10);
         }

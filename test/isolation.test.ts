@@ -5,7 +5,7 @@
 //
 // What is real and what is fake:
 //   real  Isolation; ΔFtail over a small FileStorage history (test/helpers/fhist.ts); the
-//         WatchLink (src/server/watchlink.ts), driven through its write/read entry points as the
+//         WatchLink (src/server/wlink.ts), driven through its write/read entry points as the
 //         FUSE handlers do — so the protocol lines below are the bytes a client would see;
 //   fake  the server around them (IsolationHost: head, headMu, files by oid, stats, log,
 //         fatal), the files (Isolation uses only BigFile.foid), and the client process: a
@@ -23,7 +23,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BigFile } from '../src/server/bigfile.js';
 import { Isolation, type IsolationHost } from '../src/server/isolation.js';
 import { RWMutex } from '../src/server/lock.js';
-import { WatchLink } from '../src/server/watchlink.js';
+import { WatchLink } from '../src/server/wlink.js';
 import type { ProcessRef } from '../src/util/proc.js';
 import { sleep } from '../src/util/async.js';
 import { rng } from '../src/util/rng.js';
@@ -287,7 +287,7 @@ afterEach(async () => {
   for (const c of clients) {
     c.release();
     await c.settled();
-    // no pidfd outlives the link (watchlink.ts invariants), whatever the decision was
+    // no pidfd outlives the link (wlink.ts invariants), whatever the decision was
     expect(c.proc.holds, 'holds on the client process after RELEASE').toBe(0);
   }
   expect(host.stats.Watch, 'watches left after every link went down').toBe(0);

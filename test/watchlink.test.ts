@@ -1,11 +1,11 @@
-// WatchLink (src/server/watchlink.ts) without FUSE: the bounds on what a client can make the
+// WatchLink (src/server/wlink.ts) without FUSE: the bounds on what a client can make the
 // server hold (B1 line length, B2 requests in flight, B3 outgoing queue, B4 quoting), driven
 // through the same write/read entry points the FUSE handlers use.
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { FuseError } from '../src/fuse/errors.js';
 import { errno } from '../src/fuse/kernel.js';
-import { MAX_INFLIGHT, MAX_LINE, TX_MAX, WatchLink, type LinkHandlers } from '../src/server/watchlink.js';
+import { MAX_INFLIGHT, MAX_LINE, TX_MAX, WatchLink, type LinkHandlers } from '../src/server/wlink.js';
 import { LinkTimeoutError } from '../src/watchlink/errors.js';
 import { ProcessRef } from '../src/util/proc.js';
 import { goQuote, QUOTE_MAX } from '../src/watchlink/wire.js';

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { MAX_INFLIGHT, MAX_LINE } from '../src/server/watchlink.js';
+import { MAX_INFLIGHT, MAX_LINE } from '../src/server/wlink.js';
 import { ProcessRef } from '../src/util/proc.js';
 import { QUOTE_MAX } from '../src/watchlink/wire.js';
 import { hex16 } from '../src/zodb/ids.js';

@@ -19,7 +19,7 @@
 //    filesystem would reply from anyway; READs wholly inside it are then answered on the
 //    libfuse worker and never reach the handler (nor pending()). drop(nodeid, off) unregisters
 //    it and returns only once no worker sends from it any more. The filesystem is responsible
-//    for dropping a range before its content would change (see src/server/server.ts §2).
+//    for dropping a range before its content would change (see src/server/loads.ts, L2-L3).
 // 5) end: the kernel ends the connection (unmount(), `fusermount3 -u`, abort(), or the fusectl
 //    abort file) → native tears down → `closed` resolves with {rc, mounted}. mounted = true
 //    means the connection died but the mount entry stayed (abort: clients get ENOTCONN) —

@@ -41,7 +41,7 @@ import { sleep } from '../util/async.js';
 import type { ProcessRef } from '../util/proc.js';
 import { isCode } from '../errors.js';
 import { LinkDownError, LinkTimeoutError, PinError, WrongReplyError } from '../watchlink/errors.js';
-import type { WatchLink } from './watchlink.js';
+import type { WatchLink } from './wlink.js';
 
 /** Pins sent, acked and failed; kill decisions (the kills themselves go to the server's log too). */
 const debug = createDebug('wcfs:iso');

@@ -3,7 +3,14 @@
 //
 // RWMutex: writer-preferring — once a writer waits, new readers queue behind it, so commit
 // processing is not starved by a stream of READs. The upload/commit deadlock this invites
-// (wcfs-server.md §3.5.3) is broken by the pause protocol in server.ts, not here.
+// (wcfs-server.md §3.5.3) is broken by UploadGate below.
+//
+// UploadGate: the upload pause (wcfs-server.md §3.5.3) around one RWMutex (the server's
+// headMu). An upload (NOTIFY_STORE into head's page cache) may wait for a page that a READ
+// holds locked while that READ waits for the mutex; so the exclusive holder must never wait
+// for an upload, and an upload must not start under it:
+//   U1 inflight > 0 ⇒ no exclusive holder entered through lockExclusive.
+//   U2 paused ⇔ an exclusive holder is inside (or draining): enter() waits, never counts.
 
 export class RWMutex {
   private readers = 0;
@@ -119,5 +126,68 @@ export class Event {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
     });
+  }
+}
+
+/** The upload pause around `mu` (U1, U2 above). */
+export class UploadGate {
+  private paused = false;
+  private inflight = 0;
+  private resumed = new Event();
+  private drained: Event | undefined;
+
+  constructor(private readonly mu: RWMutex) {}
+
+  /** mu exclusively, with uploads paused and none in flight (U1). */
+  async lockExclusive(): Promise<void> {
+    for (;;) {
+      await this.mu.lock();
+      this.paused = true;
+      if (this.inflight === 0) return;
+      // let the uploads in flight finish without the lock: they may need a READ to get it
+      const drained = (this.drained = new Event());
+      this.mu.unlock();
+      await drained.wait();
+    }
+  }
+
+  unlockExclusive(): void {
+    this.paused = false;
+    const resumed = this.resumed;
+    this.resumed = new Event();
+    this.mu.unlock();
+    resumed.set();
+  }
+
+  /**
+   * Start an upload: wait until uploads are not paused, then — if `wanted()` still holds,
+   * checked under mu shared — count it in flight and return true. The caller runs the upload
+   * without the lock and calls leave() after it.
+   */
+  async enter(wanted: () => boolean): Promise<boolean> {
+    for (;;) {
+      await this.mu.rlock();
+      if (!this.paused) break;
+      this.mu.runlock();
+      await this.resumed.wait();
+    }
+    try {
+      if (!wanted()) return false;
+      this.inflight++;
+      return true;
+    } finally {
+      this.mu.runlock();
+    }
+  }
+
+  leave(): void {
+    if (this.inflight <= 0) throw new Error('UploadGate: leave without enter');
+    this.inflight--;
+    if (this.inflight === 0) this.drained?.set();
+  }
+
+  /** For assertions and stats. */
+  get state(): { paused: boolean; inflight: number } {
+    return { paused: this.paused, inflight: this.inflight };
   }
 }

@@ -1,4 +1,4 @@
-// Errors of the watch link, shared by both sides (server: src/server/watchlink.ts and
+// Errors of the watch link, shared by both sides (server: src/server/wlink.ts and
 // isolation.ts; client: src/client/conn.ts). Codes from the registry (src/errors.ts); callers
 // decide on class or code, never on the text.
 

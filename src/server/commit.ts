@@ -1,0 +1,227 @@
+// Commits — step 3 of the server (server.ts overview): keeping head's page cache, head files
+// and head/at in step with the database, one batch of storage commit events at a time (the
+// first event and those queued behind it), in three steps:
+//
+// 3a headMu exclusive, uploads paused and drained (UploadGate): δF = ΔFtail.update(δZ) per
+//    commit, in order; for each block of a head file changed in the batch take the old data
+//    out of its BlockLoads (or RETRIEVE it from the kernel, which locks no page) if
+//    @<oldHead>/bigfile/<oid> is known to the kernel; compute new sizes; then, in one
+//    synchronous step, advance the head (Head.advance: I2). Unlock.
+// 3b no lock: store the old data into @<oldHead>/bigfile/<oid>, invalidate every changed block
+//    in head's page cache, and the attributes of every touched file.
+// 3c publish: head/at shows the new head, head waiters (watch requests, @rev lookups ahead of
+//    head) wake (Head.publish: I5).
+//
+// Why no READ is answered from stale data natively (the fast path, loads.ts): 3a drops every
+// changed block's entry before 3b invalidates it; the drop waits for fast replies in flight,
+// so a reply sent from the old data lands before the invalidation and is removed by it, and a
+// READ after the drop goes to JS and waits for headMu. No load is in flight during 3a (I3),
+// so no block is registered meanwhile. Blocks past a shrunk end are dropped too (ΔFtail
+// reports them as unchanged holes).
+//
+// I6 (no deadlock with the kernel's page locks): the kernel locks a page, then sends READ,
+// which takes headMu shared. 3a waits for storage loads and RETRIEVE only; uploads, STORE and
+// INVAL_INODE run without headMu; and while 3b waits for a page lock no one holds or waits
+// for headMu exclusively (batches are processed one at a time), so the READ holding the page
+// gets headMu, is answered (from the new head, I2) and unlocks the page.
+//
+// A change of a tracked ZBigFile object itself (blksize or blktab replaced), and any failure
+// of the storage watch or of an invalidation, is fatal (server.ts step 4).
+
+import createDebug from 'debug';
+import { errno } from '../fuse/kernel.js';
+import type { Notifier } from '../fuse/notifier.js';
+import { WcfsError } from '../errors.js';
+import type { ObjectLoader } from '../zodb/db.js';
+import { hex16, type Tid } from '../zodb/ids.js';
+import type { CommitEvent, StorageWatch } from '../zodb/storage.js';
+import { ZBigFileView } from '../zodb/zbigfile.js';
+import type { BigFile } from './bigfile.js';
+import type { Head } from './head.js';
+
+const debug = createDebug('wcfs:server:commit');
+
+const MAX_BATCH = 256; // commit events processed in one pass
+
+/** 3b's work for one changed head block (from 3a). */
+export interface BlockInval {
+  f: BigFile;
+  blk: number;
+  /** The block's data as of oldHead, to store into @<oldHead>/bigfile/<oid> (revFile). */
+  old?: Uint8Array;
+  revFile?: BigFile;
+}
+
+interface CommitPlan {
+  blocks: BlockInval[];
+  /** Head files in δF: their attributes (size, mtime) are invalidated in 3b. */
+  touched: BigFile[];
+}
+
+export interface CommitsHost {
+  readonly head: Head;
+  readonly loader: ObjectLoader;
+  readonly notifier: Notifier;
+  /** @<rev>/bigfile/<oid> if that view and file exist now. */
+  revFile(rev: Tid, foid: bigint): BigFile | undefined;
+  /** Lower bound of the ΔFtail history still needed (isolation.ts revCut). */
+  revCut(): Tid;
+  fatal(err: Error): void;
+  readonly failed: Error | undefined;
+}
+
+export class Commits {
+  constructor(private readonly host: CommitsHost) {}
+
+  /**
+   * Commit events one batch at a time: the first event, and every one queued behind it (up
+   * to MAX_BATCH) — a server that fell behind (a slow client held a commit for a pin
+   * timeout) catches up in one pass of 3a-3c instead of one per commit.
+   */
+  async serve(watch: StorageWatch): Promise<void> {
+    const it = watch[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        const batch = [r.value];
+        while (batch.length < MAX_BATCH && watch.ready() > 0) {
+          const more = await it.next();
+          if (more.done) break;
+          batch.push(more.value);
+        }
+        await this.handle(batch);
+        if (this.host.failed) return;
+      }
+    } catch (e) {
+      this.host.fatal(e as Error);
+    }
+  }
+
+  /** One batch (ascending tids): 3a, 3b, 3c. */
+  async handle(evs: CommitEvent[]): Promise<void> {
+    const head = this.host.head;
+    let plan: CommitPlan;
+    await head.uploads.lockExclusive();
+    try {
+      plan = await this.advance(evs);
+    } catch (e) {
+      this.host.fatal(e as Error);
+      return;
+    } finally {
+      head.uploads.unlockExclusive();
+    }
+    try {
+      await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b)));
+      await Promise.all(plan.touched.map((f) => this.invalAttr(f)));
+    } catch (e) {
+      this.host.fatal(e as Error);
+      return;
+    }
+    const tid = evs[evs.length - 1]!.tid;
+    head.publish(tid);
+    debug('head @%s (%d commits; δF: %d files, %d blocks)', hex16(tid), evs.length, plan.touched.length, plan.blocks.length);
+  }
+
+  // ---- 3a ----
+
+  /** Under headMu W. Returns what 3b must invalidate. */
+  private async advance(evs: CommitEvent[]): Promise<CommitPlan> {
+    const head = this.host.head;
+    const oldHead = head.at;
+    const newHead = evs[evs.length - 1]!.tid;
+    const sizes = new Map<BigFile, number>();
+    const changed = new Map<BigFile, Set<number>>();
+    const lastChange = new Map<BigFile, Tid>(); // mtime (revApprox)
+    for (const ev of evs) {
+      debug('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
+      const δF = await head.deltaFtail.update(ev.tid, ev.oids);
+      for (const [foid, d] of δF) {
+        const f = head.files.get(foid);
+        if (f === undefined) continue;
+        lastChange.set(f, ev.tid);
+        if (d.epoch) await this.checkEpoch(f, ev.tid);
+        let blks = changed.get(f);
+        if (blks === undefined) changed.set(f, (blks = new Set()));
+        for (const blk of d.blocks) blks.add(blk);
+        if (d.size) {
+          const { size, path } = await f.view.withAt(ev.tid).size();
+          head.deltaFtail.trackFile(foid, f.view.blktab, path);
+          sizes.set(f, size);
+          // blocks past a shrunk end are not reported as changed: out of the fast path now,
+          // before the kernel can learn the new size
+          f.loads.dropPast(size);
+        }
+      }
+    }
+    const takes: Promise<BlockInval>[] = [];
+    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead));
+    const blocks = await Promise.all(takes);
+    head.advance(newHead, sizes, lastChange); // I2
+    head.deltaFtail.forgetPast(this.host.revCut());
+    return { blocks, touched: [...lastChange.keys()] };
+  }
+
+  /**
+   * One changed block: out of its BlockLoads and the fast path (the uploader must not store
+   * stale data, nor the fast path serve it; the drop waits for fast replies in flight), and
+   * its old data when @<oldHead> has the file looked up. RETRIEVE takes no page lock.
+   */
+  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid): Promise<BlockInval> {
+    const bs = f.blksize;
+    let old: Uint8Array | undefined;
+    const e = f.loads.get(blk);
+    if (e !== undefined) {
+      old = e.data;
+      f.loads.drop(blk, e);
+    }
+    const revFile = this.host.revFile(oldHead, f.foid);
+    if (revFile === undefined || revFile.nlookup === 0) return { f, blk };
+    if (old === undefined) {
+      try {
+        old = await this.host.notifier.retrieve(f.ino, blk * bs, bs);
+      } catch (err) {
+        debug('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
+      }
+    }
+    return old !== undefined && old.length === bs ? { f, blk, old, revFile } : { f, blk };
+  }
+
+  private async checkEpoch(f: BigFile, tid: Tid): Promise<void> {
+    const nv = await ZBigFileView.open(this.host.loader, f.foid, tid);
+    if (nv.blksize !== f.view.blksize || nv.blktab !== f.view.blktab) {
+      throw new WcfsError(
+        'WCFS_EEPOCH',
+        `ZBigFile ${hex16(f.foid)} changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
+      );
+    }
+  }
+
+  // ---- 3b ----
+
+  /** One block: keep the old data for @<oldHead>, then drop the block from head's cache. */
+  private async invalidateBlock(b: BlockInval): Promise<void> {
+    const bs = b.f.blksize;
+    const off = b.blk * bs;
+    if (b.old !== undefined && b.revFile !== undefined) {
+      try {
+        await this.host.notifier.store(b.revFile.ino, off, b.old);
+      } catch (err) {
+        debug('store @%s/%s #%d: %s', hex16(b.revFile.rev!), hex16(b.f.foid), b.blk, (err as Error).message);
+      }
+    }
+    try {
+      await this.host.notifier.invalInode(b.f.ino, off, bs);
+    } catch (err) {
+      if ((err as { errno?: number }).errno !== errno.ENOENT) throw err; // ENOENT: nothing cached
+    }
+  }
+
+  private async invalAttr(f: BigFile): Promise<void> {
+    try {
+      await this.host.notifier.invalInode(f.ino, -1, 0);
+    } catch (err) {
+      if ((err as { errno?: number }).errno !== errno.ENOENT) throw err;
+    }
+  }
+}

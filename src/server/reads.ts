@@ -1,0 +1,116 @@
+// Reads — step 2 of the server (server.ts overview): READ of a bigfile, and the upload of
+// each loaded block into the page cache.
+//
+// 2a) clamp the READ to the file size; load every block in range (once per block for all
+//     concurrent readers: the file's BlockLoads); reply; mark the pages the reply covered.
+// 2b) head files: the READ holds headMu shared, and a load keeps holding it until it
+//     completes even if the READ that started it was interrupted (I3: no load straddles a
+//     commit). The `loaded` hook tracks the block in ΔFtail and pins every watcher that needs
+//     it (isolation.ts) before any reader — or the fast path — gets the data (I1).
+// 2c) after the readers are released, the whole block is uploaded into the page cache
+//     (NOTIFY_STORE) — only the pages no READ reply delivered, after a short delay that lets
+//     readahead come first — and never from inside a READ (the kernel holds those pages
+//     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end.
+//
+// Never touches its own mount from the JS thread (src/fuse/session.ts "self-access").
+
+import type { Notifier } from '../fuse/notifier.js';
+import { sleep } from '../util/async.js';
+import { hex16 } from '../zodb/ids.js';
+import type { BigFile } from './bigfile.js';
+import type { Head } from './head.js';
+import type { Isolation } from './isolation.js';
+import { markServed, unservedRuns, type LoadingEntry } from './loads.js';
+
+const UPLOAD_DELAY_MS = 2; // 2c
+const EMPTY = new Uint8Array(0);
+
+export class Reads {
+  constructor(
+    private readonly head: Head,
+    private readonly isolation: Isolation,
+    private readonly kernel: { readonly notifier: Notifier; readonly isClosed: boolean },
+    private readonly warn: (msg: string) => void,
+  ) {}
+
+  // ---- 2a, 2b ----
+
+  async read(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    if (!f.isHead) return this.readBlocks(f, off, size, signal);
+    await this.head.mu.rlock(signal);
+    try {
+      return await this.readBlocks(f, off, size, signal);
+    } finally {
+      this.head.mu.runlock();
+    }
+  }
+
+  private async readBlocks(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    const end = Math.min(off + size, f.size);
+    if (end <= off) return EMPTY; // at/after EOF: 0 bytes, as POSIX says
+    const bs = f.blksize;
+    const b0 = Math.floor(off / bs);
+    const b1 = Math.floor((end - 1) / bs);
+    const loads: Promise<Uint8Array>[] = [];
+    for (let blk = b0; blk <= b1; blk++) loads.push(this.loadBlk(f, blk, signal));
+    const blocks = await Promise.all(loads);
+    for (let blk = b0; blk <= b1; blk++) markServed(f.loads.get(blk), blk, bs, off, end);
+    if (blocks.length === 1) return blocks[0]!.subarray(off - b0 * bs, end - b0 * bs);
+    const parts = blocks.map((d, i) => {
+      const start = (b0 + i) * bs;
+      return d.subarray(Math.max(off, start) - start, Math.min(end, start + bs) - start);
+    });
+    return Buffer.concat(parts);
+  }
+
+  private loadBlk(f: BigFile, blk: number, signal: AbortSignal): Promise<Uint8Array> {
+    if (!f.isHead) return f.loads.load(blk, { after: (b, e) => void this.uploadRev(f, b, e) }, signal);
+    const mu = this.head.mu;
+    return f.loads.load(
+      blk,
+      {
+        started: () => mu.rlockNested(), // I3
+        settled: () => mu.runlock(),
+        loaded: async (b) => {
+          // I1: tracked, and watchers pinned, before any reader or the fast path gets the data
+          this.head.deltaFtail.track(f.foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
+          await this.isolation.readPinWatchers(f, blk);
+        },
+        after: (b, e) => void this.uploadHead(f, b, e),
+      },
+      signal,
+    );
+  }
+
+  // ---- 2c ----
+
+  private async uploadHead(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    await sleep(UPLOAD_DELAY_MS);
+    // not when commit processing took the entry meanwhile: its data is stale
+    if (!(await this.head.uploads.enter(() => f.loads.get(blk) === e))) return;
+    try {
+      await this.storeUnserved(f, blk, e);
+    } catch (err) {
+      if (!this.kernel.isClosed) this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
+    } finally {
+      f.loads.drop(blk, e);
+      this.head.uploads.leave();
+    }
+  }
+
+  private async uploadRev(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    await sleep(UPLOAD_DELAY_MS);
+    try {
+      await this.storeUnserved(f, blk, e);
+    } catch (err) {
+      if (!this.kernel.isClosed) this.warn(`BUG: @${hex16(f.rev!)}/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message}`);
+    } finally {
+      f.loads.drop(blk, e);
+    }
+  }
+
+  private async storeUnserved(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
+    const base = blk * f.blksize;
+    for (const [a, z] of unservedRuns(e, f.blksize)) await this.kernel.notifier.store(f.ino, base + a, e.data!.subarray(a, z));
+  }
+}

@@ -1,0 +1,220 @@
+// The server's rules for commits, without a mount: WcfsServer.serve() against a fake kernel
+// (the Kernel seam: notifier + fast-path blockCache), with the FUSE handlers called directly
+// and a real FileStorage written by our writer and followed by the server.
+//
+//   - a head READ registers its block in the fast path only after the load (and tracking);
+//   - commit: a changed block leaves the fast path before its page-cache invalidation; the
+//     old data goes to @<oldHead> only when that file is looked up — from the loaded entry,
+//     else RETRIEVEd — and is stored before head's copy is invalidated; head/at moves only
+//     after every invalidation (I5);
+//   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
+//     nothing; it is then answered from the new head (I2, I3).
+// What only the kernel can show (page locks, real invalidation) stays in the mount tests.
+import { afterEach, describe, expect, it } from 'vitest';
+import type { RequestContext } from '../src/fuse/fs.js';
+import type { Notifier } from '../src/fuse/notifier.js';
+import type { BlockCache } from '../src/fuse/session.js';
+import { WcfsServer, type Kernel } from '../src/server/server.js';
+import { sleep } from '../src/util/async.js';
+import { WriteTxn } from '../src/zodb/db.js';
+import { hex16, type Oid, type Tid } from '../src/zodb/ids.js';
+import { openStorage } from '../src/zodb/open.js';
+import type { IWritableStorage } from '../src/zodb/storage.js';
+import { createZBigFile, ensureRoot, setBlock } from '../src/zodb/zbigfile.js';
+import { makeTmpDir } from './helpers/tmp.js';
+
+const BS = 8192;
+
+/** A fake kernel: records every call in order; RETRIEVE answers from `cached` (or waits for `holdRetrieve`). */
+class FakeKernel implements Kernel {
+  readonly events: string[] = [];
+  isClosed = false;
+  /** ino → offset → data the "page cache" holds for RETRIEVE. */
+  readonly cached = new Map<number, Map<number, Uint8Array>>();
+  holdRetrieve: Promise<void> | undefined;
+  /** Called at every invalInode, to look at the server's state at that moment. */
+  onInval: (() => void) | undefined;
+
+  readonly notifier: Notifier = {
+    invalInode: async (ino, off, len) => {
+      this.onInval?.();
+      this.events.push(off < 0 ? `inval-attr ${ino}` : `inval ${ino} ${off}+${len}`);
+    },
+    invalEntry: async (parent, name) => {
+      this.events.push(`inval-entry ${parent} ${name}`);
+    },
+    store: async (ino, off, data) => {
+      this.events.push(`store ${ino} ${off}+${data.length} =${data[0]}`);
+    },
+    retrieve: async (ino, off, len) => {
+      this.events.push(`retrieve ${ino} ${off}+${len}`);
+      if (this.holdRetrieve) await this.holdRetrieve;
+      return Buffer.from(this.cached.get(ino)?.get(off) ?? new Uint8Array(0)).subarray(0, len);
+    },
+  };
+
+  readonly blockCache: BlockCache = {
+    put: (nodeid, off, data) => {
+      this.events.push(`put ${nodeid} ${off}+${data.length} =${data[0]}`);
+      return true;
+    },
+    drop: (nodeid, off) => {
+      this.events.push(`drop ${nodeid} ${off}`);
+      return true;
+    },
+  };
+
+  /** Events since the last call. */
+  take(): string[] {
+    return this.events.splice(0);
+  }
+}
+
+const ctx = (): RequestContext => ({ signal: new AbortController().signal, interrupted: false });
+const hdr = { id: 1, uid: 0, gid: 0, pid: process.pid };
+
+interface Served {
+  srv: WcfsServer;
+  k: FakeKernel;
+  db: IWritableStorage;
+  foid: Oid;
+  commit(blocks: Record<number, number>): Promise<Tid>;
+  /** nodeid of path (names from the root), looked up as the kernel would. */
+  lookup(...names: string[]): Promise<number>;
+  read(nodeid: number, off: number, size: number): Promise<Uint8Array>;
+  /** Wait until head/at shows tid. */
+  published(tid: Tid): Promise<void>;
+  /** Wait until cond() holds (bounded). */
+  until(cond: () => boolean): Promise<void>;
+}
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function served(): Promise<Served> {
+  const tmp = makeTmpDir('wcfs-core-');
+  const path = `${tmp.dir}/data.fs`;
+  const db = (await openStorage(path, { create: true })) as IWritableStorage;
+  await ensureRoot(db);
+  let txn = new WriteTxn(db);
+  const foid = createZBigFile(txn, BS);
+  await txn.commit();
+  const commit = async (blocks: Record<number, number>): Promise<Tid> => {
+    txn = new WriteTxn(db);
+    for (const [blk, v] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), new Uint8Array(BS).fill(v), { format: 'ZBlk0' });
+    return txn.commit();
+  };
+  await commit({ 0: 1, 1: 2 });
+  const k = new FakeKernel();
+  const storage = await openStorage(path, { readOnly: true, fs1: { pollMs: 5 } });
+  const srv = WcfsServer.serve({ zurl: path, mountpoint: '/nonexistent', log: () => {} }, storage, k);
+  cleanups.push(async () => {
+    await srv.stop();
+    await db.close();
+    tmp.cleanup();
+  });
+  const s: Served = {
+    srv,
+    k,
+    db,
+    foid,
+    commit,
+    async lookup(...names) {
+      let ino = 1;
+      for (const name of names) ino = (await srv.lookup({ ...hdr, op: 'LOOKUP', nodeid: ino, name }, ctx())).nodeid;
+      return ino;
+    },
+    read: (nodeid, off, size) => srv.read({ ...hdr, op: 'READ', nodeid, fh: 0, offset: off, size, flags: 0 }, ctx()),
+    async until(cond) {
+      const t0 = Date.now();
+      while (!cond()) {
+        if (Date.now() - t0 > 10_000) throw new Error(`not reached: ${cond.toString()}`);
+        await sleep(2);
+      }
+    },
+    async published(tid) {
+      const t0 = Date.now();
+      while (srv.head.publishedAt < tid) {
+        if (Date.now() - t0 > 10_000) throw new Error(`head/at stays ${hex16(srv.head.publishedAt)}, want ${hex16(tid)}`);
+        await sleep(2);
+      }
+    },
+  };
+  return s;
+}
+
+describe('commit processing against a fake kernel', () => {
+  it('READ registers after the load; a commit drops the block before it invalidates; no @oldHead store when not looked up', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    // keep the loaded entry (no upload, which would end it): the commit must take it
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {};
+    t.k.take();
+
+    // >>> READ #0 of head: loaded, then registered in the fast path with its data
+    expect((await t.read(head, 0, 4096))[0]).toBe(1);
+    expect(t.k.take()).toEqual([`put ${head} 0+${BS} =1`]);
+
+    // >>> commit δ(#0): out of the fast path, then invalidated, then the attributes; nothing stored
+    const tid = await t.commit({ 0: 10 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`drop ${head} 0`, `inval ${head} 0+${BS}`, `inval-attr ${head}`]);
+
+    // <<< the next READ loads the new data
+    expect((await t.read(head, 0, 4096))[0]).toBe(10);
+  });
+
+  it('old data goes to @<oldHead> before head is invalidated, and head/at moves only after', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const at0 = t.srv.head.publishedAt;
+    const old = await t.lookup('@' + hex16(at0), 'bigfile', hex16(t.foid));
+    // >>> READ all of #1 (tracked); its entry ends after the (empty) upload; the kernel has it
+    expect((await t.read(head, BS, BS))[0]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    t.k.cached.set(head, new Map([[BS, new Uint8Array(BS).fill(2)]]));
+    const seenAt: Tid[] = [];
+    t.k.onInval = () => seenAt.push(t.srv.head.publishedAt);
+    t.k.take();
+
+    // >>> commit δ(#1): RETRIEVE head's #1 (not loaded), STORE it into @at0, then invalidate head
+    const tid = await t.commit({ 1: 20 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`retrieve ${head} ${BS}+${BS}`, `store ${old} ${BS}+${BS} =2`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
+    // <<< head/at still showed at0 at every invalidation (I5)
+    expect(seenAt).toEqual([at0, at0]);
+  });
+
+  it('a READ during step 3a waits for it, registers nothing meanwhile, and gets the new head', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    await t.lookup('@' + hex16(t.srv.head.publishedAt), 'bigfile', hex16(t.foid)); // so 3a RETRIEVEs
+    expect((await t.read(head, 0, 2 * BS)).length).toBe(2 * BS); // #0 #1 tracked
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`) && t.k.events.includes(`drop ${head} 0`));
+    let release!: () => void;
+    t.k.holdRetrieve = new Promise((r) => (release = r));
+    t.k.take();
+
+    // >>> commit δ(#0, #1): 3a holds headMu while RETRIEVE is held
+    const tid = await t.commit({ 0: 30, 1: 31 });
+    await t.until(() => t.k.events.some((e) => e.startsWith('retrieve')));
+    // >>> READ #1 now: it must wait
+    let done = false;
+    const r = t.read(head, BS, 4096).then((d) => {
+      done = true;
+      return d;
+    });
+    await sleep(50);
+    expect(done).toBe(false);
+    expect(t.k.events.filter((e) => e.startsWith('put'))).toEqual([]);
+
+    // <<< 3a ends: the READ is answered from the new head, registered after the advance
+    release();
+    expect((await r)[0]).toBe(31);
+    await t.published(tid);
+    expect(t.k.events.some((e) => e === `put ${head} ${BS}+${BS} =31`)).toBe(true);
+    expect(t.k.events.filter((e) => e.startsWith('put')).every((e) => e.endsWith('=31'))).toBe(true);
+  });
+});
