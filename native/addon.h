@@ -1,6 +1,6 @@
 // wcfs native addon — shared declarations.
 //
-// The addon is deliberately thin (see notes.md "Native layer"): it takes and returns
+// The addon is deliberately thin (see notes.md "FUSE layer" and Decisions D2): it takes and returns
 // primitives, buffers and return codes; validation and logic live in TypeScript. The single
 // TS module that imports it is src/native.ts.
 #pragma once

@@ -48,7 +48,7 @@ namespace client {
 // syscalls and data that no other thread was changing at fork time (try_lock; a mutex held
 // at fork stays held in the child, and then that conn is skipped with a warning).
 // In Node, fork() without exec happens only in native code; child_process.* exec at once,
-// and O_CLOEXEC + exec drop fds and mappings anyway (notes.md "Client: fork").
+// and O_CLOEXEC + exec drop fds and mappings anyway (notes.md "Client library", hazard H7).
 
 static std::mutex gForkMu;
 static std::set<ConnCore*>* gConns = new std::set<ConnCore*>();  // never freed (atfork)

@@ -1,7 +1,7 @@
 // mapFile: a read-only shared mmap of a file, as an external ArrayBuffer.
 //
 // For FileStorage: committed bytes of Data.fs never change in place, so a view into the
-// mapping is as good as a private copy — without the copy (notes.md §8, cold reads). The
+// mapping is as good as a private copy — without the copy (notes.md "Performance", cold reads). The
 // mapping lives as long as any JS view of it (GC finalizer munmaps). Reading beyond the
 // file's end raises SIGBUS: the caller only reads committed bytes (< its topPos ≤ size).
 #include "addon.h"

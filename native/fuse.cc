@@ -4,7 +4,7 @@
 // serve it, the map from request ids to libfuse requests, and the notification workers.
 // Everything a filesystem decides (names, attributes, data, errors, open flags) is decided in
 // TypeScript (src/fuse/session.ts); this file moves requests and replies and nothing more.
-// Background: /work/shared/spec/fuse.md (prototype measurements) and notes.md "FUSE layer".
+// Background: the spec fuse.md (prototype measurements) and notes.md "FUSE layer".
 //
 // 1) mount: `new FuseSession(mountpoint, args, cfg, handlers)` runs fuse_session_new +
 //    fuse_session_mount on the JS thread (as root: open(/dev/fuse) + mount(2), which does not
@@ -49,7 +49,7 @@
 //                    the ll_* handlers, onInterrupt and ll_retrieve_reply.
 //   notify threads — NotifyJob::run (fuse_lowlevel_notify_*). Started on demand (a job finds
 //                    no idle one) up to cfg.notifyThreads: a store parked on a page lock
-//                    (spec §3.5.3) must not hold up unrelated invalidations.
+//                    (wcfs-server.md §3.5.3) must not hold up unrelated invalidations.
 //   All native threads block all signals, so signals go to Node's main thread.
 //
 // Invariants (Core):

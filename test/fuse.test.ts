@@ -234,13 +234,29 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
       const f = bigfile();
       const fs = new TestFs([f]);
       await withMount(fs, {}, async (m) => {
-        await catFile(m, 'big');
-        await m.session.notifier.invalInode(f.ino, 1 * MiB, 1 * MiB);
-        expectResidency(await residency(m, 'big', 0, 8 * MiB), pages(256, 1) + pages(256, 0) + pages(1536, 1));
-        const n1 = fs.reads.length;
-        await catFile(m, 'big');
-        expect(coverage(fs.reads.slice(n1))).toEqual([[1 * MiB, 2 * MiB]]);
-        expectResidency(await residency(m, 'big', 0, 8 * MiB), pages(2048, 1));
+        // The kernel may reclaim a few cold pages on its own at any time (this VM runs DAMON
+        // reclaim), which shows as residency holes and READs outside the range: such an
+        // attempt proves nothing either way and is run again (at most 5 times).
+        const want = pages(256, 1) + pages(256, 0) + pages(1536, 1);
+        for (let attempt = 1; ; attempt++) {
+          await catFile(m, 'big');
+          const pre = await residency(m, 'big', 0, 8 * MiB);
+          if (pre !== pages(2048, 1) && attempt < 5) continue;
+          expectResidency(pre, pages(2048, 1));
+          await m.session.notifier.invalInode(f.ino, 1 * MiB, 1 * MiB);
+          const res = await residency(m, 'big', 0, 8 * MiB);
+          // the invalidated range is gone whatever else happened
+          expect(res.slice(256, 512)).toBe(pages(256, 0));
+          const n1 = fs.reads.length;
+          await catFile(m, 'big');
+          const reads = coverage(fs.reads.slice(n1));
+          const exact = res === want && JSON.stringify(reads) === JSON.stringify([[1 * MiB, 2 * MiB]]);
+          if (exact || attempt === 5) {
+            expectResidency(res, want);
+            expect(reads).toEqual([[1 * MiB, 2 * MiB]]);
+            break;
+          }
+        }
       });
     },
     T,
