@@ -24,7 +24,21 @@
 // @rev row vs the head row shows what head's locking/tracking costs.
 import path from 'node:path';
 import {
-  MiB, WriteTxn, hex16, makeDb, median, rd, readAhead, runMain, setBlock, setReadAhead, sleep, startCfuse, startWcfs, table, tools,
+  MiB,
+  WriteTxn,
+  hex16,
+  makeDb,
+  median,
+  rd,
+  readAhead,
+  runMain,
+  setBlock,
+  setReadAhead,
+  sleep,
+  startCfuse,
+  startWcfs,
+  table,
+  tools,
   workDir,
 } from './util.js';
 
@@ -96,8 +110,12 @@ async function main() {
     for (const s of sources) {
       const xs = mbs.get(s.key);
       rows.push([
-        String(ra), s.name, med(s.key).toFixed(0), `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`,
-        (med(s.key) / med('c')).toFixed(2), (med(s.key) / med('tmpfs')).toFixed(2),
+        String(ra),
+        s.name,
+        med(s.key).toFixed(0),
+        `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`,
+        (med(s.key) / med('c')).toFixed(2),
+        (med(s.key) / med('tmpfs')).toFixed(2),
         s.srv ? median(cpu.get(s.key)).toFixed(0) : '',
       ]);
     }

@@ -16,9 +16,7 @@
 // To compare without inotify's help there is no switch in the server; to see the effect of
 // the poll interval: WCFS_BENCH_SERVE_ARGS="--poll-ms 50" npm run bench -- latency.
 import path from 'node:path';
-import {
-  WriteTxn, hex16, headPoller, makeDb, nowMs, quantile, runMain, setBlock, sleep, startWcfs, table, tools, workDir,
-} from './util.js';
+import { WriteTxn, hex16, headPoller, makeDb, nowMs, quantile, runMain, setBlock, sleep, startWcfs, table, tools, workDir } from './util.js';
 
 const N = 100;
 const WARMUP = 5;
@@ -65,12 +63,15 @@ async function main() {
   const row = (name, xs) => [name, ...[0.5, 0.9, 0.99, 1].map((q) => quantile(xs, q).toFixed(2))];
   const args = (process.env.WCFS_BENCH_SERVE_ARGS ?? '').trim();
   console.log(`commit → head/at, ${N} commits, wcfs serve ${args || '(default poll interval 1000 ms)'}; ms`);
-  table(['what', 'p50', 'p90', 'p99', 'max'], [
-    row('commit started → head/at', afterStart),
-    row('commit returned → head/at', afterReturn),
-    row('commit() itself (writer)', commitMs),
-    row('one head/at poll, idle server', idle),
-  ]);
+  table(
+    ['what', 'p50', 'p90', 'p99', 'max'],
+    [
+      row('commit started → head/at', afterStart),
+      row('commit returned → head/at', afterReturn),
+      row('commit() itself (writer)', commitMs),
+      row('one head/at poll, idle server', idle),
+    ],
+  );
   console.log(`head/at already showed the new tid at the first poll after commit() returned: ${firstPoll}/${N} commits`);
   const p99 = quantile(afterStart, 0.99);
   console.log(`commit → head/at p99 ${p99.toFixed(2)} ms vs poll interval: ${p99 < 100 ? 'woken by inotify' : 'looks like polling'}`);

@@ -74,8 +74,13 @@ async function main() {
       const ns = median(t.get(s.key)[loop]);
       const xs = t.get(s.key)[loop];
       rows.push([
-        loop, s.name, (ns / 1e6).toFixed(1), `${(Math.min(...xs) / 1e6).toFixed(1)}–${(Math.max(...xs) / 1e6).toFixed(1)}`,
-        (ns / (size / 4096)).toFixed(0), (size / 1e6 / (ns / 1e9)).toFixed(0), (base / ns).toFixed(2),
+        loop,
+        s.name,
+        (ns / 1e6).toFixed(1),
+        `${(Math.min(...xs) / 1e6).toFixed(1)}–${(Math.max(...xs) / 1e6).toFixed(1)}`,
+        (ns / (size / 4096)).toFixed(0),
+        (size / 1e6 / (ns / 1e9)).toFixed(0),
+        (base / ns).toFixed(2),
       ]);
       if (s.key === 'wcfs') ratios[loop] = base / ns;
     }

@@ -22,7 +22,22 @@
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
-  MiB, WriteTxn, ensureCached, hex16, headPoller, makeDb, median, nowMs, rd, runMain, setBlock, sleep, startWcfs, table, tools, workDir,
+  MiB,
+  WriteTxn,
+  ensureCached,
+  hex16,
+  headPoller,
+  makeDb,
+  median,
+  nowMs,
+  rd,
+  runMain,
+  setBlock,
+  sleep,
+  startWcfs,
+  table,
+  tools,
+  workDir,
 } from './util.js';
 
 const NBLK = 128;
@@ -96,8 +111,15 @@ async function main() {
     const per = (st) => (k === 0 ? '' : (((m(st, k) - m(st, 0)) / k) * 1000).toFixed(0));
     const ev = ((m('cached', k) - m('dropped', k)) / k) * 1000;
     rows.push([
-      String(k), String(REPS[k]), median(commitMs.get(k)).toFixed(1), m('cached', k).toFixed(2), m('dropped', k).toFixed(2),
-      per('cached'), per('dropped'), k === 0 ? '' : ev.toFixed(0), k === 0 ? '' : (per('cached') / median(kernelUs)).toFixed(2),
+      String(k),
+      String(REPS[k]),
+      median(commitMs.get(k)).toFixed(1),
+      m('cached', k).toFixed(2),
+      m('dropped', k).toFixed(2),
+      per('cached'),
+      per('dropped'),
+      k === 0 ? '' : ev.toFixed(0),
+      k === 0 ? '' : (per('cached') / median(kernelUs)).toFixed(2),
     ]);
   }
   console.log(`commit of K changed 2 MiB blocks → head/at, ${NBLK}-block file; medians, latency from commit() returned`);

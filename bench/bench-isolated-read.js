@@ -29,7 +29,21 @@ import { linkSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
-  MiB, WriteTxn, ensureCached, hex16, headPoller, makeDb, median, rd, runMain, setBlock, startClient, startWcfs, table, tools, workDir,
+  MiB,
+  WriteTxn,
+  ensureCached,
+  hex16,
+  headPoller,
+  makeDb,
+  median,
+  rd,
+  runMain,
+  setBlock,
+  startClient,
+  startWcfs,
+  table,
+  tools,
+  workDir,
 } from './util.js';
 
 const SIZE_MIB = Number(process.env.WCFS_BENCH_MIB ?? 256);
@@ -113,7 +127,11 @@ async function main() {
   const size = NBLK * BS;
   const rows = [];
   const ratio = {};
-  const loops = [['touch', 'touch, fresh mapping'], ['sum', 'sum, fresh mapping'], ['warm', 'sum, same mapping again']];
+  const loops = [
+    ['touch', 'touch, fresh mapping'],
+    ['sum', 'sum, fresh mapping'],
+    ['warm', 'sum, same mapping again'],
+  ];
   for (const [loop, what] of loops) {
     const base = median(t.get('tmpfs')[loop]);
     const heap = median(t.get('heap')[loop]);
@@ -121,8 +139,13 @@ async function main() {
       const xs = t.get(s.key)[loop];
       const ns = median(xs);
       rows.push([
-        what, s.name, (ns / 1e6).toFixed(1), `${(Math.min(...xs) / 1e6).toFixed(1)}–${(Math.max(...xs) / 1e6).toFixed(1)}`,
-        (size / 1e6 / (ns / 1e9)).toFixed(0), (base / ns).toFixed(2), (heap / ns).toFixed(2),
+        what,
+        s.name,
+        (ns / 1e6).toFixed(1),
+        `${(Math.min(...xs) / 1e6).toFixed(1)}–${(Math.max(...xs) / 1e6).toFixed(1)}`,
+        (size / 1e6 / (ns / 1e9)).toFixed(0),
+        (base / ns).toFixed(2),
+        (heap / ns).toFixed(2),
       ]);
       if (s.key === 'iso') ratio[loop] = base / ns;
     }
@@ -131,9 +154,11 @@ async function main() {
       rows.push([what, 'C rd mmap of tmpfs (8-byte words)', (ns / 1e6).toFixed(1), '', (size / 1e6 / (ns / 1e9)).toFixed(0), '', '']);
     }
   }
-  console.log(`hot read of a ${SIZE_MIB} MiB file, fully cached, by a JS loop in a client process; ${NCHANGED} blocks of the isolated view pinned @r0; median of ${ROUNDS * REPS}`);
+  console.log(
+    `hot read of a ${SIZE_MIB} MiB file, fully cached, by a JS loop in a client process; ${NCHANGED} blocks of the isolated view pinned @r0; median of ${ROUNDS * REPS}`,
+  );
   table(['loop', 'source', 'ms', 'min–max', 'MB/s', '÷tmpfs', '÷heap'], rows, 'llrrrrr');
-  console.log('÷tmpfs = time(tmpfs mmap, same JS loop) ÷ time(source): the goal\'s ratio; ÷heap = the same against a heap Buffer (no page faults)');
+  console.log("÷tmpfs = time(tmpfs mmap, same JS loop) ÷ time(source): the goal's ratio; ÷heap = the same against a heap Buffer (no page faults)");
   for (const [loop, what] of loops) {
     console.log(`goal isolated ÷ tmpfs mmap ≥ 0.95 (${what}): ${ratio[loop].toFixed(2)} — ${ratio[loop] >= 0.95 ? 'met' : 'NOT met'}`);
   }

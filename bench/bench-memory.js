@@ -34,7 +34,22 @@
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
-  MiB, WriteTxn, ensureCached, hex16, headPoller, makeDb, rd, runMain, setBlock, setReadAhead, smaps, startClient, startWcfs, table, tools, workDir,
+  MiB,
+  WriteTxn,
+  ensureCached,
+  hex16,
+  headPoller,
+  makeDb,
+  rd,
+  runMain,
+  setBlock,
+  setReadAhead,
+  smaps,
+  startClient,
+  startWcfs,
+  table,
+  tools,
+  workDir,
 } from './util.js';
 
 const SIZE_MIB = Number(process.env.WCFS_BENCH_MIB ?? 256);
@@ -107,7 +122,7 @@ async function main() {
       const firsts = await c.call('firsts', { name: 'f', blks: watched });
       watched.forEach((b, k) => {
         const w = want(b, ri);
-        const ok = w === undefined ? !changed.some((blks, j) => blks?.includes(b) && firsts[k] === ((MARK | j) >>> 0)) : firsts[k] === w;
+        const ok = w === undefined ? !changed.some((blks, j) => blks?.includes(b) && firsts[k] === (MARK | j) >>> 0) : firsts[k] === w;
         if (!ok) throw new Error(`client ${i} @r${ri}: #${b} shows ${firsts[k].toString(16)}, want ${w === undefined ? 'the base version' : w.toString(16)}`);
       });
     }
@@ -131,12 +146,25 @@ async function main() {
     const anon = sum((m) => m.files.Anonymous);
     const needed = fileBytes + pins.size * BS;
     results.push({
-      cfg: cfg.name, head: head.resident * 4096, headFull: head.resident === head.pages, rev: revPages * 4096, nrev: pinRevs.size,
-      npins: pins.size, cache, total: cache + anon, needed,
-      fRss: sum((m) => m.files.Rss), fPss: sum((m) => m.files.Pss), anon, vmas: sum((m) => m.vmas),
+      cfg: cfg.name,
+      head: head.resident * 4096,
+      headFull: head.resident === head.pages,
+      rev: revPages * 4096,
+      nrev: pinRevs.size,
+      npins: pins.size,
+      cache,
+      total: cache + anon,
+      needed,
+      fRss: sum((m) => m.files.Rss),
+      fPss: sum((m) => m.files.Pss),
+      anon,
+      vmas: sum((m) => m.vmas),
       short: mem.filter((m) => m.files.Rss < fileBytes).length,
-      pRss: sum((m) => m.all.Rss), pPss: sum((m) => m.all.Pss), pPriv: sum((m) => m.all.Private),
-      sRss: srv.Rss, sAnon: srv.Anonymous,
+      pRss: sum((m) => m.all.Rss),
+      pPss: sum((m) => m.all.Pss),
+      pPriv: sum((m) => m.all.Private),
+      sRss: srv.Rss,
+      sAnon: srv.Anonymous,
     });
     await Promise.all(clients.map((c) => c.close()));
   }
@@ -147,28 +175,38 @@ async function main() {
   table(
     ['clients at', 'head cache', '@rev cache', '@rev files', 'not mapped', 'total', 'needed', 'old blocks', 'total÷needed', 'total÷file'],
     results.map((r) => [
-      r.cfg, mib(r.head) + (r.headFull ? '' : '*'), mib(r.rev), String(r.nrev), mib(r.cache - r.fPss), mib(r.total), mib(r.needed), String(r.npins),
-      (r.total / r.needed).toFixed(3), (r.total / fileBytes).toFixed(3),
+      r.cfg,
+      mib(r.head) + (r.headFull ? '' : '*'),
+      mib(r.rev),
+      String(r.nrev),
+      mib(r.cache - r.fPss),
+      mib(r.total),
+      mib(r.needed),
+      String(r.npins),
+      (r.total / r.needed).toFixed(3),
+      (r.total / fileBytes).toFixed(3),
     ]),
     'lrrrrrrrrr',
   );
   console.log('total = page cache (head + @rev) + anonymous memory in the mappings; needed = file + old blocks × 2 MiB;');
-  console.log('not mapped = page cache no client maps (page cache − Σ Pss of the mappings)' +
-    (results.some((r) => !r.headFull) ? '; * head not fully cached (DAMON?)' : ''));
+  console.log(
+    'not mapped = page cache no client maps (page cache − Σ Pss of the mappings)' +
+      (results.some((r) => !r.headFull) ? '; * head not fully cached (DAMON?)' : ''),
+  );
   table(
     ['clients at', 'map Σ Rss', 'map Σ Pss', 'map Σ Anon', 'VMAs', 'proc Σ Rss', 'proc Σ Pss', 'proc Σ Private', 'server Rss', 'server Anon'],
-    results.map((r) => [
-      r.cfg, mib(r.fRss), mib(r.fPss), mib(r.anon), String(r.vmas), mib(r.pRss), mib(r.pPss), mib(r.pPriv), mib(r.sRss), mib(r.sAnon),
-    ]),
+    results.map((r) => [r.cfg, mib(r.fRss), mib(r.fPss), mib(r.anon), String(r.vmas), mib(r.pRss), mib(r.pPss), mib(r.pPriv), mib(r.sRss), mib(r.sAnon)]),
     'lrrrrrrrrr',
   );
   console.log(`map = the clients' VMAs of head/ and @rev/ files (Σ over ${NCLIENT} processes); proc = whole client processes (smaps_rollup)`);
   const short = results.reduce((s, r) => s + r.short, 0);
   if (short) console.log(`note: ${short} mappings had Rss < file size when counted (pages evicted after the read: DAMON)`);
   const iso = results[1];
-  console.log(`goal total ÷ (file + old blocks) ≤ 1.1 (${NCLIENT} revisions): ${(iso.total / iso.needed).toFixed(3)} — ${iso.total / iso.needed <= 1.1 ? 'met' : 'NOT met'}` +
-    `; vs one copy of the file: ${(iso.total / fileBytes).toFixed(3)}× (isolation off, all at head: ${(results[0].total / fileBytes).toFixed(3)}×;` +
-    ` without readahead: ${(results[2].total / results[2].needed).toFixed(3)})`);
+  console.log(
+    `goal total ÷ (file + old blocks) ≤ 1.1 (${NCLIENT} revisions): ${(iso.total / iso.needed).toFixed(3)} — ${iso.total / iso.needed <= 1.1 ? 'met' : 'NOT met'}` +
+      `; vs one copy of the file: ${(iso.total / fileBytes).toFixed(3)}× (isolation off, all at head: ${(results[0].total / fileBytes).toFixed(3)}×;` +
+      ` without readahead: ${(results[2].total / results[2].needed).toFixed(3)})`,
+  );
 }
 
 runMain(main);

@@ -34,7 +34,23 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
-  WriteTxn, cpuNs, debugHrtime, hex16, headPoller, makeDb, median, nowMs, quantile, runMain, setBlock, sleep, startClient, startWcfs, table, tools, workDir,
+  WriteTxn,
+  cpuNs,
+  debugHrtime,
+  hex16,
+  headPoller,
+  makeDb,
+  median,
+  nowMs,
+  quantile,
+  runMain,
+  setBlock,
+  sleep,
+  startClient,
+  startWcfs,
+  table,
+  tools,
+  workDir,
 } from './util.js';
 
 const K = 16; // blocks changed per round
@@ -96,10 +112,12 @@ async function main() {
     const base = ci * perN;
     const at1 = storage.head();
     const clients = await Promise.all(Array.from({ length: n }, (_, i) => startClient(`client ${i}`)));
-    await Promise.all(clients.map(async (c) => {
-      await c.call('wcfs', { name: 'f', mnt: wcfs.mnt, at: at1, foid: big });
-      await c.call('map', { name: 'f' });
-    }));
+    await Promise.all(
+      clients.map(async (c) => {
+        await c.call('wcfs', { name: 'f', mnt: wcfs.mnt, at: at1, foid: big });
+        await c.call('map', { name: 'f' });
+      }),
+    );
     const lat = [];
     let fromNs = 0n;
     const cpu = { srv: 0, cli: 0 }; // ns over the measured reads
@@ -157,9 +175,18 @@ async function main() {
   for (const n of NS) {
     const r = results.get(n);
     rows.push([
-      String(n), String(n * ROUNDS * K), f(quantile(r.rtt, 0.5)), f(quantile(r.rtt, 0.99)), f(quantile(r.fan, 0.5)), f(quantile(r.fan, 0.99)),
-      f(quantile(r.lat, 0.5)), f(quantile(r.lat, 0.99)), n === 0 ? '(baseline)' : f(median(r.lat) - base0),
-      f(r.cpu.srv), n === 0 ? '' : f((r.cpu.srv - cpu0) / n), n === 0 ? '' : f(r.cpu.cli / n),
+      String(n),
+      String(n * ROUNDS * K),
+      f(quantile(r.rtt, 0.5)),
+      f(quantile(r.rtt, 0.99)),
+      f(quantile(r.fan, 0.5)),
+      f(quantile(r.fan, 0.99)),
+      f(quantile(r.lat, 0.5)),
+      f(quantile(r.lat, 0.99)),
+      n === 0 ? '(baseline)' : f(median(r.lat) - base0),
+      f(r.cpu.srv),
+      n === 0 ? '' : f((r.cpu.srv - cpu0) / n),
+      n === 0 ? '' : f(r.cpu.cli / n),
     ]);
   }
   console.log(`pin round trip: reads of just-changed 2 MiB blocks via head/ with N clients watching at an older revision; ${ROUNDS * K} reads per N; ms`);
@@ -167,7 +194,7 @@ async function main() {
   console.log('rtt: server queued `pin` → handled `ack` (server log); all N: first pin → last ack per read; read: 4 KiB pread in this process;');
   console.log(`+pins = read p50(N) − read p50(0); baseline N = 0: the same read, no watcher, no pin (read p50 ${base0.toFixed(3)} ms)`);
   console.log('CPU (ms; /proc/<pid>/task/N/schedstat over the reads of the measured rounds, each read + 10 ms): server per read;');
-  console.log('server per pin = (per read(N) − per read(0)) ÷ N; client per pin = all client processes\' CPU ÷ pins');
+  console.log("server per pin = (per read(N) − per read(0)) ÷ N; client per pin = all client processes' CPU ÷ pins");
 }
 
 runMain(main);

@@ -54,26 +54,46 @@ async function main() {
   const v1 = await ZBigFileView.open(loader, f1, at);
   const fd = openSync(dbpath, 'r');
   const size = statSync(dbpath).size;
-  const raw = await measure('raw fs.readSync (baseline)', async () => {
-    for (let i = 0; i < NBLK; i++) {
-      const b = Buffer.allocUnsafe(BLK);
-      readSync(fd, b, 0, BLK, (i * BLK) % Math.max(1, size - BLK));
-    }
-  }, 20);
+  const raw = await measure(
+    'raw fs.readSync (baseline)',
+    async () => {
+      for (let i = 0; i < NBLK; i++) {
+        const b = Buffer.allocUnsafe(BLK);
+        readSync(fd, b, 0, BLK, (i * BLK) % Math.max(1, size - BLK));
+      }
+    },
+    20,
+  );
   closeSync(fd);
-  const z0 = await measure('ZBlk0 loadBlock', async () => {
-    for (let i = 0; i < NBLK; i++) await v0.loadBlock(i);
-  }, 20);
+  const z0 = await measure(
+    'ZBlk0 loadBlock',
+    async () => {
+      for (let i = 0; i < NBLK; i++) await v0.loadBlock(i);
+    },
+    20,
+  );
   const out = new Uint8Array(BLK);
-  const z0p = await measure('ZBlk0 loadBlock into pooled buf', async () => {
-    for (let i = 0; i < NBLK; i++) await v0.loadBlock(i, out);
-  }, 20);
-  const z1 = await measure('ZBlk1 loadBlock (512 chunks)', async () => {
-    for (let i = 0; i < NBLK; i++) await v1.loadBlock(i);
-  }, 5);
-  const z1p = await measure('ZBlk1 loadBlock into pooled buf', async () => {
-    for (let i = 0; i < NBLK; i++) await v1.loadBlock(i, out);
-  }, 5);
+  const z0p = await measure(
+    'ZBlk0 loadBlock into pooled buf',
+    async () => {
+      for (let i = 0; i < NBLK; i++) await v0.loadBlock(i, out);
+    },
+    20,
+  );
+  const z1 = await measure(
+    'ZBlk1 loadBlock (512 chunks)',
+    async () => {
+      for (let i = 0; i < NBLK; i++) await v1.loadBlock(i);
+    },
+    5,
+  );
+  const z1p = await measure(
+    'ZBlk1 loadBlock into pooled buf',
+    async () => {
+      for (let i = 0; i < NBLK; i++) await v1.loadBlock(i, out);
+    },
+    5,
+  );
   await s.close();
 
   console.log('what                              MB/s    µs/2MiB-block  ratio');

@@ -6,7 +6,9 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const only = process.argv[2];
-for (const f of readdirSync(here).filter((f) => f.startsWith('bench-') && f.endsWith('.js')).sort()) {
+for (const f of readdirSync(here)
+  .filter((f) => f.startsWith('bench-') && f.endsWith('.js'))
+  .sort()) {
   if (only && !f.includes(only)) continue;
   console.log(`\n=== ${f} ===`);
   const r = spawnSync(process.execPath, [path.join(here, f)], { stdio: 'inherit' });

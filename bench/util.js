@@ -361,7 +361,13 @@ export function table(header, rows, align) {
   const all = [header, ...rows].map((r) => r.map(String));
   const w = header.map((_, i) => Math.max(...all.map((r) => r[i]?.length ?? 0)));
   const al = align ?? header.map((_, i) => (rows.some((r) => /[a-z]/i.test(String(r[i] ?? ''))) ? 'l' : 'r')).join('');
-  for (const r of all) console.log(r.map((c, i) => (al[i] === 'l' ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ').trimEnd());
+  for (const r of all)
+    console.log(
+      r
+        .map((c, i) => (al[i] === 'l' ? c.padEnd(w[i]) : c.padStart(w[i])))
+        .join('  ')
+        .trimEnd(),
+    );
 }
 
 /** Runs main, then cleanup; exit code 1 on failure. */

@@ -3,8 +3,8 @@
 // Owns: module registration and the error helper every part shares (ThrowErrno; the errno
 // names come from TS, see setErrnoNames).
 // Parts: flock.cc (BSD flock for the FileStorage .lock), pidfd.cc (process handles for
-// signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes), client*.cc (the client: mmaps, watch link, pinner),
-// test_hooks.cc (entry points for the tests only).
+// signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes), client*.cc (the client:
+// mmaps, watch link, pinner), test_hooks.cc (entry points for the tests only).
 #include "addon.h"
 
 #include <cerrno>
@@ -70,8 +70,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace wcfs
 
-static Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
-  return wcfs::Init(env, exports);
-}
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return wcfs::Init(env, exports); }
 
 NODE_API_MODULE(wcfs_native, InitModule)

@@ -99,10 +99,18 @@ void CallJs(Napi::Env env, Napi::Function fn, ConnCore* core, Event* ev) {
   if (env == nullptr) return;
   const char* kind = "reply";
   switch (ev->kind) {
-    case Event::REPLY: kind = "reply"; break;
-    case Event::LINKDOWN: kind = "linkdown"; break;
-    case Event::DOWN: kind = "down"; break;
-    case Event::CLOSED: kind = "closed"; break;
+    case Event::REPLY:
+      kind = "reply";
+      break;
+    case Event::LINKDOWN:
+      kind = "linkdown";
+      break;
+    case Event::DOWN:
+      kind = "down";
+      break;
+    case Event::CLOSED:
+      kind = "closed";
+      break;
   }
   if (ev->kind != Event::DOWN && core->jsRefs > 0 && --core->jsRefs == 0) core->tsfn.Unref(env);
   if (ev->kind == Event::CLOSED) {
@@ -139,7 +147,8 @@ static uint64_t ToU64(Napi::Env env, const Napi::Value& v, const char* what) {
   }
   if (v.IsNumber()) {
     double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d))) throw Napi::RangeError::New(env, std::string(what) + ": want a non-negative integer");
+    if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d)))
+      throw Napi::RangeError::New(env, std::string(what) + ": want a non-negative integer");
     return uint64_t(d);
   }
   throw Napi::TypeError::New(env, std::string(what) + ": want a number or bigint");
@@ -228,7 +237,8 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     int fd = int(ToU64(env, info[1], "headFd"));
     uint64_t bs = ToU64(env, info[2], "blksize");
     uint64_t size = ToU64(env, info[3], "size");
-    if (bs == 0 || bs % uint64_t(sysconf(_SC_PAGESIZE)) != 0) throw Napi::RangeError::New(env, "blksize must be a multiple of the page size");
+    if (bs == 0 || bs % uint64_t(sysconf(_SC_PAGESIZE)) != 0)
+      throw Napi::RangeError::New(env, "blksize must be a multiple of the page size");
     auto f = std::make_shared<FileState>();
     f->foid = foid;
     f->headfd = fd;
@@ -342,7 +352,8 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
   }
 
   // Builds a Mapping (client_mmap.cc overview, steps 1-3). mu held.
-  std::shared_ptr<Mapping> mmapLocked(uint64_t id, uint64_t blkStart, uint64_t blkLen, const char** code, std::string* msg, int* errOut) {
+  std::shared_ptr<Mapping> mmapLocked(uint64_t id, uint64_t blkStart, uint64_t blkLen, const char** code,
+                                      std::string* msg, int* errOut) {
     auto f = file(id);
     if (!f || f->removed) {
       *code = "WCFS_EFILECLOSED";
@@ -363,7 +374,8 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     const uint64_t start = blkStart * bs, len = blkLen * bs;
     if (len > maxLen_) {
       *code = "ERR_OUT_OF_RANGE";
-      *msg = "mmap: " + std::to_string(len) + " bytes: larger than the largest ArrayBuffer (" + std::to_string(maxLen_) + ")";
+      *msg = "mmap: " + std::to_string(len) + " bytes: larger than the largest ArrayBuffer (" +
+             std::to_string(maxLen_) + ")";
       return nullptr;
     }
     // reserve the VA first, then build the layers in it
@@ -379,13 +391,14 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     m->blkLen = blkLen;
     m->mem = static_cast<char*>(mem);
     m->len = size_t(len);
-    int err = MapFile(mem, len, f->headfd, start);                    // 1) head
-    if (err == 0 && start + len > f->headfsize) {                      // 2) zeros past EOF
+    int err = MapFile(mem, len, f->headfd, start);  // 1) head
+    if (err == 0 && start + len > f->headfsize) {   // 2) zeros past EOF
       uint64_t z = std::max(f->headfsize, start);
       err = MapZeros(m->mem + (z - start), size_t(start + len - z));
     }
-    for (auto p = f->pinned.lower_bound(blkStart); err == 0 && p != f->pinned.end() && p->first < blkStart + blkLen; ++p)
-      err = core_->remapBlkLocked(m.get(), p->first);                  // 3) pins
+    for (auto p = f->pinned.lower_bound(blkStart); err == 0 && p != f->pinned.end() && p->first < blkStart + blkLen;
+         ++p)
+      err = core_->remapBlkLocked(m.get(), p->first);  // 3) pins
     if (err != 0) {
       munmap(mem, len);
       *errOut = err;
@@ -467,8 +480,6 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
 
 }  // namespace client
 
-void InitClient(Napi::Env env, Napi::Object exports) {
-  exports.Set("ClientConn", client::ClientConn::Define(env));
-}
+void InitClient(Napi::Env env, Napi::Object exports) { exports.Set("ClientConn", client::ClientConn::Define(env)); }
 
 }  // namespace wcfs

@@ -61,7 +61,7 @@
 namespace wcfs {
 namespace client {
 
-constexpr uint64_t kTidHead = ~uint64_t(0);  // "@head" in a pin: unpin
+constexpr uint64_t kTidHead = ~uint64_t(0);            // "@head" in a pin: unpin
 constexpr uint64_t kMaxBlk = (uint64_t(1) << 53) - 1;  // largest blk in a pin (a JS safe integer)
 
 // Signal used to interrupt a link thread blocked in read/write/open of a FUSE file
@@ -121,10 +121,10 @@ void CallJs(Napi::Env env, Napi::Function fn, ConnCore* core, Event* ev);
 using Tsfn = Napi::TypedThreadSafeFunction<ConnCore, Event, CallJs>;
 
 struct ConnCore : std::enable_shared_from_this<ConnCore> {
-  int fd = -1;             // head/watch, O_RDWR; closed by the closer after all threads ended
+  int fd = -1;                      // head/watch, O_RDWR; closed by the closer after all threads ended
   std::atomic<bool> fdOpen{false};  // fd not closed yet (closer; the after-fork child)
-  std::string mnt;         // mountpoint (the pinner opens <mnt>/@<rev>/bigfile/<foid>)
-  std::string name;        // for messages: "wlink<fd>"
+  std::string mnt;                  // mountpoint (the pinner opens <mnt>/@<rev>/bigfile/<foid>)
+  std::string name;                 // for messages: "wlink<fd>"
   bool debug = false;
 
   // ---- emitMu: the TSFN may be called (emitOff: released or environment gone) ----
@@ -133,18 +133,18 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
 
   // ---- JS thread only ----
   Tsfn tsfn;
-  unsigned jsRefs = 0;     // outstanding requests + close: TSFN is ref'ed while > 0
+  unsigned jsRefs = 0;  // outstanding requests + close: TSFN is ref'ed while > 0
   uint64_t lastFileId = 0;
   uint64_t lastMappingId = 0;
 
   // ---- mu: files, mappings, down state ----
   std::mutex mu;
-  std::unordered_map<uint64_t, std::shared_ptr<FileState>> files;  // by file id
-  std::unordered_map<uint64_t, FileState*> byFoid;                 // foid → file in `files`
-  std::unordered_map<uint64_t, std::shared_ptr<Mapping>> mappings; // live mappings by id
-  std::string downErr;     // non-empty ⇒ conn is down (poisoned or closing)
-  bool poisoned = false;   // I5
-  bool closing = false;    // TS started close(): EOF is expected
+  std::unordered_map<uint64_t, std::shared_ptr<FileState>> files;   // by file id
+  std::unordered_map<uint64_t, FileState*> byFoid;                  // foid → file in `files`
+  std::unordered_map<uint64_t, std::shared_ptr<Mapping>> mappings;  // live mappings by id
+  std::string downErr;                                              // non-empty ⇒ conn is down (poisoned or closing)
+  bool poisoned = false;                                            // I5
+  bool closing = false;                                             // TS started close(): EOF is expected
 
   // ---- rxMu: request/reply matching ----
   std::mutex rxMu;
@@ -162,8 +162,8 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
     std::string msg;
     uint64_t seq;  // rxSeq of its line
   };
-  std::atomic<uint64_t> rxSeq{0};      // lines received so far (rx thread increments)
-  std::deque<PinReq> pinQ;             // unbounded (hazard H1)
+  std::atomic<uint64_t> rxSeq{0};         // lines received so far (rx thread increments)
+  std::deque<PinReq> pinQ;                // unbounded (hazard H1)
   std::unordered_set<uint64_t> accepted;  // even ids received and not yet answered
   bool qClosed = false;
 
@@ -181,7 +181,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   // ---- threads (started in start(), joined by the closer) ----
   std::thread rxThread, pinThread, txThread;
   pthread_t rxTid{}, pinTid{}, txTid{};
-  std::atomic<bool> stopping{false};   // closer: interrupted syscalls mean "exit"
+  std::atomic<bool> stopping{false};  // closer: interrupted syscalls mean "exit"
   std::atomic<int> running{0};
   std::mutex exitMu;
   std::condition_variable exitCv;
@@ -191,15 +191,15 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   ~ConnCore();
 
   // client_wlink.cc
-  void start();                                 // JS thread, once
+  void start();                                                // JS thread, once
   uint64_t request(const std::string& msg, std::string* err);  // JS thread
-  void startClose(unsigned timeoutMs);          // JS thread: closer thread → CLOSED event
-  void emit(Event* ev);                         // any thread
-  void poison(const std::string& why);          // any thread but with mu NOT held
+  void startClose(unsigned timeoutMs);                         // JS thread: closer thread → CLOSED event
+  void emit(Event* ev);                                        // any thread
+  void poison(const std::string& why);                         // any thread but with mu NOT held
   std::vector<std::string> fatals();
 
   // client_mmap.cc — all with mu held (…Locked) unless noted
-  int remapBlkLocked(Mapping* m, uint64_t blk);   // per I2 from f->pinned/headfsize; errno
+  int remapBlkLocked(Mapping* m, uint64_t blk);  // per I2 from f->pinned/headfsize; errno
   int efaultLocked(Mapping* m);
   int unmapLocked(Mapping* m);
   // fileRemove: drop the file from the tables, efault its mappings; returns fds to close.

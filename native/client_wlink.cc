@@ -101,9 +101,12 @@ static bool ParseHex16(const std::string& s, uint64_t* out) {
   uint64_t v = 0;
   for (char c : s) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else return false;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else
+      return false;
     v = (v << 4) | uint64_t(d);
   }
   *out = v;
@@ -137,8 +140,10 @@ std::string ParsePin(const std::string& msg, uint64_t* foid, uint64_t* blk, uint
   if (a.size() != 4) return "expected 3 arguments, got " + std::to_string(a.size() - 1);
   if (!ParseHex16(a[1], foid)) return "invalid foid";
   if (a[2].size() < 2 || a[2][0] != '#' || !ParseU64(a[2].substr(1), blk) || *blk > kMaxBlk) return "invalid blk";
-  if (a[3] == "@head") *rev = kTidHead;
-  else if (a[3].size() != 17 || a[3][0] != '@' || !ParseHex16(a[3].substr(1), rev) || *rev == kTidHead) return "invalid at";
+  if (a[3] == "@head")
+    *rev = kTidHead;
+  else if (a[3].size() != 17 || a[3][0] != '@' || !ParseHex16(a[3].substr(1), rev) || *rev == kTidHead)
+    return "invalid at";
   return "";
 }
 
@@ -339,7 +344,8 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
     reply("nak: " + e);
     return e;
   }
-  const std::string what = "pin f" + Hex16(foid) + " #" + std::to_string(blk) + " @" + (rev == kTidHead ? "head" : Hex16(rev));
+  const std::string what =
+      "pin f" + Hex16(foid) + " #" + std::to_string(blk) + " @" + (rev == kTidHead ? "head" : Hex16(rev));
 
   // a) look the file up; find out whether the @rev file must be opened (outside mu: FUSE IO)
   // A pin received before the file was (re)added belongs to an earlier watch of the same

@@ -11,9 +11,7 @@
 
 namespace wcfs {
 
-static void FinalizeFileMap(napi_env, void* data, void* hint) {
-  munmap(data, reinterpret_cast<size_t>(hint));
-}
+static void FinalizeFileMap(napi_env, void* data, void* hint) { munmap(data, reinterpret_cast<size_t>(hint)); }
 
 // mapFile(fd: number, length: number) -> ArrayBuffer (throws with .code on failure)
 static Napi::Value MapFile(const Napi::CallbackInfo& info) {
@@ -34,8 +32,6 @@ static Napi::Value MapFile(const Napi::CallbackInfo& info) {
   return Napi::Value(env, ab);
 }
 
-void InitFileMap(Napi::Env env, Napi::Object exports) {
-  exports.Set("mapFile", Napi::Function::New(env, MapFile));
-}
+void InitFileMap(Napi::Env env, Napi::Object exports) { exports.Set("mapFile", Napi::Function::New(env, MapFile)); }
 
 }  // namespace wcfs

@@ -21,10 +21,14 @@ static Napi::Value Flock(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   std::string op = info[1].As<Napi::String>().Utf8Value();
   int how;
-  if (op == "ex") how = LOCK_EX | LOCK_NB;
-  else if (op == "sh") how = LOCK_SH | LOCK_NB;
-  else if (op == "un") how = LOCK_UN;
-  else throw Napi::TypeError::New(env, "flock: op must be 'ex', 'sh' or 'un'");
+  if (op == "ex")
+    how = LOCK_EX | LOCK_NB;
+  else if (op == "sh")
+    how = LOCK_SH | LOCK_NB;
+  else if (op == "un")
+    how = LOCK_UN;
+  else
+    throw Napi::TypeError::New(env, "flock: op must be 'ex', 'sh' or 'un'");
   int rc;
   do {
     rc = ::flock(fd, how);
@@ -33,8 +37,6 @@ static Napi::Value Flock(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-void InitFlock(Napi::Env env, Napi::Object exports) {
-  exports.Set("flock", Napi::Function::New(env, Flock));
-}
+void InitFlock(Napi::Env env, Napi::Object exports) { exports.Set("flock", Napi::Function::New(env, Flock)); }
 
 }  // namespace wcfs

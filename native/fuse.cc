@@ -164,7 +164,7 @@ struct Config {
   unsigned maxThreads = 4;
   unsigned maxBackground = 64;
   unsigned congestionThreshold = 0;  // 0: 3/4 of maxBackground
-  unsigned notifyThreads = 8;  // at most; started on demand
+  unsigned notifyThreads = 8;        // at most; started on demand
   bool explicitInvalData = true;
   bool asyncRead = true;
 };
@@ -179,8 +179,8 @@ struct ReqEvent : Event {
   double size = 0;
   double flags = 0;
   uint32_t pid, uid, gid;
-  std::string name;        // LOOKUP
-  char* data = nullptr;    // WRITE payload, malloc'ed copy; ownership moves to the JS Buffer
+  std::string name;      // LOOKUP
+  char* data = nullptr;  // WRITE payload, malloc'ed copy; ownership moves to the JS Buffer
   size_t dataLen = 0;
 
   ReqEvent(uint32_t op, fuse_req_t req, fuse_ino_t nodeid) : op(op), nodeid(nodeid) {
@@ -228,12 +228,12 @@ struct NotifyJob : Event {
   uint64_t ino = 0;
   int64_t off = 0;
   int64_t len = 0;
-  std::string name;                       // INVAL_ENTRY
-  const char* data = nullptr;             // STORE: points into `keep`'s buffer
-  Napi::Reference<Napi::Value> keep;      // STORE: the JS buffer, JS thread only
-  Napi::Promise::Deferred deferred;       // JS thread only
+  std::string name;                   // INVAL_ENTRY
+  const char* data = nullptr;         // STORE: points into `keep`'s buffer
+  Napi::Reference<Napi::Value> keep;  // STORE: the JS buffer, JS thread only
+  Napi::Promise::Deferred deferred;   // JS thread only
   int rc = 0;
-  char* out = nullptr;                    // RETRIEVE result, malloc'ed; moves to the JS Buffer
+  char* out = nullptr;  // RETRIEVE result, malloc'ed; moves to the JS Buffer
   size_t outLen = 0;
 
   NotifyJob(Napi::Env env, Kind kind) : kind(kind), deferred(Napi::Promise::Deferred::New(env)) {}
@@ -251,12 +251,12 @@ struct Pending {
 // ---- 6) READ fast path ----
 
 struct CachedBlock {
-  uint64_t off;                  // file offset of data[0]
-  const char* data;              // len bytes (JS memory, kept alive by keepData)
+  uint64_t off;      // file offset of data[0]
+  const char* data;  // len bytes (JS memory, kept alive by keepData)
   size_t len;
-  uint8_t* served;               // servedLen bytes, 1 per 4 KiB page of [off, off+len)
+  uint8_t* served;  // servedLen bytes, 1 per 4 KiB page of [off, off+len)
   size_t servedLen;
-  unsigned inflight = 0;         // workers sending from data right now; guarded by BlockCache::mu
+  unsigned inflight = 0;                              // workers sending from data right now; guarded by BlockCache::mu
   Napi::Reference<Napi::Value> keepData, keepServed;  // JS thread only (created, reset)
 };
 
@@ -375,17 +375,17 @@ class Core {
 
   Config cfg;
   std::string mountpoint;
-  fuse_session* se = nullptr;          // JS thread creates/destroys; threads use it in between
+  fuse_session* se = nullptr;  // JS thread creates/destroys; threads use it in between
   Tsfn tsfn;
   napi_env env = nullptr;
   Napi::FunctionReference onRequest, onInterrupt, onForget, onInit, onDestroy, onExit;  // JS thread
-  Napi::ObjectReference self;          // JS thread; keeps the wrapper alive while mounted
+  Napi::ObjectReference self;  // JS thread; keeps the wrapper alive while mounted
   std::thread loopThread;
   std::vector<std::thread> notifyThreads;  // JS thread only
   std::thread::id jsThread;
-  bool cleanupHookAdded = false;       // JS thread
-  bool destroyed = false;              // JS thread: onDestroy was called
-  BlockCache blocks;                   // 6) READ fast path (own lock)
+  bool cleanupHookAdded = false;  // JS thread
+  bool destroyed = false;         // JS thread: onDestroy was called
+  BlockCache blocks;              // 6) READ fast path (own lock)
 
   std::mutex mu;
   // ---- guarded by mu ----
@@ -738,15 +738,13 @@ void ll_init(void* userdata, fuse_conn_info* conn) {
     conn->want &= ~FUSE_CAP_ASYNC_READ;
   // Async READs (readahead, async DIO) beyond max_background queue in the kernel (default 12).
   conn->max_background = cfg.maxBackground;
-  conn->congestion_threshold =
-      cfg.congestionThreshold ? cfg.congestionThreshold : cfg.maxBackground * 3 / 4;
+  conn->congestion_threshold = cfg.congestionThreshold ? cfg.congestionThreshold : cfg.maxBackground * 3 / 4;
 
   auto* ev = new InitEvent();
-  double v[] = {double(conn->proto_major), double(conn->proto_minor), double(conn->capable),
-                double(conn->want), double(conn->max_write), double(conn->max_read),
-                double(conn->max_readahead), double(conn->max_background),
-                double(conn->congestion_threshold), double(conn->time_gran),
-                double(fuse_version())};
+  double v[] = {double(conn->proto_major),   double(conn->proto_minor),    double(conn->capable),
+                double(conn->want),          double(conn->max_write),      double(conn->max_read),
+                double(conn->max_readahead), double(conn->max_background), double(conn->congestion_threshold),
+                double(conn->time_gran),     double(fuse_version())};
   std::memcpy(ev->info, v, sizeof v);
   if (!core->emit(ev)) delete ev;
 }
@@ -817,8 +815,7 @@ void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   CoreOf(req)->submit(req, ev);
 }
 
-void ll_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
-              fuse_file_info* fi) {
+void ll_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
   auto* ev = new ReqEvent(OP_WRITE, req, ino);
   ev->fh = double(fi->fh);
   ev->offset = double(off);
@@ -862,9 +859,7 @@ void ll_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   CoreOf(req)->submit(req, ev);
 }
 
-void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
-  CoreOf(req)->submit(req, new ReqEvent(OP_STATFS, req, ino));
-}
+void ll_statfs(fuse_req_t req, fuse_ino_t ino) { CoreOf(req)->submit(req, new ReqEvent(OP_STATFS, req, ino)); }
 
 // 4) The kernel's NOTIFY_REPLY to our RETRIEVE. The data lives in this worker's buffer
 // (or a pipe): copy it out, answer (no reply is sent for NOTIFY_REPLY), complete the job.
@@ -972,10 +967,22 @@ std::pair<const char*, size_t> ViewBytes(const Napi::Value& v) {
   if (st != napi_ok) throw Napi::TypeError::New(v.Env(), "Uint8Array expected");
   size_t elem = 1;
   switch (type) {
-    case napi_int16_array: case napi_uint16_array: elem = 2; break;
-    case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
-    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
-    default: break;
+    case napi_int16_array:
+    case napi_uint16_array:
+      elem = 2;
+      break;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+      elem = 4;
+      break;
+    case napi_float64_array:
+    case napi_bigint64_array:
+    case napi_biguint64_array:
+      elem = 8;
+      break;
+    default:
+      break;
   }
   return {static_cast<const char*>(data), length * elem};
 }
@@ -1009,8 +1016,7 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
   // new FuseSession(mountpoint, args: string[], cfg, handlers) — mounts and starts serving.
   explicit FuseSession(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseSession>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() != 4 || !info[0].IsString() || !info[1].IsArray() || !info[2].IsObject() ||
-        !info[3].IsObject())
+    if (info.Length() != 4 || !info[0].IsString() || !info[1].IsArray() || !info[2].IsObject() || !info[3].IsObject())
       throw Napi::TypeError::New(env, "new FuseSession(mountpoint, args[], cfg, handlers)");
     core_ = new Core();
     Core* c = core_;
@@ -1066,9 +1072,12 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
     }
 
     // From here the mount exists: threads start, and the TSFN keeps Node alive until exit.
-    c->tsfn = Tsfn::New(env, "wcfs-fuse", 0, 1, c, [](Napi::Env, void*, Core* core) {
-      core->self.Unref();  // the wrapper may be collected now
-    }, static_cast<void*>(nullptr));
+    c->tsfn = Tsfn::New(
+        env, "wcfs-fuse", 0, 1, c,
+        [](Napi::Env, void*, Core* core) {
+          core->self.Unref();  // the wrapper may be collected now
+        },
+        static_cast<void*>(nullptr));
     c->self = Napi::Persistent(info.This().As<Napi::Object>());
     napi_add_env_cleanup_hook(env, &Core::envCleanup, c);
     c->cleanupHookAdded = true;

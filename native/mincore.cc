@@ -43,8 +43,8 @@ struct ProbeJob {
   std::string path;
   uint64_t offset = 0;
   uint64_t length = 0;
-  int err = 0;                 // errno on failure
-  std::vector<uint8_t> out;    // result bytes
+  int err = 0;                       // errno on failure
+  std::vector<uint8_t> out;          // result bytes
   Napi::Promise::Deferred deferred;  // JS thread only
 
   ProbeJob(Napi::Env env, Kind kind) : kind(kind), deferred(Napi::Promise::Deferred::New(env)) {}

@@ -132,7 +132,8 @@ static Napi::Value ClientProbe(const Napi::CallbackInfo& info) {
   int st = 0;
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
   }
-  std::string status = WIFSIGNALED(st) ? "signal:" + std::to_string(WTERMSIG(st)) : "exit:" + std::to_string(WEXITSTATUS(st));
+  std::string status =
+      WIFSIGNALED(st) ? "signal:" + std::to_string(WTERMSIG(st)) : "exit:" + std::to_string(WEXITSTATUS(st));
   size_t nv = std::min(out.size(), offs.size());
   Napi::Int32Array values = Napi::Int32Array::New(env, nv);
   for (size_t i = 0; i < nv; i++) values[i] = out[i];
@@ -161,7 +162,8 @@ static Napi::Value ClientSocketpair(const Napi::CallbackInfo& info) {
 // hook: lets test/wire-fuzz.test.ts run the same cases against these and the TS parsers.
 static Napi::Value ClientParseLine(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "clientParseLine(line: Uint8Array)");
+  if (info.Length() < 1 || !info[0].IsTypedArray())
+    throw Napi::TypeError::New(env, "clientParseLine(line: Uint8Array)");
   Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
   std::string line(static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ByteLength());
   Napi::Object r = Napi::Object::New(env);

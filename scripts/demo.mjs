@@ -85,7 +85,14 @@ try {
   say('reading head/ block 0 (the server pins the client first):');
   say(`  head/           block 0 starts ${await blk0(F)}`);
   say(`  @${at0}/ block 0 starts ${await blk0(`${mnt}/@${at0}/bigfile/${hex16(a)}`)}   (what the client at ${at0} sees)`);
-  say((await readFile(`${mnt}/.wcfs/stats`)).toString().trim().split('\n').map((l) => '  ' + l).join('\n'));
+  say(
+    (await readFile(`${mnt}/.wcfs/stats`))
+      .toString()
+      .trim()
+      .split('\n')
+      .map((l) => '  ' + l)
+      .join('\n'),
+  );
   await link.write('3 bye\n');
   await reader;
   await link.close();

@@ -34,13 +34,15 @@ const srv = spawn(process.execPath, [path.join(root, 'bin', 'wcfs.js'), 'serve',
 try {
   while (!(findMount(mnt) && existsSync(path.join(mnt, '.wcfs', 'zurl')))) await sleep(50);
   const readers = [0, 1].map(() =>
-    spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'growreader', mnt, hex16(foid), String(BS), String(secs)], { stdio: ['ignore', 'inherit', 'inherit'] }),
+    spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'growreader', mnt, hex16(foid), String(BS), String(secs)], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    }),
   );
   const t0 = Date.now();
   let n = 0;
   for (let blk = 1; Date.now() - t0 < secs * 1000; blk++) {
     txn = new WriteTxn(db);
-    await setBlock(txn, foid, blk, new Uint8Array(BS).fill((blk & 255) || 1));
+    await setBlock(txn, foid, blk, new Uint8Array(BS).fill(blk & 255 || 1));
     await txn.commit();
     n++;
     await sleep(10);

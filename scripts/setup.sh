@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for p in fuse3 libfuse3-dev pkg-config g++ make python3; do
+for p in fuse3 libfuse3-dev pkg-config g++ make python3 clang-format; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

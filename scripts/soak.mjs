@@ -128,7 +128,7 @@ srv.stderr.on('data', (d) => {
   if (srvErr.length > 1 << 20) srvErr = srvErr.slice(-(1 << 19));
 });
 const srvExited = new Promise((r) => srv.on('exit', (c, s) => r(s ?? c)));
-for (const t0 = Date.now(); ; ) {
+for (const t0 = Date.now(); ;) {
   if (srv.exitCode !== null) throw new Error(`wcfs serve exited: ${srvErr}`);
   if (findMount(mnt) !== undefined && existsSync(path.join(mnt, '.wcfs', 'zurl'))) break;
   if (Date.now() - t0 > 20_000) throw new Error(`wcfs serve did not come up: ${srvErr}`);
@@ -282,7 +282,9 @@ class Client {
   constructor(id) {
     this.id = id;
     this.pending = [];
-    this.proc = fork(path.join(root, 'test', 'helpers', 'iso-client.mjs'), [dbPath, mnt, foidHex, String(NBLK_MAX)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.proc = fork(path.join(root, 'test', 'helpers', 'iso-client.mjs'), [dbPath, mnt, foidHex, String(NBLK_MAX)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     children.add(this.proc);
     this.proc.on('exit', () => children.delete(this.proc));
     this.ready = new Promise((resolve, reject) => {
@@ -332,7 +334,9 @@ async function faultyClients() {
   const kinds = ['noack', 'nak', 'noread', 'garbage'];
   for (let i = 0; running(); i++) {
     const kind = kinds[i % kinds.length];
-    const p = spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'faulty', mnt, foidHex, kind, '8'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const p = spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'faulty', mnt, foidHex, kind, '8'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
     children.add(p);
     total.faulty++;
     await new Promise((r) => p.on('exit', r));
@@ -345,7 +349,9 @@ async function faultyClients() {
 async function dropper(id) {
   while (running()) {
     const secs = Math.max(1, Math.min(20, (deadline - Date.now()) / 1000));
-    const p = spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'reader', headFile, String(BS), String(NBLK0), String(secs)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn('python3', [path.join(root, 'test', 'helpers', 'stress.py'), 'reader', headFile, String(BS), String(NBLK0), String(secs)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     children.add(p);
     let out = '';
     p.stdout.on('data', (d) => (out += d.toString()));

@@ -27,12 +27,7 @@ export interface NativeAddon extends NativeTestHooks {
    * the kernel ends the connection. Wrapped by src/fuse/session.ts — use that.
    * Throws {code: 'WCFS_EMOUNT'} with libfuse's reason when the mount fails.
    */
-  FuseSession: new (
-    mountpoint: string,
-    args: string[],
-    cfg: NativeFuseConfig,
-    handlers: NativeFuseHandlers,
-  ) => NativeFuseSession;
+  FuseSession: new (mountpoint: string, args: string[], cfg: NativeFuseConfig, handlers: NativeFuseHandlers) => NativeFuseSession;
 
   /**
    * Page-cache residency of [offset, offset+length) of a file, one byte per page starting at
@@ -183,9 +178,7 @@ export interface NativeTestHooks {
 }
 
 /** See NativeTestHooks.clientParseLine. rev null = @head. */
-export type NativeParsedLine =
-  | { error: string }
-  | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
+export type NativeParsedLine = { error: string } | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 // src/native.ts and dist/native.js both sit one level below the package root.

@@ -13,8 +13,18 @@ import fc from 'fast-check';
 import type { Oid, Tid } from '../src/zodb/ids.js';
 import { PersistentRef } from '../src/zodb/pickle/index.js';
 import {
-  KEY_MAX, KEY_MIN, btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeSet, familyKeyRange,
-  type BTreeFamily, type BTreeWriteOptions, type PathNode,
+  KEY_MAX,
+  KEY_MIN,
+  btreeCreate,
+  btreeDelete,
+  btreeGet,
+  btreeItems,
+  btreeMaxKey,
+  btreeSet,
+  familyKeyRange,
+  type BTreeFamily,
+  type BTreeWriteOptions,
+  type PathNode,
 } from '../src/zodb/btree/index.js';
 import { nodeOids, openTestDB, shapeAt, val, type TestDB } from './helpers/btree.js';
 import { fcSeed } from './helpers/fuzz.js';
@@ -26,7 +36,8 @@ const fcParams = (numRuns: number): fc.Parameters<unknown> => ({
   ...(process.env.WCFS_FC_PATH !== undefined ? { path: process.env.WCFS_FC_PATH } : {}),
 });
 
-type Op = { t: 'set'; k: bigint; v: number } | { t: 'del'; k: bigint } | { t: 'setRange'; k: bigint; n: number; v: number } | { t: 'delRange'; k: bigint; n: number };
+type Op =
+  { t: 'set'; k: bigint; v: number } | { t: 'del'; k: bigint } | { t: 'setRange'; k: bigint; n: number; v: number } | { t: 'delRange'; k: bigint; n: number };
 
 const valueOid = (v: PersistentRef | undefined) => v?.oid;
 
@@ -58,7 +69,11 @@ function opsArb(family: BTreeFamily, domain: number, ranges: boolean): fc.Arbitr
   }
   const op = fc.oneof(...single);
   // a third of the transactions hold one operation, so their stored sets can be checked exactly
-  const txn = fc.oneof(fc.array(op, { minLength: 1, maxLength: 1 }), fc.array(op, { minLength: 1, maxLength: 25 }), fc.array(op, { minLength: 1, maxLength: 4 }));
+  const txn = fc.oneof(
+    fc.array(op, { minLength: 1, maxLength: 1 }),
+    fc.array(op, { minLength: 1, maxLength: 25 }),
+    fc.array(op, { minLength: 1, maxLength: 4 }),
+  );
   return fc.array(txn, { minLength: 1, maxLength: 10 });
 }
 
@@ -67,7 +82,13 @@ interface Snapshot {
   model: Map<bigint, number>;
 }
 
-async function verify(db: TestDB, root: Oid, at: Tid, model: Map<bigint, number>, probe: bigint[]): Promise<{ reach: Set<Oid>; embedded: boolean; nbuckets: number }> {
+async function verify(
+  db: TestDB,
+  root: Oid,
+  at: Tid,
+  model: Map<bigint, number>,
+  probe: bigint[],
+): Promise<{ reach: Set<Oid>; embedded: boolean; nbuckets: number }> {
   const { r } = await shapeAt(db, root, at); // strict structural check
   expect(r.nitems).toBe(model.size);
   const sorted = [...model.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));

@@ -9,9 +9,7 @@ import { StorageLoader } from '../src/zodb/db.js';
 import { ObjectFormatError } from '../src/zodb/errors.js';
 import { parseHex16, type Oid, type Tid } from '../src/zodb/ids.js';
 import { PersistentRef, Tuple } from '../src/zodb/pickle/index.js';
-import {
-  KEY_MAX, KEY_MIN, btreeCheck, btreeGet, btreeItems, btreeMaxKey, shapeText, type PathNode,
-} from '../src/zodb/btree/index.js';
+import { KEY_MAX, KEY_MIN, btreeCheck, btreeGet, btreeItems, btreeMaxKey, shapeText, type PathNode } from '../src/zodb/btree/index.js';
 import { historyManifestPath, historyPath, zblkKinds, zblkPath } from './helpers/paths.js';
 
 async function items(loader: StorageLoader, root: Oid, at: Tid, lo?: bigint, hi?: bigint): Promise<Array<[bigint, Oid]>> {
@@ -73,7 +71,10 @@ describe.each(zblkKinds)('wendelin-zblk %s', (kind) => {
       expect(g.path).toEqual(embeddedPath);
     }
     expect(await btreeMaxKey(loader, 71n, at)).toEqual({ key: 3n, path: embeddedPath });
-    expect(await items(loader, 71n, at)).toEqual([[1n, 2n], [3n, 3n]]);
+    expect(await items(loader, 71n, at)).toEqual([
+      [1n, 2n],
+      [3n, 3n],
+    ]);
     const c = await btreeCheck(loader, 71n, at, { strict: true });
     expect(shapeText(c.shape)).toBe('T/B1,3');
     expect(c.nobjects).toBe(1);
@@ -109,8 +110,15 @@ describe.each(zblkKinds)('wendelin-zblk %s', (kind) => {
 
     expect(await btreeMaxKey(loader, 4n, at)).toEqual({ key: 2093056n, path: [root, b6] });
 
-    expect(await items(loader, 4n, at, 4096n, 8192n)).toEqual([[4096n, 42n], [8192n, 43n]]);
-    expect(await items(loader, 4n, at, 118784n, 126976n)).toEqual([[118784n, 70n], [122880n, 7n], [126976n, 8n]]);
+    expect(await items(loader, 4n, at, 4096n, 8192n)).toEqual([
+      [4096n, 42n],
+      [8192n, 43n],
+    ]);
+    expect(await items(loader, 4n, at, 118784n, 126976n)).toEqual([
+      [118784n, 70n],
+      [122880n, 7n],
+      [126976n, 8n],
+    ]);
     expect(await items(loader, 4n, at, 130000n, 1966079n)).toEqual([]);
     expect(await items(loader, 4n, at, 10n, 5n)).toEqual([]);
     expect(await items(loader, 4n, at, 2093056n)).toEqual([[2093056n, 40n]]);

@@ -7,8 +7,18 @@ import { NoObjectError, ObjectFormatError } from '../src/zodb/errors.js';
 import type { Oid, Tid } from '../src/zodb/ids.js';
 import { Global, PersistentRef, Tuple, decodeRecord, encodeRecord, type PyValue } from '../src/zodb/pickle/index.js';
 import {
-  btreeCheck, btreeGet, btreeItems, btreeMaxKey, bucketClass, decodeBucketState, decodeTreeState, encodeBucketState,
-  encodeEmbeddedTreeState, encodeTreeState, familyOf, treeClass,
+  btreeCheck,
+  btreeGet,
+  btreeItems,
+  btreeMaxKey,
+  bucketClass,
+  decodeBucketState,
+  decodeTreeState,
+  encodeBucketState,
+  encodeEmbeddedTreeState,
+  encodeTreeState,
+  familyOf,
+  treeClass,
 } from '../src/zodb/btree/index.js';
 
 const T = (...xs: PyValue[]) => new Tuple(xs);
@@ -70,7 +80,11 @@ describe('btree states: decode', () => {
         if (ks.length > 0) {
           const children = [r(5, LOB), ...ks.map((_, i) => r(10 + i, LOB))];
           expect(decodeTreeState(1n, 'LO', rt(encodeTreeState(children, ks, r(5, LOB))))).toEqual({
-            form: 'normal', children, keys: ks, childKind: 'bucket', firstbucket: r(5, LOB),
+            form: 'normal',
+            children,
+            keys: ks,
+            childKind: 'bucket',
+            firstbucket: r(5, LOB),
           });
         }
       }),
@@ -142,11 +156,26 @@ describe('btree states: errors met by lookups name the bad node', () => {
 
   // [name, patch, key whose lookup visits the bad node, error]
   const cases: Array<[string, Record<number, [Global, PyValue]>, bigint, RegExp]> = [
-    ['bucket key below its keycov', { 3: [LOB, T(T(9n, v(9), 20n, v(20)))] }, 15n, /oid 0000000000000003: keys 9…20 outside the bucket's keycov \[10, 9223372036854775807\]/],
-    ['bucket key above its keycov', { 2: [LOB, T(T(1n, v(1), 10n, v(10)), r(3, LOB))] }, 1n, /oid 0000000000000002: keys 1…10 outside the bucket's keycov \[-9223372036854775808, 9\]/],
+    [
+      'bucket key below its keycov',
+      { 3: [LOB, T(T(9n, v(9), 20n, v(20)))] },
+      15n,
+      /oid 0000000000000003: keys 9…20 outside the bucket's keycov \[10, 9223372036854775807\]/,
+    ],
+    [
+      'bucket key above its keycov',
+      { 2: [LOB, T(T(1n, v(1), 10n, v(10)), r(3, LOB))] },
+      1n,
+      /oid 0000000000000002: keys 1…10 outside the bucket's keycov \[-9223372036854775808, 9\]/,
+    ],
     ['child class ≠ reference class', { 3: [LOT, null] }, 15n, /oid 0000000000000003: expect BTrees.LOBTree.LOBucket, got class BTrees.LOBTree.LOBTree/],
     ['child of another family', { 2: [IOB, T(T())] }, 1n, /oid 0000000000000002: expect BTrees.LOBTree.LOBucket, got class BTrees.IOBTree.IOBucket/],
-    ['child not a node', { 3: [new Global('wendelin.bigfile.file_zodb', 'ZBlk0'), new Uint8Array(3)] }, 15n, /oid 0000000000000003: expect BTrees.LOBTree.LOBucket, got class wendelin.bigfile.file_zodb.ZBlk0/],
+    [
+      'child not a node',
+      { 3: [new Global('wendelin.bigfile.file_zodb', 'ZBlk0'), new Uint8Array(3)] },
+      15n,
+      /oid 0000000000000003: expect BTrees.LOBTree.LOBucket, got class wendelin.bigfile.file_zodb.ZBlk0/,
+    ],
     ['malformed child state', { 3: [LOB, T(T(20n, v(20), 10n, v(10)))] }, 15n, /oid 0000000000000003: LOBucket: keys not increasing/],
   ];
   it.each(cases)('%s', async (_name, patch, key, re) => {
@@ -188,9 +217,13 @@ describe('btree states: errors met by lookups name the bad node', () => {
       3: [LOB, T(T(10n, v(10)))],
     } as Record<number, [Global, PyValue]>;
     await btreeCheck(tableLoader(base), 1n, 1n, { strict: true });
-    await expect(btreeCheck(tableLoader({ ...base, 2: [LOB, T(T(1n, v(1)))] }), 1n, 1n)).rejects.toThrow(/oid 0000000000000002: btree check: bucket \[0\] \(keys 1…\): next = None, want 3/);
+    await expect(btreeCheck(tableLoader({ ...base, 2: [LOB, T(T(1n, v(1)))] }), 1n, 1n)).rejects.toThrow(
+      /oid 0000000000000002: btree check: bucket \[0\] \(keys 1…\): next = None, want 3/,
+    );
     await expect(btreeCheck(tableLoader({ ...base, 3: [LOB, T(T(10n, v(10)), r(2, LOB))] }), 1n, 1n)).rejects.toThrow(/next = 2, want None/);
-    await expect(btreeCheck(tableLoader({ ...base, 1: [LOT, T(T(r(2, LOB), 10n, r(3, LOB)), r(3, LOB))] }), 1n, 1n)).rejects.toThrow(/oid 0000000000000001: btree check: firstbucket = 3, want 2/);
+    await expect(btreeCheck(tableLoader({ ...base, 1: [LOT, T(T(r(2, LOB), 10n, r(3, LOB)), r(3, LOB))] }), 1n, 1n)).rejects.toThrow(
+      /oid 0000000000000001: btree check: firstbucket = 3, want 2/,
+    );
     await expect(btreeCheck(tableLoader({ ...base, 1: [LOT, T(T(r(2, LOB), 10n, r(2, LOB)), r(2, LOB))] }), 1n, 1n)).rejects.toThrow(/node reachable twice/);
     const cyc = { 1: [LOT, T(T(r(1, LOT)), r(2, LOB))] } as Record<number, [Global, PyValue]>;
     await expect(btreeCheck(tableLoader(cyc), 1n, 1n)).rejects.toThrow(/reachable twice/);
@@ -219,6 +252,9 @@ describe('btree states: errors met by lookups name the bad node', () => {
     expect(path[1]).toMatchObject({ lo: -(2n ** 63n), hi: 9n });
     const empty = tableLoader({ 1: [LOT, null] });
     expect(await btreeMaxKey(empty, 1n, 1n)).toEqual({ key: undefined, path: [{ oid: 1n, kind: 'tree', serial: 1n, lo: -(2n ** 63n), hi: 2n ** 63n - 1n }] });
-    expect(await btreeGet(empty, 1n, 7n, 1n)).toEqual({ value: undefined, path: [{ oid: 1n, kind: 'tree', serial: 1n, lo: -(2n ** 63n), hi: 2n ** 63n - 1n }] });
+    expect(await btreeGet(empty, 1n, 7n, 1n)).toEqual({
+      value: undefined,
+      path: [{ oid: 1n, kind: 'tree', serial: 1n, lo: -(2n ** 63n), hi: 2n ** 63n - 1n }],
+    });
   });
 });

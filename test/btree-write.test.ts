@@ -3,7 +3,16 @@
 // which objects each operation stores.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  KEY_MAX, KEY_MIN, btreeCreate, btreeDelete, btreeGet, btreeMaxKey, btreeSet, bucketClass, treeClass, type BTreeWriteOptions,
+  KEY_MAX,
+  KEY_MIN,
+  btreeCreate,
+  btreeDelete,
+  btreeGet,
+  btreeMaxKey,
+  btreeSet,
+  bucketClass,
+  treeClass,
+  type BTreeWriteOptions,
 } from '../src/zodb/btree/index.js';
 import { Global, PersistentRef, Tuple, type PyValue } from '../src/zodb/pickle/index.js';
 import { BadArgumentError } from '../src/zodb/errors.js';
@@ -323,13 +332,35 @@ describe("btree writer: ZODB's degenerate tree", () => {
     const t5 = tree([[t5lower, LOT]], [], '5');
     const t7 = tree([[b['7']!, LOB]], [], '7');
     const t11 = tree([[b['11']!, LOB]], [], '11');
-    const t13 = tree([[t1, LOT], [t3, LOT]], [2n], '1');
-    const t5711 = tree([[t5, LOT], [t7, LOT], [t11, LOT]], [6n, 10n], '5');
+    const t13 = tree(
+      [
+        [t1, LOT],
+        [t3, LOT],
+      ],
+      [2n],
+      '1',
+    );
+    const t5711 = tree(
+      [
+        [t5, LOT],
+        [t7, LOT],
+        [t11, LOT],
+      ],
+      [6n, 10n],
+      '5',
+    );
     const t5711up = tree([[t5711, LOT]], [], '5');
-    return tree([[t13, LOT], [t5711up, LOT]], [4n], '1');
+    return tree(
+      [
+        [t13, LOT],
+        [t5711up, LOT],
+      ],
+      [4n],
+      '1',
+    );
   }
 
-  const permutations = <T,>(xs: T[]): T[][] =>
+  const permutations = <T>(xs: T[]): T[][] =>
     xs.length <= 1 ? [xs] : xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p]));
 
   it('reads', async () => {
@@ -344,7 +375,14 @@ describe("btree writer: ZODB's degenerate tree", () => {
     }
     // 4 is routed to the 5 bucket (keycov [4, 5]) although 3's bucket holds the largest key below
     const g4 = await btreeGet(db.loader, root, 4n, at);
-    expect(g4.path.map((p) => [p.lo, p.hi])).toEqual([[KEY_MIN, KEY_MAX], [4n, KEY_MAX], [4n, KEY_MAX], [4n, 5n], [4n, 5n], [4n, 5n]]);
+    expect(g4.path.map((p) => [p.lo, p.hi])).toEqual([
+      [KEY_MIN, KEY_MAX],
+      [4n, KEY_MAX],
+      [4n, KEY_MAX],
+      [4n, 5n],
+      [4n, 5n],
+      [4n, 5n],
+    ]);
     expect((await btreeMaxKey(db.loader, root, at)).key).toBe(11n);
   });
 
@@ -360,7 +398,10 @@ describe("btree writer: ZODB's degenerate tree", () => {
         const at = await txn.commit();
         left.delete(k);
         const { r } = await shapeAt(db, root, at);
-        expect(r.buckets.flatMap((b) => b.keys), `order ${order.join(',')} after ${k}`).toEqual(keys.filter((x) => left.has(x)));
+        expect(
+          r.buckets.flatMap((b) => b.keys),
+          `order ${order.join(',')} after ${k}`,
+        ).toEqual(keys.filter((x) => left.has(x)));
       }
       expect((await db.loader.loadObject(root, db.st.head())).state).toBe(null);
     }

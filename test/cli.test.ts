@@ -96,7 +96,7 @@ describe('wcfs zodb: clear errors, exit 1', () => {
     while (pos < b.length && hit < 0) {
       const tlen = Number(b.readBigUInt64BE(pos + 8));
       const hdr = 23 + b.readUInt16BE(pos + 17) + b.readUInt16BE(pos + 19) + b.readUInt16BE(pos + 21);
-      for (let d = pos + hdr; d < pos + tlen; ) {
+      for (let d = pos + hdr; d < pos + tlen;) {
         const plen = Number(b.readBigUInt64BE(d + 34));
         if (b.readBigUInt64BE(d) === 1n) hit = d;
         d += 42 + plen;

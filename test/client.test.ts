@@ -283,15 +283,19 @@ describe('client', () => {
     // another process reads all of head: the server holds its reads until we acked the pins
     const head = t.srv.at(`head/bigfile/${zf.toString(16).padStart(16, '0')}`);
     const done = `${t.dir}/child-done`;
-    const child = spawn(process.execPath, ['-e', `const fs = require('fs'); fs.readFileSync(${JSON.stringify(head)}); fs.writeFileSync(${JSON.stringify(done)}, 'ok')`], {
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['-e', `const fs = require('fs'); fs.readFileSync(${JSON.stringify(head)}); fs.writeFileSync(${JSON.stringify(done)}, 'ok')`],
+      {
+        stdio: ['ignore', 'inherit', 'inherit'],
+      },
+    );
     const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
     // meanwhile the JS thread never returns to the event loop (no N-API callback can run):
     // it sleeps and polls for the child's marker synchronously
     const sleeper = new Int32Array(new SharedArrayBuffer(4));
     let seen = false;
-    for (const t0 = Date.now(); !seen && Date.now() - t0 < 20_000; ) {
+    for (const t0 = Date.now(); !seen && Date.now() - t0 < 20_000;) {
       Atomics.wait(sleeper, 0, 0, 20);
       seen = existsSync(done);
     }
@@ -404,7 +408,9 @@ describe('client', () => {
           const got = m.bytes.subarray((blk - m.blkStart) * t.bs, (blk - m.blkStart + 1) * t.bs);
           const want = blkData(dataAt(blk, v.c.at), t.bs);
           if (Buffer.compare(got, want) !== 0) {
-            expect.fail(`seed ${seed} step ${step}: #${blk} @${v.c.at.toString(16)}: got ${JSON.stringify(Buffer.from(got.subarray(0, 8)).toString('latin1'))}, want ${JSON.stringify(dataAt(blk, v.c.at))}`);
+            expect.fail(
+              `seed ${seed} step ${step}: #${blk} @${v.c.at.toString(16)}: got ${JSON.stringify(Buffer.from(got.subarray(0, 8)).toString('latin1'))}, want ${JSON.stringify(dataAt(blk, v.c.at))}`,
+            );
           }
         }
       }

@@ -144,7 +144,17 @@ const cases: ΔCase[] = [
     what: 'found (67b9cad, a model fix): a block written and punched in one commit — net no change of a hole, a change of data',
     pre: [{ 0: 1 }],
     track: [0, 1],
-    commits: [{ w: [[1, 5], [1, null], [0, 5], [0, null]], δF: '0' }],
+    commits: [
+      {
+        w: [
+          [1, 5],
+          [1, null],
+          [0, 5],
+          [0, null],
+        ],
+        δF: '0',
+      },
+    ],
     blkRevAt: { 0: 'tail c1', 1: 'tail tail' },
     changedSince: ['0', ''],
   },
@@ -201,7 +211,13 @@ type Step = { t: 'commit'; writes: Array<[number, number | null]> } | { t: 'trac
 const blkArb = fc.oneof({ weight: 2, arbitrary: fc.integer({ min: 0, max: 7 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: NBLK - 1 }) });
 
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ t: fc.constant('commit' as const), writes: fc.array(fc.tuple(blkArb, fc.option(fc.integer({ min: 1, max: 255 }), { freq: 5 })), { minLength: 1, maxLength: 8 }) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      t: fc.constant('commit' as const),
+      writes: fc.array(fc.tuple(blkArb, fc.option(fc.integer({ min: 1, max: 255 }), { freq: 5 })), { minLength: 1, maxLength: 8 }),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('track' as const), blks: fc.array(blkArb, { minLength: 1, maxLength: 10 }) }) },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('query' as const), blks: fc.array(blkArb, { minLength: 1, maxLength: 10 }), atIdx: fc.nat() }) },
 );
@@ -212,74 +228,81 @@ describe('ΔFtail', () => {
     let run = 0;
     try {
       await fc.assert(
-        fc.asyncProperty(fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: NBLK - 1 }), fc.integer({ min: 1, max: 255 })), { maxLength: 40 }), { maxLength: 3 }), fc.array(stepArb, { minLength: 5, maxLength: 30 }), async (pre, steps) => {
-          const s = (await openStorage(path.join(tmp.dir, `d${run++}.fs`), { create: true })) as IWritableStorage;
-          try {
-            await ensureRoot(s);
-            let txn = new WriteTxn(s);
-            const foid = createZBigFile(txn, BS);
-            await txn.commit();
-            const data = new Map<number, number>(); // blk → fill (absent: hole)
-            const changes = new Map<number, Tid[]>();
-            const commit = async (writes: Array<[number, number | null]>): Promise<Tid> => {
-              txn = new WriteTxn(s);
-              // net effect per block: a block whose final state is written changed (its ZBlk is
-              // stored), a punched one changed only if it was not a hole before the commit
-              const before = new Set(data.keys());
-              const touched = new Set<number>();
-              for (const [blk, fill] of writes) {
-                touched.add(blk);
-                if (fill === null) data.delete(blk);
-                else data.set(blk, fill);
-                await setBlock(txn, foid, blk, fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
-              }
-              const changed = new Set([...touched].filter((b) => data.has(b) || before.has(b)));
-              const tid = await txn.commit();
-              for (const blk of changed) changes.set(blk, [...(changes.get(blk) ?? []), tid]);
-              return tid;
-            };
-            for (const w of pre) if (w.length) await commit(w);
-
-            const loader = new StorageLoader(s);
-            const tail = s.head();
-            const δF = new DeltaFtail(tail, loader);
-            const revs: Tid[] = [tail];
-            let view = await ZBigFileView.open(loader, foid, tail);
-            δF.trackFile(foid, view.blktab, (await view.size()).path);
-            const tracked = new Set<number>();
-            const rev = (blk: number, at: Tid) => (changes.get(blk) ?? []).filter((t) => t <= at && t > tail).pop() ?? tail;
-
-            for (const st of steps) {
-              if (st.t === 'commit') {
-                const tid = await commit(st.writes);
-                revs.push(tid);
-                const oids: bigint[] = [];
-                for await (const t of s.iterate(tid, tid)) for (const r of t.records) oids.push(r.oid);
-                const d = await δF.update(tid, oids);
-                const want = [...tracked].filter((b) => (changes.get(b) ?? []).includes(tid)).sort((a, b) => a - b);
-                expect([...(d.get(foid)?.blocks ?? [])].sort((a, b) => a - b), `δF @${tid.toString(16)}`).toEqual(want);
-                view = view.withAt(tid);
-              } else if (st.t === 'track') {
-                for (const blk of st.blks) {
-                  const b = await view.loadBlock(blk);
-                  δF.track(foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
-                  tracked.add(blk);
+        fc.asyncProperty(
+          fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: NBLK - 1 }), fc.integer({ min: 1, max: 255 })), { maxLength: 40 }), { maxLength: 3 }),
+          fc.array(stepArb, { minLength: 5, maxLength: 30 }),
+          async (pre, steps) => {
+            const s = (await openStorage(path.join(tmp.dir, `d${run++}.fs`), { create: true })) as IWritableStorage;
+            try {
+              await ensureRoot(s);
+              let txn = new WriteTxn(s);
+              const foid = createZBigFile(txn, BS);
+              await txn.commit();
+              const data = new Map<number, number>(); // blk → fill (absent: hole)
+              const changes = new Map<number, Tid[]>();
+              const commit = async (writes: Array<[number, number | null]>): Promise<Tid> => {
+                txn = new WriteTxn(s);
+                // net effect per block: a block whose final state is written changed (its ZBlk is
+                // stored), a punched one changed only if it was not a hole before the commit
+                const before = new Set(data.keys());
+                const touched = new Set<number>();
+                for (const [blk, fill] of writes) {
+                  touched.add(blk);
+                  if (fill === null) data.delete(blk);
+                  else data.set(blk, fill);
+                  await setBlock(txn, foid, blk, fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
                 }
-              } else {
-                const at = revs[st.atIdx % revs.length]!;
-                for (const blk of st.blks) {
-                  if (!tracked.has(blk)) continue;
-                  expect(await δF.blkRevAt(foid, blk, at), `blkRevAt #${blk} @${at.toString(16)}`).toBe(rev(blk, at));
+                const changed = new Set([...touched].filter((b) => data.has(b) || before.has(b)));
+                const tid = await txn.commit();
+                for (const blk of changed) changes.set(blk, [...(changes.get(blk) ?? []), tid]);
+                return tid;
+              };
+              for (const w of pre) if (w.length) await commit(w);
+
+              const loader = new StorageLoader(s);
+              const tail = s.head();
+              const δF = new DeltaFtail(tail, loader);
+              const revs: Tid[] = [tail];
+              let view = await ZBigFileView.open(loader, foid, tail);
+              δF.trackFile(foid, view.blktab, (await view.size()).path);
+              const tracked = new Set<number>();
+              const rev = (blk: number, at: Tid) => (changes.get(blk) ?? []).filter((t) => t <= at && t > tail).pop() ?? tail;
+
+              for (const st of steps) {
+                if (st.t === 'commit') {
+                  const tid = await commit(st.writes);
+                  revs.push(tid);
+                  const oids: bigint[] = [];
+                  for await (const t of s.iterate(tid, tid)) for (const r of t.records) oids.push(r.oid);
+                  const d = await δF.update(tid, oids);
+                  const want = [...tracked].filter((b) => (changes.get(b) ?? []).includes(tid)).sort((a, b) => a - b);
+                  expect(
+                    [...(d.get(foid)?.blocks ?? [])].sort((a, b) => a - b),
+                    `δF @${tid.toString(16)}`,
+                  ).toEqual(want);
+                  view = view.withAt(tid);
+                } else if (st.t === 'track') {
+                  for (const blk of st.blks) {
+                    const b = await view.loadBlock(blk);
+                    δF.track(foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
+                    tracked.add(blk);
+                  }
+                } else {
+                  const at = revs[st.atIdx % revs.length]!;
+                  for (const blk of st.blks) {
+                    if (!tracked.has(blk)) continue;
+                    expect(await δF.blkRevAt(foid, blk, at), `blkRevAt #${blk} @${at.toString(16)}`).toBe(rev(blk, at));
+                  }
+                  const since = [...(await δF.changedSince(foid, at))].sort((a, b) => a - b);
+                  const want = [...tracked].filter((b) => (changes.get(b) ?? []).some((t) => t > at)).sort((a, b) => a - b);
+                  expect(since, `changedSince @${at.toString(16)}`).toEqual(want);
                 }
-                const since = [...(await δF.changedSince(foid, at))].sort((a, b) => a - b);
-                const want = [...tracked].filter((b) => (changes.get(b) ?? []).some((t) => t > at)).sort((a, b) => a - b);
-                expect(since, `changedSince @${at.toString(16)}`).toEqual(want);
               }
+            } finally {
+              await s.close();
             }
-          } finally {
-            await s.close();
-          }
-        }),
+          },
+        ),
         fcParams(25),
       );
     } finally {

@@ -30,8 +30,14 @@ const T = (n: number) => 0x03f0000000000000n + BigInt(n) * 0x1000n;
 /** 3 txns; returns the bytes and the positions of interest. */
 function sample() {
   const b = new FsBuilder();
-  b.txn(T(1), [{ oid: 0n, data: 'root' }, { oid: 1n, data: 'one' }]);
-  const t2 = b.txn(T(2), [{ oid: 1n, data: 'one v2' }, { oid: 2n, data: 'two' }]);
+  b.txn(T(1), [
+    { oid: 0n, data: 'root' },
+    { oid: 1n, data: 'one' },
+  ]);
+  const t2 = b.txn(T(2), [
+    { oid: 1n, data: 'one v2' },
+    { oid: 2n, data: 'two' },
+  ]);
   b.txn(T(3), [{ oid: 1n, data: 'one v3' }]);
   return { bytes: Buffer.from(b.build()), t2 };
 }

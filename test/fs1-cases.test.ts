@@ -35,10 +35,14 @@ describe('backpointers and deletion', () => {
     ]);
     b.txn(T(2), [{ oid: 1n, data: 'B' }]);
     // undo of t2: oid 1 back to A by a backpointer; undo of oid 2's creation: backpointer 0
-    const t3 = b.txn(T(3), [
-      { oid: 1n, data: { bp: t1.dpos[1]! } },
-      { oid: 2n, data: 'deleted' },
-    ], { status: ' ', desc: 'undo' });
+    const t3 = b.txn(
+      T(3),
+      [
+        { oid: 1n, data: { bp: t1.dpos[1]! } },
+        { oid: 2n, data: 'deleted' },
+      ],
+      { status: ' ', desc: 'undo' },
+    );
     // a chain: a backpointer to a backpointer record
     b.txn(T(4), [{ oid: 1n, data: { bp: t3.dpos[0]! } }]);
     b.txn(T(5), [{ oid: 1n, data: 'deleted' }]);
@@ -83,9 +87,16 @@ describe('backpointers and deletion', () => {
     const s = await openFile(build().write(path.join(tmp.make(), 'data.fs')));
     const txns = await collect(s.iterate());
     expect(txns.map((t) => t.records.map((r) => [r.oid, text(r.data)]))).toEqual([
-      [[0n, 'root'], [1n, 'A'], [2n, 'x']],
+      [
+        [0n, 'root'],
+        [1n, 'A'],
+        [2n, 'x'],
+      ],
       [[1n, 'B']],
-      [[1n, 'A'], [2n, null]],
+      [
+        [1n, 'A'],
+        [2n, null],
+      ],
       [[1n, 'A']],
       [[1n, null]],
     ]);
@@ -97,7 +108,14 @@ describe('txn kinds', () => {
   it('empty txn, packed and legacy-undone status, metadata', async () => {
     const b = new FsBuilder();
     const ext = Uint8Array.from([0x80, 0x03, 0x7d, 0x71, 0x00, 0x2e]); // {} pickled
-    b.txn(T(1), [{ oid: 0n, data: 'r1' }, { oid: 7n, data: 'seven' }], { status: 'p', user: '/ alice', desc: 'packed', ext });
+    b.txn(
+      T(1),
+      [
+        { oid: 0n, data: 'r1' },
+        { oid: 7n, data: 'seven' },
+      ],
+      { status: 'p', user: '/ alice', desc: 'packed', ext },
+    );
     b.txn(T(2), [], { desc: 'empty' });
     b.txn(T(3), [{ oid: 0n, data: 'r3' }], { status: 'u' });
     b.txn(T(4), []);
@@ -145,7 +163,10 @@ describe('tail', () => {
   it('incomplete txn (cut mid-record): readers see the committed part; a writer truncates it', async () => {
     const b = base();
     const end = b.pos;
-    b.txn(T(3), [{ oid: 1n, data: 'x'.repeat(100) }, { oid: 2n, data: 'two' }]);
+    b.txn(T(3), [
+      { oid: 1n, data: 'x'.repeat(100) },
+      { oid: 2n, data: 'two' },
+    ]);
     const full = b.build();
     const dir = tmp.make();
     const f = path.join(dir, 'data.fs');

@@ -80,7 +80,10 @@ describe('follow a writer process', () => {
       commits.push((await proc.call({ op: 'commit', records })) as Commit);
     };
     await commit(p, [{ oid: 'new', data: 'obj A' }]);
-    await commit(p, [{ oid: '0000000000000000', data: 'root 2' }, { oid: 'new', data: 'obj B' }]);
+    await commit(p, [
+      { oid: '0000000000000000', data: 'root 2' },
+      { oid: 'new', data: 'obj B' },
+    ]);
     await commit(p, []);
     for (let i = 0; i < 4; i++) await commit(p, [{ oid: commits[0]!.oids[0]!, data: `A v${i}` }]);
     await commit(p, [{ oid: commits[1]!.oids[1]!, data: null }]);

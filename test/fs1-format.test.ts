@@ -63,10 +63,7 @@ describe('layouts', () => {
 
 describe('encodeTxn → scan (property)', () => {
   it('any sequence of txns reads back with every check passing', () => {
-    const data = fc.oneof(
-      fc.uint8Array({ minLength: 1, maxLength: 300 }),
-      fc.constant<'deleted'>('deleted'),
-    );
+    const data = fc.oneof(fc.uint8Array({ minLength: 1, maxLength: 300 }), fc.constant<'deleted'>('deleted'));
     const txn = fc.record({
       recs: fc.uniqueArray(fc.tuple(fc.bigInt({ min: 0n, max: 20n }), data), { selector: (r) => r[0], maxLength: 6 }),
       status: fc.constantFrom<' ' | 'p' | 'u'>(' ', 'p', 'u'),
@@ -104,7 +101,9 @@ describe('encodeTxn → scan (property)', () => {
   });
 
   it('encodeTxn rejects empty data and oversize metadata', () => {
-    expect(() => encodeTxn(4, 1n, ' ', new Uint8Array(0), new Uint8Array(0), new Uint8Array(0), [{ oid: 1n, prev: 0, data: new Uint8Array(0) }])).toThrow(RangeError);
+    expect(() => encodeTxn(4, 1n, ' ', new Uint8Array(0), new Uint8Array(0), new Uint8Array(0), [{ oid: 1n, prev: 0, data: new Uint8Array(0) }])).toThrow(
+      RangeError,
+    );
     expect(() => encodeTxn(4, 1n, ' ', new Uint8Array(70000), new Uint8Array(0), new Uint8Array(0), [])).toThrow(RangeError);
   });
 });

@@ -11,8 +11,19 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  DATA_HEADER_SIZE, FILE_HEADER_SIZE, MAX_POS, TXN_HEADER_SIZE, decodeDataHeader, decodeMagic, decodeTxnHeader,
-  encodeDataHeader, encodeTxn, encodeTxnHeader, txnDataStart, txnEnd, type TxnStatus,
+  DATA_HEADER_SIZE,
+  FILE_HEADER_SIZE,
+  MAX_POS,
+  TXN_HEADER_SIZE,
+  decodeDataHeader,
+  decodeMagic,
+  decodeTxnHeader,
+  encodeDataHeader,
+  encodeTxn,
+  encodeTxnHeader,
+  txnDataStart,
+  txnEnd,
+  type TxnStatus,
 } from '../src/zodb/fs1/format.js';
 import { SeqReader, checkFile, decodeRecordAt, readTxnBefore, scanTxn, type ScanRec } from '../src/zodb/fs1/scan.js';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
@@ -79,7 +90,10 @@ function walk(b: Uint8Array, file = 'mem.fs'): number | CorruptError {
 
 const tidArb = fc.bigInt({ min: 1n, max: 1n << 40n });
 const txnArb = fc.record({
-  recs: fc.uniqueArray(fc.tuple(fc.bigInt({ min: 0n, max: 12n }), fc.oneof(fc.uint8Array({ minLength: 1, maxLength: 80 }), fc.constantFrom<'deleted' | 'bp'>('deleted', 'bp'))), { selector: (r) => r[0], maxLength: 5 }),
+  recs: fc.uniqueArray(
+    fc.tuple(fc.bigInt({ min: 0n, max: 12n }), fc.oneof(fc.uint8Array({ minLength: 1, maxLength: 80 }), fc.constantFrom<'deleted' | 'bp'>('deleted', 'bp'))),
+    { selector: (r) => r[0], maxLength: 5 },
+  ),
   status: fc.constantFrom<TxnStatus>(' ', ' ', 'p', 'u'),
   user: fc.string({ maxLength: 8 }),
   desc: fc.string({ maxLength: 8 }),
@@ -118,7 +132,13 @@ const mutatedImage = fc
   .tuple(
     imageArb,
     fc.array(
-      fc.tuple(fc.constantFrom('set', 'field', 'field', 'cut', 'ins', 'del'), fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom(...u64s), fc.integer({ min: -3, max: 3 })),
+      fc.tuple(
+        fc.constantFrom('set', 'field', 'field', 'cut', 'ins', 'del'),
+        fc.nat(),
+        fc.integer({ min: 0, max: 255 }),
+        fc.constantFrom(...u64s),
+        fc.integer({ min: -3, max: 3 }),
+      ),
       { minLength: 1, maxLength: 3 },
     ),
   )
@@ -167,7 +187,10 @@ describe('fs1: table', () => {
     const fd = fs.openSync(f, 'r');
     try {
       for (let pos = 0; pos < FILE_HEADER_SIZE + TXN_HEADER_SIZE + 8; pos++) {
-        expect(corruptOr(() => readTxnBefore(fd, pos, f)), `@${pos}`).toBeInstanceOf(CorruptError);
+        expect(
+          corruptOr(() => readTxnBefore(fd, pos, f)),
+          `@${pos}`,
+        ).toBeInstanceOf(CorruptError);
       }
       expect(readTxnBefore(fd, b.pos, f)).toMatchObject({ pos: 4, tid: 0x0300000000000001n });
     } finally {
@@ -221,12 +244,15 @@ describe('fs1: table', () => {
 
 describe('fs1: properties (pure decoders, no I/O)', () => {
   it('arbitrary bytes at any offset: a header or CorruptError; accepted headers re-encode to the same bytes', () => {
-    const raw = fc.oneof(fc.uint8Array({ maxLength: 60 }), fc.tuple(fc.uint8Array({ minLength: 42, maxLength: 42 }), fc.constantFrom(...u64s), fc.constantFrom(8, 16, 24, 34)).map(([b, v, at]) => {
-      Buffer.from(b.buffer).writeBigUInt64BE(v, at);
-      b[32] = b[33] = 0; // vlen 0, so the other checks are reached
-      b[16] = 0x20; // a valid txn status
-      return b;
-    }));
+    const raw = fc.oneof(
+      fc.uint8Array({ maxLength: 60 }),
+      fc.tuple(fc.uint8Array({ minLength: 42, maxLength: 42 }), fc.constantFrom(...u64s), fc.constantFrom(8, 16, 24, 34)).map(([b, v, at]) => {
+        Buffer.from(b.buffer).writeBigUInt64BE(v, at);
+        b[32] = b[33] = 0; // vlen 0, so the other checks are reached
+        b[16] = 0x20; // a valid txn status
+        return b;
+      }),
+    );
     fc.assert(
       fc.property(raw, fc.integer({ min: -2, max: 50 }), fc.integer({ min: 0, max: MAX_POS }), (b, off, pos) => {
         const t = corruptOr(() => decodeTxnHeader(b, off, pos, 'f'));
@@ -262,10 +288,20 @@ describe('fs1: properties (pure decoders, no I/O)', () => {
           const t = step.txn;
           const meta = bytes.subarray(t.pos + TXN_HEADER_SIZE, txnDataStart(t));
           const recs = step.recs.map((d: ScanRec) => ({
-            oid: d.oid, prev: d.prev, data: d.plen > 0 ? bytes.subarray(d.pos + DATA_HEADER_SIZE, d.pos + DATA_HEADER_SIZE + d.plen) : null,
+            oid: d.oid,
+            prev: d.prev,
+            data: d.plen > 0 ? bytes.subarray(d.pos + DATA_HEADER_SIZE, d.pos + DATA_HEADER_SIZE + d.plen) : null,
             backpointer: d.backpointer,
           }));
-          const again = encodeTxn(t.pos, t.tid, t.status, meta.subarray(0, t.ulen), meta.subarray(t.ulen, t.ulen + t.dlen), meta.subarray(t.ulen + t.dlen), recs);
+          const again = encodeTxn(
+            t.pos,
+            t.tid,
+            t.status,
+            meta.subarray(0, t.ulen),
+            meta.subarray(t.ulen, t.ulen + t.dlen),
+            meta.subarray(t.ulen + t.dlen),
+            recs,
+          );
           expect(Buffer.from(again.bytes).equals(bytes.subarray(t.pos, txnEnd(t)))).toBe(true);
           expect(again.dpos).toEqual(step.recs.map((d) => d.pos));
           prev = t.tid;
@@ -279,7 +315,10 @@ describe('fs1: properties (pure decoders, no I/O)', () => {
   });
 
   it('mutated images: every scan ends (committed end or CorruptError), always moving forward', () => {
-    fc.assert(fc.property(mutatedImage, (b) => void walk(b)), fcParams(3000));
+    fc.assert(
+      fc.property(mutatedImage, (b) => void walk(b)),
+      fcParams(3000),
+    );
   });
 });
 
@@ -289,7 +328,9 @@ describe('fs1: .index codec (pure)', () => {
       fc.uniqueArray(fc.oneof(fc.bigInt({ min: 0n, max: 70_000n }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })), { maxLength: 40 }),
       fc.integer({ min: 5, max: MAX_POS }),
     )
-    .chain(([oids, pos]) => fc.tuple(fc.constant(oids), fc.constant(pos), fc.array(fc.integer({ min: 4, max: pos - 1 }), { minLength: oids.length, maxLength: oids.length })));
+    .chain(([oids, pos]) =>
+      fc.tuple(fc.constant(oids), fc.constant(pos), fc.array(fc.integer({ min: 4, max: pos - 1 }), { minLength: oids.length, maxLength: oids.length })),
+    );
 
   it('encode → decode round-trips; mutations decode to a valid index or IndexFormatError', () => {
     const edits = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom('set', 'cut', 'ins')), { maxLength: 3 });
@@ -371,50 +412,56 @@ describe('fs1: properties (scan.ts and FileStorage on files)', () => {
       if (!(e instanceof CorruptError || e instanceof NoDataError || e instanceof NoObjectError)) throw new Error(`threw ${String(e)}`, { cause: e });
     };
     await fc.assert(
-      fc.asyncProperty(fc.oneof(mutatedImage, imageArb.map((i) => i.bytes)), async (b) => {
-        const f = path.join(dir, `m${n++}.fs`);
-        fs.writeFileSync(f, b);
-        try {
-          const mem = walk(b);
-          const rep = corruptOr(() => checkFile(f));
-          // checkFile also checks prev/backpointer targets: it can only be stricter than walk
-          if (!(rep instanceof CorruptError)) expect(rep.topPos).toBe(mem);
-          const fd = fs.openSync(f, 'r');
+      fc.asyncProperty(
+        fc.oneof(
+          mutatedImage,
+          imageArb.map((i) => i.bytes),
+        ),
+        async (b) => {
+          const f = path.join(dir, `m${n++}.fs`);
+          fs.writeFileSync(f, b);
           try {
-            for (let pos = b.length; pos > FILE_HEADER_SIZE; pos--) corruptOr(() => readTxnBefore(fd, pos, f));
-          } finally {
-            fs.closeSync(fd);
-          }
-          let st: FileStorage;
-          try {
-            st = await FileStorage.open(f, { readOnly: true, warn: () => {} });
-          } catch (e) {
-            typed(e);
-            return;
-          }
-          try {
-            const tids: bigint[] = [];
+            const mem = walk(b);
+            const rep = corruptOr(() => checkFile(f));
+            // checkFile also checks prev/backpointer targets: it can only be stricter than walk
+            if (!(rep instanceof CorruptError)) expect(rep.topPos).toBe(mem);
+            const fd = fs.openSync(f, 'r');
             try {
-              for await (const t of st.iterate()) tids.push(t.tid);
+              for (let pos = b.length; pos > FILE_HEADER_SIZE; pos--) corruptOr(() => readTxnBefore(fd, pos, f));
+            } finally {
+              fs.closeSync(fd);
+            }
+            let st: FileStorage;
+            try {
+              st = await FileStorage.open(f, { readOnly: true, warn: () => {} });
             } catch (e) {
               typed(e);
+              return;
             }
-            for (const [oid] of st.indexEntries()) {
-              for (const at of [...tids, st.head(), 0n]) {
-                try {
-                  await st.load(oid, at);
-                } catch (e) {
-                  typed(e);
+            try {
+              const tids: bigint[] = [];
+              try {
+                for await (const t of st.iterate()) tids.push(t.tid);
+              } catch (e) {
+                typed(e);
+              }
+              for (const [oid] of st.indexEntries()) {
+                for (const at of [...tids, st.head(), 0n]) {
+                  try {
+                    await st.load(oid, at);
+                  } catch (e) {
+                    typed(e);
+                  }
                 }
               }
+            } finally {
+              await st.close();
             }
           } finally {
-            await st.close();
+            fs.rmSync(f);
           }
-        } finally {
-          fs.rmSync(f);
-        }
-      }),
+        },
+      ),
       fcParams(100),
     );
   });

@@ -77,12 +77,23 @@ describe('commit', () => {
     await commit([[0n, 'root v1']], 'initial database creation');
     const a = s.newOid();
     const b = s.newOid();
-    await commit([[a, 'a1'], [b, 'b1'], [0n, 'root v2']]);
+    await commit([
+      [a, 'a1'],
+      [b, 'b1'],
+      [0n, 'root v2'],
+    ]);
     await commit([]);
     await commit([[a, 'a2'.repeat(5000)]]);
     await commit([[b, null]]);
-    await commit([[b, 'b resurrected'], [a, 'a3']]);
-    for (let i = 0; i < 20; i++) await commit([[s.newOid(), `obj ${i}`], [a, `a ${i}`]]);
+    await commit([
+      [b, 'b resurrected'],
+      [a, 'a3'],
+    ]);
+    for (let i = 0; i < 20; i++)
+      await commit([
+        [s.newOid(), `obj ${i}`],
+        [a, `a ${i}`],
+      ]);
 
     const check = async (st: FileStorage) => {
       for (const [oid, h] of model) {
@@ -131,7 +142,12 @@ describe('commit', () => {
     await expect(s.commit({ records: [{ oid: 9n, data: null }] })).rejects.toBeInstanceOf(NoObjectError);
     await expect(s.commit({ records: [{ oid: 1n, data: new Uint8Array(0) }] })).rejects.toBeInstanceOf(BadArgumentError);
     await expect(
-      s.commit({ records: [{ oid: 1n, data: bytes('a') }, { oid: 1n, data: bytes('b') }] }),
+      s.commit({
+        records: [
+          { oid: 1n, data: bytes('a') },
+          { oid: 1n, data: bytes('b') },
+        ],
+      }),
     ).rejects.toBeInstanceOf(BadArgumentError);
     await expect(s.commit({ user: 'x'.repeat(70000), records: [] })).rejects.toBeInstanceOf(BadArgumentError);
     expect(s.head()).toBe(t2); // nothing of the failed commits landed
@@ -162,9 +178,7 @@ describe('commit', () => {
     await s.commit({ records: [{ oid: 0n, data: bytes('root') }] });
     const w = s.watch();
     const w2 = s.watch(0n); // with history
-    const tids = await Promise.all(
-      [1, 2, 3, 4, 5].map((i) => s.commit({ records: [{ oid: BigInt(i), data: bytes(`o${i}`) }] })),
-    );
+    const tids = await Promise.all([1, 2, 3, 4, 5].map((i) => s.commit({ records: [{ oid: BigInt(i), data: bytes(`o${i}`) }] })));
     const sorted = [...tids].sort((a, b) => (a < b ? -1 : 1));
     expect(tids).toEqual(sorted); // committed in call order
     const got: CommitEvent[] = [];
@@ -208,7 +222,10 @@ describe('commit', () => {
     const f = path.join(tmp.make(), 'data.fs');
     const s = await openFS(f, { create: true });
     const big = new Uint8Array(3 << 20).map((_, i) => i & 0xff);
-    const recs = [{ oid: 1n, data: bytes('small') }, { oid: 2n, data: big }];
+    const recs = [
+      { oid: 1n, data: bytes('small') },
+      { oid: 2n, data: big },
+    ];
     for (let i = 0; i < 600; i++) recs.push({ oid: 10n + BigInt(i), data: new Uint8Array(4000 + (i % 300)).fill(i & 0xff) });
     const t = await s.commit({ records: recs });
     const t2 = await s.commit({ records: recs.slice(2, 300).map((r) => ({ oid: r.oid, data: new Uint8Array(100).fill(0xee) })) });
@@ -297,7 +314,14 @@ describe('big records from an mmap of the file', () => {
     const tids: bigint[] = [];
     const views: Uint8Array[] = [];
     for (let k = 0; k < 6; k++) {
-      tids.push(await s.commit({ records: [{ oid: 1n, data: big(k) }, { oid: 2n + BigInt(k), data: big(100 + k) }] }));
+      tids.push(
+        await s.commit({
+          records: [
+            { oid: 1n, data: big(k) },
+            { oid: 2n + BigInt(k), data: big(100 + k) },
+          ],
+        }),
+      );
       views.push((await s.load(1n, tids[k]!)).data);
     }
     for (let k = 0; k < 6; k++) {

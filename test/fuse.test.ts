@@ -11,15 +11,7 @@ import { FuseError, NotifyError } from '../src/fuse/errors.js';
 import { cacheResidency, mmapRead } from '../src/fuse/pagecache.js';
 import { errno, FOPEN_KEEP_CACHE, FUSE_CAP } from '../src/fuse/kernel.js';
 import { readMountinfo } from '../src/fuse/mountinfo.js';
-import {
-  clientOk,
-  leftoverMounts,
-  liveChildren,
-  run,
-  teardownAll,
-  withMount,
-  type TestMount,
-} from './helpers/mount.js';
+import { clientOk, leftoverMounts, liveChildren, run, teardownAll, withMount, type TestMount } from './helpers/mount.js';
 import { coverage, KiB, MiB, pattern, TestFs, type TFile } from './helpers/fuse-testfs.js';
 
 const T = 30_000;
@@ -80,7 +72,7 @@ describe('fuse: mount and INIT', () => {
   );
 
   test(
-    'mount failure is an error with libfuse\'s reason',
+    "mount failure is an error with libfuse's reason",
     async () => {
       const { FuseSession } = await import('../src/fuse/session.js');
       await expect(FuseSession.mount('/nonexistent/wcfs-mnt', new TestFs())).rejects.toThrow(/nonexistent/);
@@ -124,7 +116,15 @@ describe('fuse: requests and replies', () => {
       const fs = new TestFs([
         bigfile(),
         { name: 'eacces', ino: 3, data: Buffer.alloc(10), openFlags: 0, read: () => Promise.reject(new FuseError(errno.EACCES)) },
-        { name: 'boom', ino: 4, data: Buffer.alloc(10), openFlags: 0, read: () => { throw new Error('boom: disk on fire'); } },
+        {
+          name: 'boom',
+          ino: 4,
+          data: Buffer.alloc(10),
+          openFlags: 0,
+          read: () => {
+            throw new Error('boom: disk on fire');
+          },
+        },
       ]);
       await withMount(fs, { log: (l) => logs.push(l) }, async (m) => {
         const nf = await run('cat', [m.at('missing')]);

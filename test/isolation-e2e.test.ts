@@ -27,7 +27,9 @@ class Client {
     });
   }
   static async start(t: TDB, foid: bigint): Promise<Client> {
-    const p = fork(path.join(repoRoot, 'test', 'helpers', 'iso-client.mjs'), [t.srv.zurl, t.srv.mnt, hex16(foid), String(NBLK)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const p = fork(path.join(repoRoot, 'test', 'helpers', 'iso-client.mjs'), [t.srv.zurl, t.srv.mnt, hex16(foid), String(NBLK)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     await new Promise<void>((resolve, reject) => {
       p.once('message', () => resolve());
       p.once('exit', (c, s) => reject(new Error(`client exited ${c ?? s}`)));

@@ -209,7 +209,7 @@ class TClient {
   /** Everything up to EOF. */
   async rest(): Promise<string[]> {
     const out: string[] = [];
-    for (let l; (l = await this.recv()) !== null; ) out.push(l);
+    for (let l; (l = await this.recv()) !== null;) out.push(l);
     return out;
   }
 
@@ -312,8 +312,22 @@ describe('watch setup: pins', () => {
     ['at t2: only blocks changed after t2', ['t2'], [{ 1: 't1', 3: 't1' }]],
     ['at head: nothing', ['t3'], [{}]],
     ['t1 → t2: #0 back to head; #1 #3 stay pinned (not sent again)', ['t1', 't2'], [{ 0: 't1', 1: 't1', 3: 't1' }, { 0: 'head' }]],
-    ['t1 → t3: everything back to head', ['t1', 't3'], [{ 0: 't1', 1: 't1', 3: 't1' }, { 0: 'head', 1: 'head', 3: 'head' }]],
-    ['t2 → t3', ['t2', 't3'], [{ 1: 't1', 3: 't1' }, { 1: 'head', 3: 'head' }]],
+    [
+      't1 → t3: everything back to head',
+      ['t1', 't3'],
+      [
+        { 0: 't1', 1: 't1', 3: 't1' },
+        { 0: 'head', 1: 'head', 3: 'head' },
+      ],
+    ],
+    [
+      't2 → t3',
+      ['t2', 't3'],
+      [
+        { 1: 't1', 3: 't1' },
+        { 1: 'head', 3: 'head' },
+      ],
+    ],
     ['t1 → t1: the same pins are not sent again (I1)', ['t1', 't1'], [{ 0: 't1', 1: 't1', 3: 't1' }, {}]],
     ['t3 → t3', ['t3', 't3'], [{}, {}]],
   ];
@@ -408,8 +422,16 @@ describe('watch setup: errors', () => {
   // by WatchLink.queue, i.e. as the byte 0xb4 — see the report of this test's commit)
   const cases: Array<[string, () => string, () => string]> = [
     ['at before tail', () => `watch ${F} @${x(t0)}`, () => `prefix:error setup watch f${F} @${x(t0)}: too far away back from head/at (@${x(t3)}); `],
-    ['file not known at head', () => `watch 000000000000dead @${x(t1)}`, () => `error setup watch f000000000000dead @${x(t1)}: file not yet known to wcfs or is not a ZBigFile`],
-    ['file epoch in (at, head]', () => `watch ${x(g)} @${x(t1)}`, () => `error setup watch f${x(g)} @${x(t1)}: file epoch detected @${x(t2)} in between (at,head=@${x(t3)}]`],
+    [
+      'file not known at head',
+      () => `watch 000000000000dead @${x(t1)}`,
+      () => `error setup watch f000000000000dead @${x(t1)}: file not yet known to wcfs or is not a ZBigFile`,
+    ],
+    [
+      'file epoch in (at, head]',
+      () => `watch ${x(g)} @${x(t1)}`,
+      () => `error setup watch f${x(g)} @${x(t1)}: file epoch detected @${x(t2)} in between (at,head=@${x(t3)}]`,
+    ],
     ['bad request (link level)', () => `watch ${F} @head`, () => 'error bad watch: invalid at'],
   ];
   it.each(cases)('%s', async (_what, req, reply) => {
@@ -449,7 +471,7 @@ describe('watch setup: errors', () => {
 // ---- 2) reads ----
 
 describe('reads pin watchers', () => {
-  it('a read of a block changed after a watch\'s at pins it to its revision as of at; the read waits for the ack', async () => {
+  it("a read of a block changed after a watch's at pins it to its revision as of at; the read waits for the ack", async () => {
     const a = client(); // @t2: #2 unchanged until t4
     const b = client(); // @t4: up to date
     a.send(`1 watch ${F} @${x(t2)}`);
@@ -678,36 +700,40 @@ describe('a client that does not answer pins right: the kill decision', () => {
     },
   ];
 
-  it.each(cases)('$what', async (k) => {
-    const c = client();
-    k.proc?.(c.proc);
-    // >>> watch f @t1
-    c.send(`1 watch ${F} @${x(t1)}`);
-    // <<< pin #0 #1 #3 @t1
-    const pins = await c.expectPins(f, { 0: t1, 1: t1, 3: t1 });
-    await k.client(c, pins);
-    await c.settled();
-    const lines = k.down ? await c.rest() : await c.received();
-    await c.settled(); // (again: after EOF every decision has been taken)
-    // the "1 ok" the client itself consumed in the EOF/bad-frame-after-ok cases is not here
-    const want = k.lines();
-    expect(lines.length, JSON.stringify(lines)).toBe(want.length);
-    for (const [i, w] of want.entries()) {
-      if (typeof w === 'string') expect(lines[i]).toBe(w);
-      else expect(lines[i]).toMatch(w);
-    }
-    expect(c.link.down).toBe(k.down);
-    expect(c.proc.signals).toEqual(k.signals);
-    expect(host.stats.pinkill).toBe(k.pinkill);
-    expect(host.fatals.map((e) => e.message)).toEqual(k.fatal ? [expect.stringMatching(k.fatal)] : []);
-    if (k.logs) {
-      const want = k.logs();
-      const got = host.logs.filter((l) => want.includes(l));
-      expect(got).toEqual(want);
-      if (want.length === 0) expect(host.logs).toEqual([]);
-    }
-    if (k.down) expect(host.stats.Watch).toBe(0); // the link's watches are dropped with it
-  }, 10_000); // a link that wrongly stays up would keep rest() waiting
+  it.each(cases)(
+    '$what',
+    async (k) => {
+      const c = client();
+      k.proc?.(c.proc);
+      // >>> watch f @t1
+      c.send(`1 watch ${F} @${x(t1)}`);
+      // <<< pin #0 #1 #3 @t1
+      const pins = await c.expectPins(f, { 0: t1, 1: t1, 3: t1 });
+      await k.client(c, pins);
+      await c.settled();
+      const lines = k.down ? await c.rest() : await c.received();
+      await c.settled(); // (again: after EOF every decision has been taken)
+      // the "1 ok" the client itself consumed in the EOF/bad-frame-after-ok cases is not here
+      const want = k.lines();
+      expect(lines.length, JSON.stringify(lines)).toBe(want.length);
+      for (const [i, w] of want.entries()) {
+        if (typeof w === 'string') expect(lines[i]).toBe(w);
+        else expect(lines[i]).toMatch(w);
+      }
+      expect(c.link.down).toBe(k.down);
+      expect(c.proc.signals).toEqual(k.signals);
+      expect(host.stats.pinkill).toBe(k.pinkill);
+      expect(host.fatals.map((e) => e.message)).toEqual(k.fatal ? [expect.stringMatching(k.fatal)] : []);
+      if (k.logs) {
+        const want = k.logs();
+        const got = host.logs.filter((l) => want.includes(l));
+        expect(got).toEqual(want);
+        if (want.length === 0) expect(host.logs).toEqual([]);
+      }
+      if (k.down) expect(host.stats.Watch).toBe(0); // the link's watches are dropped with it
+    },
+    10_000,
+  ); // a link that wrongly stays up would keep rest() waiting
 });
 
 // ---- seeded random: setups and reads against the model of test/helpers/tdb.ts ----
@@ -729,7 +755,13 @@ describe('random histories, watches and reads against the model (seeded)', () =>
         [t3, [1, 3, 5]],
       ] as Array<[Tid, number[]]>)
         for (const b of blks) changes.set(b, [...(changes.get(b) ?? []), tid]);
-      const data = new Map<number, number>([[0, 2], [1, 3], [2, 1], [3, 3], [5, 3]]);
+      const data = new Map<number, number>([
+        [0, 2],
+        [1, 3],
+        [2, 1],
+        [3, 3],
+        [5, 3],
+      ]);
       const read = new Set([0, 1, 2, 3]);
       const revs: Tid[] = [t1, t2, t3];
       const rev = (blk: number, a: Tid) => (changes.get(blk) ?? []).filter((t) => t <= a).pop() ?? tail;

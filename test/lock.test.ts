@@ -84,8 +84,26 @@ class Actors {
 
 // [what, [step, holders after it]...]
 const scripts: Array<[string, Array<[string, string]>]> = [
-  ['readers share the lock', [['R a', 'a:r'], ['R b', 'a:r b:r'], ['U a', 'b:r'], ['U b', '']]],
-  ['a writer excludes everybody', [['W a', 'a:w'], ['R b', 'a:w'], ['W c', 'a:w'], ['U a', 'c:w'], ['U c', 'b:r'], ['U b', '']]],
+  [
+    'readers share the lock',
+    [
+      ['R a', 'a:r'],
+      ['R b', 'a:r b:r'],
+      ['U a', 'b:r'],
+      ['U b', ''],
+    ],
+  ],
+  [
+    'a writer excludes everybody',
+    [
+      ['W a', 'a:w'],
+      ['R b', 'a:w'],
+      ['W c', 'a:w'],
+      ['U a', 'c:w'],
+      ['U c', 'b:r'],
+      ['U b', ''],
+    ],
+  ],
   [
     'a waiting writer holds new readers back (writer preference)',
     [
@@ -98,31 +116,80 @@ const scripts: Array<[string, Array<[string, string]>]> = [
   ],
   [
     'all readers held back by a writer are granted together after it',
-    [['W a', 'a:w'], ['R b', 'a:w'], ['R c', 'a:w'], ['R d', 'a:w'], ['U a', 'b:r c:r d:r']],
+    [
+      ['W a', 'a:w'],
+      ['R b', 'a:w'],
+      ['R c', 'a:w'],
+      ['R d', 'a:w'],
+      ['U a', 'b:r c:r d:r'],
+    ],
   ],
   [
     'waiting writers go first, one at a time in order, even before readers that came earlier',
-    [['W a', 'a:w'], ['W b', 'a:w'], ['R c', 'a:w'], ['W d', 'a:w'], ['U a', 'b:w'], ['U b', 'd:w'], ['U d', 'c:r']],
+    [
+      ['W a', 'a:w'],
+      ['W b', 'a:w'],
+      ['R c', 'a:w'],
+      ['W d', 'a:w'],
+      ['U a', 'b:w'],
+      ['U b', 'd:w'],
+      ['U d', 'c:r'],
+    ],
   ],
   [
     'rlockNested never waits, even with a writer waiting; the writer needs every hold released',
-    [['R a', 'a:r'], ['W b', 'a:r'], ['N a', 'a:r'], ['U a', 'a:r'], ['U a', 'b:w']],
+    [
+      ['R a', 'a:r'],
+      ['W b', 'a:r'],
+      ['N a', 'a:r'],
+      ['U a', 'a:r'],
+      ['U a', 'b:w'],
+    ],
   ],
   [
     'aborting the waiting writer releases the readers it held back',
-    [['R a', 'a:r'], ['W b', 'a:r'], ['R c', 'a:r'], ['X b', 'a:r c:r'], ['W d', 'a:r c:r'], ['U a', 'c:r'], ['U c', 'd:w']],
+    [
+      ['R a', 'a:r'],
+      ['W b', 'a:r'],
+      ['R c', 'a:r'],
+      ['X b', 'a:r c:r'],
+      ['W d', 'a:r c:r'],
+      ['U a', 'c:r'],
+      ['U c', 'd:w'],
+    ],
   ],
   [
     'aborting the first of two waiting writers: the second gets the lock',
-    [['R a', 'a:r'], ['W b', 'a:r'], ['W c', 'a:r'], ['X b', 'a:r'], ['U a', 'c:w']],
+    [
+      ['R a', 'a:r'],
+      ['W b', 'a:r'],
+      ['W c', 'a:r'],
+      ['X b', 'a:r'],
+      ['U a', 'c:w'],
+    ],
   ],
   [
     'an aborted reader is out of the queue: nothing is granted to it later',
-    [['W a', 'a:w'], ['R b', 'a:w'], ['R c', 'a:w'], ['X b', 'a:w'], ['U a', 'c:r'], ['U c', ''], ['W d', 'd:w']],
+    [
+      ['W a', 'a:w'],
+      ['R b', 'a:w'],
+      ['R c', 'a:w'],
+      ['X b', 'a:w'],
+      ['U a', 'c:r'],
+      ['U c', ''],
+      ['W d', 'd:w'],
+    ],
   ],
   [
     'an aborted writer behind a writer: readers still wait for the holder only',
-    [['W a', 'a:w'], ['W b', 'a:w'], ['R c', 'a:w'], ['X b', 'a:w'], ['U a', 'c:r'], ['R d', 'c:r d:r']],
+    [
+      ['W a', 'a:w'],
+      ['W b', 'a:w'],
+      ['R c', 'a:w'],
+      ['X b', 'a:w'],
+      ['U a', 'c:r'],
+      ['R d', 'c:r d:r'],
+    ],
   ],
 ];
 
@@ -135,7 +202,12 @@ describe('RWMutex: scripts', () => {
     }
     // aborted waits rejected with their signal's reason, the others were not rejected
     for (const [a, e] of t.rejected) expect((e as Error).message).toBe(`abort ${a}`);
-    expect([...t.rejected.keys()].sort()).toEqual(steps.filter(([s]) => s.startsWith('X ')).map(([s]) => s.slice(2)).sort());
+    expect([...t.rejected.keys()].sort()).toEqual(
+      steps
+        .filter(([s]) => s.startsWith('X '))
+        .map(([s]) => s.slice(2))
+        .sort(),
+    );
   });
 });
 
@@ -265,7 +337,7 @@ describe('RWMutex: random interleavings against a model (seeded)', () => {
         else if (op === 'U') m.release(a);
         else m.abort(a);
         await t.step(step);
-        const where = `run ${run} (seed ${seed} = FUZZ_SEED + ${run}), after ${log.join(", ")}`;
+        const where = `run ${run} (seed ${seed} = FUZZ_SEED + ${run}), after ${log.join(', ')}`;
         // the invariant itself, then the exact state
         const st = t.mu.state;
         expect(st.writer ? st.readers === 0 : true, where).toBe(true);

@@ -8,8 +8,22 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
-  ByteStr, Global, OP, PersistentRef, PyDict, PyObject, Tuple, Unpickler, decodePickle, decodePickles, decodeRecord, decodeRecordClass,
-  encodeLong, encodePickle, encodeRecord, type PyValue,
+  ByteStr,
+  Global,
+  OP,
+  PersistentRef,
+  PyDict,
+  PyObject,
+  Tuple,
+  Unpickler,
+  decodePickle,
+  decodePickles,
+  decodeRecord,
+  decodeRecordClass,
+  encodeLong,
+  encodePickle,
+  encodeRecord,
+  type PyValue,
 } from '../src/zodb/pickle/index.js';
 import { decodeLong } from '../src/zodb/pickle/decode.js';
 import { PickleError } from '../src/zodb/errors.js';
@@ -17,7 +31,9 @@ import { zdataFast } from '../src/zodb/zbigfile.js';
 import { fcParams } from './helpers/fuzz.js';
 
 const bytes = (...parts: Array<number | string | Uint8Array>): Uint8Array =>
-  Uint8Array.from(Buffer.concat(parts.map((p) => (typeof p === 'number' ? Buffer.from([p]) : typeof p === 'string' ? Buffer.from(p, 'latin1') : Buffer.from(p)))));
+  Uint8Array.from(
+    Buffer.concat(parts.map((p) => (typeof p === 'number' ? Buffer.from([p]) : typeof p === 'string' ? Buffer.from(p, 'latin1') : Buffer.from(p)))),
+  );
 const le32 = (n: number) => {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n >>> 0);
@@ -100,10 +116,21 @@ describe('pickle: table', () => {
     expect(d.entries[0]![0]).toBeInstanceOf(ByteStr);
   });
 
-  it('two\'s-complement longs: exact bytes at the boundaries', () => {
+  it("two's-complement longs: exact bytes at the boundaries", () => {
     const cases: Array<[bigint, string]> = [
-      [0n, ''], [1n, '01'], [127n, '7f'], [128n, '8000'], [255n, 'ff00'], [256n, '0001'], [-1n, 'ff'], [-128n, '80'],
-      [-129n, '7fff'], [-256n, '00ff'], [-257n, 'fffe'], [2n ** 63n, '000000000000008000'], [-(2n ** 63n), '0000000000000080'],
+      [0n, ''],
+      [1n, '01'],
+      [127n, '7f'],
+      [128n, '8000'],
+      [255n, 'ff00'],
+      [256n, '0001'],
+      [-1n, 'ff'],
+      [-128n, '80'],
+      [-129n, '7fff'],
+      [-256n, '00ff'],
+      [-257n, 'fffe'],
+      [2n ** 63n, '000000000000008000'],
+      [-(2n ** 63n), '0000000000000080'],
     ];
     for (const [v, hex] of cases) {
       expect(Buffer.from(encodeLong(v)).toString('hex'), String(v)).toBe(hex);
@@ -128,7 +155,7 @@ describe('pickle: table', () => {
   });
 });
 
-describe('zdataFast (the decoder\'s shortcut for ZData records): table', () => {
+describe("zdataFast (the decoder's shortcut for ZData records): table", () => {
   const zclass = new Global('wendelin.bigfile.file_zodb', 'ZData');
   it('agrees with decodeRecord for SHORT_BINBYTES and BINBYTES', () => {
     for (const n of [0, 1, 255, 256, 4096]) {
@@ -185,7 +212,8 @@ const { value: pyArb } = fc.letrec<{ value: PyValue }>((tie) => ({
       for (const [k, v] of kv) d.set(k, v);
       return d;
     }),
-    fc.tuple(fc.constantFrom('reduce' as const, 'newobj' as const), globalArb, tie('value'), fc.option(tie('value'), { nil: undefined }))
+    fc
+      .tuple(fc.constantFrom('reduce' as const, 'newobj' as const), globalArb, tie('value'), fc.option(tie('value'), { nil: undefined }))
       .map(([kind, g, args, state]) => new PyObject(kind, g, new Tuple([args]), state)),
   ),
 }));
@@ -200,26 +228,62 @@ function asProtocol2(v: PyValue): PyValue {
     for (const [k, x] of v.entries) d.set(asProtocol2(k), asProtocol2(x));
     return d;
   }
-  if (v instanceof PyObject) return new PyObject(v.kind, asProtocol2(v.callable), asProtocol2(v.args), v.state === undefined ? undefined : asProtocol2(v.state));
+  if (v instanceof PyObject)
+    return new PyObject(v.kind, asProtocol2(v.callable), asProtocol2(v.args), v.state === undefined ? undefined : asProtocol2(v.state));
   return v;
 }
 
 /** One opcode with plausible (sometimes wrong) arguments. */
 const opNames = Object.keys(OP) as Array<keyof typeof OP>;
-const lineArg = fc.oneof(
-  fc.stringMatching(/^[-+]?[0-9]{0,25}L?$/),
-  fc.constantFrom("'abc'", '"a\\x41\\101\\n"', "'unterminated", 'a\\u00e9\\U0001F600', '\\UFFFFFFFF', '1.5', 'nan', 'inf', '0x10', '01', '00', 'mod', 'name', ''),
-  fc.string({ maxLength: 8 }),
-).map((s) => s + '\n');
+const lineArg = fc
+  .oneof(
+    fc.stringMatching(/^[-+]?[0-9]{0,25}L?$/),
+    fc.constantFrom(
+      "'abc'",
+      '"a\\x41\\101\\n"',
+      "'unterminated",
+      'a\\u00e9\\U0001F600',
+      '\\UFFFFFFFF',
+      '1.5',
+      'nan',
+      'inf',
+      '0x10',
+      '01',
+      '00',
+      'mod',
+      'name',
+      '',
+    ),
+    fc.string({ maxLength: 8 }),
+  )
+  .map((s) => s + '\n');
 const instr: fc.Arbitrary<Uint8Array> = fc.oneof(
   { weight: 6, arbitrary: fc.tuple(fc.constantFrom(...opNames), fc.nat(8), fc.uint8Array({ maxLength: 8 })).map(([name, _k, arg]) => bytes(OP[name], arg)) },
   { weight: 3, arbitrary: fc.tuple(fc.constantFrom(...opNames), lineArg, lineArg).map(([name, a, b]) => bytes(OP[name], a, b)) },
-  { weight: 3, arbitrary: fc.tuple(fc.constantFrom('BINBYTES', 'BINUNICODE', 'BINSTRING', 'LONG4', 'LONG_BINPUT', 'LONG_BINGET', 'BININT') as fc.Arbitrary<keyof typeof OP>, fc.oneof(fc.nat(12), fc.constantFrom(0x7fffffff, 0x80000000, 0xffffffff)), fc.uint8Array({ maxLength: 12 })).map(([name, n, data]) => bytes(OP[name], le32(n), data)) },
-  { weight: 2, arbitrary: fc.tuple(fc.constantFrom('BINBYTES8', 'BINUNICODE8', 'BYTEARRAY8', 'FRAME') as fc.Arbitrary<keyof typeof OP>, fc.oneof(fc.bigInt({ min: 0n, max: 64n }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n })), fc.uint8Array({ maxLength: 12 })).map(([name, n, data]) => {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(n);
-    return bytes(OP[name], b, data);
-  }) },
+  {
+    weight: 3,
+    arbitrary: fc
+      .tuple(
+        fc.constantFrom('BINBYTES', 'BINUNICODE', 'BINSTRING', 'LONG4', 'LONG_BINPUT', 'LONG_BINGET', 'BININT') as fc.Arbitrary<keyof typeof OP>,
+        fc.oneof(fc.nat(12), fc.constantFrom(0x7fffffff, 0x80000000, 0xffffffff)),
+        fc.uint8Array({ maxLength: 12 }),
+      )
+      .map(([name, n, data]) => bytes(OP[name], le32(n), data)),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .tuple(
+        fc.constantFrom('BINBYTES8', 'BINUNICODE8', 'BYTEARRAY8', 'FRAME') as fc.Arbitrary<keyof typeof OP>,
+        fc.oneof(fc.bigInt({ min: 0n, max: 64n }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n })),
+        fc.uint8Array({ maxLength: 12 }),
+      )
+      .map(([name, n, data]) => {
+        const b = Buffer.alloc(8);
+        b.writeBigUInt64LE(n);
+        return bytes(OP[name], b, data);
+      }),
+  },
   { weight: 2, arbitrary: fc.constantFrom(OP.MARK, OP.EMPTY_LIST, OP.EMPTY_DICT, OP.EMPTY_TUPLE, OP.NONE, OP.DUP, OP.MEMOIZE).map((o) => bytes(o)) },
   { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 4 }) },
 );
@@ -228,7 +292,11 @@ const program = fc.tuple(fc.array(instr, { maxLength: 30 }), fc.boolean()).map((
 /** Encoder output (a record, or one pickle) with a few byte-level edits. */
 const mutated = fc
   .tuple(
-    fc.oneof(pyArb.map((v) => encodePickle(v, 3)), pyArb.map((v) => encodePickle(v, 2)), fc.tuple(globalArb, pyArb).map(([g, v]) => encodeRecord(g, v))),
+    fc.oneof(
+      pyArb.map((v) => encodePickle(v, 3)),
+      pyArb.map((v) => encodePickle(v, 2)),
+      fc.tuple(globalArb, pyArb).map(([g, v]) => encodeRecord(g, v)),
+    ),
     fc.array(fc.tuple(fc.nat(), fc.constantFrom('set', 'ins', 'del', 'cut', 'len'), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }),
   )
   .map(([b0, edits]) => {
@@ -271,15 +339,23 @@ describe('pickle: properties', () => {
   });
 
   it('random opcode programs: a value or PickleError, nothing else', () => {
-    fc.assert(fc.property(program, (b) => void decodeAll(b)), fcParams(2500));
+    fc.assert(
+      fc.property(program, (b) => void decodeAll(b)),
+      fcParams(2500),
+    );
   });
 
   it('mutated encoder output: a value or PickleError, nothing else', () => {
-    fc.assert(fc.property(mutated, (b) => void decodeAll(b)), fcParams(2000));
+    fc.assert(
+      fc.property(mutated, (b) => void decodeAll(b)),
+      fcParams(2000),
+    );
   });
 
   it('zdataFast: undefined or exactly what decodeRecord gives, never reading outside the view', () => {
-    const zrec = fc.oneof(fc.uint8Array({ maxLength: 400 }), fc.constant(new Uint8Array(0))).map((d) => encodeRecord(new Global('wendelin.bigfile.file_zodb', 'ZData'), d));
+    const zrec = fc
+      .oneof(fc.uint8Array({ maxLength: 400 }), fc.constant(new Uint8Array(0)))
+      .map((d) => encodeRecord(new Global('wendelin.bigfile.file_zodb', 'ZData'), d));
     const muts = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.boolean()), { maxLength: 3 });
     fc.assert(
       fc.property(zrec, muts, fc.uint8Array({ maxLength: 8 }), (rec0, edits, post) => {

@@ -4,7 +4,16 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import {
-  ByteStr, Global, PersistentRef, PyDict, PyObject, Tuple, decodePickle, decodeRecord, encodePickle, encodeRecord,
+  ByteStr,
+  Global,
+  PersistentRef,
+  PyDict,
+  PyObject,
+  Tuple,
+  decodePickle,
+  decodeRecord,
+  encodePickle,
+  encodeRecord,
   type PyValue,
 } from '../src/zodb/pickle/index.js';
 import { PickleError } from '../src/zodb/errors.js';
@@ -39,10 +48,7 @@ describe('pickle decoder: CPython golden vectors', () => {
   });
   it('protocol 2', () => {
     const v = decodePickle(hex(golden.p2)) as PyValue[];
-    expect(v).toEqual([
-      1n, -5n, 2n ** 40n, 'héllo', new Tuple([1n, 2n, 3n]), new Tuple([1n, 2n, 3n, 4n]), expect.any(PyDict),
-      true, false, 1.5, -(2n ** 70n),
-    ]);
+    expect(v).toEqual([1n, -5n, 2n ** 40n, 'héllo', new Tuple([1n, 2n, 3n]), new Tuple([1n, 2n, 3n, 4n]), expect.any(PyDict), true, false, 1.5, -(2n ** 70n)]);
   });
   it('protocol 4 (frames, memoize, short unicode, sets)', () => {
     const v = decodePickle(hex(golden.p4)) as PyValue[];
@@ -73,7 +79,7 @@ describe('ZODB records of wendelin.core fixtures (all 4 pickle kinds)', () => {
       while (pos < f.length) {
         const tlen = Number(f.readBigUInt64BE(pos + 8));
         const hdr = 23 + f.readUInt16BE(pos + 17) + f.readUInt16BE(pos + 19) + f.readUInt16BE(pos + 21);
-        for (let d = pos + hdr; d < pos + tlen; ) {
+        for (let d = pos + hdr; d < pos + tlen;) {
           const oid = f.readBigUInt64BE(d);
           const plen = Number(f.readBigUInt64BE(d + 34));
           const r = decodeRecord(f.subarray(d + 42, d + 42 + plen));
@@ -106,7 +112,8 @@ describe('ZODB records of wendelin.core fixtures (all 4 pickle kinds)', () => {
 // ---- round trip ----
 
 const oidBytes = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
-const globalArb = fc.record({ m: fc.constantFrom('BTrees.LOBTree', 'wendelin.bigfile.file_zodb', 'a.b'), n: fc.constantFrom('LOBucket', 'ZBlk0', 'X') })
+const globalArb = fc
+  .record({ m: fc.constantFrom('BTrees.LOBTree', 'wendelin.bigfile.file_zodb', 'a.b'), n: fc.constantFrom('LOBucket', 'ZBlk0', 'X') })
   .map(({ m, n }) => new Global(m, n));
 const { value: pyArb } = fc.letrec<{ value: PyValue }>((tie) => ({
   value: fc.oneof(
@@ -133,22 +140,46 @@ const { value: pyArb } = fc.letrec<{ value: PyValue }>((tie) => ({
 
 describe('pickle encoder', () => {
   it('decode(encode(v)) == v for random values (protocol 3)', () => {
-    fc.assert(fc.property(pyArb, (v) => {
-      expect(decodePickle(encodePickle(v, 3))).toEqual(v);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(pyArb, (v) => {
+        expect(decodePickle(encodePickle(v, 3))).toEqual(v);
+      }),
+      { numRuns: 500 },
+    );
   });
   it('protocol 2 writes bytes as py2 str', () => {
     expect(decodePickle(encodePickle(b('xyz'), 2))).toEqual(new ByteStr(b('xyz')));
   });
   it('record round trip shares one memo (class GLOBAL re-used from the state pickle)', () => {
     const k = new Global('BTrees.LOBTree', 'LOBucket');
-    const rec = encodeRecord(k, new Tuple([new Tuple([1n, new PersistentRef(7n, new Global('wendelin.bigfile.file_zodb', 'ZBlk1'))]), new PersistentRef(9n, k)]));
+    const rec = encodeRecord(
+      k,
+      new Tuple([new Tuple([1n, new PersistentRef(7n, new Global('wendelin.bigfile.file_zodb', 'ZBlk1'))]), new PersistentRef(9n, k)]),
+    );
     const r = decodeRecord(rec);
     expect(r.klass).toEqual(k);
     expect(((r.state as Tuple).items[1] as PersistentRef).klass).toEqual(k);
   });
   it('integer opcode boundaries', () => {
-    for (const x of [0n, 255n, 256n, 65535n, 65536n, 2n ** 31n - 1n, 2n ** 31n, -(2n ** 31n), -(2n ** 31n) - 1n, 2n ** 63n - 1n, -(2n ** 63n), 2n ** 64n + 5n, -1n, 127n, 128n, -128n, -129n]) {
+    for (const x of [
+      0n,
+      255n,
+      256n,
+      65535n,
+      65536n,
+      2n ** 31n - 1n,
+      2n ** 31n,
+      -(2n ** 31n),
+      -(2n ** 31n) - 1n,
+      2n ** 63n - 1n,
+      -(2n ** 63n),
+      2n ** 64n + 5n,
+      -1n,
+      127n,
+      128n,
+      -128n,
+      -129n,
+    ]) {
       expect(decodePickle(encodePickle(x))).toBe(x);
     }
   });
@@ -170,23 +201,26 @@ describe('pickle decoder: bad input', () => {
   });
   it('random bytes and mutations never throw anything but PickleError', () => {
     const seedPickle = encodePickle(new Tuple([1n, 'a', b('bb'), [null, true], new PyDict()]));
-    fc.assert(fc.property(
-      fc.oneof(
-        fc.uint8Array({ maxLength: 64 }),
-        fc.array(fc.tuple(fc.nat(seedPickle.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }).map((muts) => {
-          const x = seedPickle.slice();
-          for (const [i, v] of muts) x[i] = v;
-          return x;
-        }),
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 64 }),
+          fc.array(fc.tuple(fc.nat(seedPickle.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }).map((muts) => {
+            const x = seedPickle.slice();
+            for (const [i, v] of muts) x[i] = v;
+            return x;
+          }),
+        ),
+        (bytes) => {
+          try {
+            decodePickle(bytes);
+          } catch (e) {
+            expect(e).toBeInstanceOf(PickleError);
+          }
+        },
       ),
-      (bytes) => {
-        try {
-          decodePickle(bytes);
-        } catch (e) {
-          expect(e).toBeInstanceOf(PickleError);
-        }
-      },
-    ), { numRuns: 3000 });
+      { numRuns: 3000 },
+    );
   });
   it('memo get of an unset slot is reported', () => {
     expect(() => decodePickle(hex('800368052e'))).toThrow(/memo key 5/);

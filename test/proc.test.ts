@@ -48,7 +48,9 @@ describe('ProcessRef', () => {
   }, 20_000);
 
   it('a thread id gives its process', () => {
-    const tids = readdirSync('/proc/self/task').map(Number).filter((t) => t !== process.pid);
+    const tids = readdirSync('/proc/self/task')
+      .map(Number)
+      .filter((t) => t !== process.pid);
     expect(tids.length).toBeGreaterThan(0);
     const ref = ProcessRef.open(tids[0]!);
     expect(ref.pid).toBe(process.pid);

@@ -45,21 +45,25 @@ function runSoak(): Promise<{ code: number | string; out: string; result?: SoakR
 }
 
 describe('soak', () => {
-  it(`${MINUTES} minutes of everything at once: no wrong byte, no stall`, async () => {
-    const { code, out, result } = await runSoak();
-    const tail = out.slice(-6000);
-    expect(result, tail).toBeDefined();
-    const r = result!;
-    expect(r.errors, tail).toEqual([]);
-    expect(r.wrong, tail).toBe(0);
-    expect(r.pass, tail).toBe(true);
-    expect(code, tail).toBe(0);
-    // every kind of load ran
-    expect(r.commits, tail).toBeGreaterThan(1000);
-    expect(r.checks, tail).toBeGreaterThan(10); // client-library resyncs, each checked
-    expect(r.reads, tail).toBeGreaterThan(1000);
-    expect(r.pins, tail).toBeGreaterThan(0);
-    expect(r.faulty, tail).toBeGreaterThan(3);
-    expect(r.kills, tail).toBeGreaterThan(0); // faulty clients are dealt with
-  }, (MINUTES * 60 + 180) * 1000);
+  it(
+    `${MINUTES} minutes of everything at once: no wrong byte, no stall`,
+    async () => {
+      const { code, out, result } = await runSoak();
+      const tail = out.slice(-6000);
+      expect(result, tail).toBeDefined();
+      const r = result!;
+      expect(r.errors, tail).toEqual([]);
+      expect(r.wrong, tail).toBe(0);
+      expect(r.pass, tail).toBe(true);
+      expect(code, tail).toBe(0);
+      // every kind of load ran
+      expect(r.commits, tail).toBeGreaterThan(1000);
+      expect(r.checks, tail).toBeGreaterThan(10); // client-library resyncs, each checked
+      expect(r.reads, tail).toBeGreaterThan(1000);
+      expect(r.pins, tail).toBeGreaterThan(0);
+      expect(r.faulty, tail).toBeGreaterThan(3);
+      expect(r.kills, tail).toBeGreaterThan(0); // faulty clients are dealt with
+    },
+    (MINUTES * 60 + 180) * 1000,
+  );
 });

@@ -12,16 +12,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { abortConnection, findMount, fuseOwner } from '../src/fuse/mountinfo.js';
-import {
-  checkOurMount,
-  defaultMountpoint,
-  join,
-  openLogFile,
-  prepareMountpoint,
-  start,
-  stop,
-  WCFS_SHM,
-} from '../src/control/control.js';
+import { checkOurMount, defaultMountpoint, join, openLogFile, prepareMountpoint, start, stop, WCFS_SHM } from '../src/control/control.js';
 import { NotAFileError } from '../src/zodb/fs1/errors.js';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
 import { zblkPath } from './helpers/paths.js';
@@ -58,7 +49,8 @@ beforeAll(async () => {
   }
   // the attacks below need a shared dir root accepts and uid 65534 can write: root's, 01777
   const st = lstatSync(WCFS_SHM);
-  if (!st.isDirectory() || st.uid !== 0) throw new Error(`${WCFS_SHM}: want a root-owned directory for these tests (found uid ${st.uid}, mode ${st.mode.toString(8)})`);
+  if (!st.isDirectory() || st.uid !== 0)
+    throw new Error(`${WCFS_SHM}: want a root-owned directory for these tests (found uid ${st.uid}, mode ${st.mode.toString(8)})`);
   if ((st.mode & 0o7777) !== 0o1777) chmodSync(WCFS_SHM, 0o1777); // as prepareMountpoint fixes it up
 });
 
@@ -154,7 +146,9 @@ describe('the shared /dev/shm/wcfs: planted paths are refused (7.3)', () => {
     // A server whose real uid is 65534 (effective uid 0, so it may mount here without
     // fusermount3 and a world-accessible /dev/fuse): its mount shows user_id=65534, as one
     // started by that user would.
-    const foreign: ChildProcess = spawn('setpriv', [`--ruid=${NOBODY}`, process.execPath, wcfsBin, 'serve', zurl, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const foreign: ChildProcess = spawn('setpriv', [`--ruid=${NOBODY}`, process.execPath, wcfsBin, 'serve', zurl, mnt], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let err = '';
     foreign.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const gone = new Promise((resolve) => foreign.on('exit', resolve));
@@ -173,7 +167,9 @@ describe('the shared /dev/shm/wcfs: planted paths are refused (7.3)', () => {
     expect(m.fstype).toBe('fuse.wcfs');
     expect(fuseOwner(m)).toBe(NOBODY);
 
-    await expect(join(zurl, { autostart: false })).rejects.toThrow(`wcfs: join ${zurl}: ${mnt}: the wcfs mounted there belongs to uid ${NOBODY}, not to us (uid 0)`);
+    await expect(join(zurl, { autostart: false })).rejects.toThrow(
+      `wcfs: join ${zurl}: ${mnt}: the wcfs mounted there belongs to uid ${NOBODY}, not to us (uid 0)`,
+    );
     await expect(join(zurl, { autostart: true })).rejects.toThrow(/belongs to uid 65534/);
     const r = cli('serve', zurl);
     expect(r.status).toBe(1);
@@ -231,7 +227,17 @@ describe('mountpoint rules as functions (control.ts 2, 3)', () => {
   });
 
   it('a mount is ours only when mountinfo says fuse.wcfs, our uid and our zurl', () => {
-    const m = { id: 1, parent: 0, major: 0, minor: 42, root: '/', mountpoint: '/m', fstype: 'fuse.wcfs', source: '/db/data.fs', superOptions: 'rw,user_id=0,group_id=0' };
+    const m = {
+      id: 1,
+      parent: 0,
+      major: 0,
+      minor: 42,
+      root: '/',
+      mountpoint: '/m',
+      fstype: 'fuse.wcfs',
+      source: '/db/data.fs',
+      superOptions: 'rw,user_id=0,group_id=0',
+    };
     expect(() => checkOurMount(m, '/m', '/db/data.fs', 0)).not.toThrow();
     expect(() => checkOurMount({ ...m, fstype: 'tmpfs' }, '/m', '/db/data.fs', 0)).toThrow('/m: tmpfs (source /db/data.fs) is mounted there, not a wcfs');
     expect(() => checkOurMount({ ...m, fstype: 'fuse.sshfs' }, '/m', undefined, 0)).toThrow(/not a wcfs/);
@@ -302,10 +308,14 @@ describe('CLI faults (7.6)', () => {
     const gone = path.join(dir, 'mnt');
     const sp = cli('stop', gone);
     expect(sp.status).toBe(0);
-    expect(sp.stderr).toBe(`wcfs: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`);
+    expect(sp.stderr).toBe(
+      `wcfs: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`,
+    );
     const st = cli('status', gone);
     expect(st.status).toBe(1);
-    expect(st.stdout).toBe(`fail - mount entry: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`);
+    expect(st.stdout).toBe(
+      `fail - mount entry: ${gone}: no such file or directory: not a mountpoint, and as a zurl (mountpoint ${defaultMountpoint(gone)}) not mounted either\n`,
+    );
     // an existing database that is not served: named as the zurl it was taken for
     const db = copyInto(dir, zblkPath('py2_pickle1'));
     expect(cli('stop', db).stderr).toBe(`wcfs: ${db}: not mounted (mountpoint ${defaultMountpoint(db)})\n`);

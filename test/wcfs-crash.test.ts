@@ -26,7 +26,11 @@ afterAll(async () => {
   }
 }, 60_000);
 
-const errnoOf = (p: Promise<unknown>) => p.then(() => undefined, (e: NodeJS.ErrnoException) => e.code);
+const errnoOf = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: NodeJS.ErrnoException) => e.code,
+  );
 const cli = (...args: string[]) => spawnSync(process.execPath, [wcfsBin, ...args], { timeout: 60_000, encoding: 'utf8' });
 
 describe('join, crash, restart', () => {
@@ -88,7 +92,9 @@ describe('join, crash, restart', () => {
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/already running/);
     // a client keeps a file open: plain unmount fails (EBUSY), stop still ends the server
-    const holder = spawn(process.execPath, ['-e', `const fs=require('fs'); fs.openSync(process.argv[1]); setInterval(()=>{}, 1000)`, srv.at('head/at')], { stdio: 'ignore' });
+    const holder = spawn(process.execPath, ['-e', `const fs=require('fs'); fs.openSync(process.argv[1]); setInterval(()=>{}, 1000)`, srv.at('head/at')], {
+      stdio: 'ignore',
+    });
     cleanups.push(async () => holder.kill('SIGKILL'));
     await sleep(300);
     const sp = cli('stop', srv.mnt);
@@ -104,9 +110,17 @@ describe('interrupt', () => {
   it('a client killed while its read is pending in the server exits promptly', async () => {
     const dir = tmpDir();
     const srv = await startServer(copyInto(dir, zblkPath('py2_pickle2')), { dir });
-    const child = spawn(process.execPath, ['-e', `const fs=require('fs'); const fd=fs.openSync(process.argv[1], 'r+'); process.stdout.write('open\\n'); fs.readSync(fd, Buffer.alloc(100));`, srv.at('head/watch')], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs=require('fs'); const fd=fs.openSync(process.argv[1], 'r+'); process.stdout.write('open\\n'); fs.readSync(fd, Buffer.alloc(100));`,
+        srv.at('head/watch'),
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
     await sleep(200); // the read is now pending in the server
     expect((await readFile(srv.at('.wcfs/stats'))).toString()).toMatch(/WatchLink\t: 1/);

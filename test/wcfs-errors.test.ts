@@ -19,7 +19,10 @@ beforeAll(async () => {
 afterAll(stopAllServers, 30_000);
 
 async function errnoOf(p: Promise<unknown>): Promise<string | undefined> {
-  return p.then(() => undefined, (e: NodeJS.ErrnoException) => e.code);
+  return p.then(
+    () => undefined,
+    (e: NodeJS.ErrnoException) => e.code,
+  );
 }
 
 describe('lookup errno', () => {
@@ -68,7 +71,11 @@ describe('tree', () => {
     expect((await stat(srv.at('head'))).mode & 0o777).toBe(0o555);
   });
   it('stats has the upstream keys in order, then ours', async () => {
-    const keys = (await readFile(srv.at('.wcfs/stats'))).toString().trim().split('\n').map((l) => l.split('\t:')[0]);
+    const keys = (await readFile(srv.at('.wcfs/stats')))
+      .toString()
+      .trim()
+      .split('\n')
+      .map((l) => l.split('\t:')[0]);
     expect(keys).toEqual(['BigFile', 'RevHead', 'ZHeadLink', 'WatchLink', 'Watch', 'PinnedBlk', 'pin', 'pinkill', 'RevFile', 'TrackedBlk', 'History']);
   });
 });

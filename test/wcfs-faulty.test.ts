@@ -78,64 +78,77 @@ async function expectOutcome(t: TDB, c: TWatchLink, kind: Faulty): Promise<void>
 
 describe('faulty client on watch setup', () => {
   for (const kind of kinds) {
-    it(kind, async () => {
-      const t = new TDB();
-      t.pinTimeout = PINTIMEOUT;
-      tdbs.push(t);
-      await t.open();
-      const f = await t.newFile('f');
-      await t.commit([[f, { 2: 1 }]]);
-      await t.serve();
-      await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
-      await t.read(f, 2);
-      const at1 = await t.commit([[f, { 2: 2 }]]);
-      await t.commit([[f, { 2: 3 }]]);
-      await t.read(f, 2);
-      const c = await faultyClient(t, kind, f, at1);
-      await sleep(100);
-      // meanwhile we watch @at1 too: our pin and ok come within 2·pintimeout
-      const l = await t.link();
-      const t0 = Date.now();
-      await t.watch(l, f, at1);
-      expect(l.pinned.get(f)).toEqual(new Map([[2, at1]]));
-      expect(Date.now() - t0).toBeLessThan(2 * PINTIMEOUT * 1000 + 1000);
-      await expectOutcome(t, c, kind);
-      // and the server goes on serving
-      await t.commit([[f, { 3: 4 }]]);
-      await t.read(f, 3);
-    }, 30_000);
+    it(
+      kind,
+      async () => {
+        const t = new TDB();
+        t.pinTimeout = PINTIMEOUT;
+        tdbs.push(t);
+        await t.open();
+        const f = await t.newFile('f');
+        await t.commit([[f, { 2: 1 }]]);
+        await t.serve();
+        await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+        await t.read(f, 2);
+        const at1 = await t.commit([[f, { 2: 2 }]]);
+        await t.commit([[f, { 2: 3 }]]);
+        await t.read(f, 2);
+        const c = await faultyClient(t, kind, f, at1);
+        await sleep(100);
+        // meanwhile we watch @at1 too: our pin and ok come within 2·pintimeout
+        const l = await t.link();
+        const t0 = Date.now();
+        await t.watch(l, f, at1);
+        expect(l.pinned.get(f)).toEqual(new Map([[2, at1]]));
+        expect(Date.now() - t0).toBeLessThan(2 * PINTIMEOUT * 1000 + 1000);
+        await expectOutcome(t, c, kind);
+        // and the server goes on serving
+        await t.commit([[f, { 3: 4 }]]);
+        await t.read(f, 3);
+      },
+      30_000,
+    );
   }
 });
 
 describe('faulty client on access', () => {
   for (const kind of kinds) {
-    it(kind, async () => {
-      const t = new TDB();
-      t.pinTimeout = PINTIMEOUT;
-      tdbs.push(t);
-      await t.open();
-      const f = await t.newFile('f');
-      await t.commit([[f, { 1: 1, 2: 1 }]]);
-      await t.serve();
-      await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
-      await t.read(f, 1);
-      await t.read(f, 2);
-      const at1 = await t.commit([[f, { 2: 2 }]]);
-      const at2 = await t.commit([[f, { 2: 3 }]]);
-      const l = await t.link();
-      await t.watch(l, f, at1); // {2: at1}
-      const c = await faultyClient(t, kind, f, at2);
-      if (kind !== 'no_pin_read') {
-        for (let i = 0; i < 100 && c.others.length === 0; i++) await sleep(20);
-        expect(c.others).toEqual(['1 ok']);
-      } else await sleep(200);
-      await t.commit([[f, { 1: 5 }]]); // at3: block 1 changes
-      const t0 = Date.now();
-      await t.read(f, 1); // pins us {1: tail}; the faulty client gets its pin and misbehaves
-      expect(Date.now() - t0).toBeLessThan(2 * PINTIMEOUT * 1000 + 1000);
-      expect(l.pinned.get(f)).toEqual(new Map([[1, t.tail], [2, at1]]));
-      await expectOutcome(t, c, kind);
-    }, 30_000);
+    it(
+      kind,
+      async () => {
+        const t = new TDB();
+        t.pinTimeout = PINTIMEOUT;
+        tdbs.push(t);
+        await t.open();
+        const f = await t.newFile('f');
+        await t.commit([[f, { 1: 1, 2: 1 }]]);
+        await t.serve();
+        await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+        await t.read(f, 1);
+        await t.read(f, 2);
+        const at1 = await t.commit([[f, { 2: 2 }]]);
+        const at2 = await t.commit([[f, { 2: 3 }]]);
+        const l = await t.link();
+        await t.watch(l, f, at1); // {2: at1}
+        const c = await faultyClient(t, kind, f, at2);
+        if (kind !== 'no_pin_read') {
+          for (let i = 0; i < 100 && c.others.length === 0; i++) await sleep(20);
+          expect(c.others).toEqual(['1 ok']);
+        } else await sleep(200);
+        await t.commit([[f, { 1: 5 }]]); // at3: block 1 changes
+        const t0 = Date.now();
+        await t.read(f, 1); // pins us {1: tail}; the faulty client gets its pin and misbehaves
+        expect(Date.now() - t0).toBeLessThan(2 * PINTIMEOUT * 1000 + 1000);
+        expect(l.pinned.get(f)).toEqual(
+          new Map([
+            [1, t.tail],
+            [2, at1],
+          ]),
+        );
+        await expectOutcome(t, c, kind);
+      },
+      30_000,
+    );
   }
 });
 
@@ -180,9 +193,13 @@ describe('the client process', () => {
     await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
     await t.read(f, 1);
     // >>> opener P opens head/watch, hands it to its child C and exits; C watches f @head
-    const opener = spawn(process.execPath, [path.join(repoRoot, 'test', 'helpers', 'wlink-handoff.mjs'), 'opener', t.srv.at('head/watch'), hex16(f), hex16(t.head())], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const opener = spawn(
+      process.execPath,
+      [path.join(repoRoot, 'test', 'helpers', 'wlink-handoff.mjs'), 'opener', t.srv.at('head/watch'), hex16(f), hex16(t.head())],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     let out = '';
     opener.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     let child: ProcessRef | undefined;
@@ -205,7 +222,11 @@ describe('the client process', () => {
     await t.commit([[f, { 1: 2 }]]);
     await t.read(f, 1);
     expect(out).toMatch(/^pin$/m);
-    await until('a kill', async () => (await stats(t)).pinkill === 1 || innocent.exitCode !== null || innocent.signalCode !== null, 2 * PINTIMEOUT * 1000 + 5000);
+    await until(
+      'a kill',
+      async () => (await stats(t)).pinkill === 1 || innocent.exitCode !== null || innocent.signalCode !== null,
+      2 * PINTIMEOUT * 1000 + 5000,
+    );
     expect(innocent.exitCode ?? innocent.signalCode, 'the process that reused the pid').toBe(null);
     expect(t.srv.stderr()).not.toMatch(new RegExp(`pid${opener.pid}: `));
     // C took the link over when it used it, and was killed

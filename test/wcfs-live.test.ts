@@ -77,7 +77,10 @@ describe('live commits', () => {
     expect(nblk).toBeGreaterThan(8);
     const data0 = await readAll(F);
     // every block of head is in the page cache after the read (and its upload)
-    await until(() => cached(F, nblk), (c) => c.every((x) => x === 1));
+    await until(
+      () => cached(F, nblk),
+      (c) => c.every((x) => x === 1),
+    );
     expectResidency(await pages(F, nblk), blocks(Array(nblk).fill(1)), 'head after read');
 
     // keep @<head0> looked up and open: commit processing stores old data there
@@ -103,7 +106,10 @@ describe('live commits', () => {
     await oldFh.close();
 
     // >>> commit growing the file by 2 blocks: the cache of unchanged blocks survives
-    await until(() => cached(F, nblk), (c) => c.every((x) => x === 1));
+    await until(
+      () => cached(F, nblk),
+      (c) => c.every((x) => x === 1),
+    );
     const t2 = await commit(db, { [nblk + 1]: 0x5a });
     await srv.waitHead(t2);
     expect((await stat(F)).size).toBe((nblk + 2) * BS);
@@ -135,7 +141,10 @@ describe('live commits', () => {
     await fh.read(Buffer.alloc(PAGE), 0, PAGE, 5 * BS + 3 * PAGE);
     await fh.close();
     const want = blocks([...Array(nblk).keys()].map((i) => (i === 5 ? 1 : 0)));
-    await until(() => pages(F, nblk), (p) => p.slice(5 * (BS / PAGE), 6 * (BS / PAGE)) === '1'.repeat(BS / PAGE));
+    await until(
+      () => pages(F, nblk),
+      (p) => p.slice(5 * (BS / PAGE), 6 * (BS / PAGE)) === '1'.repeat(BS / PAGE),
+    );
     expectResidency(await pages(F, nblk), want, 'one page read');
     await s.stop();
   }, 30_000);
@@ -158,7 +167,10 @@ describe('live commits', () => {
     expect(s.stderr()).toMatch(/zwatcher failed/);
     expect(s.stderr()).toMatch(/switching filesystem to EIO mode/);
     for (const p of ['.wcfs/zurl', 'head/at', `head/bigfile/${hex16(FOID)}`, 'anything']) {
-      const e = await readFile(s.at(p)).then(() => undefined, (err) => err as NodeJS.ErrnoException);
+      const e = await readFile(s.at(p)).then(
+        () => undefined,
+        (err) => err as NodeJS.ErrnoException,
+      );
       expect(['ENOTCONN', 'ECONNABORTED'], p).toContain(e?.code);
     }
     await s.stop();

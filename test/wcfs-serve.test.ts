@@ -78,14 +78,24 @@ describe('wendelin-zblk fixtures through the mount', () => {
     path.join(fixturesDir, 'wendelin-zblk', 'expected.json'),
   );
   for (const kind of zblkKinds) {
-    it(kind, async () => {
-      const dir = tmpDir();
-      const srv = await startServer(copyInto(dir, zblkPath(kind)), { dir });
-      expect(await srv.head()).toBe(expected.z0_rev);
-      await checkFile(srv.at('head/bigfile/0000000000000001'), expected.zf_size, expected.zf_blksize, (b) => expected.blocks_sha1_full[b]!, kind);
-      await checkFile(srv.at(`@${expected.z0_rev}/bigfile/0000000000000001`), expected.zf_size, expected.zf_blksize, (b) => expected.blocks_sha1_full[b]!, kind);
-      expect((await readFile(srv.at('.wcfs/zurl'))).toString()).toBe(srv.zurl);
-      await srv.stop();
-    }, 60_000);
+    it(
+      kind,
+      async () => {
+        const dir = tmpDir();
+        const srv = await startServer(copyInto(dir, zblkPath(kind)), { dir });
+        expect(await srv.head()).toBe(expected.z0_rev);
+        await checkFile(srv.at('head/bigfile/0000000000000001'), expected.zf_size, expected.zf_blksize, (b) => expected.blocks_sha1_full[b]!, kind);
+        await checkFile(
+          srv.at(`@${expected.z0_rev}/bigfile/0000000000000001`),
+          expected.zf_size,
+          expected.zf_blksize,
+          (b) => expected.blocks_sha1_full[b]!,
+          kind,
+        );
+        expect((await readFile(srv.at('.wcfs/zurl'))).toString()).toBe(srv.zurl);
+        await srv.stop();
+      },
+      60_000,
+    );
   }
 });

@@ -99,7 +99,9 @@ async function stress(nwatchers: number): Promise<void> {
       const h = await headNow(t);
       if (h !== lastSeen.head) lastSeen = { head: h, t: Date.now() };
       else if (h < hex16(last) && Date.now() - lastSeen.t > STALL_S * 1000) {
-        throw new Error(`head/at stuck at ${h} for ${STALL_S} s while the writer is at ${hex16(last)}; server kernel stacks:\n${kernelStacks(t.srv.proc.pid!)}`);
+        throw new Error(
+          `head/at stuck at ${h} for ${STALL_S} s while the writer is at ${hex16(last)}; server kernel stacks:\n${kernelStacks(t.srv.proc.pid!)}`,
+        );
       }
     }
     // <<< head/at reaches the last commit

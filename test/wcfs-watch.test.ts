@@ -41,9 +41,25 @@ describe('watch setup and reads (upstream scenarios)', () => {
     const at3 = await t.commit([[f, { 0: 4, 2: 4 }]]);
     const l = await t.link();
     // explicit expectations, then the model agrees
-    await l.watch(f, at0, new Map<number, Tid | null>([[0, at0], [1, at0], [2, at0], [3, at0]]));
+    await l.watch(
+      f,
+      at0,
+      new Map<number, Tid | null>([
+        [0, at0],
+        [1, at0],
+        [2, at0],
+        [3, at0],
+      ]),
+    );
     await l.watch(f, at1, new Map<number, Tid | null>([[2, at1]])); // moved: only what differs
-    await l.watch(f, at2, new Map<number, Tid | null>([[1, null], [3, null]])); // 1, 3 unchanged after at2
+    await l.watch(
+      f,
+      at2,
+      new Map<number, Tid | null>([
+        [1, null],
+        [3, null],
+      ]),
+    ); // 1, 3 unchanged after at2
     await l.watch(f, at2, new Map()); // re-watch the same at: nothing
     await t.watch(l, f, at3); // everything back to head
     expect(l.pinned.get(f)?.size ?? 0).toBe(0);
@@ -65,7 +81,13 @@ describe('watch setup and reads (upstream scenarios)', () => {
     await t.watch(lb, f, t.tail);
     await t.commit([[f, { 0: 3, 1: 3, 5: 3 }]]); // 5: beyond the old size → pins to tail
     for (const blk of [0, 1, 2, 3, 4, 5, 0, 1]) await t.read(f, blk);
-    expect(la.pinned.get(f)).toEqual(new Map([[0, t.tail], [1, at1], [5, t.tail]]));
+    expect(la.pinned.get(f)).toEqual(
+      new Map([
+        [0, t.tail],
+        [1, at1],
+        [5, t.tail],
+      ]),
+    );
     // no_pin_twice: drop head's cache of blk 0 (a commit elsewhere), read again: no pin
     await t.commit([[f, { 2: 4 }]]);
     await t.read(f, 0);
@@ -76,11 +98,22 @@ describe('watch setup and reads (upstream scenarios)', () => {
     const t = await newTDB();
     const f = await t.newFile('f');
     const g = await t.newFile('g');
-    await t.commit([[f, { 0: 1 }], [g, { 0: 1, 1: 1 }]]);
+    await t.commit([
+      [f, { 0: 1 }],
+      [g, { 0: 1, 1: 1 }],
+    ]);
     await t.serve();
     for (const x of [f, g]) await stat(t.srv.at(`head/bigfile/${hex16(x)}`));
-    for (const [x, b] of [[f, 0], [g, 0], [g, 1]] as const) await t.read(x, b);
-    const at1 = await t.commit([[f, { 0: 2 }], [g, { 1: 2 }]]);
+    for (const [x, b] of [
+      [f, 0],
+      [g, 0],
+      [g, 1],
+    ] as const)
+      await t.read(x, b);
+    const at1 = await t.commit([
+      [f, { 0: 2 }],
+      [g, { 1: 2 }],
+    ]);
     const l = await t.link();
     await t.watch(l, f, t.tail);
     await t.watch(l, g, t.tail);
@@ -143,7 +176,9 @@ describe('watch setup and reads (upstream scenarios)', () => {
     await t.read(g, 0);
     const l = await t.link();
     const reply = await l.request(`watch ${hex16(g)} @${hex16(at1)}`);
-    expect(reply).toBe(`error setup watch f${hex16(g)} @${hex16(at1)}: file epoch detected @${hex16(t.revs[t.revs.length - 2]!)} in between (at,head=@${hex16(t.head())}]`);
+    expect(reply).toBe(
+      `error setup watch f${hex16(g)} @${hex16(at1)}: file epoch detected @${hex16(t.revs[t.revs.length - 2]!)} in between (at,head=@${hex16(t.head())}]`,
+    );
     expect(await stats(t)).toMatchObject({ Watch: 0 }); // rolled back
   }, 30_000);
 
@@ -174,7 +209,7 @@ describe('random histories: exact pins (model)', () => {
   for (const seed of seeds) {
     it(`seed ${seed}`, async () => {
       const r = rng(seed);
-      const pick = <T,>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+      const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
       const t = await newTDB();
       const files = [await t.newFile('f'), await t.newFile('g')];
       const randomCommit = () => {

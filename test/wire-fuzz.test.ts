@@ -16,9 +16,7 @@ import { formatFrame, formatPin, formatWatch, parseClientRequest, parseFrame, pa
 import { fcParams } from './helpers/fuzz.js';
 
 /** What a client makes of one server line (without its LF). Strings are latin1 (= bytes). */
-type Reading =
-  | { frame: 'bad' }
-  | { stream: bigint; msg: string; pin?: PinRequest | 'bad' };
+type Reading = { frame: 'bad' } | { stream: bigint; msg: string; pin?: PinRequest | 'bad' };
 
 function tsRead(line: string): Reading {
   let stream: bigint, msg: string;
@@ -70,7 +68,10 @@ const table: Array<[string, Reading | 'frame' | 'pin']> = [
   ['3 error bad watch: invalid oid', { stream: 3n, msg: 'error bad watch: invalid oid' }],
   ['0 fatal: pin timeout', { stream: 0n, msg: 'fatal: pin timeout' }],
   ['0 error: invalid frame: "zzz hello\\n" (invalid stream)', { stream: 0n, msg: 'error: invalid frame: "zzz hello\\n" (invalid stream)' }], // control line before a protocol-error close
-  [`5 error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile`, { stream: 5n, msg: `error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile` }],
+  [
+    `5 error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile`,
+    { stream: 5n, msg: `error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile` },
+  ],
   ['7 ok', { stream: 7n, msg: 'ok' }],
   ['1 ', { stream: 1n, msg: '' }],
   ['1  ok', { stream: 1n, msg: ' ok' }],
@@ -95,7 +96,10 @@ const table: Array<[string, Reading | 'frame' | 'pin']> = [
   ['02 pin 0000000000000001 #1 @head', 'frame'], // found: (same)
   [`2 pin ${foid1} #0 @head`, { stream: 2n, msg: `pin ${foid1} #0 @head`, pin: pin(0, null) }],
   [`4 pin ${foid1} #12 @00000000000000ff`, { stream: 4n, msg: `pin ${foid1} #12 @00000000000000ff`, pin: pin(12, 0xffn) }],
-  [`4 pin ffffffffffffffff #1 @fffffffffffffffe`, { stream: 4n, msg: `pin ffffffffffffffff #1 @fffffffffffffffe`, pin: pin(1, 0xfffffffffffffffen, 0xffffffffffffffffn) }],
+  [
+    `4 pin ffffffffffffffff #1 @fffffffffffffffe`,
+    { stream: 4n, msg: `pin ffffffffffffffff #1 @fffffffffffffffe`, pin: pin(1, 0xfffffffffffffffen, 0xffffffffffffffffn) },
+  ],
   [`4 pin ${foid1} #1 @ffffffffffffffff`, 'pin'], // found: C++ read InvalidTid as @head
   [`4 pin ${foid1} #9007199254740991 @head`, { stream: 4n, msg: `pin ${foid1} #9007199254740991 @head`, pin: pin(9007199254740991, null) }], // found: C++ capped blk at 2⁵²
   [`4 pin ${foid1} #4503599627370497 @head`, { stream: 4n, msg: `pin ${foid1} #4503599627370497 @head`, pin: pin(4503599627370497, null) }], // found: (same)
@@ -283,10 +287,23 @@ describe('wire: client → server lines (TS)', () => {
 
   it('random client lines: only its own errors; an accepted request is canonical (seeded)', () => {
     const request = fc.oneof(
-      fc.tuple(fc.constantFrom('watch ', 'watch ', 'watch', 'watch  '), hexPart, fc.constantFrom(' ', ' ', '  '), fc.oneof(hexPart.map((h) => '@' + h), fc.constantFrom('-', '@', '--', '@head'))).map((p) => p.join('')),
+      fc
+        .tuple(
+          fc.constantFrom('watch ', 'watch ', 'watch', 'watch  '),
+          hexPart,
+          fc.constantFrom(' ', ' ', '  '),
+          fc.oneof(
+            hexPart.map((h) => '@' + h),
+            fc.constantFrom('-', '@', '--', '@head'),
+          ),
+        )
+        .map((p) => p.join('')),
       fc.constantFrom('bye', 'bye ', 'ack', 'nak: x', ''),
     );
-    const clientLine = fc.oneof(fc.tuple(streamText, fc.oneof(request, mutate(request))).map(([st, m]) => `${st} ${m}`), junk);
+    const clientLine = fc.oneof(
+      fc.tuple(streamText, fc.oneof(request, mutate(request))).map(([st, m]) => `${st} ${m}`),
+      junk,
+    );
     fc.assert(
       fc.property(clientLine, (line) => {
         const r = serverRead(line);
@@ -304,7 +321,11 @@ describe('wire: client → server lines (TS)', () => {
 
 const u64 = fc.bigInt({ min: 0n, max: 0xffffffffffffffffn });
 const tid = fc.oneof(u64, fc.constantFrom(0n, 1n, 0xfffffffffffffffen, 0xffffffffffffffffn));
-const blk = fc.oneof(fc.integer({ min: 0, max: 1000 }), fc.constantFrom(2 ** 52, 2 ** 52 + 1, Number.MAX_SAFE_INTEGER), fc.nat({ max: Number.MAX_SAFE_INTEGER }));
+const blk = fc.oneof(
+  fc.integer({ min: 0, max: 1000 }),
+  fc.constantFrom(2 ** 52, 2 ** 52 + 1, Number.MAX_SAFE_INTEGER),
+  fc.nat({ max: Number.MAX_SAFE_INTEGER }),
+);
 const latin1Char = fc.integer({ min: 0, max: 255 }).map((c) => String.fromCharCode(c));
 const lineChar = fc.oneof(
   { weight: 3, arbitrary: latin1Char.filter((c) => c !== '\n') },
@@ -323,11 +344,25 @@ const streamText = fc.oneof(
 /** A pin's text parts, each valid or a near miss. */
 const hexPart = fc.oneof(
   { weight: 4, arbitrary: tid.map((x) => x.toString(16).padStart(16, '0')) },
-  { weight: 1, arbitrary: fc.oneof(tid.map((x) => x.toString(16).toUpperCase().padStart(16, '0')), tid.map((x) => x.toString(16)), junk) },
+  {
+    weight: 1,
+    arbitrary: fc.oneof(
+      tid.map((x) => x.toString(16).toUpperCase().padStart(16, '0')),
+      tid.map((x) => x.toString(16)),
+      junk,
+    ),
+  },
 );
 const blkPart = fc.oneof(
   { weight: 4, arbitrary: blk.map(String) },
-  { weight: 1, arbitrary: fc.oneof(fc.nat(99).map((n) => '0' + n), fc.constantFrom('9007199254740992', '18446744073709551616', '-1', ''), junk) },
+  {
+    weight: 1,
+    arbitrary: fc.oneof(
+      fc.nat(99).map((n) => '0' + n),
+      fc.constantFrom('9007199254740992', '18446744073709551616', '-1', ''),
+      junk,
+    ),
+  },
 );
 const pinText = fc
   .tuple(
@@ -357,7 +392,17 @@ function mutate(s: fc.Arbitrary<string>): fc.Arbitrary<string> {
 
 const serverLine = fc.oneof(
   { weight: 3, arbitrary: fc.tuple(streamText, pinText).map(([s, m]) => `${s} ${m}`) },
-  { weight: 2, arbitrary: mutate(fc.tuple(fc.nat(50).map((n) => 2 * n + 2), pinText).map(([s, m]) => `${s} ${m}`)) },
+  {
+    weight: 2,
+    arbitrary: mutate(
+      fc
+        .tuple(
+          fc.nat(50).map((n) => 2 * n + 2),
+          pinText,
+        )
+        .map(([s, m]) => `${s} ${m}`),
+    ),
+  },
   { weight: 1, arbitrary: fc.tuple(streamText, junk).map(([s, m]) => `${s} ${m}`) },
   { weight: 1, arbitrary: junk },
 );
@@ -366,7 +411,10 @@ const serverLine = fc.oneof(
 
 describe('wire: properties (TS and C++ parsers)', () => {
   it('the parsers agree on every line, and only throw their own errors', () => {
-    fc.assert(fc.property(serverLine, (line) => void read(line)), fcParams(3000));
+    fc.assert(
+      fc.property(serverLine, (line) => void read(line)),
+      fcParams(3000),
+    );
   });
 
   it('an accepted line is canonical: formatting its reading gives the line back', () => {
@@ -405,7 +453,17 @@ describe('wire: properties (TS and C++ parsers)', () => {
 
   it('parseClientRequest: only its own errors; accepted requests are canonical', () => {
     const watchText = fc.oneof(
-      fc.tuple(fc.constantFrom('watch ', 'watch ', 'watch', 'watch  ', 'Watch '), hexPart, fc.constantFrom(' ', ' ', '  ', ''), fc.oneof(hexPart.map((h) => '@' + h), fc.constantFrom('-', '-', '@-', '--', '@'), junk))
+      fc
+        .tuple(
+          fc.constantFrom('watch ', 'watch ', 'watch', 'watch  ', 'Watch '),
+          hexPart,
+          fc.constantFrom(' ', ' ', '  ', ''),
+          fc.oneof(
+            hexPart.map((h) => '@' + h),
+            fc.constantFrom('-', '-', '@-', '--', '@'),
+            junk,
+          ),
+        )
         .map((p) => p.join('')),
       fc.constantFrom('bye', 'bye ', 'by'),
     );

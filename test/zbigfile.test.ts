@@ -137,9 +137,7 @@ describe('zodb-history fixture: every block of every file at every revision', ()
 
 // ---- 4. write round trip ----
 
-type Op =
-  | { t: 'set'; blk: number; fill: number; len: number; zeroChunk: boolean; fmt: 'ZBlk0' | 'ZBlk1' | undefined }
-  | { t: 'punch'; blk: number };
+type Op = { t: 'set'; blk: number; fill: number; len: number; zeroChunk: boolean; fmt: 'ZBlk0' | 'ZBlk1' | undefined } | { t: 'punch'; blk: number };
 
 const BLKSIZE = 16384; // 4 ZBlk1 chunks per block
 
@@ -151,14 +149,17 @@ function blockBytes(op: Extract<Op, { t: 'set' }>): Uint8Array {
 }
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({
-    t: fc.constant('set' as const),
-    blk: fc.integer({ min: 0, max: 12 }),
-    fill: fc.integer({ min: 0, max: 255 }),
-    len: fc.oneof(fc.constant(BLKSIZE), fc.integer({ min: 0, max: BLKSIZE })),
-    zeroChunk: fc.boolean(),
-    fmt: fc.constantFrom('ZBlk0' as const, 'ZBlk1' as const, undefined),
-  }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      t: fc.constant('set' as const),
+      blk: fc.integer({ min: 0, max: 12 }),
+      fill: fc.integer({ min: 0, max: 255 }),
+      len: fc.oneof(fc.constant(BLKSIZE), fc.integer({ min: 0, max: BLKSIZE })),
+      zeroChunk: fc.boolean(),
+      fmt: fc.constantFrom('ZBlk0' as const, 'ZBlk1' as const, undefined),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('punch' as const), blk: fc.integer({ min: 0, max: 12 }) }) },
 );
 
@@ -167,48 +168,51 @@ describe('ZBigFile writer round trip', () => {
     const tmp = makeTmpDir();
     let run = 0;
     try {
-      await fc.assert(fc.asyncProperty(fc.array(fc.array(opArb, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 6 }), async (txns) => {
-        const p = path.join(tmp.dir, `rt${run++}.fs`);
-        const s = (await openStorage(p, { create: true })) as IWritableStorage;
-        try {
-          await ensureRoot(s);
-          let txn = new WriteTxn(s);
-          const foid = createZBigFile(txn, BLKSIZE);
-          await txn.commit();
-          const model = new Map<number, Uint8Array>();
-          const history: Array<{ tid: Tid; blocks: Map<number, Uint8Array> }> = [];
-          for (const ops of txns) {
-            txn = new WriteTxn(s);
-            for (const op of ops) {
-              if (op.t === 'set') {
-                const data = blockBytes(op);
-                await setBlock(txn, foid, op.blk, data, op.fmt ? { format: op.fmt } : {});
-                const full = new Uint8Array(BLKSIZE);
-                full.set(data);
-                model.set(op.blk, full);
-              } else {
-                await setBlock(txn, foid, op.blk, null);
-                model.delete(op.blk);
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.array(opArb, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 6 }), async (txns) => {
+          const p = path.join(tmp.dir, `rt${run++}.fs`);
+          const s = (await openStorage(p, { create: true })) as IWritableStorage;
+          try {
+            await ensureRoot(s);
+            let txn = new WriteTxn(s);
+            const foid = createZBigFile(txn, BLKSIZE);
+            await txn.commit();
+            const model = new Map<number, Uint8Array>();
+            const history: Array<{ tid: Tid; blocks: Map<number, Uint8Array> }> = [];
+            for (const ops of txns) {
+              txn = new WriteTxn(s);
+              for (const op of ops) {
+                if (op.t === 'set') {
+                  const data = blockBytes(op);
+                  await setBlock(txn, foid, op.blk, data, op.fmt ? { format: op.fmt } : {});
+                  const full = new Uint8Array(BLKSIZE);
+                  full.set(data);
+                  model.set(op.blk, full);
+                } else {
+                  await setBlock(txn, foid, op.blk, null);
+                  model.delete(op.blk);
+                }
+              }
+              const tid = await txn.commit();
+              history.push({ tid, blocks: new Map(model) });
+            }
+            const loader = new StorageLoader(s);
+            for (const { tid, blocks } of history) {
+              const f = await ZBigFileView.open(loader, foid, tid);
+              const maxBlk = Math.max(-1, ...blocks.keys());
+              expect((await f.size()).size).toBe((maxBlk + 1) * BLKSIZE);
+              for (let blk = 0; blk <= maxBlk + 1; blk++) {
+                const got = (await f.loadBlock(blk)).data;
+                const want = blocks.get(blk) ?? new Uint8Array(BLKSIZE);
+                expect(Buffer.compare(got, want), `blk ${blk} @${hex16(tid)}`).toBe(0);
               }
             }
-            const tid = await txn.commit();
-            history.push({ tid, blocks: new Map(model) });
+          } finally {
+            await s.close();
           }
-          const loader = new StorageLoader(s);
-          for (const { tid, blocks } of history) {
-            const f = await ZBigFileView.open(loader, foid, tid);
-            const maxBlk = Math.max(-1, ...blocks.keys());
-            expect((await f.size()).size).toBe((maxBlk + 1) * BLKSIZE);
-            for (let blk = 0; blk <= maxBlk + 1; blk++) {
-              const got = (await f.loadBlock(blk)).data;
-              const want = blocks.get(blk) ?? new Uint8Array(BLKSIZE);
-              expect(Buffer.compare(got, want), `blk ${blk} @${hex16(tid)}`).toBe(0);
-            }
-          }
-        } finally {
-          await s.close();
-        }
-      }), { numRuns: 40 });
+        }),
+        { numRuns: 40 },
+      );
     } finally {
       tmp.cleanup();
     }
@@ -252,7 +256,7 @@ describe('ZBigFile writer round trip', () => {
 });
 
 describe('ZBigFile writer: data ownership', () => {
-  it('setBlock copies the data: reusing the caller\'s Buffer before commit changes nothing', async () => {
+  it("setBlock copies the data: reusing the caller's Buffer before commit changes nothing", async () => {
     const tmp = makeTmpDir();
     try {
       const s = (await openStorage(path.join(tmp.dir, 'own.fs'), { create: true })) as IWritableStorage;
@@ -266,7 +270,11 @@ describe('ZBigFile writer: data ownership', () => {
         buf.fill(2); // the caller reuses its buffer
         const tid = await txn.commit();
         const f = await ZBigFileView.open(new StorageLoader(s), foid, tid);
-        for (const blk of [0, 1]) expect((await f.loadBlock(blk)).data.every((x) => x === 1), `#${blk}`).toBe(true);
+        for (const blk of [0, 1])
+          expect(
+            (await f.loadBlock(blk)).data.every((x) => x === 1),
+            `#${blk}`,
+          ).toBe(true);
       } finally {
         await s.close();
       }
@@ -280,10 +288,13 @@ describe('ZData fast path', () => {
   it('agrees with the pickle decoder: our records and every ZData of the fixtures', async () => {
     const { encodeRecord, decodeRecord, asBytes } = await import('../src/zodb/pickle/index.js');
     const { zdataFast, ZDATA_CLASS } = await import('../src/zodb/zbigfile.js');
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 5000 }), (b) => {
-      const got = zdataFast(encodeRecord(ZDATA_CLASS, b));
-      expect(got && Buffer.compare(got, b)).toBe(0);
-    }), { numRuns: 200 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 5000 }), (b) => {
+        const got = zdataFast(encodeRecord(ZDATA_CLASS, b));
+        expect(got && Buffer.compare(got, b)).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
     let fast = 0;
     for (const p of [...zblkKinds.map(zblkPath), historyPath]) {
       const s = await openStorage(p, { readOnly: true });

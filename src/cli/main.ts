@@ -17,11 +17,7 @@ import { zodbCat, zodbDemo, zodbInfo } from './zodb.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
-  program
-    .name('wcfs')
-    .description('isolating FUSE file cache for ZODB ZBigFiles')
-    .exitOverride()
-    .configureOutput({ writeErr: writeStderr });
+  program.name('wcfs').description('isolating FUSE file cache for ZODB ZBigFiles').exitOverride().configureOutput({ writeErr: writeStderr });
 
   const zodb = program.command('zodb').description('inspect and create ZODB databases (FileStorage)');
   zodb

@@ -63,11 +63,9 @@ const debug = createDebug('wcfs:client');
 /** The largest mapping: the largest ArrayBuffer Node makes over external memory (4 GiB on Node 20). */
 export const MAX_MAPPING = bufferConstants.MAX_LENGTH;
 
-const openFd = (p: string, flags: number) =>
-  new Promise<number>((resolve, reject) => fsOpen(p, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
+const openFd = (p: string, flags: number) => new Promise<number>((resolve, reject) => fsOpen(p, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
 const fstatFd = (fd: number) => new Promise<Stats>((resolve, reject) => fsFstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
 const closeFd = (fd: number) => new Promise<void>((resolve) => fsClose(fd, () => resolve()));
-
 
 export interface ConnOptions {
   /** Close: how long to wait for the server to end the link after bye [10 s]. */
@@ -91,7 +89,12 @@ export class Conn {
   readonly fd: number;
 
   /** Use WCFS.connect. */
-  constructor(readonly wc: WCFS, watchFd: number, at: Tid, opts: ConnOptions = {}) {
+  constructor(
+    readonly wc: WCFS,
+    watchFd: number,
+    at: Tid,
+    opts: ConnOptions = {},
+  ) {
     this.atv = at;
     this.fd = watchFd;
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 10_000;

@@ -32,7 +32,10 @@ export class FileBusyError extends WcfsError {
 
 /** The server answered a watch request with an error (its text is in the message). */
 export class WatchError extends WcfsError {
-  constructor(ctx: string, readonly reply: string) {
+  constructor(
+    ctx: string,
+    readonly reply: string,
+  ) {
     super('WCFS_EWATCH', `${ctx}: ${reply}`);
   }
 }

@@ -110,4 +110,3 @@ export class WCFS {
     return [...this.conns];
   }
 }
-

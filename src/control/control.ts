@@ -189,7 +189,13 @@ export function openLogFile(file: string, uid = ourUid()): number {
     throw new WcfsError('WCFS_ELOG', `log ${file}: ${(e as Error).message}`, { cause: e });
   }
   const st = fstatSync(fd);
-  const bad = !st.isFile() ? 'not a regular file' : st.uid !== uid ? `owned by uid ${st.uid}, not by us (uid ${uid})` : st.nlink !== 1 ? `has ${st.nlink} links` : '';
+  const bad = !st.isFile()
+    ? 'not a regular file'
+    : st.uid !== uid
+      ? `owned by uid ${st.uid}, not by us (uid ${uid})`
+      : st.nlink !== 1
+        ? `has ${st.nlink} links`
+        : '';
   if (bad !== '') {
     closeSync(fd);
     throw unsafe(`log ${file}: ${bad}: refusing to write to it; remove it`);
@@ -289,7 +295,10 @@ export async function start(zurlArg: string, opts: StartOptions = {}): Promise<S
     if (created) removeMountpoint(mnt);
     throw ctx(e);
   }
-  const args = (process.env.WCFS_SERVE_OPTIONS ?? '').split(/\s+/).filter(Boolean).concat(opts.args ?? []);
+  const args = (process.env.WCFS_SERVE_OPTIONS ?? '')
+    .split(/\s+/)
+    .filter(Boolean)
+    .concat(opts.args ?? []);
   const child = spawn(process.execPath, [WCFS_BIN, 'serve', ...args, zurl, mnt], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
@@ -448,7 +457,6 @@ function safeReadlink(p: string): string {
   }
 }
 
-
 async function waitGone(pids: number[], ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
@@ -490,7 +498,10 @@ export async function stop(target: string, opts: { timeoutMs?: number; log?: (s:
   if (!(await waitGone(pids, unmounted ? budget * 0.2 : 0))) {
     for (const p of pids) signal(p, 'SIGTERM', say);
     if (!(await waitGone(pids, budget * 0.2)) && m !== undefined && m.major === 0) {
-      await abortConnection(m.minor).then(() => say(`connection ${m.minor}: aborted`), (e) => say((e as Error).message));
+      await abortConnection(m.minor).then(
+        () => say(`connection ${m.minor}: aborted`),
+        (e) => say((e as Error).message),
+      );
     }
     if (!(await waitGone(pids, budget * 0.2))) {
       for (const p of pids) signal(p, 'SIGKILL', say);

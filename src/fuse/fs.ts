@@ -5,19 +5,7 @@
 // request is answered exactly once. Missing handlers get the defaults of ops.ts (ENOSYS for
 // most). A handler may return a value or a Promise; a synchronous value is replied at once.
 
-import type {
-  GetattrIn,
-  InitInfo,
-  LookupIn,
-  OpendirIn,
-  OpenIn,
-  ReaddirIn,
-  ReadIn,
-  ReleasedirIn,
-  ReleaseIn,
-  StatfsIn,
-  WriteIn,
-} from './kernel.js';
+import type { GetattrIn, InitInfo, LookupIn, OpendirIn, OpenIn, ReaddirIn, ReadIn, ReleasedirIn, ReleaseIn, StatfsIn, WriteIn } from './kernel.js';
 
 export type Awaitable<T> = T | Promise<T>;
 
@@ -137,17 +125,5 @@ export interface Destroyer {
 }
 
 export type FileSystem = Partial<
-  Lookuper &
-    Getattrer &
-    Opener &
-    Reader &
-    Writer &
-    Releaser &
-    Opendirer &
-    Readdirer &
-    Releasedirer &
-    Statfser &
-    Forgetter &
-    Initer &
-    Destroyer
+  Lookuper & Getattrer & Opener & Reader & Writer & Releaser & Opendirer & Readdirer & Releasedirer & Statfser & Forgetter & Initer & Destroyer
 >;

@@ -209,16 +209,6 @@ export interface StatfsIn extends InHeader {
 }
 
 /** Every request that reaches JS and expects a reply. */
-export type Request =
-  | LookupIn
-  | GetattrIn
-  | OpenIn
-  | ReadIn
-  | WriteIn
-  | ReleaseIn
-  | OpendirIn
-  | ReaddirIn
-  | ReleasedirIn
-  | StatfsIn;
+export type Request = LookupIn | GetattrIn | OpenIn | ReadIn | WriteIn | ReleaseIn | OpendirIn | ReaddirIn | ReleasedirIn | StatfsIn;
 
 export type OpName = Request['op'];

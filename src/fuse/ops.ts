@@ -100,9 +100,9 @@ export function packAttr(a: Attr, out = attrScratch): Float64Array {
   out[ATTR_SIZE] = a.size ?? 0;
   out[ATTR_BLOCKS] = a.blocks ?? 0;
   out[ATTR_BLKSIZE] = a.blksize ?? 0;
-  if (a.atime) (out[ATTR_ATIME] = a.atime.sec), (out[ATTR_ATIME + 1] = a.atime.nsec);
-  if (a.mtime) (out[ATTR_MTIME] = a.mtime.sec), (out[ATTR_MTIME + 1] = a.mtime.nsec);
-  if (a.ctime) (out[ATTR_CTIME] = a.ctime.sec), (out[ATTR_CTIME + 1] = a.ctime.nsec);
+  if (a.atime) ((out[ATTR_ATIME] = a.atime.sec), (out[ATTR_ATIME + 1] = a.atime.nsec));
+  if (a.mtime) ((out[ATTR_MTIME] = a.mtime.sec), (out[ATTR_MTIME + 1] = a.mtime.nsec));
+  if (a.ctime) ((out[ATTR_CTIME] = a.ctime.sec), (out[ATTR_CTIME + 1] = a.ctime.nsec));
   return out;
 }
 

@@ -362,8 +362,6 @@ export class Isolation {
 
 type KillKind = 'wrong' | 'timeout' | 'io';
 
-
-
 async function waitExited(proc: ProcessRef, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   for (;;) {

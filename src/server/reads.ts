@@ -91,7 +91,8 @@ export class Reads {
     try {
       await this.storeUnserved(f, blk, e);
     } catch (err) {
-      if (!this.kernel.isClosed) this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
+      if (!this.kernel.isClosed)
+        this.warn(`BUG: head/bigfile/${hex16(f.foid)} #${blk}: upload to page cache failed: ${(err as Error).message} (reads will be slow)`);
     } finally {
       f.loads.drop(blk, e);
       this.head.uploads.leave();

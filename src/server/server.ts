@@ -50,7 +50,22 @@ import createDebug from 'debug';
 import { WcfsError } from '../errors.js';
 import { FuseError } from '../fuse/errors.js';
 import type { Attr, DirEntry, EntryOut, FileSystem, OpenOut, RequestContext } from '../fuse/fs.js';
-import { errno, FOPEN_DIRECT_IO, FOPEN_NONSEEKABLE, FOPEN_STREAM, FUSE_CAP, S_IFDIR, type GetattrIn, type InitInfo, type LookupIn, type OpenIn, type ReaddirIn, type ReadIn, type ReleaseIn, type WriteIn } from '../fuse/kernel.js';
+import {
+  errno,
+  FOPEN_DIRECT_IO,
+  FOPEN_NONSEEKABLE,
+  FOPEN_STREAM,
+  FUSE_CAP,
+  S_IFDIR,
+  type GetattrIn,
+  type InitInfo,
+  type LookupIn,
+  type OpenIn,
+  type ReaddirIn,
+  type ReadIn,
+  type ReleaseIn,
+  type WriteIn,
+} from '../fuse/kernel.js';
 import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
 import { logLine } from '../util/log.js';
@@ -123,7 +138,19 @@ export class WcfsServer implements FileSystem {
 
   readonly head: Head;
   readonly loader: ObjectLoader;
-  readonly stats: Stats = { BigFile: 0, RevHead: 0, ZHeadLink: 0, WatchLink: 0, Watch: 0, PinnedBlk: 0, pin: 0, pinkill: 0, RevFile: 0, TrackedBlk: 0, History: 0 };
+  readonly stats: Stats = {
+    BigFile: 0,
+    RevHead: 0,
+    ZHeadLink: 0,
+    WatchLink: 0,
+    Watch: 0,
+    PinnedBlk: 0,
+    pin: 0,
+    pinkill: 0,
+    RevFile: 0,
+    TrackedBlk: 0,
+    History: 0,
+  };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
   private readonly opts: ServerOptions;
@@ -397,7 +424,9 @@ export class WcfsServer implements FileSystem {
 
   private checkKernel(info: InitInfo): void {
     if ((info.want & FUSE_CAP.EXPLICIT_INVAL_DATA) === 0) {
-      this.warn('kernel does not support FUSE_EXPLICIT_INVAL_DATA (Linux ≥ 5.2): the page cache of a file is dropped on every size change — performance will be AWFUL');
+      this.warn(
+        'kernel does not support FUSE_EXPLICIT_INVAL_DATA (Linux ≥ 5.2): the page cache of a file is dropped on every size change — performance will be AWFUL',
+      );
     }
   }
 

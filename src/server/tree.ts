@@ -88,7 +88,8 @@ interface RevView {
   used: number;
 }
 
-const dirAttr = (ino: number, mode = 0o755, t?: { sec: number; nsec: number }): Attr => (t ? { ino, mode: S_IFDIR | mode, nlink: 2, mtime: t, ctime: t } : { ino, mode: S_IFDIR | mode, nlink: 2 });
+const dirAttr = (ino: number, mode = 0o755, t?: { sec: number; nsec: number }): Attr =>
+  t ? { ino, mode: S_IFDIR | mode, nlink: 2, mtime: t, ctime: t } : { ino, mode: S_IFDIR | mode, nlink: 2 };
 const dirEnt = (name: string, ino: number): DirEntry => ({ name, ino, mode: S_IFDIR });
 const regEnt = (name: string, ino: number): DirEntry => ({ name, ino, mode: S_IFREG });
 

@@ -25,10 +25,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  */
 export function withTimeout<T>(p: Promise<T>, ms: number, timeoutError: (() => Error) | string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(
-      () => reject(typeof timeoutError === 'string' ? new Error(`timeout after ${ms} ms: ${timeoutError}`) : timeoutError()),
-      ms,
-    );
+    const t = setTimeout(() => reject(typeof timeoutError === 'string' ? new Error(`timeout after ${ms} ms: ${timeoutError}`) : timeoutError()), ms);
     p.then(
       (v) => {
         clearTimeout(t);

@@ -87,7 +87,10 @@ export class WriteTxn implements ObjectLoader {
   private readonly readSerial = new Map<Oid, Tid>();
   private done = false;
 
-  constructor(readonly storage: IWritableStorage, at?: Tid) {
+  constructor(
+    readonly storage: IWritableStorage,
+    at?: Tid,
+  ) {
     this.at = at ?? storage.head();
   }
 

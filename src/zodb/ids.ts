@@ -112,10 +112,7 @@ export function tidToString(tid: Tid): string {
   const p2 = (n: number) => String(n).padStart(2, '0');
   const sec = Math.floor(f.second);
   const usec = Math.floor((f.second - sec) * 1e6);
-  return (
-    `${f.year}-${p2(f.month)}-${p2(f.day)} ${p2(f.hour)}:${p2(f.minute)}:${p2(sec)}.` +
-    String(usec).padStart(6, '0')
-  );
+  return `${f.year}-${p2(f.month)}-${p2(f.day)} ${p2(f.hour)}:${p2(f.minute)}:${p2(sec)}.` + String(usec).padStart(6, '0');
 }
 
 /**

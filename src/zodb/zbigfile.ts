@@ -338,7 +338,7 @@ export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, d
 
   const cur = (await btreeGet(txn, blktab, key, txn.at)).value;
   const curRef = cur instanceof PersistentRef ? cur : undefined;
-  const curKind = curRef ? zblkKind(curRef.klass) ?? (await zblkKindOf(txn, curRef.oid)) : undefined;
+  const curKind = curRef ? (zblkKind(curRef.klass) ?? (await zblkKindOf(txn, curRef.oid))) : undefined;
   const format: ZBlkKind = opt.format ?? curKind ?? 'ZBlk0';
 
   if (format === 'ZBlk0') {

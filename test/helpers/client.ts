@@ -42,7 +42,10 @@ export function assertRangeFaults(bytes: Uint8Array, off: number, len: number): 
   for (let o = off; o < off + len; o += PAGE) offs.push(o);
   const r = native().clientProbe(bytes, offs, 'raw');
   expect(r.status).toBe('exit:0');
-  expect([...r.values].filter((v) => v !== -SIGSEGV), 'pages that do not fault').toEqual([]);
+  expect(
+    [...r.values].filter((v) => v !== -SIGSEGV),
+    'pages that do not fault',
+  ).toEqual([]);
   readMustFault(bytes, off);
 }
 

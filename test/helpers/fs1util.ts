@@ -15,10 +15,7 @@ export const historyManifest = path.join(fixturesDir, 'zodb-history', 'manifest.
 export const zblkKinds = ['py2_pickle1', 'py2_pickle2', 'py2_pickle3', 'py3_pickle3'] as const;
 export const zblkFs = (kind: string) => path.join(fixturesDir, 'wendelin-zblk', kind, 'zblk.fs');
 /** Every fixture FileStorage, by a short name. */
-export const allFixtures: Array<[string, string]> = [
-  ['zodb-history', historyFs],
-  ...zblkKinds.map((k): [string, string] => [k, zblkFs(k)]),
-];
+export const allFixtures: Array<[string, string]> = [['zodb-history', historyFs], ...zblkKinds.map((k): [string, string] => [k, zblkFs(k)])];
 
 /** Scratch directories; `cleanup()` in afterEach/afterAll removes them all. */
 export class TmpDirs {

@@ -47,7 +47,8 @@ try {
       break;
     }
     case 'read': {
-      const off = Number(a1), len = Number(a2);
+      const off = Number(a1),
+        len = Number(a2);
       const fd = fs.openSync(p, 'r');
       const buf = Buffer.alloc(len);
       let n = 0;

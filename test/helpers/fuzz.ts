@@ -34,4 +34,3 @@ export function fcParams(numRuns: number): fc.Parameters<unknown> {
     ...(process.env.WCFS_FC_PATH !== undefined ? { path: process.env.WCFS_FC_PATH } : {}),
   };
 }
-

@@ -56,11 +56,7 @@ export async function mountTestFs(fs: FileSystem, opts: MountOptions = {}, timeo
   mkdirSync(mnt);
   let session: FuseSession;
   try {
-    session = await withTimeout(
-      FuseSession.mount(mnt, fs, { fsname: 'wcfstest', subtype: 'wcfstest', ...opts }),
-      timeoutMs,
-      `mount ${mnt}`,
-    );
+    session = await withTimeout(FuseSession.mount(mnt, fs, { fsname: 'wcfstest', subtype: 'wcfstest', ...opts }), timeoutMs, `mount ${mnt}`);
   } catch (e) {
     if (!findMount(mnt)) rmSync(dir, { recursive: true, force: true });
     throw e;

@@ -55,7 +55,8 @@ export class TDB {
   async commit(changes: Array<[bigint, Record<number, number | null>]>, opts: { wait?: boolean } = {}): Promise<Tid> {
     const txn = new WriteTxn(this.db);
     for (const [foid, blocks] of changes) {
-      for (const [blk, fill] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
+      for (const [blk, fill] of Object.entries(blocks))
+        await setBlock(txn, foid, Number(blk), fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
     }
     const tid = await txn.commit();
     this.revs.push(tid);
@@ -72,7 +73,10 @@ export class TDB {
     return tid;
   }
   async serve(): Promise<void> {
-    this.srv = await startServer(`${this.dir}/data.fs`, { dir: this.dir, args: ['--pintimeout', String(this.pinTimeout), ...this.serveArgs, ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])] });
+    this.srv = await startServer(`${this.dir}/data.fs`, {
+      dir: this.dir,
+      args: ['--pintimeout', String(this.pinTimeout), ...this.serveArgs, ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])],
+    });
     this.tail = this.head();
     // no readahead: a read of one block must not load its neighbours (they would become
     // "accessed" behind the model's back)
@@ -134,7 +138,10 @@ export class TDB {
     const got = await f();
     const want = this.data.get(foid)!.get(blk) ?? 0;
     expect(got.length, `#${blk}`).toBe(BS);
-    expect(got.every((x) => x === (want ?? 0)), `#${blk} data`).toBe(true);
+    expect(
+      got.every((x) => x === (want ?? 0)),
+      `#${blk} data`,
+    ).toBe(true);
     this.accessed.get(foid)!.add(blk);
   }
   async link(): Promise<TWatchLink> {
@@ -152,7 +159,6 @@ export class TDB {
   }
 }
 
-
 export async function stats(t: TDB): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
   for (const l of (await readFile(t.srv.at('.wcfs/stats'))).toString().trim().split('\n')) {
@@ -161,6 +167,5 @@ export async function stats(t: TDB): Promise<Record<string, number>> {
   }
   return out;
 }
-
 
 export { rng } from '../../src/util/rng.js';

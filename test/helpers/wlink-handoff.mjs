@@ -31,7 +31,7 @@ if (role === 'opener') {
     const st = readFileSync('/proc/self/stat', 'latin1');
     return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]);
   };
-  for (const t0 = Date.now(); ppid() === Number(openerPid); ) {
+  for (const t0 = Date.now(); ppid() === Number(openerPid);) {
     if (Date.now() - t0 > 20_000) process.exit(2);
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
   }

@@ -93,7 +93,7 @@ export class TWatchLink {
       const l = await this.next();
       const m = /^(\d+) (.*)$/.exec(l)!;
       if (BigInt(m[1]!) === stream) {
-        expect([...want].join("; "), `pins missing before "${l}"`).toBe("");
+        expect([...want].join('; '), `pins missing before "${l}"`).toBe('');
         return m[2]!;
       }
       if (BigInt(m[1]!) % 2n === 0n && m[2]!.startsWith('pin ')) {
@@ -145,7 +145,7 @@ export class TWatchLink {
       this.record(m![2]!);
       this.send(`${m![1]} ack\n`);
     }
-    expect([...want].join("; "), "pins not received").toBe("");
+    expect([...want].join('; '), 'pins not received').toBe('');
     return p;
   }
 

@@ -130,7 +130,7 @@ export async function btreeCheck(loader: ObjectLoader, root: Oid, at: Tid, opts:
 export function shapeText(shape: NodeShape): string {
   const fmt = (ks: readonly bigint[]) => {
     const out: string[] = [];
-    for (let i = 0; i < ks.length; ) {
+    for (let i = 0; i < ks.length;) {
       let j = i;
       while (j + 1 < ks.length && ks[j + 1] === ks[j]! + 1n) j++;
       out.push(j - i >= 2 ? `${ks[i]}..${ks[j]}` : ks.slice(i, j + 1).join(','));

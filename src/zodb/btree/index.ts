@@ -10,13 +10,19 @@
 // Keycov (deltatail §1.4): the closed key range [lo, hi] a node is responsible for; the root
 // covers [KEY_MIN, KEY_MAX] (int64 bounds, for IO trees too).
 export {
-  KEY_MAX, KEY_MIN, DEFAULT_MAX_INTERNAL, DEFAULT_MAX_LEAF, bucketClass, familyKeyRange, familyOf, nodeClass, treeClass,
-  type BTreeFamily, type NodeKind,
+  KEY_MAX,
+  KEY_MIN,
+  DEFAULT_MAX_INTERNAL,
+  DEFAULT_MAX_LEAF,
+  bucketClass,
+  familyKeyRange,
+  familyOf,
+  nodeClass,
+  treeClass,
+  type BTreeFamily,
+  type NodeKind,
 } from './family.js';
-export {
-  decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState,
-  type BucketState, type TreeState,
-} from './state.js';
+export { decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState, type BucketState, type TreeState } from './state.js';
 export { btreeGet, btreeItems, btreeMaxKey, btreeRange, loadNode, type LoadedNode, type PathNode } from './read.js';
 export { btreeCheck, shapeText, type BTreeCheckResult, type NodeShape } from './check.js';
 export { btreeCreate, btreeDelete, btreeSet, type BTreeWriteOptions } from './write.js';

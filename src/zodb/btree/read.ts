@@ -44,15 +44,17 @@ export type LoadedNode =
  * Load and decode one node. `expect.family`/`expect.kind` (when given) must match the loaded
  * class: they come from the parent (family of the root, kind told by the child reference).
  */
-export async function loadNode(
-  loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {},
-): Promise<LoadedNode> {
+export async function loadNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {}): Promise<LoadedNode> {
   const obj = await loader.loadObject(oid, at);
   const fk = familyOf(obj.klass);
   const want = () =>
     expect.family !== undefined && expect.kind !== undefined
       ? `${nodeClass(expect.family, expect.kind)}`
-      : expect.family !== undefined ? `an ${expect.family} tree node` : expect.kind === 'tree' ? 'an LOBTree or IOBTree' : 'an LO/IO BTree node';
+      : expect.family !== undefined
+        ? `an ${expect.family} tree node`
+        : expect.kind === 'tree'
+          ? 'an LOBTree or IOBTree'
+          : 'an LO/IO BTree node';
   if (fk === undefined || (expect.family !== undefined && fk.family !== expect.family) || (expect.kind !== undefined && fk.kind !== expect.kind)) {
     throw new ObjectFormatError(oid, `expect ${want()}, got class ${obj.klass}`);
   }
@@ -129,9 +131,7 @@ function childExpect(t: Extract<TreeState, { form: 'normal' }>, i: number, famil
  * Look `key` up in the tree `root` as of `at`. The path runs from the root to the bucket whose
  * keycov contains `key` (or to an empty tree); it is recorded whether or not the key is present.
  */
-export async function btreeGet(
-  loader: ObjectLoader, root: Oid, key: bigint, at: Tid,
-): Promise<{ value: PyValue | undefined; path: PathNode[] }> {
+export async function btreeGet(loader: ObjectLoader, root: Oid, key: bigint, at: Tid): Promise<{ value: PyValue | undefined; path: PathNode[] }> {
   checkKeyArg(key, `btree ${hex16(root)}: get`);
   const path: PathNode[] = [];
   let lo = KEY_MIN;
@@ -215,30 +215,30 @@ export async function btreeMaxKey(loader: ObjectLoader, root: Oid, at: Tid): Pro
  * Items with lo ≤ key ≤ hi in ascending key order, as of `at`. Walks the tree (not the
  * `next` chain), loading only subtrees whose keycov meets [lo, hi].
  */
-export async function* btreeItems(
-  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX,
-): AsyncGenerator<[bigint, PyValue]> {
+export async function* btreeItems(loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX): AsyncGenerator<[bigint, PyValue]> {
   // Buckets (not items) cross the nested generators: one hop per bucket instead of per
   // item across every level, which dominated the cost of reading a ZBlk1's chunktab.
   for await (const items of btreeBuckets(loader, root, at, lo, hi)) yield* items;
 }
 
 /** All items with lo ≤ key ≤ hi, ascending, as one array. */
-export async function btreeRange(
-  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX,
-): Promise<Array<[bigint, PyValue]>> {
+export async function btreeRange(loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX): Promise<Array<[bigint, PyValue]>> {
   const out: Array<[bigint, PyValue]> = [];
   for await (const items of btreeBuckets(loader, root, at, lo, hi)) for (const it of items) out.push(it);
   return out;
 }
 
 /** The items with lo ≤ key ≤ hi of each bucket in key order, one array per bucket. */
-async function* btreeBuckets(
-  loader: ObjectLoader, root: Oid, at: Tid, lo: bigint, hi: bigint,
-): AsyncGenerator<Array<[bigint, PyValue]>> {
+async function* btreeBuckets(loader: ObjectLoader, root: Oid, at: Tid, lo: bigint, hi: bigint): AsyncGenerator<Array<[bigint, PyValue]>> {
   if (lo > hi) return;
 
-  async function* walk(oid: Oid, clo: bigint, chi: bigint, expect: { family?: BTreeFamily; kind?: NodeKind }, depth: number): AsyncGenerator<Array<[bigint, PyValue]>> {
+  async function* walk(
+    oid: Oid,
+    clo: bigint,
+    chi: bigint,
+    expect: { family?: BTreeFamily; kind?: NodeKind },
+    depth: number,
+  ): AsyncGenerator<Array<[bigint, PyValue]>> {
     if (depth > MAX_DEPTH) throw tooDeep(root);
     const n = await loadNode(loader, oid, at, expect);
     let b: BucketState;

@@ -58,7 +58,11 @@ function checkKey(oid: Oid | undefined, what: string, family: BTreeFamily, k: Py
 
 /** A strong reference; its class, when present, must be an `expectKind` node of `family`. */
 function checkRef(
-  oid: Oid | undefined, what: string, family: BTreeFamily, v: PyValue, expectKind?: NodeKind,
+  oid: Oid | undefined,
+  what: string,
+  family: BTreeFamily,
+  v: PyValue,
+  expectKind?: NodeKind,
 ): { ref: PersistentRef; kind: NodeKind | undefined } {
   if (!(v instanceof PersistentRef) || v.kind !== 'strong') {
     throw bad(oid, what, `expect a persistent reference, got ${pyTypeName(v)}${v instanceof PersistentRef ? ` (${v.kind})` : ''}`);
@@ -66,7 +70,11 @@ function checkRef(
   if (v.klass === null) return { ref: v, kind: expectKind };
   const fk = familyOf(v.klass);
   if (fk === undefined || fk.family !== family) {
-    throw bad(oid, what, `reference to ${v.klass}: expect ${expectKind === 'bucket' ? bucketClass(family) : expectKind === 'tree' ? treeClass(family) : `${treeClass(family)} or ${bucketClass(family)}`}`);
+    throw bad(
+      oid,
+      what,
+      `reference to ${v.klass}: expect ${expectKind === 'bucket' ? bucketClass(family) : expectKind === 'tree' ? treeClass(family) : `${treeClass(family)} or ${bucketClass(family)}`}`,
+    );
   }
   if (expectKind !== undefined && fk.kind !== expectKind) {
     throw bad(oid, what, `reference to ${v.klass}: expect ${expectKind === 'bucket' ? bucketClass(family) : treeClass(family)}`);

@@ -52,10 +52,7 @@ import { BadArgumentError, ObjectFormatError } from '../errors.js';
 import type { WriteTxn } from '../db.js';
 import { hex16, type Oid } from '../ids.js';
 import { PersistentRef, type PyValue } from '../pickle/index.js';
-import {
-  DEFAULT_MAX_INTERNAL, DEFAULT_MAX_LEAF, familyKeyRange, familyOf, nodeClass, treeClass,
-  type BTreeFamily, type NodeKind,
-} from './family.js';
+import { DEFAULT_MAX_INTERNAL, DEFAULT_MAX_LEAF, familyKeyRange, familyOf, nodeClass, treeClass, type BTreeFamily, type NodeKind } from './family.js';
 import { bucketIndex } from './read.js';
 import { decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState } from './state.js';
 
@@ -116,7 +113,11 @@ class Operation {
   readonly maxLeaf: number;
   readonly maxInternal: number;
 
-  constructor(readonly txn: WriteTxn, readonly root: Oid, opts: BTreeWriteOptions) {
+  constructor(
+    readonly txn: WriteTxn,
+    readonly root: Oid,
+    opts: BTreeWriteOptions,
+  ) {
     this.maxLeaf = opts.maxLeaf ?? DEFAULT_MAX_LEAF;
     this.maxInternal = opts.maxInternal ?? DEFAULT_MAX_INTERNAL;
     if (!Number.isInteger(this.maxLeaf) || this.maxLeaf < 1) throw new BadArgumentError(`btree: maxLeaf ${this.maxLeaf}: want an integer ≥ 1`);
@@ -231,8 +232,7 @@ class Operation {
       if (min > 0) {
         const prev = (await this.child(self, min - 1)) as WBucket;
         bucketDeleteNext(prev, await this.nextOf(prev)); // prev.next is child
-      }
-      else {
+      } else {
         self.firstbucket = child.next;
         status = 2;
       }

@@ -12,14 +12,20 @@ export class StorageNotFoundError extends WcfsError {
 
 /** The path names a directory, FIFO, device…: a FileStorage is a regular file. */
 export class NotAFileError extends WcfsError {
-  constructor(readonly file: string, what: string) {
+  constructor(
+    readonly file: string,
+    what: string,
+  ) {
     super('WCFS_ENOTFILE', `${file}: ${what}, not a FileStorage data file (a zurl names one: /path/to/Data.fs or file:///path/to/Data.fs)`);
   }
 }
 
 /** A write operation on a storage opened read-only. */
 export class ReadOnlyError extends WcfsError {
-  constructor(readonly file: string, op: string) {
+  constructor(
+    readonly file: string,
+    op: string,
+  ) {
     super('WCFS_EREADONLY', `${file}: ${op}: storage is opened read-only`);
   }
 }
@@ -30,7 +36,10 @@ export class ReadOnlyError extends WcfsError {
  * or removed. Fatal for followers: the reader must be reopened (WCFS restarts).
  */
 export class StorageChangedError extends WcfsError {
-  constructor(readonly file: string, detail: string) {
+  constructor(
+    readonly file: string,
+    detail: string,
+  ) {
     super('WCFS_ESTORAGECHANGED', `${file}: ${detail}`);
   }
 }

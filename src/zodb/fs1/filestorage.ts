@@ -40,27 +40,10 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import createDebug from 'debug';
 
-import {
-  BadArgumentError,
-  ClosedError,
-  ConflictError,
-  CorruptError,
-  NoDataError,
-  NoObjectError,
-  StorageLockedError,
-} from '../errors.js';
+import { BadArgumentError, ClosedError, ConflictError, CorruptError, NoDataError, NoObjectError, StorageLockedError } from '../errors.js';
 import { hex16, newTid, type Oid, type Tid } from '../ids.js';
 import { PyDict, encodePickle, type PyValue } from '../pickle/index.js';
-import type {
-  CommitEvent,
-  CommitRequest,
-  DataRecord,
-  ICommitter,
-  IStorage,
-  LoadResult,
-  StorageWatch,
-  TxnRecord,
-} from '../storage.js';
+import type { CommitEvent, CommitRequest, DataRecord, ICommitter, IStorage, LoadResult, StorageWatch, TxnRecord } from '../storage.js';
 import { native } from '../../native.js';
 import { logLine } from '../../util/log.js';
 import { NotAFileError, ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
@@ -83,18 +66,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from './fsindex.js';
-import {
-  RecordReader,
-  SeqReader,
-  decodeRecordAt,
-  preadFull,
-  readDataHeader,
-  readFresh,
-  readTxnBefore,
-  scanTxn,
-  type ScanRec,
-  type ScanStep,
-} from './scan.js';
+import { RecordReader, SeqReader, decodeRecordAt, preadFull, readDataHeader, readFresh, readTxnBefore, scanTxn, type ScanRec, type ScanStep } from './scan.js';
 
 /** Records at least this big are served from an mmap of the file (see FileStorage.mapped). */
 const MAP_MIN = 256 * 1024;

@@ -161,7 +161,10 @@ function toDense(m: Map<number, number>): Float64Array {
 
 /** The .index file is not in the format we understand (or is garbage); the caller rebuilds. */
 export class IndexFormatError extends WcfsError {
-  constructor(readonly file: string, detail: string) {
+  constructor(
+    readonly file: string,
+    detail: string,
+  ) {
     super('WCFS_EINDEX', `${file}: ${detail}`);
   }
 }
@@ -181,7 +184,11 @@ export function decodeIndexFile(buf: Uint8Array, file: string): IndexFile {
   const next = (): PyValue => {
     if (at >= buf.length) throw new IndexFormatError(file, `@${at}: unexpected end of file (no None terminator)`);
     // Each entry was written by a separate pickle.dump: a fresh memo per pickle.
-    const u = new Unpickler(buf, at, { persistentLoad: () => { throw new Error('persistent id in .index'); } });
+    const u = new Unpickler(buf, at, {
+      persistentLoad: () => {
+        throw new Error('persistent id in .index');
+      },
+    });
     try {
       const v = u.load();
       at = u.pos;

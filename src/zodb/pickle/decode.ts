@@ -517,7 +517,7 @@ export function zodbPersistentLoad(pid: PyValue, offset: number): PyValue {
     const args = pid[1] instanceof Tuple ? pid[1].items : undefined;
     if (tag !== undefined && args !== undefined) {
       if (tag === 'w' && (args.length === 1 || args.length === 2)) {
-        return new PersistentRef(oidOf(args[0], offset), null, 'weak', args.length === 2 ? asText(args[1]!) ?? null : null);
+        return new PersistentRef(oidOf(args[0], offset), null, 'weak', args.length === 2 ? (asText(args[1]!) ?? null) : null);
       }
       if (tag === 'n' && args.length === 2) {
         return new PersistentRef(oidOf(args[1], offset), null, 'xdb', asText(args[0]!) ?? null);
@@ -570,17 +570,38 @@ function decodeStringRepr(s: string, offset: number): Uint8Array {
     }
     const e = body[++i];
     switch (e) {
-      case 'n': out.push(10); break;
-      case 't': out.push(9); break;
-      case 'r': out.push(13); break;
-      case 'a': out.push(7); break;
-      case 'b': out.push(8); break;
-      case 'f': out.push(12); break;
-      case 'v': out.push(11); break;
-      case '\\': out.push(0x5c); break;
-      case "'": out.push(0x27); break;
-      case '"': out.push(0x22); break;
-      case '\n': break;
+      case 'n':
+        out.push(10);
+        break;
+      case 't':
+        out.push(9);
+        break;
+      case 'r':
+        out.push(13);
+        break;
+      case 'a':
+        out.push(7);
+        break;
+      case 'b':
+        out.push(8);
+        break;
+      case 'f':
+        out.push(12);
+        break;
+      case 'v':
+        out.push(11);
+        break;
+      case '\\':
+        out.push(0x5c);
+        break;
+      case "'":
+        out.push(0x27);
+        break;
+      case '"':
+        out.push(0x22);
+        break;
+      case '\n':
+        break;
       case 'x': {
         const h = body.slice(i + 1, i + 3);
         if (!/^[0-9a-fA-F]{2}$/.test(h)) throw new PickleError(offset, 'STRING: bad \\x escape');

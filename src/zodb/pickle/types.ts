@@ -14,20 +14,7 @@
 //   dict              → PyDict            (insertion-ordered entries; keys of any type)
 //   persistent id     → PersistentRef     (ZODB's reference forms, §3.2)
 
-export type PyValue =
-  | null
-  | boolean
-  | bigint
-  | number
-  | string
-  | Uint8Array
-  | ByteStr
-  | Tuple
-  | PyValue[]
-  | PyDict
-  | Global
-  | PyObject
-  | PersistentRef;
+export type PyValue = null | boolean | bigint | number | string | Uint8Array | ByteStr | Tuple | PyValue[] | PyDict | Global | PyObject | PersistentRef;
 
 /** A Python 2 `str`: raw bytes that were a str, not bytes (zodb.md §3.5). */
 export class ByteStr {
@@ -91,7 +78,10 @@ export class PyDict {
 
 /** A class or function reference: GLOBAL "module\nname\n" (or STACK_GLOBAL). */
 export class Global {
-  constructor(readonly module: string, readonly name: string) {}
+  constructor(
+    readonly module: string,
+    readonly name: string,
+  ) {}
   toString(): string {
     return `${this.module}.${this.name}`;
   }
