@@ -350,7 +350,7 @@ export class Isolation {
     h.stats.pinkill++;
   }
 
-  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (§2.8). */
+  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (wcfs-server.md §2.8). */
   revCut(): Tid {
     const head = this.host.headAt();
     let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));
