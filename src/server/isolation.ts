@@ -28,8 +28,9 @@
 //   I2 "ok" of a setup is sent only when every pin of that setup was acked and the link is up.
 //   I3 w.at only moves forward, under w.atMu (W); pins computed from w.at hold w.atMu (R).
 //
-// Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R) and w.atMu
-// (R) — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN of @rev files take none.
+// Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R), w.atMu (R)
+// and, in a setup, w.setupMu — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN
+// of @rev files take none.
 
 import createDebug from 'debug';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
