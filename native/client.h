@@ -27,7 +27,7 @@
 // none is held across IO that goes to the server (open, fstat, read, write, close of FUSE
 // files) or while creating JS values. mu may be held across mmap(2)/munmap(2): those never
 // wait for the server (a FUSE page fault drops mmap_lock while it waits — fuse.md §C), so
-// the pinner's only lock is never held by anyone waiting for the server (hazard H4).
+// no lock the pinner takes is ever held by anyone waiting for the server (hazard H4).
 //
 // Invariants (under mu):
 //   I1 file f ∈ files ⇔ TS has it open (Opening/Opened/Closing); f->removed ⇔ f ∉ files.

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// Reproducer of the open growth finding (notes.md §12): a file grows by one block per commit
-// while 2 readers stat head/bigfile/<oid> and pread its last block. Now and then the read
-// returns 0 bytes although stat just said the block exists, and fstat right after shows it
-// (the kernel's size went backwards for a moment; the server never replies short).
+// Reproducer of the open growth finding (notes.md "Soak", "Stale EOF on growing files"): a
+// file grows by one block per commit while 2 readers stat head/bigfile/<oid> and pread its
+// last block. Now and then the read returns 0 bytes although stat just said the block
+// exists, and fstat right after shows it (the kernel's size went backwards for a moment; the
+// server never replies short).
 //   node scripts/repro-growth.mjs [seconds=20]     (after npm run build; as root)
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';

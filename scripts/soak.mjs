@@ -23,7 +23,7 @@
 // pin timeout before it is killed; then the server catches up in one batch), and the median
 // RSS over the last third within 10% of the RSS at the first third (median of the samples
 // around it; judged for runs of ≥ 6 minutes only: the first minute is warm-up). A stale EOF
-// on head/ is counted apart (notes.md §12).
+// on head/ is counted apart (notes.md "Soak", "Stale EOF on growing files").
 // The last line is `SOAK <json>` with the totals (test/soak.test.ts reads it).
 
 import { fork, spawn } from 'node:child_process';
@@ -237,7 +237,8 @@ async function reader(id) {
         for (let i = lo; i <= hi; i++) ok.add(hist[i].fills[blk] ?? 0);
         if (bytesRead === 0) {
           // EOF at a block that exists as of h0: the kernel's size is stale for a moment when
-          // its attribute refresh races an invalidation (notes.md §12). Not a wrong byte.
+          // its attribute refresh races an invalidation (notes.md "Stale EOF on growing files").
+          // Not a wrong byte.
           total.staleEof++;
         } else {
           let bad = bytesRead !== BS ? `${bytesRead} bytes` : undefined;

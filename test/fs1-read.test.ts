@@ -1,5 +1,5 @@
 // FileStorage reader on the fixtures written by real ZODB (zodb.md §6.3): every txn and record
-// passes the §2.4 checks, tids match the manifest, load agrees with iterate at every tid.
+// passes the zodb.md §2.4 checks, tids match the manifest, load agrees with iterate at every tid.
 
 import fs from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// READ fast path (native/fuse.cc 6, src/fuse/session.ts 6): READs wholly inside a range
+// READ fast path (native/fuse.cc step 6, src/fuse/session.ts step 6): READs wholly inside a range
 // registered with session.blockCache are answered on the libfuse worker and never reach the
 // filesystem's handler; after drop() they do again. Then wcfs: a commit that changes a
 // registered head block serves the new data afterwards (src/server/loads.ts L2-L3, commit.ts 3a).

@@ -6,9 +6,9 @@
 //   - commit: a changed block leaves the fast path before its page-cache invalidation; the
 //     old data goes to @<oldHead> only when that file is looked up — from the loaded entry,
 //     else RETRIEVEd — and is stored before head's copy is invalidated; head/at moves only
-//     after every invalidation (I5);
+//     after every invalidation (server.ts I5);
 //   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
-//     nothing; it is then answered from the new head (I2, I3).
+//     nothing; it is then answered from the new head (server.ts I2, I3).
 // What only the kernel can show (page locks, real invalidation) stays in the mount tests.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
@@ -183,7 +183,7 @@ describe('commit processing against a fake kernel', () => {
     const tid = await t.commit({ 1: 20 });
     await t.published(tid);
     expect(t.k.take()).toEqual([`retrieve ${head} ${BS}+${BS}`, `store ${old} ${BS}+${BS} =2`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
-    // <<< head/at still showed at0 at every invalidation (I5)
+    // <<< head/at still showed at0 at every invalidation (server.ts I5)
     expect(seenAt).toEqual([at0, at0]);
   });
 

@@ -40,8 +40,8 @@
 // Concurrency (one JS thread, but async): open, resync, FileH.close and Conn.close run one
 // at a time, in call order (`exclusive`): that replaces upstream's atMu/filehMu — no
 // operation sees another half done, and none waits for the server while holding anything
-// the pinner needs (the pinner's only lock is native, held for mmap syscalls). mmap/unmap
-// are synchronous. Invariants:
+// the pinner needs (the pinner takes only native leaf locks, none held across IO to the
+// server). mmap/unmap are synchronous. Invariants:
 //   fileTab.get(foid) = fh ⇔ fh.state ∈ {Opening, Opened, Closing}
 //   fh.state = Opened ⇒ the server watches foid @conn.at (after open/resync returned)
 //   conn down (downErr) ⇒ open/resync throw "connection closed"
@@ -110,7 +110,7 @@ export class Conn {
     return `wcfs ${this.wc.mountpoint}: conn${this.fd} @${hex16(this.atv)}`;
   }
 
-  /** Open ZBigFile foid as of conn.at (§2). Opening an open foid again returns the same FileH. */
+  /** Open ZBigFile foid as of conn.at (step 2). Opening an open foid again returns the same FileH. */
   open(foid: Oid): Promise<FileH> {
     try {
       this.checkDown(`${this}: open f${hex16(foid)}`); // fail fast, not after queued work
@@ -120,7 +120,7 @@ export class Conn {
     return this.exclusive(() => this.openLocked(foid));
   }
 
-  /** Move the view to `at` ≥ conn.at (§3). On failure the Conn is closed. */
+  /** Move the view to `at` ≥ conn.at (step 3). On failure the Conn is closed. */
   async resync(at: Tid): Promise<void> {
     const ctx = `${this}: resync -> @${hex16(at)}`;
     this.checkDown(ctx);
@@ -134,7 +134,7 @@ export class Conn {
     }
   }
 
-  /** Close every FileH, then the watch link (§4). Idempotent. */
+  /** Close every FileH, then the watch link (step 4). Idempotent. */
   close(): Promise<void> {
     if (this.closing === undefined) this.closing = this.closeImpl();
     return this.closing;
@@ -196,7 +196,7 @@ export class Conn {
         return;
       }
       case 'down':
-        // §5: native already efaulted every mapping; finish like upstream: close the Conn
+        // step 5: native already efaulted every mapping; finish like upstream: close the Conn
         debug('%s: down: %s', this, text);
         void this.close().catch((e) => debug('%s: close after pinner failure: %s', this, (e as Error).message));
         return;

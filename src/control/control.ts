@@ -277,7 +277,7 @@ export interface Started {
 /** Errors of the mountpoint checks, which start prefixes with its context. */
 const CTX_CODES: readonly WcfsCode[] = ['WCFS_EUNSAFE', 'WCFS_EFOREIGN', 'WCFS_ELOG'];
 
-/** Spawn `wcfs serve` in the background and wait until it answers (§4.3 start). */
+/** Spawn `wcfs serve` in the background and wait until it answers (wcfs-server.md §4.3 start). */
 export async function start(zurlArg: string, opts: StartOptions = {}): Promise<Started> {
   const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
@@ -467,7 +467,7 @@ async function waitGone(pids: number[], ms: number): Promise<boolean> {
 }
 
 /**
- * Robust stop (§4.4): unmount; if that fails: SIGTERM, FUSE abort, SIGKILL; a last unmount
+ * Robust stop (wcfs-server.md §4.4): unmount; if that fails: SIGTERM, FUSE abort, SIGKILL; a last unmount
  * (lazy if needed); remove the mountpoint directory. Returns what it did, for the log.
  */
 export async function stop(target: string, opts: { timeoutMs?: number; log?: (s: string) => void } = {}): Promise<string[]> {

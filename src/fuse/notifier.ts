@@ -7,7 +7,7 @@
 // the cached prefix. NOTIFY_STORE has no such cap (2 MiB stores were measured fine) and is
 // sent whole. Every call runs on a native notify thread and may wait in the kernel for as
 // long as a READ of the same pages is pending — never await one inside a READ handler for
-// those pages (spec §3.5.3: page locks).
+// those pages (wcfs-server.md §3.5.3: page locks).
 
 import type { NativeFuseSession } from '../native.js';
 import { NotifyError } from './errors.js';

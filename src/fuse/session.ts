@@ -3,7 +3,7 @@
 // 1) mount: FuseSession.mount() resolves the mountpoint, mounts (native constructor), finds
 //    the connection number in mountinfo and waits for INIT. It warns when the kernel lacks
 //    FUSE_EXPLICIT_INVAL_DATA (Linux < 5.2: the page cache of a file is dropped whenever its
-//    size changes — wcfs's isolation still works, its cache doesn't; spec §3.10).
+//    size changes — wcfs's isolation still works, its cache doesn't; wcfs-server.md §3.10).
 // 2) dispatch: each request arrives from native as positional fields, is decoded by the op
 //    table (ops.ts) into a kernel-named request, and handed to the filesystem's handler with
 //    a RequestContext. The handler returns (or resolves to) a value, which the op table sends
@@ -105,7 +105,7 @@ class Ctx implements RequestContext {
 
 const escOpt = (s: string) => s.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
 
-/** READ fast path (native/fuse.cc 6): registered ranges served without JS. */
+/** READ fast path (native/fuse.cc step 6): registered ranges served without JS. */
 export interface BlockCache {
   /** Registers [off, off+data.length) of nodeid (replacing overlapping ranges); false once closed. */
   put(nodeid: number, off: number, data: Uint8Array, served: Uint8Array): boolean;

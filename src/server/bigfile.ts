@@ -2,7 +2,8 @@
 //
 // Owns the per-file serving state: the ZBigFileView to load from, the size and mtime the
 // kernel sees, the kernel's references to its inode (lookups, open handles), and its block
-// loads (loads.ts: the `loading` table and the READ fast path, owned there).
+// loads (loads.ts: the in-flight entries — upstream's `loading` — and their READ fast-path
+// registration, owned there).
 //
 // Invariants:
 //   head files: view.at == the head READs are served from; size, revApprox are those of that

@@ -75,7 +75,7 @@ export class Head {
     }
   }
 
-  /** Wait until head/at ≥ at (§3.8); with timeoutMs: EINVAL when head does not get there. */
+  /** Wait until head/at ≥ at (wcfs-server.md §3.8); with timeoutMs: EINVAL when head does not get there. */
   async waitFor(at: Tid, signal: AbortSignal, timeoutMs?: number): Promise<void> {
     if (at <= this.published) return;
     const ev = new Event();

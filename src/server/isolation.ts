@@ -28,8 +28,9 @@
 //   I2 "ok" of a setup is sent only when every pin of that setup was acked and the link is up.
 //   I3 w.at only moves forward, under w.atMu (W); pins computed from w.at hold w.atMu (R).
 //
-// Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R) and w.atMu
-// (R) — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN of @rev files take none.
+// Lock order: headMu (R) > w.setupMu > w.atMu. Pins are awaited holding headMu (R), w.atMu (R)
+// and, in a setup, w.setupMu — never a lock the client's pinner needs: GETATTR, LOOKUP/OPEN
+// of @rev files take none.
 
 import createDebug from 'debug';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
@@ -350,7 +351,7 @@ export class Isolation {
     h.stats.pinkill++;
   }
 
-  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (§2.8). */
+  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (wcfs-server.md §2.8). */
   revCut(): Tid {
     const head = this.host.headAt();
     let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));

@@ -13,7 +13,8 @@
 //      waits for fast replies in flight from it): "drop before remove" by construction.
 //
 // Guarded by: head files — the server's headMu (loads start under it shared; commit
-// processing, holding it exclusively, drops entries). @rev files never change.
+// processing, holding it exclusively, drops entries) or, for an upload's own drop, the
+// UploadGate (in flight ⇒ no exclusive holder: lock.ts U1). @rev files never change.
 
 import type { BlockCache } from '../fuse/session.js';
 import type { BlockLoad, ZBigFileView } from '../zodb/zbigfile.js';

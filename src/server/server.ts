@@ -199,7 +199,7 @@ export class WcfsServer implements FileSystem {
     });
   }
 
-  /** Open the database, mount, start following commits (§3.3). */
+  /** Open the database, mount, start following commits (wcfs-server.md §3.3). */
   static async start(opts: ServerOptions): Promise<WcfsServer> {
     const storage = await openStorage(opts.zurl, { readOnly: true, fs1: opts.storagePollMs !== undefined ? { pollMs: opts.storagePollMs } : {} });
     const srv = new WcfsServer(opts, storage);

@@ -1,6 +1,6 @@
 // FHist: a small ZBigFile history in a FileStorage written by our writer, and a ΔFtail that
 // follows it — without a server or a mount. For table tests of ΔFtail and of the isolation
-// protocol's decisions (test/deltatail-table.test.ts, test/isolation.test.ts).
+// protocol's decisions (test/deltatail.test.ts, test/isolation.test.ts).
 //
 //   const h = await FHist.create();             // empty database
 //   const f = await h.newFile();                 // a ZBigFile (its own commit)

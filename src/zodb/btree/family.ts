@@ -4,7 +4,7 @@
 // Notation used in all btree/ files:
 //   family  'LO' = int64 keys → objects, 'IO' = int32 keys → objects (BTrees naming: K V)
 //   kind    'tree' (interior node: LOBTree/IOBTree) or 'bucket' (leaf: LOBucket/IOBucket)
-//   keycov  closed key range [lo, hi] a node is responsible for (deltatail §1.4); the root has
+//   keycov  closed key range [lo, hi] a node is responsible for (deltatail.md §1.4); the root has
 //           [KEY_MIN, KEY_MAX] for both families, so keycovs of LO and IO trees compare alike.
 //
 // Node sizes (upstream BTrees, src/BTrees/_datatypes.py + _module_builder.py): integer key types

@@ -7,7 +7,7 @@
 //   check.ts   btreeCheck: whole-tree structural validation (BTrees' _check + check.check)
 //   write.ts   btreeCreate / btreeSet / btreeDelete on a WriteTxn, shaped like BTrees' C code
 //
-// Keycov (deltatail §1.4): the closed key range [lo, hi] a node is responsible for; the root
+// Keycov (deltatail.md §1.4): the closed key range [lo, hi] a node is responsible for; the root
 // covers [KEY_MIN, KEY_MAX] (int64 bounds, for IO trees too).
 export {
   KEY_MAX,

@@ -1,5 +1,5 @@
 // Reading LO/IO BTrees as of a revision: point lookup and max-key descent that record the path
-// they walked (what ΔBtail tracks, deltatail §1.5/§2), and ascending range iteration.
+// they walked (what ΔBtail tracks, deltatail.md §1.5, §2), and ascending range iteration.
 //
 // Invariants checked on every node visited (on top of what state.ts checks):
 //   - the object's class is a node of the root's family, of the kind its parent's reference
@@ -8,7 +8,7 @@
 //     (BTrees.check: lo inclusive, parent's next separator exclusive);
 //   - bucket keys lie in the bucket's keycov.
 // Child i of a tree with keycov [lo, hi] and separators k1…kN-1 has keycov
-//   [i = 0 ? lo : k_i,  i = N-1 ? hi : k_{i+1} − 1]          (deltatail §1.4)
+//   [i = 0 ? lo : k_i,  i = N-1 ? hi : k_{i+1} − 1]          (deltatail.md §1.4)
 // so keycovs of siblings tile the parent's keycov. An embedded bucket has its tree's keycov, no
 // oid (PathNode.oid = null) and its tree's serial.
 //

@@ -1,5 +1,5 @@
 // Persistent states of LO/IO BTree nodes: decoding with validation, and encoding
-// (zodb.md §3.6, deltatail §1.4; upstream BTreeTemplate.c BTree_getstate/_BTree_setstate,
+// (zodb.md §3.6, deltatail.md §1.4; upstream BTreeTemplate.c BTree_getstate/_BTree_setstate,
 // BucketTemplate.c bucket_getstate).
 //
 //   bucket  ((k0, v0, k1, v1, …),)              last bucket of the chain

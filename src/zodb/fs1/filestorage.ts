@@ -7,7 +7,7 @@
 //                  → magic → index: load `.index` + verify, or rebuild by a full scan → catch
 //                  up from the index's pos → tail: a status-'c' or incomplete txn is truncated
 //                  away by a writer, left to the follower by a reader.
-//   2) load      — index → prev chain until tid ≤ at → backpointer chain until data (§2.6).
+//   2) load      — index → prev chain until tid ≤ at → backpointer chain until data (zodb.md §2.6).
 //                  Synchronous preads behind the async API, through a read-ahead window
 //                  (RecordReader, scan.ts): records met in file order (a ZBlk1's chunks) cost
 //                  no syscall, a random record one 8 KiB pread.
@@ -15,7 +15,7 @@
 //   4) follow    — read-only opens: checkTail() on follower wake-ups and on sync(); every
 //                  committed txn past topPos is indexed, published and sent to the watches.
 //   5) commit    — writers: build the txn in memory, write it with status 'c', fsync, flip the
-//                  status to ' ', fsync, publish (§2.7). Serialized by commitMu.
+//                  status to ' ', fsync, publish (zodb.md §2.7). Serialized by commitMu.
 //   6) close     — stop following, end watches, save `.index` (writers), close fd, unlock.
 //
 // Invariants:
@@ -408,7 +408,7 @@ export class FileStorage implements IStorage, ICommitter {
       h = p;
     }
     const serial = h.tid;
-    // Backpointers: undo/copy re-use an older record's data; 0 = deleted (§2.4).
+    // Backpointers: undo/copy re-use an older record's data; 0 = deleted (zodb.md §2.4).
     while (h.plen === 0) {
       if (h.backpointer === 0) throw new NoDataError(oid, at, serial, this.path);
       const b = decodeRecordAt(rr.peek(h.backpointer, HDR_BP, limit), 0, HDR_BP, h.backpointer, this.path);
@@ -422,10 +422,11 @@ export class FileStorage implements IStorage, ICommitter {
   }
 
   /**
-   * A big record as a view into a read-only mmap of the file — no copy (notes.md §8): bytes
-   * before topPos never change in place, so the view is as good as a private copy. The map
-   * covers the file with headroom and is replaced when the file outgrows it; old maps live
-   * while views of them do. undefined: small record, or mmap failed (callers copy then).
+   * A big record as a view into a read-only mmap of the file — no copy (notes.md
+   * "Performance", D9): bytes before topPos never change in place, so the view is as good as
+   * a private copy. The map covers the file with headroom and is replaced when the file
+   * outgrows it; old maps live while views of them do. undefined: small record, or mmap
+   * failed (callers copy then).
    */
   private mapped(pos: number, n: number, limit: number): Uint8Array | undefined {
     if (n < MAP_MIN || pos + n > limit) return undefined;

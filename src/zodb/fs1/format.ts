@@ -11,7 +11,7 @@
 //                 then data(plen)            when plen > 0
 //                 or   backpointer(8)        when plen = 0 (0 ⇒ object deleted)
 //
-// Invariants checked here (§2.4), each violation → CorruptError(file, offset, detail):
+// Invariants checked here (zodb.md §2.4), each violation → CorruptError(file, offset, detail):
 //   txn:  status ∈ {' ', 'p', 'c', 'u'};  23 + ulen + dlen + elen ≤ tlen;  trailer = tlen;
 //         tid(txn) > tid(previous txn);  next txn @ tpos + tlen + 8.
 //   data: vlen = 0;  tid = tid(txn);  tloc = tpos;  dpos + reclen ≤ tpos + tlen;
@@ -20,7 +20,7 @@
 // Checks that need a second record (prev/backpointer point at the same oid with a smaller
 // tid) are done by the readers that follow those links (filestorage.ts load, checkFile).
 //
-// Positions are JS numbers: fsIndex limits them to 48 bits (§2.5), far below 2⁵³.
+// Positions are JS numbers: fsIndex limits them to 48 bits (zodb.md §2.5), far below 2⁵³.
 
 import { CorruptError } from '../errors.js';
 import type { Oid, Tid } from '../ids.js';

@@ -114,7 +114,7 @@ export type ScanStep =
 
 /**
  * Scan the txn at `pos`. `prevTid` is the previous txn's tid (-1n for the first txn) for the
- * ordering check. With `records` every data record header is read and checked (§2.4).
+ * ordering check. With `records` every data record header is read and checked (zodb.md §2.4).
  */
 export function scanTxn(r: SeqReader, pos: number, prevTid: Tid, file: string, records = true): ScanStep {
   if (pos >= r.size) return { kind: 'eof' };
@@ -305,7 +305,7 @@ export interface CheckReport {
 }
 
 /**
- * Check every transaction and data record of a Data.fs with all §2.4 rules, including the
+ * Check every transaction and data record of a Data.fs with all zodb.md §2.4 rules, including the
  * ones that need a second read (prev and backpointer targets: same oid, older tid). Throws
  * CorruptError at the first violation. A status-'c' or incomplete tail is reported, not
  * thrown: it is what a live writer leaves while committing.

@@ -12,7 +12,7 @@
 //   tuple             → Tuple
 //   list              → PyValue[]
 //   dict              → PyDict            (insertion-ordered entries; keys of any type)
-//   persistent id     → PersistentRef     (ZODB's reference forms, §3.2)
+//   persistent id     → PersistentRef     (ZODB's reference forms, zodb.md §3.2)
 
 export type PyValue = null | boolean | bigint | number | string | Uint8Array | ByteStr | Tuple | PyValue[] | PyDict | Global | PyObject | PersistentRef;
 
