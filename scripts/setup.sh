@@ -22,5 +22,13 @@ if [ -d /sys/fs/fuse/connections ] && ! mountpoint -q /sys/fs/fuse/connections; 
   mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || echo "setup: warning: cannot mount fusectl" >&2
 fi
 
+# Python: a project-local virtualenv with the exact pins of test/py/requirements.txt — real
+# ZODB, ZEO and pytest for the cross-language tests. pip checks the pins again on every run
+# (cheap when satisfied); a failed install fails set-up.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv || { echo "setup: cannot create the virtualenv .venv (python3 -m venv)" >&2; exit 1; }
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r test/py/requirements.txt || { echo "setup: pip install -r test/py/requirements.txt failed" >&2; exit 1; }
+
 npm ci --no-audit --no-fund
 npm run build
