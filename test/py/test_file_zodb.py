@@ -36,3 +36,29 @@ def test_python_writes_wcfs_reads(tmpdb, wcfs):
     assert cat(0) == b0
     assert cat(1) == b'\0' * BS
     assert cat(2) == b2
+
+
+def test_python_writes_wcfs_serves(tmpdb, serve):
+    # >>> Python: a file, then a change while wcfs serves
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(tmpdb))
+    conn = db.open()
+    f = conn.root()['f'] = ZBigFile(BS)
+    f.write_block(0, b'\x01' * BS)
+    transaction.commit()
+    at1 = u64(db.lastTransaction())
+    foid = '%016x' % u64(f._p_oid)
+    srv = serve(tmpdb)
+    assert srv.head_at() == at1
+    f.write_block(0, b'\x02' * BS)
+    f.write_block(1, b'\x03' * BS, 'ZBlk1')
+    transaction.commit()
+    at2 = u64(db.lastTransaction())
+    conn.close()
+    db.close()
+
+    # <<< head/ follows to at2; @at1/ keeps the old data
+    srv.wait_head(at2)
+    with open(srv.path('head', 'bigfile', foid), 'rb') as h:
+        assert h.read() == b'\x02' * BS + b'\x03' * BS
+    with open(srv.path('@%016x' % at1, 'bigfile', foid), 'rb') as h:
+        assert h.read() == b'\x01' * BS
