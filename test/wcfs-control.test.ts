@@ -302,6 +302,25 @@ describe('CLI faults (7.6)', () => {
     await expect(FileStorage.open(fifo)).rejects.toThrow(new NotAFileError(fifo, 'is a FIFO'));
   }, 60_000);
 
+  it('stop of a mountpoint where something else than a wcfs is mounted refuses and leaves it mounted', () => {
+    const dir = tmpDir('wcfs-ctl-');
+    dirs.push(dir);
+    const mnt = path.join(dir, 'tmpfs');
+    mkdirSync(mnt);
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'wcfs-test-tmpfs', mnt]).status).toBe(0);
+    try {
+      writeFileSync(path.join(mnt, 'precious'), 'x');
+      const sp = cli('stop', mnt);
+      expect(sp.status).not.toBe(0);
+      expect(sp.stderr).toBe(`wcfs: ${mnt}: tmpfs (source wcfs-test-tmpfs) is mounted there, not a wcfs: not stopping it\n`);
+      // <<< still mounted, untouched
+      expect(findMount(mnt)?.fstype).toBe('tmpfs');
+      expect(readFileSync(path.join(mnt, 'precious'), 'utf8')).toBe('x');
+    } finally {
+      spawnSync('umount', ['-l', mnt]);
+    }
+  }, 60_000);
+
   it('stop and status of a mountpoint that is gone say how the argument was understood', () => {
     const dir = tmpDir('wcfs-ctl-');
     dirs.push(dir);

@@ -480,6 +480,8 @@ export async function stop(target: string, opts: { timeoutMs?: number; log?: (s:
     opts.log?.(s);
   };
   const m = findMount(mnt);
+  // never unmount, signal or abort what is not a wcfs (root could do all three to anything)
+  if (m !== undefined && m.fstype !== 'fuse.wcfs') throw foreign(`${mnt}: ${m.fstype} (source ${m.source}) is mounted there, not a wcfs: not stopping it`);
   const pids = findServerPids(mnt);
   if (m === undefined && pids.length === 0) {
     say(notMounted(target, t));
