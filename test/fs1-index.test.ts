@@ -1,6 +1,7 @@
 // FsIndex and the `.index` file (zodb.md §2.5): layout, codec round trips, and what open does
 // with a shipped, missing, stale, garbage or foreign index.
 
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -11,6 +12,7 @@ import { checkFile } from '../src/zodb/fs1/scan.js';
 import { PyDict, Pickler, Tuple } from '../src/zodb/pickle/index.js';
 import { TmpDirs, bytes, copyFixture, historyFs } from './helpers/fs1util.js';
 import { seedOr } from './helpers/fuzz.js';
+import { repoRoot } from './helpers/paths.js';
 
 const tmp = new TmpDirs();
 afterEach(() => tmp.cleanup());
@@ -176,6 +178,24 @@ describe('open with an index', () => {
       await s.close();
     }
   });
+
+  it('a FIFO (or any non-file) at .index is ignored with a warning instead of blocking the open', () => {
+    const f = copyFixture(historyFs, tmp.make());
+    expect(spawnSync('mkfifo', [f + '.index']).status).toBe(0);
+    // in a child process: an open that blocks must fail the test, not hang the test worker
+    const js = `import { FileStorage } from ${JSON.stringify(path.join(repoRoot, 'dist', 'zodb', 'fs1', 'filestorage.js'))};
+      const msgs = [];
+      const s = await FileStorage.open(process.argv[1], { readOnly: true, warn: (m) => msgs.push(m) });
+      console.log(JSON.stringify({ loaded: s.openInfo.indexLoaded, head: s.head().toString(16), msgs }));
+      await s.close();`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', js, f], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.signal, `open blocked: ${r.stderr}`).toBe(null);
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { loaded: boolean; head: string; msgs: string[] };
+    expect(out.loaded).toBe(false);
+    expect(out.head).toBe(checkFile(f).tids.at(-1)!.toString(16));
+    expect(out.msgs).toEqual([`${f}.index: is a FIFO, not a regular file; rebuilding the index by scanning ${f}`]);
+  }, 30_000);
 
   it('garbage, empty, old-format and lying indexes are ignored with a rebuild', async () => {
     const dir = tmp.make();

@@ -259,7 +259,20 @@ export class FileStorage implements IStorage, ICommitter {
     const ipath = this.path + '.index';
     let buf: Uint8Array;
     try {
-      buf = fs.readFileSync(ipath);
+      // O_NONBLOCK: a FIFO planted there must not block the open (it is then refused below)
+      const fd = fs.openSync(ipath, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      try {
+        const st = fs.fstatSync(fd);
+        if (!st.isFile()) {
+          this.warn(
+            `${ipath}: ${st.isFIFO() ? 'is a FIFO' : st.isDirectory() ? 'is a directory' : 'is a special file'}, not a regular file; rebuilding the index by scanning ${this.path}`,
+          );
+          return false;
+        }
+        buf = fs.readFileSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.warn(`${ipath}: cannot read (${(e as Error).message}); rebuilding the index`);
       else log('%s: no index file; rebuilding by scan', this.path);
