@@ -12,7 +12,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { abortConnection, findMount, fuseOwner } from '../src/fuse/mountinfo.js';
-import { checkOurMount, defaultMountpoint, join, openLogFile, prepareMountpoint, start, stop, WCFS_SHM } from '../src/control/control.js';
+import { checkOurMount, defaultMountpoint, join, openLogFile, prepareMountpoint, serveMountpoint, start, stop, WCFS_SHM } from '../src/control/control.js';
 import { NotAFileError } from '../src/zodb/fs1/errors.js';
 import { FileStorage } from '../src/zodb/fs1/filestorage.js';
 import { zblkPath } from './helpers/paths.js';
@@ -300,6 +300,49 @@ describe('CLI faults (7.6)', () => {
     const fifo = path.join(dir, 'fifo.fs');
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     await expect(FileStorage.open(fifo)).rejects.toThrow(new NotAFileError(fifo, 'is a FIFO'));
+  }, 60_000);
+
+  it('the mountpoint of a serve command line: relative to its working directory, or the default of its zurl', () => {
+    const cases: Array<[string[], string | undefined]> = [
+      [['db.fs', 'mnt'], '/x/mnt'],
+      [['db.fs', '/abs/mnt'], '/abs/mnt'],
+      [['--pintimeout', '3', 'db.fs'], defaultMountpoint('/x/db.fs')],
+      [['--debug', '--gc-interval=2', 'file:///a/b.fs'], defaultMountpoint('file:///a/b.fs')],
+      [['--poll-ms', '20', '../d/db.fs', '../m'], '/m'],
+      [['--', '-odd.fs', 'mnt'], '/x/mnt'],
+      [['--debug'], undefined],
+    ];
+    for (const [args, want] of cases) expect(serveMountpoint(args, '/x'), args.join(' ')).toBe(want);
+  });
+
+  it('serve with a relative mountpoint: status finds its process, a second serve is refused, stop ends it', async () => {
+    await requireFuse();
+    const { dir, zurl } = newDb();
+    const mnt = path.join(dir, 'rel-mnt');
+    const p = spawn(process.execPath, [wcfsBin, 'serve', '--poll-ms', '20', path.basename(zurl), 'rel-mnt'], { cwd: dir, stdio: 'ignore' });
+    const exited = new Promise((r) => p.on('exit', r));
+    try {
+      const t0 = Date.now();
+      while (!existsSync(path.join(mnt, 'head', 'at'))) {
+        if (Date.now() - t0 > 20_000) throw new Error('serve did not come up');
+        await sleep(20);
+      }
+      // >>> status by the absolute path: the mount and its server process are found
+      const st = cli('status', mnt);
+      expect(st.stdout).not.toMatch(/fail/);
+      expect(st.status, st.stdout).toBe(0);
+      // >>> the same relative mountpoint again: refused, not mounted a second time
+      const again = spawnSync(process.execPath, [wcfsBin, 'serve', path.basename(zurl), 'rel-mnt'], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+      expect(again.status).toBe(1);
+      expect(again.stderr).toBe(`wcfs: ${mnt}: already running (serving ${zurl})\n`);
+      // <<< stop ends the server process
+      expect(cli('stop', mnt).status).toBe(0);
+      await exited;
+      expect(findMount(mnt)).toBeUndefined();
+    } finally {
+      p.kill('SIGKILL');
+      spawnSync('umount', ['-l', mnt]);
+    }
   }, 60_000);
 
   it('stop of a mountpoint where something else than a wcfs is mounted refuses and leaves it mounted', () => {

@@ -8,6 +8,7 @@
 // (control.ts 2); a mountpoint serve created is removed again when the server fails to start.
 
 import createDebug from 'debug';
+import path from 'node:path';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
 import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../control/control.js';
 import { WcfsServer } from '../server/server.js';
@@ -25,7 +26,7 @@ export interface ServeOptions {
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
   if (opts.debug) createDebug.enable(['wcfs:*', process.env.DEBUG].filter(Boolean).join(','));
   const zurl = normalizeZurl(zurlArg);
-  const mnt = mountpointArg ?? defaultMountpoint(zurl);
+  const mnt = mountpointArg === undefined ? defaultMountpoint(zurl) : path.resolve(mountpointArg); // absolute: mountinfo, pid lookup and status compare it
   const pinTimeout = opts.pintimeout === undefined ? 30 : Number(opts.pintimeout.replace(/s$/, ''));
   if (!(pinTimeout > 0)) throw new BadArgumentError(`invalid --pintimeout ${JSON.stringify(opts.pintimeout)}: want seconds > 0`);
   const gcInterval = opts.gcInterval === undefined ? 10 : Number(opts.gcInterval.replace(/s$/, ''));

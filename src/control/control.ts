@@ -432,14 +432,20 @@ function notMounted(target: string, t: Target): string {
   return `${t.zurl}: not mounted (mountpoint ${t.mnt})`;
 }
 
-/** Pids of `wcfs serve … <mnt>` processes (argv ends with the mountpoint, holds /dev/fuse). */
+/**
+ * Pids of the `wcfs serve` processes serving mnt: a wcfs CLI process holding /dev/fuse whose
+ * serve arguments name mnt — the mountpoint argument resolved against the process's working
+ * directory, or, without one, the default mountpoint of its zurl.
+ */
 export function findServerPids(mnt: string): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const argv = readFileSync(`/proc/${d}/cmdline`, 'latin1').split('\0').filter(Boolean);
-      if (argv[argv.length - 1] !== mnt || !argv.includes('serve') || !argv.some((a) => a.endsWith('wcfs.js') || a.endsWith('/wcfs'))) continue;
+      const i = argv.indexOf('serve');
+      if (i < 0 || !argv.slice(0, i).some((a) => a.endsWith('wcfs.js') || a.endsWith('/wcfs'))) continue;
+      if (serveMountpoint(argv.slice(i + 1), readlinkSync(`/proc/${d}/cwd`)) !== mnt) continue;
       const fds = readdirSync(`/proc/${d}/fd`);
       if (fds.some((fd) => safeReadlink(`/proc/${d}/fd/${fd}`) === '/dev/fuse')) out.push(Number(d));
     } catch {
@@ -447,6 +453,30 @@ export function findServerPids(mnt: string): number[] {
     }
   }
   return out;
+}
+
+/** Options of `wcfs serve` that take a value (src/cli/main.ts). */
+const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval']);
+
+/** The mountpoint `wcfs serve <args>` run in cwd serves (undefined: not a serve command line). */
+export function serveMountpoint(args: string[], cwd: string): string | undefined {
+  const pos: string[] = [];
+  for (let k = 0; k < args.length; k++) {
+    const a = args[k]!;
+    if (a === '--') {
+      pos.push(...args.slice(k + 1));
+      break;
+    }
+    if (a.startsWith('-')) {
+      if (SERVE_VALUE_OPTS.has(a)) k++;
+      continue;
+    }
+    pos.push(a);
+  }
+  const [zurl, mountpoint] = pos;
+  if (zurl === undefined) return undefined;
+  if (mountpoint !== undefined) return path.resolve(cwd, mountpoint);
+  return defaultMountpoint(hasScheme(zurl) ? zurl : path.resolve(cwd, zurl));
 }
 
 function safeReadlink(p: string): string {
