@@ -127,7 +127,7 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     const { fk, conn } = await setup();
     // the server refuses: open fails, nothing stays registered
     const o1 = conn.open(G);
-    await fk.serveReq('error setup watch f0000000000000002 @0000000000000008: file epoch detected');
+    await fk.serveReq('error setup watch f<0000000000000002> @0000000000000008: file epoch detected');
     await expect(o1).rejects.toThrow(/open f0000000000000002: watch: error setup watch .*file epoch detected/);
     const o2 = conn.open(G);
     await fk.serveReq('ok');
@@ -325,7 +325,7 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     const fh = await o;
     const m = fh.mmap(0, 1);
     const r = conn.resync(7n);
-    await fk.serveReq('error setup watch f0000000000000001 @0000000000000007: going back in history is forbidden');
+    await fk.serveReq('error setup watch f<0000000000000001> @0000000000000007: going back in history is forbidden');
     expect(await fk.serveReq('ok')).toBe('watch 0000000000000001 -'); // close after the failure
     await expect(r).rejects.toThrow(/going back in history is forbidden/);
     assertRangeFaults(m.bytes, 0, PAGE);

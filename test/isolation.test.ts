@@ -421,16 +421,16 @@ describe('watch setup: errors', () => {
   // "too far" text is matched up to "; " as upstream's tests do: its "δt" goes out latin1-encoded
   // by WatchLink.queue, i.e. as the byte 0xb4 — see the report of this test's commit)
   const cases: Array<[string, () => string, () => string]> = [
-    ['at before tail', () => `watch ${F} @${x(t0)}`, () => `prefix:error setup watch f${F} @${x(t0)}: too far away back from head/at (@${x(t3)}); `],
+    ['at before tail', () => `watch ${F} @${x(t0)}`, () => `prefix:error setup watch f<${F}> @${x(t0)}: too far away back from head/at (@${x(t3)}); `],
     [
       'file not known at head',
       () => `watch 000000000000dead @${x(t1)}`,
-      () => `error setup watch f000000000000dead @${x(t1)}: file not yet known to wcfs or is not a ZBigFile`,
+      () => `error setup watch f<000000000000dead> @${x(t1)}: file not yet known to wcfs or is not a ZBigFile`,
     ],
     [
       'file epoch in (at, head]',
       () => `watch ${x(g)} @${x(t1)}`,
-      () => `error setup watch f${x(g)} @${x(t1)}: file epoch detected @${x(t2)} in between (at,head=@${x(t3)}]`,
+      () => `error setup watch f<${x(g)}> @${x(t1)}: file epoch detected @${x(t2)} in between (at,head=@${x(t3)}]`,
     ],
     ['bad request (link level)', () => `watch ${F} @head`, () => 'error bad watch: invalid at'],
   ];
@@ -456,7 +456,7 @@ describe('watch setup: errors', () => {
     c.ack(await c.expectPins(f, { 1: t1, 3: t1 }));
     expect(await c.recv()).toBe('1 ok');
     c.send(`3 watch ${F} @${x(t1)}`);
-    expect(await c.recv()).toBe(`3 error setup watch f${F} @${x(t1)}: going back in history is forbidden`);
+    expect(await c.recv()).toBe(`3 error setup watch f<${F}> @${x(t1)}: going back in history is forbidden`);
     expect(iso.minWatchAt()).toBe(t2);
     expect(host.stats.Watch).toBe(1);
   });

@@ -130,7 +130,7 @@ describe('head/watch framing (protocol proper: next milestone)', () => {
   });
   it('a watch request is answered (not yet implemented)', async () => {
     const got = await talk([`7 watch ${FOID} @${first}\n`], 1);
-    expect(got).toMatch(new RegExp(`^7 error setup watch f${FOID} @${first}: `));
+    expect(got).toMatch(new RegExp(`^7 error setup watch f<${FOID}> @${first}: `));
   });
   it('an invalid frame gets a stream-0 error and EOF', async () => {
     expect(await talk(['zzz hello\n'], 2)).toBe('0 error: invalid frame: "zzz hello\\n" (invalid stream)\n');

@@ -149,17 +149,17 @@ describe('watch setup and reads (upstream scenarios)', () => {
     await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
     const l = await t.link();
     expect(await l.request(`watch ${hex16(never)} @${hex16(t.head())}`)).toBe(
-      `error setup watch f${hex16(never)} @${hex16(t.head())}: file not yet known to wcfs or is not a ZBigFile`,
+      `error setup watch f<${hex16(never)}> @${hex16(t.head())}: file not yet known to wcfs or is not a ZBigFile`,
     );
     expect(await l.request('bla bla')).toBe('error bad watch: not a watch request: "bla bla"');
     expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail - 1n)}`)).toMatch(
-      new RegExp(`^error setup watch f${hex16(f)} @${hex16(t.tail - 1n)}: too far away back from head/at \\(@${hex16(t.head())}\\); `),
+      new RegExp(`^error setup watch f<${hex16(f)}> @${hex16(t.tail - 1n)}: too far away back from head/at \\(@${hex16(t.head())}\\); `),
     );
     await t.watch(l, f, t.head());
     expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail - 1n)}`)).toMatch(/too far away back/);
     const at1 = await t.commit([[f, { 1: 2 }]]);
     await t.watch(l, f, at1);
-    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail)}`)).toBe(`error setup watch f${hex16(f)} @${hex16(t.tail)}: going back in history is forbidden`);
+    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail)}`)).toBe(`error setup watch f<${hex16(f)}> @${hex16(t.tail)}: going back in history is forbidden`);
     l.send('zzz hello\n');
     expect(await l.untilEOF()).toEqual(['0 error: invalid frame: "zzz hello\\n" (invalid stream)']);
   }, 30_000);
@@ -177,7 +177,7 @@ describe('watch setup and reads (upstream scenarios)', () => {
     const l = await t.link();
     const reply = await l.request(`watch ${hex16(g)} @${hex16(at1)}`);
     expect(reply).toBe(
-      `error setup watch f${hex16(g)} @${hex16(at1)}: file epoch detected @${hex16(t.revs[t.revs.length - 2]!)} in between (at,head=@${hex16(t.head())}]`,
+      `error setup watch f<${hex16(g)}> @${hex16(at1)}: file epoch detected @${hex16(t.revs[t.revs.length - 2]!)} in between (at,head=@${hex16(t.head())}]`,
     );
     expect(await stats(t)).toMatchObject({ Watch: 0 }); // rolled back
   }, 30_000);

@@ -69,8 +69,8 @@ const table: Array<[string, Reading | 'frame' | 'pin']> = [
   ['0 fatal: pin timeout', { stream: 0n, msg: 'fatal: pin timeout' }],
   ['0 error: invalid frame: "zzz hello\\n" (invalid stream)', { stream: 0n, msg: 'error: invalid frame: "zzz hello\\n" (invalid stream)' }], // control line before a protocol-error close
   [
-    `5 error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile`,
-    { stream: 5n, msg: `error setup watch f${'0'.repeat(15)}1 @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile` },
+    `5 error setup watch f<${'0'.repeat(15)}1> @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile`,
+    { stream: 5n, msg: `error setup watch f<${'0'.repeat(15)}1> @${'0'.repeat(15)}2: file not yet known to wcfs or is not a ZBigFile` },
   ],
   ['7 ok', { stream: 7n, msg: 'ok' }],
   ['1 ', { stream: 1n, msg: '' }],

@@ -106,7 +106,7 @@ export class Isolation {
 
   async handleRequest(link: WatchLink, stream: bigint, foid: Oid, at: Tid | null): Promise<void> {
     const atText = at === null ? 'ffffffffffffffff' : hex16(at);
-    const prefix = `setup watch f${hex16(foid)} @${atText}`;
+    const prefix = `setup watch f<${hex16(foid)}> @${atText}`; // upstream's exact text (wcfs.go setupWatch)
     try {
       if (at === null) this.unwatch(link, foid);
       else await this.setupWatch(link, foid, at);

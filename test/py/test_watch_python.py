@@ -200,7 +200,7 @@ def test_pin_on_access(hist, links):
     # not yet known to wcfs: refused (as upstream); known but nothing read yet → nothing
     # tracked → no pins at setup
     assert wl.req('watch %016x @%016x' % (h.foid, at1)) == \
-        'error setup watch f%016x @%016x: file not yet known to wcfs or is not a ZBigFile' % (h.foid, at1)
+        'error setup watch f<%016x> @%016x: file not yet known to wcfs or is not a ZBigFile' % (h.foid, at1)
     h.lookup(h.f)
     wl.watch(h.foid, at1, [])
 
@@ -301,10 +301,9 @@ def test_watch_going_back(hist, links):
     links.append(wl)
     wl.watch(h.foid, at2, h.pins(h.f, at2, range(NBLK)))
     r = wl.req('watch %016x @%016x' % (h.foid, at1))
-    # NOTE upstream (wcfs.go setupWatch: xerr.Contextf(&err, "setup watch f<%s> @%s", foid, at))
-    # says "setup watch f<0000…> @…"; our server leaves out the angle brackets (isolation.ts).
+    # the exact text of upstream (wcfs.go setupWatch: "setup watch f<%s> @%s")
     # The reason after ": " is upstream's exactly; that is what upstream's clients match on.
-    assert r == 'error setup watch f%016x @%016x: going back in history is forbidden' % (h.foid, at1)
+    assert r == 'error setup watch f<%016x> @%016x: going back in history is forbidden' % (h.foid, at1)
     # the link stays up and the watch stays @at2: forward is fine, with exactly the unpins
     wl.watch(h.foid, at3, [pin(h.foid, 0, None)])
     assert wl.ctl == [] and not wl.eof
@@ -379,9 +378,9 @@ def test_bad_lines(hist, links):
     assert wl.req('watch %016x @1234' % h.foid) == 'error bad watch: invalid at'
     nofile = 0  # the root object: no ZBigFile
     assert wl.req('watch %016x @%016x' % (nofile, at3)) == \
-        'error setup watch f%016x @%016x: file not yet known to wcfs or is not a ZBigFile' % (nofile, at3)
+        'error setup watch f<%016x> @%016x: file not yet known to wcfs or is not a ZBigFile' % (nofile, at3)
     r = wl.req('watch %016x @%016x' % (h.foid, at0 - 1))
-    assert r.startswith('error setup watch f%016x @%016x: too far away back from head/at (@%016x); ' % (h.foid, at0 - 1, at3)), r
+    assert r.startswith('error setup watch f<%016x> @%016x: too far away back from head/at (@%016x); ' % (h.foid, at0 - 1, at3)), r
     # still usable
     wl.watch(h.foid, at3, [])
     assert wl.ctl == [] and not wl.eof
