@@ -159,7 +159,9 @@ describe('watch setup and reads (upstream scenarios)', () => {
     expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail - 1n)}`)).toMatch(/too far away back/);
     const at1 = await t.commit([[f, { 1: 2 }]]);
     await t.watch(l, f, at1);
-    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail)}`)).toBe(`error setup watch f<${hex16(f)}> @${hex16(t.tail)}: going back in history is forbidden`);
+    expect(await l.request(`watch ${hex16(f)} @${hex16(t.tail)}`)).toBe(
+      `error setup watch f<${hex16(f)}> @${hex16(t.tail)}: going back in history is forbidden`,
+    );
     l.send('zzz hello\n');
     expect(await l.untilEOF()).toEqual(['0 error: invalid frame: "zzz hello\\n" (invalid stream)']);
   }, 30_000);
