@@ -1,8 +1,9 @@
 # Python (real ZODB, FileStorage) is the writer, wcfs the reader (issue 9, tests 1 and 3):
 #
 #   test_random_commits_served_live   random ZBigFile changes committed by ZODB/py while
-#                                     `wcfs serve` follows; after every commit head/ and a
-#                                     sample of @<tid>/ views equal what Python read at each tid
+#                                     `wcfs serve` follows; after every commit (or burst of
+#                                     2-4 commits) head/ and a sample of @<tid>/ views equal
+#                                     what Python read at each tid; at the end every @<tid>/
 #   test_abort_after_vote_not_reported  a commit aborted after the storage voted (status-'c'
 #                                     txn on disk, then truncated) is never reported
 #   test_pause_between_vote_and_finish  a commit paused between tpc_vote and tpc_finish is
@@ -12,6 +13,7 @@
 #                                     with each side's exact error text
 #
 # Seed: WCFS_SEED (default fixed); printed, so a failing run can be repeated.
+# WCFS_PY1_COMMITS: commits in the random run (default 120, ~5 s).
 import json
 import os
 import random
