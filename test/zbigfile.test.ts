@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { StorageLoader, WriteTxn } from '../src/zodb/db.js';
 import { hex16, parseHex16, type Tid } from '../src/zodb/ids.js';
+import { Tuple, type PyValue } from '../src/zodb/pickle/index.js';
 import { openStorage } from '../src/zodb/open.js';
 import type { IStorage, IWritableStorage } from '../src/zodb/storage.js';
 import { ZBigFileView, createZBigFile, ensureRoot, setBlock, trimZeros } from '../src/zodb/zbigfile.js';
@@ -319,5 +320,92 @@ describe('ZData fast path', () => {
       }
     }
     expect(fast).toBeGreaterThan(100); // the layout real ZODB/py3 writes is the common one
+  });
+});
+
+describe('ZBigFile state with extra trailing fields', () => {
+  // One public copy of wendelin.core pickles (blksize, blktab, zblk_fmt): such a file reads as
+  // (blksize, blktab), with one warning naming the file; a state shorter than 2 stays refused.
+  const withState = async (items: (st: Tuple) => PyValue, run: (s: IWritableStorage, foid: bigint, tid: Tid) => Promise<void>) => {
+    const tmp = makeTmpDir();
+    try {
+      const s = (await openStorage(path.join(tmp.dir, 'extra.fs'), { create: true })) as IWritableStorage;
+      try {
+        await ensureRoot(s);
+        let txn = new WriteTxn(s);
+        const foid = createZBigFile(txn, BLKSIZE);
+        await setBlock(txn, foid, 0, new Uint8Array(BLKSIZE).fill(5), { format: 'ZBlk0' });
+        await setBlock(txn, foid, 2, new Uint8Array(100).fill(6), { format: 'ZBlk1' });
+        await txn.commit();
+        txn = new WriteTxn(s);
+        const zf = await txn.loadObject(foid);
+        txn.store(foid, zf.klass, items(zf.state as Tuple));
+        await run(s, foid, await txn.commit());
+      } finally {
+        await s.close();
+      }
+    } finally {
+      tmp.cleanup();
+    }
+  };
+
+  it("(blksize, blktab, 'ZBlk1') reads as (blksize, blktab), with one warning naming the oid", async () => {
+    await withState(
+      (st) => new Tuple([...st.items, 'ZBlk1']),
+      async (s, foid, tid) => {
+        const f = await ZBigFileView.open(new StorageLoader(s), foid, tid);
+        expect(f.blksize).toBe(BLKSIZE);
+        expect((await f.size()).size).toBe(3 * BLKSIZE);
+        expect((await f.loadBlock(0)).data.every((x) => x === 5)).toBe(true);
+        expect((await f.loadBlock(1)).data.every((x) => x === 0)).toBe(true);
+        const b2 = (await f.loadBlock(2)).data;
+        expect(b2.subarray(0, 100).every((x) => x === 6) && b2.subarray(100).every((x) => x === 0)).toBe(true);
+        expect(f.warnings).toHaveLength(1);
+        expect(f.warnings[0]).toContain(hex16(foid));
+        expect(f.warnings[0]).toContain("'ZBlk1'");
+        expect(f.withAt(tid).warnings).toEqual(f.warnings);
+        // the writer works on such a file too, and keeps its state as it is
+        const txn = new WriteTxn(s);
+        await setBlock(txn, foid, 1, new Uint8Array(10).fill(7));
+        expect(txn.changed()).not.toContain(foid);
+        const tid2 = await txn.commit();
+        const f2 = await ZBigFileView.open(new StorageLoader(s), foid, tid2);
+        expect((await f2.loadBlock(1)).data.subarray(0, 11)).toEqual(new Uint8Array([7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0]));
+        expect(f2.warnings).toEqual(f.warnings);
+      },
+    );
+  });
+
+  it('several extra fields: still one warning, listing them', async () => {
+    await withState(
+      (st) => new Tuple([...st.items, 'ZBlk0', 3n, null]),
+      async (s, foid, tid) => {
+        const f = await ZBigFileView.open(new StorageLoader(s), foid, tid);
+        expect(f.warnings).toHaveLength(1);
+        expect(f.warnings[0]).toContain("3 extra trailing field(s) after (blksize, blktab): 'ZBlk0', 3, None");
+      },
+    );
+  });
+
+  it('(blksize, blktab): no warning', async () => {
+    await withState(
+      (st) => st,
+      async (s, foid, tid) => expect((await ZBigFileView.open(new StorageLoader(s), foid, tid)).warnings).toEqual([]),
+    );
+  });
+
+  it('(blksize,) and a bad blktab behind extras stay refused', async () => {
+    await withState(
+      (st) => new Tuple([st.items[0]!]),
+      async (s, foid, tid) => {
+        await expect(ZBigFileView.open(new StorageLoader(s), foid, tid)).rejects.toThrow(/want \(blksize, blktab\)/);
+      },
+    );
+    await withState(
+      (st) => new Tuple([st.items[0]!, 'ZBlk1', st.items[1]!]),
+      async (s, foid, tid) => {
+        await expect(ZBigFileView.open(new StorageLoader(s), foid, tid)).rejects.toThrow(/blktab is/);
+      },
+    );
   });
 });

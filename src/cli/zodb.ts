@@ -5,6 +5,7 @@ import { WriteTxn, StorageLoader } from '../zodb/db.js';
 import { BadArgumentError } from '../errors.js';
 import { hex16, parseHexArg, tidToString, type Oid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
+import { say } from '../util/log.js';
 import { PersistentRef, decodeRecordClass } from '../zodb/pickle/index.js';
 import type { IStorage, IWritableStorage } from '../zodb/storage.js';
 import { ZBigFileView, createZBigFile, ensureRoot, rootSet, setBlock, ZBIGFILE_CLASS } from '../zodb/zbigfile.js';
@@ -33,8 +34,16 @@ export interface DbInfo {
   zbigfiles: ZBigFileInfo[];
 }
 
-/** One pass over the history: txn count, and the class of every object's latest record. */
-export async function collectInfo(s: IStorage, zurl: string): Promise<DbInfo> {
+/** ZBigFileView.warnings reach the user on stderr, as `wcfs: warning: …`. */
+function warnFile(f: ZBigFileView): void {
+  for (const w of f.warnings) say(`warning: ${w}`);
+}
+
+/**
+ * One pass over the history: txn count, and the class of every object's latest record.
+ * `warn` gets each ZBigFile's warnings (default: stderr).
+ */
+export async function collectInfo(s: IStorage, zurl: string, warn: (f: ZBigFileView) => void = warnFile): Promise<DbInfo> {
   let txns = 0;
   const zbig = new Set<Oid>();
   const seen = new Set<Oid>();
@@ -55,6 +64,7 @@ export async function collectInfo(s: IStorage, zurl: string): Promise<DbInfo> {
   const zbigfiles: ZBigFileInfo[] = [];
   for (const oid of [...zbig].sort((a, b) => (a < b ? -1 : 1))) {
     const f = await ZBigFileView.open(loader, oid, head);
+    warn(f);
     zbigfiles.push({ oid: hex16(oid), blksize: f.blksize, size: (await f.size()).size });
   }
   return { zurl, head: hex16(head), headTime: tidToString(head), txns, objects: seen.size, zbigfiles };
@@ -84,6 +94,7 @@ export async function zodbCat(zurl: string, foidText: string, blkText: string, o
   const data = await withStorage(zurl, async (s) => {
     const at = opts.at === undefined ? s.head() : parseHexArg(opts.at, 'tid');
     const f = await ZBigFileView.open(new StorageLoader(s), foid, at);
+    warnFile(f);
     return (await f.loadBlock(blk)).data;
   });
   await new Promise<void>((resolve, reject) => process.stdout.write(data, (e) => (e ? reject(e) : resolve())));

@@ -70,9 +70,10 @@ import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
 import { logLine } from '../util/log.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
-import { hex16 } from '../zodb/ids.js';
+import { hex16, type Oid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { IStorage, StorageWatch } from '../zodb/storage.js';
+import type { ZBigFileView } from '../zodb/zbigfile.js';
 import { Commits } from './commit.js';
 import { Head } from './head.js';
 import { Isolation } from './isolation.js';
@@ -164,6 +165,8 @@ export class WcfsServer implements FileSystem {
   /** Open head/watch handles by fh (until RELEASE); a closed link still answers EOF. */
   private readonly links = new Map<number, WatchLink>();
   private nextLinkId = 1;
+  /** ZBigFiles whose warnings were logged (fileWarnings). */
+  private readonly warnedFiles = new Set<Oid>();
   private watch: StorageWatch | undefined;
   private fatalErr: Error | undefined;
   private stopping = false;
@@ -256,6 +259,7 @@ export class WcfsServer implements FileSystem {
       },
       opened: () => this.opened(),
       closed: () => this.closed1(),
+      fileWarnings: (view) => this.fileWarnings(view),
     });
     this.commits = new Commits({
       head: this.head,
@@ -432,6 +436,13 @@ export class WcfsServer implements FileSystem {
 
   private warn(msg: string): void {
     this.log(`wcfs: ${this.zurl}: ${msg}`);
+  }
+
+  /** What is odd about a ZBigFile (ZBigFileView.warnings): logged once per file oid. */
+  private fileWarnings(view: ZBigFileView): void {
+    if (this.warnedFiles.has(view.oid)) return;
+    this.warnedFiles.add(view.oid);
+    for (const w of view.warnings) this.warn(`warning: ${w}`);
   }
 
   // ---- auto-exit ----

@@ -26,7 +26,7 @@ import { errno, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, S_IFDIR, S_IFREG, type OpenIn
 import type { Notifier } from '../fuse/notifier.js';
 import type { BlockCache } from '../fuse/session.js';
 import type { ObjectLoader } from '../zodb/db.js';
-import { hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
+import { hex16, tidToTimespec, type Oid, type Tid } from '../zodb/ids.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
 import { BigFile } from './bigfile.js';
 import type { Head } from './head.js';
@@ -77,6 +77,8 @@ export interface TreeHost {
   /** A file was opened / released (auto-exit). */
   opened(): void;
   closed(): void;
+  /** A ZBigFile view was opened: the host reports its warnings (once per file). */
+  fileWarnings?(view: ZBigFileView): void;
 }
 
 interface RevView {
@@ -299,7 +301,9 @@ export class Tree {
 
   private async openView(foid: Oid, at: Tid): Promise<ZBigFileView> {
     try {
-      return await ZBigFileView.open(this.host.loader, foid, at);
+      const view = await ZBigFileView.open(this.host.loader, foid, at);
+      if (view.warnings.length > 0) this.host.fileWarnings?.(view);
+      return view;
     } catch (e) {
       if (isCode(e, 'WCFS_ENOOBJ') || isCode(e, 'WCFS_ENODATA') || isCode(e, 'WCFS_ENOTZBIGFILE')) {
         throw new FuseError(errno.EINVAL, `@${hex16(at)}/bigfile/${hex16(foid)}: ${(e as Error).message}`);
@@ -406,7 +410,7 @@ function parseOidName(name: string): Oid {
   return BigInt('0x' + name);
 }
 
+/** mtime of a tid: its TimeStamp time, rounded to microseconds as ZODB does. */
 function tidTime(tid: Tid): { sec: number; nsec: number } {
-  const ms = tidToDate(tid).getTime();
-  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
+  return tidToTimespec(tid);
 }

@@ -87,11 +87,36 @@ export function fieldsToTid(f: TimeStampFields): Tid {
   return (BigInt(a) << 32n) | BigInt(Math.min(b, TWO32 - 1));
 }
 
-/** Wall time of a tid (millisecond precision; sub-ms part is dropped). */
-export function tidToDate(tid: Tid): Date {
+/**
+ * The seconds of a tid, rounded to microseconds as ZODB prints them: str(TimeStamp) formats
+ * the exact binary value b·60/2³² with "%09.6f" — correctly rounded, ties to even. 60.000000
+ * is possible (b near 2³²) and, as in ZODB, does not carry into the minute.
+ */
+export function tidMicroseconds(tid: Tid): number {
+  const num = (tid & 0xffffffffn) * 60_000_000n; // b·60·10⁶; seconds·10⁶ = num / 2³²
+  let q = num >> 32n;
+  const r = num & 0xffffffffn;
+  const half = 0x80000000n;
+  if (r > half || (r === half && (q & 1n) === 1n)) q++;
+  return Number(q);
+}
+
+/** Wall time of a tid in microseconds since the Unix epoch (TimeStamp's µs rounding). */
+export function tidToEpochMicros(tid: Tid): number {
   const f = tidToFields(tid);
-  const ms = Date.UTC(f.year, f.month - 1, f.day, f.hour, f.minute) + Math.floor(f.second * 1000);
-  return new Date(ms);
+  return Date.UTC(f.year, f.month - 1, f.day, f.hour, f.minute) * 1000 + tidMicroseconds(tid);
+}
+
+/** Wall time of a tid (millisecond precision: the µs-rounded time, sub-ms part dropped). */
+export function tidToDate(tid: Tid): Date {
+  return new Date(Math.floor(tidToEpochMicros(tid) / 1000));
+}
+
+/** Wall time of a tid as a timespec (µs precision, as tidToEpochMicros). */
+export function tidToTimespec(tid: Tid): { sec: number; nsec: number } {
+  const us = tidToEpochMicros(tid);
+  const sec = Math.floor(us / 1e6);
+  return { sec, nsec: (us - sec * 1e6) * 1000 };
 }
 
 /** TimeStamp of a wall time; `subMs` in [0,1) adds sub-millisecond precision. */
@@ -106,13 +131,13 @@ export function dateToTid(d: Date, subMs = 0): Tid {
   });
 }
 
-/** ISO-like text of a tid with microseconds, as ZODB prints TimeStamps. */
+/** Text of a tid exactly as str(persistent.TimeStamp): `YYYY-MM-DD HH:MM:SS.ffffff` (UTC). */
 export function tidToString(tid: Tid): string {
   const f = tidToFields(tid);
   const p2 = (n: number) => String(n).padStart(2, '0');
-  const sec = Math.floor(f.second);
-  const usec = Math.floor((f.second - sec) * 1e6);
-  return `${f.year}-${p2(f.month)}-${p2(f.day)} ${p2(f.hour)}:${p2(f.minute)}:${p2(sec)}.` + String(usec).padStart(6, '0');
+  const us = tidMicroseconds(tid);
+  const sec = Math.floor(us / 1e6);
+  return `${String(f.year).padStart(4, '0')}-${p2(f.month)}-${p2(f.day)} ${p2(f.hour)}:${p2(f.minute)}:${p2(sec)}.` + String(us % 1e6).padStart(6, '0');
 }
 
 /**

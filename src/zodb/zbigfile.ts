@@ -5,6 +5,8 @@
 //   ZBlk0     state bytes — the block, trailing zeros stripped
 //   ZBlk1     state ref→IOBTree chunktab               chunktab: offset-in-block → ZData
 //   ZData     state bytes — one chunk, trailing zeros stripped; all-zero chunks are absent
+// A ZBigFile state with extra trailing fields ((blksize, blktab, zblk_fmt) in one public
+// wendelin.core copy) is read as (blksize, blktab); ZBigFileView.warnings says so.
 //
 // Invariants (readers check them; the writer keeps them):
 //   size = (max key of blktab + 1)·blksize, 0 for an empty blktab;
@@ -20,8 +22,8 @@ import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeRange
 import { isCode } from '../errors.js';
 import { NotZBigFileError, ObjectFormatError } from './errors.js';
 import { WriteTxn, type ObjectLoader } from './db.js';
-import type { Oid, Tid } from './ids.js';
-import { Global, PersistentRef, PyDict, Tuple, asBytes, asInt, pyTypeName, type PyValue } from './pickle/index.js';
+import { hex16, type Oid, type Tid } from './ids.js';
+import { ByteStr, Global, PersistentRef, PyDict, Tuple, asBytes, asInt, pyTypeName, type PyValue } from './pickle/index.js';
 import type { IWritableStorage } from './storage.js';
 
 const MOD = 'wendelin.bigfile.file_zodb';
@@ -71,6 +73,12 @@ export class ZBigFileView {
     readonly blktab: Oid,
     /** Serial of the ZBigFile object itself. */
     readonly serial: Tid,
+    /**
+     * What is odd about the file's state but does not stop reading it (extra trailing state
+     * fields): at most one line, without the `wcfs:` prefix. The zodb layer has no log; whoever
+     * shows files to the user reports it — once per file (the server, `wcfs zodb`).
+     */
+    readonly warnings: readonly string[] = [],
   ) {}
 
   static async open(loader: ObjectLoader, oid: Oid, at: Tid): Promise<ZBigFileView> {
@@ -78,8 +86,8 @@ export class ZBigFileView {
     if (!obj.klass.is(MOD, 'ZBigFile')) {
       throw new NotZBigFileError(oid, String(obj.klass));
     }
-    const { blksize, blktab } = decodeZBigFileState(oid, obj.state);
-    return new ZBigFileView(loader, oid, at, blksize, blktab, obj.serial);
+    const { blksize, blktab, warnings } = decodeZBigFileState(oid, obj.state);
+    return new ZBigFileView(loader, oid, at, blksize, blktab, obj.serial, warnings);
   }
 
   /**
@@ -87,7 +95,7 @@ export class ZBigFileView {
    * object itself did not change in between (the server checks that: epochs are fatal).
    */
   withAt(at: Tid): ZBigFileView {
-    return new ZBigFileView(this.loader, this.oid, at, this.blksize, this.blktab, this.serial);
+    return new ZBigFileView(this.loader, this.oid, at, this.blksize, this.blktab, this.serial, this.warnings);
   }
 
   /** File size in bytes and the blktab path to the max key. */
@@ -217,8 +225,13 @@ export function zdataFast(rec: Uint8Array): Uint8Array | undefined {
   return undefined;
 }
 
-export function decodeZBigFileState(oid: Oid, state: PyValue): { blksize: number; blktab: Oid } {
-  if (!(state instanceof Tuple) || state.items.length !== 2) {
+/**
+ * (blksize, blktab[, extra…]): a state with extra trailing fields — one public copy of
+ * wendelin.core pickles (blksize, blktab, zblk_fmt) — reads as (blksize, blktab), and
+ * `warnings` says what was ignored.
+ */
+export function decodeZBigFileState(oid: Oid, state: PyValue): { blksize: number; blktab: Oid; warnings: string[] } {
+  if (!(state instanceof Tuple) || state.items.length < 2) {
     throw new ObjectFormatError(oid, `ZBigFile: state is ${pyTypeName(state)}, want (blksize, blktab)`);
   }
   const blksize = asInt(state.items[0]!);
@@ -229,7 +242,25 @@ export function decodeZBigFileState(oid: Oid, state: PyValue): { blksize: number
   if (!(blktab instanceof PersistentRef) || (blktab.klass !== null && !blktab.klass.is('BTrees.LOBTree', 'LOBTree'))) {
     throw new ObjectFormatError(oid, `ZBigFile: blktab is ${pyTypeName(blktab)}, want ref to LOBTree`);
   }
-  return { blksize: Number(blksize), blktab: blktab.oid };
+  const extra = state.items.slice(2);
+  const warnings =
+    extra.length === 0
+      ? []
+      : [`ZBigFile ${hex16(oid)}: state has ${extra.length} extra trailing field(s) after (blksize, blktab): ${extra.map(describeExtra).join(', ')}; ignored`];
+  return { blksize: Number(blksize), blktab: blktab.oid, warnings };
+}
+
+/** A short text of an ignored state field: strings and numbers as Python reprs them, else the type. */
+function describeExtra(v: PyValue): string {
+  const str = typeof v === 'string' ? v : v instanceof ByteStr ? v.toString() : undefined;
+  if (str !== undefined) {
+    if (str.length > 40) return `${pyTypeName(v)} of ${str.length} chars`;
+    return /^[\x20-\x7e]*$/.test(str) && !/['\\]/.test(str) ? `'${str}'` : JSON.stringify(str);
+  }
+  if (typeof v === 'bigint' || typeof v === 'number') return String(v);
+  if (typeof v === 'boolean') return v ? 'True' : 'False';
+  if (v === null) return 'None';
+  return pyTypeName(v);
 }
 
 // ---- finding ZBigFiles ----
