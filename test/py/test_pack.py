@@ -78,9 +78,10 @@ def read(path, off=0, n=-1):
         os.close(fd)
 
 
-def test_pack_while_serving(tmpdb, serve, watchers):
+def test_pack_while_serving(tmpdb, serve, watchers, request):
     # >>> Python: a history of a ZBigFile (blocks 0, 1) in three commits
     db = ZODB.DB(ZODB.FileStorage.FileStorage(tmpdb))
+    request.addfinalizer(db.close)  # also when an assertion fails (closing twice is fine)
     conn = db.open()
     f = conn.root()['f'] = ZBigFile(BS)
     f.write_block(0, blk(0x11))
@@ -173,5 +174,7 @@ def test_pack_while_serving(tmpdb, serve, watchers):
     log = srv.output()
     assert 'database packed: history before @%016x is gone' % at3 in log, log
     assert 'zwatcher failed' not in log, log
+    # the errors the clients got as EIO, with why
+    assert 'EIO: PackedError: @%016x: %s' % (at1, packed) in log, log
+    assert 'EIO: PackedError: @%016x/bigfile/%s #1: %s' % (at2, foid, packed) in log, log
     conn.close()
-    db.close()
