@@ -59,6 +59,7 @@ export type WcfsCode =
   | 'WCFS_ESERVERBUG' // the server broke a promise the client relies on
   // server (src/server/)
   | 'WCFS_EEPOCH' // a ZBigFile changed blksize/blktab: not supported
+  | 'WCFS_EPACKED' // a revision older than the pack boundary: its history was packed away
   // control path (src/control/)
   | 'WCFS_EUNSAFE' // a mountpoint or log fails the shared-directory rules
   | 'WCFS_ELOG' // the server log cannot be opened

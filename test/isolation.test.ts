@@ -105,6 +105,9 @@ class Host implements IsolationHost {
   get deltaFtail() {
     return this.h.δF;
   }
+  packedTo(): Tid {
+    return 0n;
+  }
   headAt(): Tid {
     return this.h.δF.head();
   }

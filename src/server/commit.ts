@@ -85,12 +85,22 @@ export class Commits {
         const r = await it.next();
         if (r.done) return;
         const batch = [r.value];
-        while (batch.length < MAX_BATCH && watch.ready() > 0) {
+        // commits before a pack boundary are processed together with the one at it (advance)
+        while (watch.ready() > 0 && (batch.length < MAX_BATCH || batch[batch.length - 1]!.tid < this.host.head.packedTo)) {
           const more = await it.next();
           if (more.done) break;
           batch.push(more.value);
         }
-        await this.handle(batch);
+        // a pack seen after the batch was taken: pull in the commits up to its boundary (queued)
+        await this.handle(batch, async () => {
+          const more: CommitEvent[] = [];
+          while (watch.ready() > 0 && (more.length === 0 || more[more.length - 1]!.tid < this.host.head.packedTo)) {
+            const r2 = await it.next();
+            if (r2.done) break;
+            more.push(r2.value);
+          }
+          return more;
+        });
         if (this.host.failed) return;
       }
     } catch (e) {
@@ -98,12 +108,16 @@ export class Commits {
     }
   }
 
-  /** One batch (ascending tids): 3a, 3b, 3c. */
-  async handle(evs: CommitEvent[]): Promise<void> {
+  /**
+   * One batch (ascending tids): 3a, 3b, 3c. `more` gives the events queued behind the batch:
+   * taken when the batch ends below the pack boundary (advance folds them).
+   */
+  async handle(evs: CommitEvent[], more?: () => Promise<CommitEvent[]>): Promise<void> {
     const head = this.host.head;
     let plan: CommitPlan;
     await head.uploads.lockExclusive();
     try {
+      if (more !== undefined && evs[evs.length - 1]!.tid < head.packedTo) evs = evs.concat(await more());
       plan = await this.advance(evs);
     } catch (e) {
       this.host.fatal(e as Error);
@@ -133,9 +147,24 @@ export class Commits {
     const sizes = new Map<BigFile, number>();
     const changed = new Map<BigFile, Set<number>>();
     const lastChange = new Map<BigFile, Tid>(); // mtime (revApprox)
-    for (const ev of evs) {
+    // Commits below the pack boundary (the storage was packed before we processed them) can
+    // no longer be looked at one by one — their states are gone: fold them into the next one.
+    let folded: Set<bigint> | undefined;
+    for (let i = 0; i < evs.length; i++) {
+      const ev = evs[i]!;
+      if (ev.tid < head.packedTo && i < evs.length - 1) {
+        folded ??= new Set();
+        for (const o of ev.oids) folded.add(o);
+        continue;
+      }
+      let oids: Iterable<bigint> = ev.oids;
+      if (folded !== undefined) {
+        for (const o of ev.oids) folded.add(o);
+        oids = folded;
+        folded = undefined;
+      }
       debug('δZ @%s: %d oids', hex16(ev.tid), ev.oids.length);
-      const δF = await head.deltaFtail.update(ev.tid, ev.oids);
+      const δF = await head.deltaFtail.update(ev.tid, oids);
       for (const [foid, d] of δF) {
         const f = head.files.get(foid);
         if (f === undefined) continue;

@@ -20,6 +20,7 @@
 //   I5 publishedAt ≤ at, equal outside commit processing: a client learns of a revision only
 //      after head's page cache holds nothing older for it (commit.ts, step 3c).
 
+import { WcfsError } from '../errors.js';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
 import { DeltaFtail } from '../deltatail/deltaFtail.js';
@@ -28,8 +29,28 @@ import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import type { BigFile } from './bigfile.js';
 import { Event, RWMutex, UploadGate } from './lock.js';
 
+/**
+ * A revision below the pack boundary (notes.md, Server "Pack while serving"): `subject`
+ * names what was asked for (a view, a block, a watch).
+ */
+export class PackedError extends WcfsError {
+  constructor(
+    subject: string,
+    readonly rev: Tid,
+    readonly packedTo: Tid,
+  ) {
+    super('WCFS_EPACKED', `${subject}: packed away: history before @${hex16(packedTo)} is gone`);
+  }
+}
+
 export class Head {
   readonly mu = new RWMutex();
+  /**
+   * Pack boundary (IStorage.packedTo): revisions below it are refused — @<rev>/ lookups, block
+   * loads of @<rev>/ files, watches. JS thread; set at start and when the storage reports a
+   * pack (server.ts), never lowered.
+   */
+  packedTo: Tid = 0n;
   readonly uploads = new UploadGate(this.mu);
   readonly files = new Map<Oid, BigFile>();
   readonly deltaFtail: DeltaFtail;
@@ -41,6 +62,11 @@ export class Head {
     this.at_ = at0;
     this.published = at0;
     this.deltaFtail = new DeltaFtail(at0, loader);
+  }
+
+  /** PackedError when rev is below the pack boundary. */
+  checkPacked(rev: Tid, subject: string): void {
+    if (rev < this.packedTo) throw new PackedError(subject, rev, this.packedTo);
   }
 
   /** The head READs are served from (I2). */

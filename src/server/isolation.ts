@@ -43,6 +43,7 @@ import type { ProcessRef } from '../util/proc.js';
 import { isCode } from '../errors.js';
 import { LinkDownError, LinkTimeoutError, PinError, WrongReplyError } from '../watchlink/errors.js';
 import type { WatchLink } from './wlink.js';
+import { PackedError } from './head.js';
 
 /** Pins sent, acked and failed; kill decisions (the kills themselves go to the server's log too). */
 const debug = createDebug('wcfs:iso');
@@ -64,6 +65,8 @@ export interface IsolationHost {
   readonly headMu: RWMutex;
   readonly deltaFtail: DeltaFtail;
   headAt(): Tid;
+  /** Pack boundary (head.ts Head.packedTo): watches below it are refused. */
+  packedTo(): Tid;
   headFile(foid: Oid): BigFile | undefined;
   /** Wait until head ≥ at (cancelled by signal). */
   waitHead(at: Tid, signal: AbortSignal): Promise<void>;
@@ -138,6 +141,8 @@ export class Isolation {
     await h.waitHead(at, link.signal);
     await h.headMu.rlock(link.signal);
     try {
+      const packedTo = h.packedTo();
+      if (at < packedTo) throw new PackedError(`@${hex16(at)}`, at, packedTo);
       const tail = h.deltaFtail.tail();
       if (at < tail) {
         const head = h.headAt();
@@ -288,8 +293,9 @@ export class Isolation {
     const byFile = this.linkWatches.get(link);
     if (byFile !== undefined) for (const w of [...byFile.values()]) this.drop(w);
     this.linkWatches.delete(link);
-    // a failed pin (cause: PinError) was dealt with by pinFailed
-    if (down !== undefined && pendingRequests > 0 && !isCode(down.cause, 'WCFS_EPIN')) {
+    // a failed pin (cause: PinError) was dealt with by pinFailed; a link closed because of a
+    // pack (cause: PackedError) did nothing wrong
+    if (down !== undefined && pendingRequests > 0 && !isCode(down.cause, 'WCFS_EPIN') && !isCode(down.cause, 'WCFS_EPACKED')) {
       void this.maybeKill(link, down.why, 'io');
     }
   }
@@ -351,13 +357,48 @@ export class Isolation {
     h.stats.pinkill++;
   }
 
-  /** History needed by nobody: ≥ 1 minute back from head, and never past a watch's at (wcfs-server.md §2.8). */
+  /**
+   * History needed by nobody: ≥ 1 minute back from head, and never past a watch's at
+   * (wcfs-server.md §2.8) — but none below the pack boundary, which is gone.
+   */
   revCut(): Tid {
     const head = this.host.headAt();
     let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));
     const minAt = this.minWatchAt();
     if (minAt !== undefined && minAt < cut) cut = minAt;
-    return cut;
+    const packedTo = this.host.packedTo();
+    return cut < packedTo ? packedTo : cut;
+  }
+
+  /**
+   * The database was packed up to packedTo (called under headMu W, after ΔFtail forgot the
+   * history below it): every link with a watch at a revision below it, or with a block pinned
+   * to one (its data there can no longer be loaded), is closed with a stream-0 "error:" line —
+   * the client must resync (the client library poisons the conn: its mappings fault instead
+   * of showing stale data). No kill: the client did nothing wrong.
+   */
+  packed(packedTo: Tid): void {
+    const bad: Array<[WatchLink, Watch, string]> = [];
+    for (const [link, byFile] of this.linkWatches) {
+      for (const w of byFile.values()) {
+        if (!w.registered) continue;
+        let rev: Tid | undefined = w.at < packedTo ? w.at : undefined;
+        for (const p of w.pinned.values()) if (rev === undefined && p.rev !== null && p.rev < packedTo) rev = p.rev;
+        if (rev !== undefined) {
+          bad.push([
+            link,
+            w,
+            rev === w.at ? `watch f${hex16(w.file.foid)} @${hex16(w.at)}` : `watch f${hex16(w.file.foid)} @${hex16(w.at)} pin @${hex16(rev)}`,
+          ]);
+          break;
+        }
+      }
+    }
+    for (const [link, w, subject] of bad) {
+      const err = new PackedError(subject, w.at, packedTo);
+      debug('%s: %s', link, err.message);
+      link.shutdown(err, `error: ${err.message}; resync`);
+    }
   }
 }
 

@@ -18,7 +18,7 @@ import type { Notifier } from '../fuse/notifier.js';
 import { sleep } from '../util/async.js';
 import { hex16 } from '../zodb/ids.js';
 import type { BigFile } from './bigfile.js';
-import type { Head } from './head.js';
+import { PackedError, type Head } from './head.js';
 import type { Isolation } from './isolation.js';
 import { markServed, unservedRuns, type LoadingEntry } from './loads.js';
 
@@ -64,7 +64,13 @@ export class Reads {
   }
 
   private loadBlk(f: BigFile, blk: number, signal: AbortSignal): Promise<Uint8Array> {
-    if (!f.isHead) return f.loads.load(blk, { after: (b, e) => void this.uploadRev(f, b, e) }, signal);
+    if (!f.isHead) {
+      // packed away: a block loaded before the pack is right (and shared); a new load is refused
+      if (f.rev! < this.head.packedTo && f.loads.get(blk) === undefined) {
+        return Promise.reject(new PackedError(`@${hex16(f.rev!)}/bigfile/${hex16(f.foid)} #${blk}`, f.rev!, this.head.packedTo));
+      }
+      return f.loads.load(blk, { after: (b, e) => void this.uploadRev(f, b, e) }, signal);
+    }
     const mu = this.head.mu;
     return f.loads.load(
       blk,

@@ -47,7 +47,7 @@
 // mount-free tests fake (WcfsServer.serve).
 
 import createDebug from 'debug';
-import { WcfsError } from '../errors.js';
+import { isCode, WcfsError } from '../errors.js';
 import { FuseError } from '../fuse/errors.js';
 import type { Attr, DirEntry, EntryOut, FileSystem, OpenOut, RequestContext } from '../fuse/fs.js';
 import {
@@ -70,7 +70,7 @@ import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
 import { logLine } from '../util/log.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
-import { hex16, type Oid } from '../zodb/ids.js';
+import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { IStorage, StorageWatch } from '../zodb/storage.js';
 import type { ZBigFileView } from '../zodb/zbigfile.js';
@@ -168,6 +168,7 @@ export class WcfsServer implements FileSystem {
   /** ZBigFiles whose warnings were logged (fileWarnings). */
   private readonly warnedFiles = new Set<Oid>();
   private watch: StorageWatch | undefined;
+  private unsubPacked: (() => void) | undefined;
   private fatalErr: Error | undefined;
   private stopping = false;
   private openCount = 0;
@@ -187,12 +188,14 @@ export class WcfsServer implements FileSystem {
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.head = new Head(storage.head(), this.loader);
+    this.head.packedTo = storage.packedTo?.() ?? 0n;
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     const head = this.head;
     this.isolation = new Isolation({
       headMu: head.mu,
       deltaFtail: head.deltaFtail,
       headAt: () => head.at,
+      packedTo: () => head.packedTo,
       headFile: (foid) => head.files.get(foid),
       waitHead: (at, signal) => head.waitFor(at, signal),
       pinTimeoutMs: this.pinTimeout * 1000,
@@ -275,6 +278,7 @@ export class WcfsServer implements FileSystem {
       },
     });
     this.watch = this.storage.watch(this.head.at);
+    this.unsubPacked = this.storage.onPacked?.((p) => this.packed(p));
     void this.commits.serve(this.watch);
     if (this.opts.autoExit) this.armAutoExit(10_000);
     this.gcTimer = setInterval(() => void this.sweep(), this.gcIntervalMs);
@@ -380,6 +384,33 @@ export class WcfsServer implements FileSystem {
     return link;
   }
 
+  // ---- pack (notes.md, Server "Pack while serving") ----
+
+  /**
+   * The storage was packed under us and follows the packed file. Revisions below packedTo are
+   * refused from now on (synchronously: no new lookup, load or watch gets through); then,
+   * under headMu W (no ΔFtail query in flight, no pin being computed), ΔFtail forgets the
+   * history below it and the links of watchers at such revisions are closed; then the
+   * kernel's dentries of @<rev>/ views below it are dropped (tree.ts invalPackedViews).
+   */
+  private packed(packedTo: Tid): void {
+    if (packedTo <= this.head.packedTo || this.stopping) return;
+    this.head.packedTo = packedTo;
+    this.log(`wcfs: ${this.zurl}: database packed: history before @${hex16(packedTo)} is gone; @<rev>/ and watches below it are refused from now on`);
+    void (async () => {
+      const head = this.head;
+      await head.uploads.lockExclusive();
+      try {
+        head.deltaFtail.forgetPast(packedTo);
+        this.isolation.packed(packedTo);
+      } finally {
+        head.uploads.unlockExclusive();
+      }
+      // not under headMu: INVAL_ENTRY locks the root directory, which a LOOKUP may hold
+      await this.tree.invalPackedViews(packedTo, () => this.stopping);
+    })().catch((e) => this.fatal(e as Error));
+  }
+
   // ---- sweep ----
 
   /** Every gcInterval, one at a time: idle @rev/ views (tree.ts, I7). */
@@ -419,6 +450,7 @@ export class WcfsServer implements FileSystem {
     if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
     this.watch?.close();
+    this.unsubPacked?.();
     for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
     await this.storage.close().catch(() => {});
@@ -489,6 +521,7 @@ export class WcfsServer implements FileSystem {
 
 /** ZODB-layer errors reaching a FUSE reply: storage trouble is EIO (logged). */
 function mapZodbError(err: unknown): { errno: number; log: 'no' | 'warn' | 'error' } | undefined {
+  if (isCode(err, 'WCFS_EPACKED')) return { errno: errno.EIO, log: 'warn' }; // a clear message, no stack
   if (err instanceof WcfsError) return { errno: errno.EIO, log: 'error' };
   return undefined;
 }

@@ -187,6 +187,7 @@ export class Tree {
   private async revDir(name: string, ctx: RequestContext): Promise<FsNode> {
     if (!/^@[0-9a-f]{16}$/.test(name)) throw new FuseError(errno.EINVAL, `${JSON.stringify(name)}: not @rev`);
     const rev = BigInt('0x' + name.slice(1));
+    this.host.head.checkPacked(rev, name); // packed away: new lookups fail, even of a view we still have
     const have = this.views.get(rev);
     if (have !== undefined) {
       have.used = Date.now();
@@ -256,6 +257,23 @@ export class Tree {
     }
   }
 
+  /**
+   * After a pack: drop the kernel's dentries of the views below the pack boundary, so that the
+   * next path lookup of `@<rev>` reaches us and gets the error (open files of them stay and
+   * serve what was loaded; new block loads fail: reads.ts). One at a time, as sweepViews.
+   */
+  async invalPackedViews(packedTo: Tid, stopping: () => boolean): Promise<void> {
+    for (const v of [...this.views.values()]) {
+      if (stopping() || this.host.kernel.isClosed) return;
+      if (v.rev >= packedTo) continue;
+      try {
+        await this.host.kernel.notifier.invalEntry(INO_ROOT, '@' + hex16(v.rev));
+      } catch (err) {
+        if ((err as { errno?: number }).errno !== errno.ENOENT) debug('pack: inval @%s: %s', hex16(v.rev), (err as Error).message);
+      }
+    }
+  }
+
   // ---- files ----
 
   /** The BigFile of foid in view rev (null = head), created on first lookup. */
@@ -274,6 +292,7 @@ export class Tree {
 
   private async createBigFile(rev: Tid | null, foid: Oid, files: Map<Oid, BigFile>): Promise<BigFile> {
     if (rev !== null) {
+      this.host.head.checkPacked(rev, `@${hex16(rev)}/bigfile/${hex16(foid)}`);
       const view = await this.openView(foid, rev);
       const { size } = await view.size();
       return this.addBigFile(files, rev, foid, view, size);

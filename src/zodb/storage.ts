@@ -77,6 +77,21 @@ export interface IStorage {
   watch(from?: Tid): StorageWatch;
   /** Largest oid in use (as of head). */
   lastOid(): Oid;
+  /**
+   * Pack boundary (notes.md, FileStorage "Pack while serving"): the state of the database as
+   * of any revision ≥ it is complete; below it a pack removed non-current revisions, so a
+   * load there returns the right record or fails (NoDataError/NoObjectError), and a
+   * consistent view of several objects is not guaranteed. 0n = never packed. Optional: a
+   * driver that cannot tell returns nothing (never packed).
+   */
+  packedTo?(): Tid;
+  /**
+   * Called (synchronously, on the JS thread) when the storage was packed while it was being
+   * followed and following continues on the packed file; the argument is the new packedTo().
+   * Commit events of txns committed before the pack are all delivered to the watches before
+   * the call. Returns the unsubscribe function.
+   */
+  onPacked?(listener: (packedTo: Tid) => void): () => void;
   close(): Promise<void>;
 }
 

@@ -7,6 +7,7 @@
 //   {check: fills} → {bad: [blk…]}                 fills[blk] = expected byte of every byte of blk,
 //                                                  for blk < fills.length (≤ nblk)
 //   {resync: at}   → {ok}
+//   {fatals}       → {fatals: [line…]}              the stream-0 lines the server sent (conn.fatals())
 //   {close}        → {ok}, then exit
 import { WCFS } from '../../dist/client/index.js';
 
@@ -39,6 +40,7 @@ async function handle(msg) {
     }
     return { bad };
   }
+  if (msg.fatals) return { fatals: conn.fatals() };
   if (msg.resync !== undefined) {
     await conn.resync(BigInt('0x' + msg.resync));
     return { ok: true };

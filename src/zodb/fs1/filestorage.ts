@@ -94,6 +94,11 @@ export interface FileStorageOptions {
   pollMs?: number;
   /** How long an incomplete txn at the tail may stay unchanged before it is garbage. Default 3000. */
   garbageMs?: number;
+  /**
+   * How long the followed path may be missing before that is fatal (a pack renames Data.fs
+   * away and the packed file in: for a moment there is none). Default 1000.
+   */
+  missingMs?: number;
   /** How many trailing txns to check a loaded `.index` against. Default 10. */
   verifyTxns?: number;
   /** Where warnings go (index rebuilt, tail truncated). Default: stderr. */
@@ -134,6 +139,13 @@ export class FileStorage implements IStorage, ICommitter {
   /** When an incomplete tail was first seen at size tailSize (0 = none pending). */
   private tailSince = 0;
   private tailSize = -1;
+  /** When the followed path was first seen missing (0 = it is there). */
+  private missingSince = 0;
+  /** Pack boundary (see packedTo()). */
+  private packedTo_: Tid = 0n;
+  /** Bumped when a pack replaced the file under us: iterations in flight must not go on. */
+  private gen = 0;
+  private readonly packListeners = new Set<(packedTo: Tid) => void>();
 
   /** How open went (diagnostics, tests). */
   readonly openInfo = { indexLoaded: false, /** txns read by the open-time scan */ scannedTxns: 0, truncatedBytes: 0 };
@@ -174,6 +186,7 @@ export class FileStorage implements IStorage, ICommitter {
       if (!readOnly) st.lockFd = takeLock(abs + '.lock');
       st.openFile();
       st.loadState();
+      st.packedTo_ = packBoundary(st.fd, st.topPos, st.path);
     } catch (e) {
       st.releaseFds();
       throw e;
@@ -357,6 +370,21 @@ export class FileStorage implements IStorage, ICommitter {
     return m < 0n ? 0n : m;
   }
 
+  /**
+   * Pack boundary (IStorage.packedTo): the tid of the last txn a pack left (status 'p'), 0n
+   * when the file was never packed. A pack to time t keeps, of the txns ≤ t, only the records
+   * current at t (as status-'p' txns, tids kept) and every txn > t whole; so the state as of
+   * any revision ≥ the last 'p' txn is complete, and below it may not be.
+   */
+  packedTo(): Tid {
+    return this.packedTo_;
+  }
+
+  onPacked(listener: (packedTo: Tid) => void): () => void {
+    this.packListeners.add(listener);
+    return () => this.packListeners.delete(listener);
+  }
+
   /** Number of oids in the index (diagnostics). */
   get oidCount(): number {
     return this.index.size;
@@ -503,9 +531,11 @@ export class FileStorage implements IStorage, ICommitter {
     this.checkOpen('iterate');
     let pos = this.findTxn(tidMin);
     let prev = -1n;
+    const gen = this.gen;
     const rr = new RecordReader(this.fd, this.path); // its own window: iterations and loads interleave
     while (pos < this.topPos) {
       this.checkOpen('iterate');
+      this.checkGen(gen, 'iterate');
       const r = new SeqReader(this.fd, this.topPos);
       const step = scanTxn(r, pos, prev, this.path);
       if (step.kind !== 'txn') throw new CorruptError(this.path, pos, `committed txn expected below @${this.topPos}, found ${step.kind}`);
@@ -560,8 +590,10 @@ export class FileStorage implements IStorage, ICommitter {
   private *replayEvents(from: Tid, endPos: number): Generator<CommitEvent> {
     let pos = this.findTxn(from + 1n);
     let prev = -1n;
+    const gen = this.gen;
     while (pos < endPos) {
       this.checkOpen('watch');
+      this.checkGen(gen, 'watch replay');
       const step = scanTxn(new SeqReader(this.fd, endPos), pos, prev, this.path);
       if (step.kind !== 'txn') throw new CorruptError(this.path, pos, `committed txn expected below @${endPos}, found ${step.kind}`);
       if (step.txn.tid > from) yield { tid: step.txn.tid, oids: step.recs.map((d) => d.oid) };
@@ -581,18 +613,31 @@ export class FileStorage implements IStorage, ICommitter {
     try {
       const st = fs.fstatSync(this.fd);
       size = st.size;
-      let cur: fs.Stats;
+      let cur: fs.Stats | null;
       try {
         cur = fs.statSync(this.path);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StorageChangedError(this.path, 'storage file removed');
-        throw e;
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        cur = null;
       }
-      if (cur.ino !== st.ino || cur.dev !== st.dev) {
-        throw new StorageChangedError(this.path, 'storage replaced by another file (pack?); reopen to continue');
+      if (cur === null) {
+        // A pack renames Data.fs away, then the packed file in: wait a moment for it.
+        const now = Date.now();
+        if (this.missingSince === 0) this.missingSince = now;
+        else if (now - this.missingSince > (this.opts.missingMs ?? 1000)) throw new StorageChangedError(this.path, 'storage file removed');
+        return;
       }
+      this.missingSince = 0;
       if (size < this.topPos) {
         throw new StorageChangedError(this.path, `file truncated to ${size} bytes, below the committed end @${this.topPos}`);
+      }
+      if (cur.ino !== st.ino || cur.dev !== st.dev) {
+        // Replaced (a pack renames the packed file over Data.fs): first everything committed
+        // to the old file (a pack holds the commit lock until the rename, so that is all of
+        // it), then continue on the new one.
+        this.publishCommitted(new SeqReader(this.fd, size));
+        this.reopenPacked();
+        size = fs.fstatSync(this.fd).size;
       }
       const r = new SeqReader(this.fd, size);
       for (;;) {
@@ -627,6 +672,96 @@ export class FileStorage implements IStorage, ICommitter {
       }
       this.setFatal(e as Error);
     }
+  }
+
+  /** Index and publish every committed txn from topPos on; returns the step that stopped. */
+  private publishCommitted(r: SeqReader): ScanStep {
+    for (;;) {
+      const step = scanTxn(r, this.topPos, this.headTid === 0n ? -1n : this.headTid, this.path);
+      if (step.kind !== 'txn') return step;
+      this.publish(step.txn, step.recs);
+    }
+  }
+
+  /**
+   * The followed path names another file now: accept it only as a pack of what we serve —
+   * a FileStorage whose txns up to our head end exactly with our head txn (a pack keeps tids
+   * and never adds a txn; it may drop old ones) — index it up to there and switch to it in
+   * one synchronous step. Anything else is fatal (StorageChangedError). Txns after our head
+   * (committed after the pack) are left to the normal tail check.
+   */
+  private reopenPacked(): void {
+    const head = this.headTid;
+    let fd = -1;
+    try {
+      try {
+        fd = fs.openSync(this.path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      } catch (e) {
+        throw new StorageChangedError(this.path, `storage replaced by another file (pack?), which cannot be opened: ${(e as Error).message}`);
+      }
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new StorageChangedError(this.path, 'storage replaced by something that is not a regular file');
+      const index = new FsIndex();
+      let pos = FILE_HEADER_SIZE;
+      let prev: Tid = -1n;
+      let packed: Tid = 0n;
+      let found = false;
+      try {
+        const mb = new Uint8Array(FILE_HEADER_SIZE);
+        decodeMagic(mb.subarray(0, preadFull(fd, mb, 0, FILE_HEADER_SIZE, 0)), this.path);
+        const r = new SeqReader(fd, st.size);
+        for (;;) {
+          const step = scanTxn(r, pos, prev, this.path);
+          if (step.kind !== 'txn' || step.txn.tid > head) break;
+          for (const d of step.recs) index.set(d.oid, d.pos);
+          if (step.txn.status === 'p') packed = step.txn.tid;
+          prev = step.txn.tid;
+          pos = txnEnd(step.txn);
+          if (prev === head) {
+            found = true;
+            break;
+          }
+        }
+      } catch (e) {
+        if (!(e instanceof CorruptError)) throw e;
+        throw new StorageChangedError(this.path, `storage replaced by an invalid FileStorage (${e.message}); restart wcfs`);
+      }
+      if (!found) {
+        throw new StorageChangedError(
+          this.path,
+          `storage replaced by another file that is not a pack of this database: its txns do not end with our head ${hex16(head)} ` +
+            `(last txn ≤ head: ${prev < 0n ? 'none' : hex16(prev)}); restart wcfs`,
+        );
+      }
+      // switch — synchronously: loads see the old file or the new one, never a mix
+      const old = this.fd;
+      this.fd = fd;
+      fd = -1;
+      this.rr = new RecordReader(this.fd, this.path);
+      this.fmap = undefined; // views of the old map stay valid: the mapping lives while they do
+      this.index = index;
+      this.topPos = pos;
+      this.tailSince = 0;
+      if (packed > this.packedTo_) this.packedTo_ = packed;
+      this.gen++;
+      fs.closeSync(old);
+    } finally {
+      if (fd >= 0) fs.closeSync(fd);
+    }
+    log(
+      '%s: packed: following the new file; head %s, topPos %d, %d oids, packedTo %s',
+      this.path,
+      hex16(head),
+      this.topPos,
+      this.index.size,
+      hex16(this.packedTo_),
+    );
+    this.warn(`${this.path}: storage packed: following the packed file; history before @${hex16(this.packedTo_)} is gone`);
+    for (const l of [...this.packListeners]) l(this.packedTo_);
+  }
+
+  private checkGen(gen: number, op: string): void {
+    if (this.gen !== gen) throw new StorageChangedError(this.path, `${op}: storage packed (file replaced) meanwhile; start again`);
   }
 
   private setFatal(e: Error): void {
@@ -787,6 +922,24 @@ export class FileStorage implements IStorage, ICommitter {
 }
 
 // ---- helpers ----
+
+/**
+ * The pack boundary of a file (FileStorage.packedTo): the tid of the last status-'p' txn.
+ * Packs leave their txns at the start of the file (every txn ≤ the pack time that survives is
+ * rewritten as 'p', later ones are copied as they are), so the walk stops at the first other.
+ */
+function packBoundary(fd: number, end: number, file: string): Tid {
+  const r = new SeqReader(fd, end, 4096);
+  let pos = FILE_HEADER_SIZE;
+  let prev: Tid = -1n;
+  let packed: Tid = 0n;
+  for (;;) {
+    const step = scanTxn(r, pos, prev, file, false);
+    if (step.kind !== 'txn' || step.txn.status !== 'p') return packed;
+    packed = prev = step.txn.tid;
+    pos = txnEnd(step.txn);
+  }
+}
 
 const STATUS_COMMITTED = new Uint8Array([0x20]);
 
