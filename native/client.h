@@ -152,7 +152,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   std::unordered_set<uint64_t> rxTab;  // odd ids awaiting a reply
   bool linkDown = false;               // rx ended: no new requests
   bool rxEOF = false;                  // rx ended by EOF (not by an error)
-  std::vector<std::string> fatalv;     // stream-0 messages (for tests / diagnostics)
+  std::vector<std::string> fatalv;     // stream-0 messages (diagnostics; the pinner's last words)
 
   // ---- qMu: rx → pinner ----
   std::mutex qMu;

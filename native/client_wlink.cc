@@ -273,9 +273,11 @@ void ConnCore::rxMain() {
 
 void ConnCore::pinMain() {
   LinkThreadSigmask();
-  auto fail = [this](const std::string& err) {
+  // killExpected: the server kills a client whose pinner fails, and says "fatal:" before it
+  // does; a link it closes after "error:" (e.g. "…packed away…; resync") is not followed by a kill.
+  auto fail = [this](const std::string& err, bool killExpected) {
     Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
-    Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
+    if (killExpected) Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
     poison("pinner: " + err);
   };
   std::string err;
@@ -291,7 +293,7 @@ void ConnCore::pinMain() {
     std::string reply;
     err = handlePin(req, &reply);
     // on failure: poison first (efault everything), then nak — the server kills us for it
-    if (!err.empty()) fail(err);
+    if (!err.empty()) fail(err, true);
     {
       std::lock_guard<std::mutex> lk(qMu);
       accepted.erase(req.stream);
@@ -301,15 +303,22 @@ void ConnCore::pinMain() {
   }
   if (err.empty()) {
     bool eof, isClosing;
+    std::string why;  // the server's last stream-0 line, if it said why it closes the link
     {
       std::lock_guard<std::mutex> lk(rxMu);
       eof = rxEOF;
+      if (!fatalv.empty()) why = fatalv.back();
     }
     {
       std::lock_guard<std::mutex> lk(mu);
       isClosing = closing;
     }
-    if (!isClosing) fail(eof ? "unexpected EOF" : "link is down");
+    if (!isClosing) {
+      if (!why.empty())
+        fail("link closed by wcfs: " + why, why.rfind("fatal:", 0) == 0);  // "error:": no kill follows
+      else
+        fail(eof ? "unexpected EOF" : "link is down", true);
+    }
   }
   threadExit(&pinDone);
 }

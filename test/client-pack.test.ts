@@ -23,7 +23,10 @@ const NBLK = 2;
 
 class Client {
   private pending: Array<(m: Record<string, unknown>) => void> = [];
+  /** What the client library logged (stderr). */
+  stderr = '';
   constructor(readonly proc: ChildProcess) {
+    proc.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()));
     proc.on('message', (m: Record<string, unknown>) => {
       if (m.ready) return;
       this.pending.shift()?.(m);
@@ -31,13 +34,14 @@ class Client {
   }
   static async start(t: TDB, foid: bigint): Promise<Client> {
     const p = fork(path.join(repoRoot, 'test', 'helpers', 'iso-client.mjs'), [t.srv.zurl, t.srv.mnt, hex16(foid), String(NBLK)], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      stdio: ['ignore', 'inherit', 'pipe', 'ipc'],
     });
+    const c = new Client(p);
     await new Promise<void>((resolve, reject) => {
       p.once('message', () => resolve());
-      p.once('exit', (c, s) => reject(new Error(`client exited ${c ?? s}`)));
+      p.once('exit', (code, s) => reject(new Error(`client exited ${code ?? s}: ${c.stderr}`)));
     });
-    return new Client(p);
+    return c;
   }
   call(msg: Record<string, unknown>): Promise<Record<string, unknown>> {
     return new Promise((resolve, reject) => {
@@ -114,6 +118,9 @@ describe('pack while clients are connected', () => {
     }
     await expect(a.call({ resync: hex16(r2) })).rejects.toThrow(/connection closed|link is down/);
     expect(a.proc.exitCode).toBeNull(); // not killed
+    // the client library logs why, and does not expect to be killed
+    expect(a.stderr).toContain(`CRITICAL: pinner: link closed by wcfs: ${want}`);
+    expect(a.stderr).not.toContain('will likely kill us');
 
     // client b (at r2 = the boundary) goes on: a new commit pins it to r2, resync works
     const r3 = await t.commit([[f, { 1: 4 }]]);

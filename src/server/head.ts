@@ -31,7 +31,7 @@ import { Event, RWMutex, UploadGate } from './lock.js';
 
 /**
  * A revision below the pack boundary (notes.md, Server "Pack while serving"): `subject`
- * names what was asked for (a view, a block, a watch).
+ * names what was asked for (a view, a block, a watch), unless the context already does.
  */
 export class PackedError extends WcfsError {
   constructor(
@@ -39,7 +39,7 @@ export class PackedError extends WcfsError {
     readonly rev: Tid,
     readonly packedTo: Tid,
   ) {
-    super('WCFS_EPACKED', `${subject}: packed away: history before @${hex16(packedTo)} is gone`);
+    super('WCFS_EPACKED', `${subject ? `${subject}: ` : ''}packed away: history before @${hex16(packedTo)} is gone`);
   }
 }
 

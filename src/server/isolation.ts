@@ -142,7 +142,7 @@ export class Isolation {
     await h.headMu.rlock(link.signal);
     try {
       const packedTo = h.packedTo();
-      if (at < packedTo) throw new PackedError(`@${hex16(at)}`, at, packedTo);
+      if (at < packedTo) throw new PackedError('', at, packedTo); // the reply's prefix names at
       const tail = h.deltaFtail.tail();
       if (at < tail) {
         const head = h.headAt();

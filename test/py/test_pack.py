@@ -157,7 +157,7 @@ def test_pack_while_serving(tmpdb, serve, watchers, request):
     w1b = Watcher(srv, foid, at1)
     watchers.append(w1b)
     w1b.wait(lambda l: l.startswith('1 '), 'reply')
-    assert [l for l in w1b.lines() if l.startswith('1 ')] == ['1 error setup watch f%s @%016x: @%016x: %s' % (foid, at1, at1, packed)]
+    assert [l for l in w1b.lines() if l.startswith('1 ')] == ['1 error setup watch f<%s> @%016x: %s' % (foid, at1, packed)]
     assert 'EOF' not in w3.lines()
 
     # >>> Python commits after the pack: followed; the watcher at at3 is pinned when head's
