@@ -10,8 +10,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { sleep } from '../src/util/async.js';
-import { FILE_HEADER_SIZE, txnEnd } from '../src/zodb/fs1/format.js';
-import { scanTxn, SeqReader } from '../src/zodb/fs1/scan.js';
+import { markAllPacked } from './helpers/fs1util.js';
 import { hex16, type Tid } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
 import type { IWritableStorage } from '../src/zodb/storage.js';
@@ -51,25 +50,6 @@ class Client {
   }
 }
 
-/** Every txn of file f gets status 'p' (in place). */
-function packAll(f: string): void {
-  const fd = fs.openSync(f, 'r+');
-  try {
-    const r = new SeqReader(fd, fs.fstatSync(fd).size);
-    let pos = FILE_HEADER_SIZE;
-    let prev = -1n;
-    for (;;) {
-      const step = scanTxn(r, pos, prev, f, false);
-      if (step.kind !== 'txn') return;
-      fs.writeSync(fd, Buffer.from('p'), 0, 1, pos + 16);
-      prev = step.txn.tid;
-      pos = txnEnd(step.txn);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 const clients: Client[] = [];
 const tdbs: TDB[] = [];
 afterEach(async () => {
@@ -102,7 +82,7 @@ describe('pack while clients are connected', () => {
     const dbPath = `${t.dir}/data.fs`;
     await t.db.close();
     fs.copyFileSync(dbPath, `${dbPath}.pack`);
-    packAll(`${dbPath}.pack`);
+    markAllPacked(`${dbPath}.pack`);
     fs.renameSync(dbPath, `${dbPath}.old`);
     fs.renameSync(`${dbPath}.pack`, dbPath);
     t.db = (await openStorage(dbPath)) as IWritableStorage;

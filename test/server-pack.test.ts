@@ -18,8 +18,7 @@ import type { BlockCache } from '../src/fuse/session.js';
 import { WcfsServer, type Kernel } from '../src/server/server.js';
 import { sleep } from '../src/util/async.js';
 import { WriteTxn } from '../src/zodb/db.js';
-import { FILE_HEADER_SIZE, txnEnd } from '../src/zodb/fs1/format.js';
-import { scanTxn, SeqReader } from '../src/zodb/fs1/scan.js';
+import { markAllPacked } from './helpers/fs1util.js';
 import { hex16, type Oid, type Tid } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
 import type { IStorage, IWritableStorage } from '../src/zodb/storage.js';
@@ -49,25 +48,6 @@ const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-
-/** Every txn of file f gets status 'p' (in place). */
-function packAll(f: string): void {
-  const fd = fs.openSync(f, 'r+');
-  try {
-    const r = new SeqReader(fd, fs.fstatSync(fd).size);
-    let pos = FILE_HEADER_SIZE;
-    let prev = -1n;
-    for (;;) {
-      const step = scanTxn(r, pos, prev, f, false);
-      if (step.kind !== 'txn') return;
-      fs.writeSync(fd, Buffer.from('p'), 0, 1, pos + 16);
-      prev = step.txn.tid;
-      pos = txnEnd(step.txn);
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 describe('pack while serving (fake kernel)', () => {
   it('refuses revisions below the boundary, folds unprocessed commits into it, keeps following', async () => {
@@ -126,7 +106,7 @@ describe('pack while serving (fake kernel)', () => {
     await db.close();
     const packed = `${tmp.dir}/data.fs.pack`;
     fs.copyFileSync(path, packed);
-    packAll(packed);
+    markAllPacked(packed);
     fs.renameSync(path, `${path}.old`);
     fs.renameSync(packed, path);
     await storage.sync();

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeMagic, encodeTxn, type TxnStatus } from '../../src/zodb/fs1/format.js';
+import { encodeMagic, encodeTxn, FILE_HEADER_SIZE, txnEnd, type TxnStatus } from '../../src/zodb/fs1/format.js';
+import { scanTxn, SeqReader } from '../../src/zodb/fs1/scan.js';
 import type { Oid, Tid } from '../../src/zodb/ids.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -105,3 +106,22 @@ export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 
 /** Reject after `ms` with `what` (so no test can hang). */
 export { withTimeout } from '../../src/util/async.js';
+
+/** Every txn of FileStorage f gets status 'p' (in place): how a pack leaves what it kept. */
+export function markAllPacked(f: string): void {
+  const fd = fs.openSync(f, 'r+');
+  try {
+    const r = new SeqReader(fd, fs.fstatSync(fd).size);
+    let pos = FILE_HEADER_SIZE;
+    let prev = -1n;
+    for (;;) {
+      const step = scanTxn(r, pos, prev, f, false);
+      if (step.kind !== 'txn') return;
+      fs.writeSync(fd, Buffer.from('p'), 0, 1, pos + 16);
+      prev = step.txn.tid;
+      pos = txnEnd(step.txn);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
