@@ -196,6 +196,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   void startClose(unsigned timeoutMs);                         // JS thread: closer thread → CLOSED event
   void emit(Event* ev);                                        // any thread
   void poison(const std::string& why);                         // any thread but with mu NOT held
+  bool efaultForPoison();  // poison without telling JS (the caller emits DOWN): true if first; mu NOT held
   std::vector<std::string> fatals();
 
   // client_mmap.cc — all with mu held (…Locked) unless noted

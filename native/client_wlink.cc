@@ -275,11 +275,15 @@ void ConnCore::pinMain() {
   LinkThreadSigmask();
   // killExpected: the server kills a client whose pinner fails, and says "fatal:" before it
   // does; a link it closes after "error:" (e.g. "…packed away…; resync") is not followed by a kill.
+  // Returns whether this poisoned the conn; the caller then tells JS (emitPoisoned), after
+  // the nak is queued: JS reacts to the poison by closing files (unwatch), and the nak is the
+  // reply to the pin that failed — it goes out first.
   auto fail = [this](const std::string& err, bool killExpected) {
     Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
     if (killExpected) Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
-    poison("pinner: " + err);
+    return efaultForPoison();
   };
+  auto emitPoisoned = [this](const std::string& err) { emit(new Event{Event::DOWN, 0, "pinner: " + err}); };
   std::string err;
   for (;;) {
     PinReq req;
@@ -293,12 +297,13 @@ void ConnCore::pinMain() {
     std::string reply;
     err = handlePin(req, &reply);
     // on failure: poison first (efault everything), then nak — the server kills us for it
-    if (!err.empty()) fail(err, true);
+    const bool poisonedNow = !err.empty() && fail(err, true);
     {
       std::lock_guard<std::mutex> lk(qMu);
       accepted.erase(req.stream);
     }
     enqueueTx(std::to_string(req.stream) + " " + reply + "\n", 0);
+    if (poisonedNow) emitPoisoned(err);
     if (!err.empty()) break;
   }
   if (err.empty()) {
@@ -314,10 +319,9 @@ void ConnCore::pinMain() {
       isClosing = closing;
     }
     if (!isClosing) {
-      if (!why.empty())
-        fail("link closed by wcfs: " + why, why.rfind("fatal:", 0) == 0);  // "error:": no kill follows
-      else
-        fail(eof ? "unexpected EOF" : "link is down", true);
+      const std::string e = !why.empty() ? "link closed by wcfs: " + why : eof ? "unexpected EOF" : "link is down";
+      // "error:": the server closed the link and says why; no kill follows
+      if (fail(e, why.empty() || why.rfind("fatal:", 0) == 0)) emitPoisoned(e);
     }
   }
   threadExit(&pinDone);
@@ -427,14 +431,16 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
 }
 
 void ConnCore::poison(const std::string& why) {
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    if (poisoned) return;
-    poisoned = true;
-    if (downErr.empty()) downErr = "connection closed";
-    efaultAllLocked();
-  }
-  emit(new Event{Event::DOWN, 0, why});
+  if (efaultForPoison()) emit(new Event{Event::DOWN, 0, why});
+}
+
+bool ConnCore::efaultForPoison() {
+  std::lock_guard<std::mutex> lk(mu);
+  if (poisoned) return false;
+  poisoned = true;
+  if (downErr.empty()) downErr = "connection closed";
+  efaultAllLocked();
+  return true;
 }
 
 // ---- 3) tx ----

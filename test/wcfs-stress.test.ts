@@ -10,7 +10,7 @@
 // <<< head/at never stays behind the writer for STALL_S seconds; ends at the last commit
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { hex16, type Tid } from '../src/zodb/ids.js';
 import { sleep } from './helpers/mount.js';
@@ -81,6 +81,7 @@ async function stress(nwatchers: number): Promise<void> {
     t.serveArgs = ['--gc-interval', '0.2']; // the view sweep runs all along
     await t.serve();
     const file = t.srv.at(`head/bigfile/${hex16(foid)}`);
+    statSync(file); // known to wcfs before any watcher asks (else: "file not yet known to wcfs")
     const kids: Child[] = [];
     for (let i = 0; i < NREADERS; i++) kids.push(spawnPy(`reader ${i}`, ['reader', file, String(BS), '2', String(RUN_S)]));
     for (let i = 0; i < nwatchers; i++) kids.push(spawnPy(`watcher ${i}`, ['watcher', t.srv.mnt, hex16(foid), String(RUN_S)]));
