@@ -42,6 +42,8 @@ export type WcfsCode =
   | 'WCFS_ENOTFILE' // path is not a FileStorage data file
   | 'WCFS_EREADONLY' // write on a read-only storage
   | 'WCFS_ESTORAGECHANGED' // storage file changed under us (truncated, replaced, removed)
+  // zeo (src/zodb/zeo/errors.ts)
+  | 'WCFS_EZEOPROTO' // a ZEO peer violated the protocol (framing, handshake, message shape)
   // fuse (src/fuse/errors.ts; WCFS_EMOUNT also from native/fuse.cc)
   | 'WCFS_EFUSE' // answer a FUSE request with an errno
   | 'WCFS_ENOTIFY' // a kernel notification failed
