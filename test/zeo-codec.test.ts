@@ -10,6 +10,10 @@
 //     README's JSON mapping to ZValues);
 //   - every frame re-encodes byte for byte from its decoded form — client frames (written by
 //     ZEO's ClientStorage) and server frames (written by runzeo) alike.
+// Beyond the fixtures: ZEO's own marshal (the venv's ZEO, zodbpickle's pickler in fast mode)
+// decodes and re-encodes our pickle messages — random ones and the opcode boundaries (int
+// widths, 255/256-byte bytes, 1- and 1000+-item lists and dicts) — to the same bytes.
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -20,6 +24,7 @@ import { FrameDecoder, encodeFrame, encodeHandshake, parseHandshake, type ZeoEnc
 import { rng } from '../src/util/rng.js';
 import { fcParams, seedOr } from './helpers/fuzz.js';
 import { fixturesDir } from './helpers/paths.js';
+import { python } from './helpers/python.js';
 
 interface Frame {
   seq: number;
@@ -368,5 +373,46 @@ describe('property: encode → decode', () => {
       }),
       fcParams(300),
     );
+  });
+});
+
+// ---- against ZEO's own marshal ----
+
+/** Boundary cases of the pickler's opcode choices. */
+const EDGES: ZValue[] = [
+  new ZTuple([0, 255, 256, 65535, 65536, 2 ** 31 - 1, 2 ** 31, -1, -(2 ** 31), -(2 ** 31) - 1, 2n ** 64n - 1n, -(2n ** 63n), 2n ** 2100n]),
+  new ZTuple([new Uint8Array(255), new Uint8Array(256), new Uint8Array(70000), '', 'x'.repeat(300), 'é€😀']),
+  new ZTuple([
+    [],
+    [1],
+    [1, 2],
+    Array.from({ length: 1000 }, (_, i) => i),
+    Array.from({ length: 1001 }, (_, i) => i),
+    Array.from({ length: 2500 }, (_, i) => i),
+  ]),
+  new ZTuple([new ZDict(), new ZDict([['a', 1]]), new ZDict(Array.from({ length: 1001 }, (_, i): [ZValue, ZValue] => [`k${i}`, i]))]),
+  new ZTuple([new ZFloat(0), new ZFloat(1), new ZFloat(-2.5), new ZFloat(1e300), 0.1, null, true, false, new ZTuple([new ZTuple([])])]),
+];
+
+describe("ZEO's marshal re-encodes our pickle messages to the same bytes", () => {
+  it('random messages and opcode boundaries', () => {
+    const msgs: ZeoMessage[] = [
+      ...EDGES.map((args, i): ZeoMessage => ({ msgid: i + 1, flags: false, method: 'edge', args })),
+      ...fc.sample(message, { seed: SEED, numRuns: 200 }),
+    ];
+    const input = msgs.map((m) => toHex(encodeMessage('pickle', m))).join('\n') + '\n';
+    const prog = [
+      'import sys',
+      'from ZEO.asyncio.marshal import encoder, pickle_decode',
+      "enc = encoder(b'Z')",
+      'for line in sys.stdin:',
+      '    m = pickle_decode(bytes.fromhex(line.strip()))',
+      '    sys.stdout.write(enc(*m).hex() + "\\n")',
+    ].join('\n');
+    const r = spawnSync(python(), ['-c', prog], { input, maxBuffer: 256 << 20, timeout: 60_000 });
+    expect(r.status, r.stderr.toString()).toBe(0);
+    const got = r.stdout.toString().trim().split('\n');
+    expect(got).toHaveLength(msgs.length);
+    got.forEach((h, i) => expect(h, `message ${i}`).toBe(input.split('\n')[i]));
   });
 });
