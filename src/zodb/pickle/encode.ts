@@ -15,7 +15,8 @@
 import { OP } from './opcodes.js';
 import { ByteStr, Global, PersistentRef, PyDict, PyObject, Tuple, type PyValue } from './types.js';
 
-class ByteSink {
+/** A growable byte buffer with the little/big-endian writes pickles need (also the ZEO codec's). */
+export class ByteSink {
   private buf = new Uint8Array(256);
   private dv = new DataView(this.buf.buffer);
   len = 0;

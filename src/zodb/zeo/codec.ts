@@ -38,7 +38,7 @@ import { decode as mpDecode, encode as mpEncode } from '@msgpack/msgpack';
 import { BadArgumentError } from '../../errors.js';
 import { p64, u64be } from '../ids.js';
 import { Unpickler } from '../pickle/decode.js';
-import { encodeLong } from '../pickle/encode.js';
+import { ByteSink, encodeLong } from '../pickle/encode.js';
 import { OP } from '../pickle/opcodes.js';
 import { ByteStr, PyDict, Tuple, pyTypeName, type PyValue } from '../pickle/types.js';
 import { ZeoProtoError } from './errors.js';
@@ -166,39 +166,9 @@ export function decodeZeoPickle(payload: Uint8Array): ZValue {
 const utf8 = new TextEncoder();
 const BATCH = 1000; // CPython pickle's BATCHSIZE
 
-class Sink {
-  private buf = new Uint8Array(256);
-  len = 0;
-  private room(n: number): void {
-    if (this.len + n <= this.buf.length) return;
-    let cap = this.buf.length * 2;
-    while (cap < this.len + n) cap *= 2;
-    const nb = new Uint8Array(cap);
-    nb.set(this.buf.subarray(0, this.len));
-    this.buf = nb;
-  }
-  u8(v: number): void {
-    this.room(1);
-    this.buf[this.len++] = v;
-  }
-  /** n-byte little-endian (n ≤ 4; v as a 32-bit two's complement). */
-  le(v: number, n: number): void {
-    this.room(n);
-    for (let i = 0; i < n; i++) this.buf[this.len++] = (v >>> (8 * i)) & 0xff;
-  }
-  bytes(b: Uint8Array): void {
-    this.room(b.length);
-    this.buf.set(b, this.len);
-    this.len += b.length;
-  }
-  result(): Uint8Array {
-    return this.buf.slice(0, this.len);
-  }
-}
-
 /** ZValue → one protocol-3 pickle, as CPython's pickler writes it without a memo. */
 export function encodeZeoPickle(v: ZValue): Uint8Array {
-  const o = new Sink();
+  const o = new ByteSink();
   o.u8(OP.PROTO);
   o.u8(3);
   savePickle(o, v);
@@ -206,7 +176,7 @@ export function encodeZeoPickle(v: ZValue): Uint8Array {
   return o.result();
 }
 
-function savePickle(o: Sink, v: ZValue): void {
+function savePickle(o: ByteSink, v: ZValue): void {
   if (v === null) return o.u8(OP.NONE);
   if (v === true) return o.u8(OP.NEWTRUE);
   if (v === false) return o.u8(OP.NEWFALSE);
@@ -219,7 +189,7 @@ function savePickle(o: Sink, v: ZValue): void {
   if (typeof v === 'string') {
     const b = utf8.encode(v);
     o.u8(OP.BINUNICODE);
-    o.le(b.length, 4);
+    o.u32le(b.length);
     return o.bytes(b);
   }
   if (v instanceof Uint8Array) {
@@ -228,7 +198,7 @@ function savePickle(o: Sink, v: ZValue): void {
       o.u8(v.length);
     } else {
       o.u8(OP.BINBYTES);
-      o.le(v.length, 4);
+      o.u32le(v.length);
     }
     return o.bytes(v);
   }
@@ -273,16 +243,16 @@ function savePickle(o: Sink, v: ZValue): void {
   }
 }
 
-function pickleInt(o: Sink, v: bigint): void {
+function pickleInt(o: ByteSink, v: bigint): void {
   if (v >= 0n && v <= 0xffn) {
     o.u8(OP.BININT1);
     o.u8(Number(v));
   } else if (v >= 0n && v <= 0xffffn) {
     o.u8(OP.BININT2);
-    o.le(Number(v), 2);
+    o.u16le(Number(v));
   } else if (v >= -0x80000000n && v <= 0x7fffffffn) {
     o.u8(OP.BININT);
-    o.le(Number(v), 4);
+    o.i32le(Number(v));
   } else {
     const b = encodeLong(v);
     if (b.length < 256) {
@@ -290,17 +260,15 @@ function pickleInt(o: Sink, v: bigint): void {
       o.u8(b.length);
     } else {
       o.u8(OP.LONG4);
-      o.le(b.length, 4);
+      o.u32le(b.length);
     }
     o.bytes(b);
   }
 }
 
-function pickleFloat(o: Sink, f: number): void {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setFloat64(0, f, false);
+function pickleFloat(o: ByteSink, f: number): void {
   o.u8(OP.BINFLOAT);
-  o.bytes(b);
+  o.f64be(f);
 }
 
 // ---- msgpack ----
