@@ -137,6 +137,20 @@ for (const t0 = Date.now(); ;) {
 const at = (rel) => path.join(mnt, rel);
 const headFile = at(`head/bigfile/${foidHex}`);
 const headAt = async () => (await readFile(at('head/at'))).toString();
+/**
+ * head/at and its index in hist. The server may publish a commit before txn.commit() returns
+ * to the writer and records it: an unknown head/at waits for the commit in flight.
+ */
+async function headIdx() {
+  const h = await headAt();
+  let i = histIdx.get(h);
+  if (i === undefined && inFlight !== null) {
+    await inFlight;
+    i = histIdx.get(h);
+  }
+  if (i === undefined) throw new Error(`head/at = ${h}: not a revision the writer committed`);
+  return { h, i };
+}
 
 let stopping = false;
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => (stopping = true)); // clean up, report
@@ -221,10 +235,9 @@ async function reader(id) {
     const t0 = Date.now();
     if (rand() < 0.5) {
       // head/: some revision in [head/at before, last commit after]
-      const h0 = await headAt();
+      const { h: h0, i: lo } = await headIdx();
       const fh = await open(headFile, 'r');
       try {
-        const lo = histIdx.get(h0);
         const blk = pick(hist[lo].fills.length);
         const b = Buffer.alloc(BS);
         const { bytesRead } = await fh.read(b, 0, BS, blk * BS);
@@ -259,7 +272,7 @@ async function reader(id) {
       // @rev/: exactly rev's data, at a recent revision (what clients use; FileStorage loads
       // of old revisions walk each object's record chain back, ever longer as the run goes
       // on) that the server published (one ahead of head/at would wait for head)
-      const top = histIdx.get(await headAt());
+      const top = (await headIdx()).i;
       const i = top - pick(Math.min(top + 1, REV_WINDOW));
       const { tid, fills } = hist[i];
       const blk = pick(fills.length);
@@ -314,13 +327,13 @@ class Client {
 async function client(id) {
   const c = new Client(id);
   await c.ready;
-  let cur = await headAt();
+  let cur = (await headIdx()).h;
   await c.call({ connect: cur });
   await c.check(cur);
   while (running()) {
     await sleep(50 + pick(300));
     // move to a revision the server has published: head/at now, or one a little older
-    const h = histIdx.get(await headAt());
+    const h = (await headIdx()).i;
     const cand = Math.max(histIdx.get(cur), h - pick(5));
     const next = hex16(hist[cand].tid);
     await c.call({ resync: next });
