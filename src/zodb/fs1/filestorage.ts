@@ -47,7 +47,8 @@ import type { CommitEvent, CommitRequest, DataRecord, ICommitter, IStorage, Load
 import { native } from '../../native.js';
 import { logLine } from '../../util/log.js';
 import { NotAFileError, ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
-import { FsWatch, Follower } from './follow.js';
+import { Follower } from './follow.js';
+import { WatchQueue } from '../watchq.js';
 import {
   DATA_HEADER_SIZE,
   FILE_HEADER_SIZE,
@@ -133,7 +134,7 @@ export class FileStorage implements IStorage, ICommitter {
 
   // follower state (read-only opens) — touched by watch()/unwatch(), checkTail(), close()
   private follower: Follower | null = null;
-  private readonly watches = new Set<FsWatch>();
+  private readonly watches = new Set<WatchQueue>();
   /** Set once following hit an unrecoverable condition; sync()/watch() report it. */
   private fatal: Error | null = null;
   /** When an incomplete tail was first seen at size tailSize (0 = none pending). */
@@ -564,7 +565,7 @@ export class FileStorage implements IStorage, ICommitter {
     const head = this.headTid;
     const start = from ?? head;
     const replay = start < head ? this.replayEvents(start, this.topPos) : null;
-    const w = new FsWatch(start, replay, (x) => this.unwatch(x));
+    const w = new WatchQueue(start, replay, (x) => this.unwatch(x));
     if (this.fatal !== null) {
       w.fail(this.fatal);
       return w;
@@ -578,7 +579,7 @@ export class FileStorage implements IStorage, ICommitter {
     return w;
   }
 
-  private unwatch(w: FsWatch): void {
+  private unwatch(w: WatchQueue): void {
     this.watches.delete(w);
     if (this.watches.size === 0 && this.follower !== null) {
       this.follower.stop();
