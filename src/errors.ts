@@ -43,7 +43,11 @@ export type WcfsCode =
   | 'WCFS_EREADONLY' // write on a read-only storage
   | 'WCFS_ESTORAGECHANGED' // storage file changed under us (truncated, replaced, removed)
   // zeo (src/zodb/zeo/errors.ts)
-  | 'WCFS_EZEOPROTO' // a ZEO peer violated the protocol (framing, handshake, message shape)
+  | 'WCFS_EZEOPROTO' // a ZEO peer violated the protocol (framing, handshake, message shape): fatal
+  | 'WCFS_EZEOCONN' // a ZEO connection failed, broke or went silent: temporary, the driver reconnects
+  | 'WCFS_EZEOREMOTE' // the ZEO server raised an exception the driver has no class for
+  | 'WCFS_EZEOGAP' // commits missed while disconnected cannot be recovered one by one
+  | 'WCFS_ENOOIDS' // a writer used more new oids than the driver had reserved (ZEO: reserveOids)
   // fuse (src/fuse/errors.ts; WCFS_EMOUNT also from native/fuse.cc)
   | 'WCFS_EFUSE' // answer a FUSE request with an errno
   | 'WCFS_ENOTIFY' // a kernel notification failed

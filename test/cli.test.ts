@@ -75,7 +75,8 @@ describe('wcfs zodb: clear errors, exit 1', () => {
     ['bad tid', ['zodb', 'cat', zblkPath('py2_pickle1'), '1', '0', '--at', 'xyz'], /invalid tid "xyz"/],
     ['tid before the object existed', ['zodb', 'cat', zblkPath('py2_pickle1'), '1', '0', '--at', '0285cbac20da7419'], /0000000000000001.*no data/],
     ['bad block number', ['zodb', 'cat', zblkPath('py2_pickle1'), '1', '-3'], /block number/],
-    ['unsupported scheme', ['zodb', 'info', 'zeo://localhost:1234'], /zeo/],
+    ['unsupported scheme', ['zodb', 'info', 'neo://cluster@localhost:1234'], /neo:\/\/ storages are not yet supported/],
+    ['zeo server not there', ['zodb', 'info', 'zeo://127.0.0.1:1'], /zeo 127\.0\.0\.1:1: connect: .*ECONNREFUSED/],
   ];
   for (const [name, args, re] of cases) {
     it(name, () => {

@@ -266,7 +266,7 @@ describe('openStorage', () => {
       expect(s.commit).toBeInstanceOf(Function); // the driver has it; read-only refuses at call
       await s.close();
     }
-    await expect(openStorage('zeo://localhost:8100')).rejects.toThrow(/zeo:\/\/ storages are not yet supported/);
+    await expect(openStorage('zeo://localhost:1?storage=1', { zeo: { connectTimeoutMs: 2000 } })).rejects.toMatchObject({ code: 'WCFS_EZEOCONN' });
     await expect(openStorage('neo://cluster@host')).rejects.toThrow(/not yet supported/);
     await expect(openStorage('gopher://x')).rejects.toBeInstanceOf(BadArgumentError);
     await expect(openStorage('file://otherhost/x.fs')).rejects.toBeInstanceOf(BadArgumentError);

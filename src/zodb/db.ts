@@ -109,6 +109,11 @@ export class WriteTxn implements ObjectLoader {
     return oid;
   }
 
+  /** Make the next n newOid() calls succeed without I/O (storage.reserveOids; a no-op for fs1). */
+  async reserveOids(n: number): Promise<void> {
+    await this.storage.reserveOids?.(n);
+  }
+
   /** Store an object that does not exist yet under a chosen oid (the root, z64). */
   storeNew(oid: Oid, klass: Global, state: PyValue): void {
     this.created.add(oid);

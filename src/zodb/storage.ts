@@ -75,8 +75,8 @@ export interface IStorage {
   loadTransient?(oid: Oid, at: Tid): LoadResult;
   iterate(tidMin?: Tid, tidMax?: Tid): AsyncIterable<TxnRecord>;
   watch(from?: Tid): StorageWatch;
-  /** Largest oid in use (as of head). */
-  lastOid(): Oid;
+  /** Largest oid in use (as of head). Optional: a client of a server (ZEO) cannot tell. */
+  lastOid?(): Oid;
   /**
    * Pack boundary (notes.md, FileStorage "Pack while serving"): the state of the database as
    * of any revision ≥ it is complete; below it a pack removed non-current revisions, so a
@@ -118,6 +118,12 @@ export interface CommitRequest {
 export interface ICommitter {
   /** Allocate a fresh oid (largest ever seen + 1). */
   newOid(): Oid;
+  /**
+   * Optional: make the next n newOid() calls succeed without I/O. Drivers that get oids from
+   * a server (ZEO: new_oids) hand out a pool synchronously and refill it in the background;
+   * a writer about to allocate many oids without awaiting in between reserves them first.
+   */
+  reserveOids?(n: number): Promise<void>;
   /** Commit atomically; resolves to the new tid once it is durable. */
   commit(req: CommitRequest): Promise<Tid>;
 }

@@ -345,6 +345,9 @@ export function createZBigFile(txn: WriteTxn, blksize: number): Oid {
   return oid;
 }
 
+/** Bound on the new oids setBlock allocates without awaiting in between (ZBlk, ZBlk1 + chunktab, B-tree splits). */
+const SETBLOCK_OIDS = 64;
+
 export interface SetBlockOptions {
   /** Storage format; default: keep the block's current format, ZBlk0 for a new block. */
   format?: ZBlkKind;
@@ -357,6 +360,8 @@ export interface SetBlockOptions {
 export async function setBlock(txn: WriteTxn, foid: Oid, blk: number | bigint, data: Uint8Array | null, opt: SetBlockOptions = {}): Promise<void> {
   const key = BigInt(blk);
   if (key < 0n) throw new ObjectFormatError(foid, `setBlock: blk ${key} < 0`);
+  // new oids between two awaits below: a ZBlk + B-tree splits (each btreeSet awaits)
+  await txn.reserveOids(SETBLOCK_OIDS);
   const f = await txn.loadObject(foid);
   if (!f.klass.is(MOD, 'ZBigFile')) throw new NotZBigFileError(foid, String(f.klass));
   const { blksize, blktab } = decodeZBigFileState(foid, f.state);
