@@ -68,8 +68,25 @@ export function normalizeZurl(zurl: string): string {
   return path.resolve(zurl);
 }
 
+/**
+ * What the default mountpoint hashes: the normalized zurl, with spellings of one database made
+ * equal — zeo://: the default `?storage=1` dropped and the host lowercased — so they share one
+ * mount (as upstream's zurl_normalize_main does). The server still shows the zurl as given.
+ */
+export function mountKey(zurl: string): string {
+  const z = normalizeZurl(zurl);
+  if (!/^zeo:/i.test(z)) return z;
+  try {
+    const u = new URL(z);
+    if (u.searchParams.get('storage') === '1' && [...u.searchParams.keys()].length === 1) u.search = '';
+    return `zeo://${u.host.toLowerCase()}${u.pathname === '/' ? '' : u.pathname}${u.search}`;
+  } catch {
+    return z; // the driver reports the bad URL
+  }
+}
+
 export function defaultMountpoint(zurl: string): string {
-  return path.join(WCFS_SHM, createHash('sha1').update(normalizeZurl(zurl)).digest('hex'));
+  return path.join(WCFS_SHM, createHash('sha1').update(mountKey(zurl)).digest('hex'));
 }
 
 // ---- 2) preparing a mountpoint ----

@@ -171,7 +171,7 @@ export class ZeoStorage implements IStorage, ICommitter {
       else if (at0 < this.headTid) {
         throw new ZeoGapError(
           this.addr,
-          `the server's last transaction @${hex16(at0)} is older than @${hex16(this.headTid)} we already saw: its history went back`,
+          `the server's last transaction @${hex16(at0)} is older than @${hex16(this.headTid)} we already saw (its history went back): missed transactions cannot be recovered one by one`,
         );
       } else if (at0 > this.headTid) {
         const missed = await this.recover(conn, this.headTid, at0);
@@ -191,6 +191,16 @@ export class ZeoStorage implements IStorage, ICommitter {
 
   /** The transactions in (from, to], one event each; exact or ZeoGapError. */
   private async recover(conn: ZeoConn, from: Tid, to: Tid): Promise<CommitEvent[]> {
+    // the same database: the transaction we saw last is there (ZEO carries no database identity)
+    if (from > 0n) {
+      let found = false;
+      for await (const t of iterateOn(conn, this.addr, from, from)) found ||= t.tid === from;
+      if (!found)
+        throw new ZeoGapError(
+          this.addr,
+          `the server does not have transaction @${hex16(from)}, the last one we saw (not the same database, or its history was packed): missed transactions cannot be recovered one by one`,
+        );
+    }
     const out: CommitEvent[] = [];
     for await (const t of iterateOn(conn, this.addr, from + 1n, to)) {
       if (t.status === 'p')
@@ -217,7 +227,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     if (this.closing || this.fatal !== null || err === null) return;
     if (!isCode(err, 'WCFS_EZEOCONN')) return this.fail(err);
     this.disconnectedAt = Date.now();
-    this.log(`wcfs: zeo ${this.addr}: connection lost (${err.message}); reconnecting`);
+    this.log(`wcfs: zeo ${this.addr}: connection lost (${err.message.replace(/^zeo \S+: /, '')}); reconnecting`);
     void this.reconnect();
   }
 
