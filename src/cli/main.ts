@@ -2,7 +2,7 @@
 //
 //   wcfs zodb info <zurl>                          database summary and its ZBigFiles
 //   wcfs zodb cat  <zurl> <foid> <blk> [--at tid]  raw bytes of one block to stdout
-//   wcfs zodb demo <path>                          create a demo database with our writer
+//   wcfs zodb demo <path|zeo://…>                  create a demo database with our writer
 //   wcfs serve [opts] <zurl> [<mountpoint>]        serve a database (foreground)
 //   wcfs stop <zurl|mountpoint>                    robust stop
 //   wcfs status <zurl|mountpoint>                  health check (exit 1 on failure)
@@ -23,7 +23,7 @@ export async function main(argv: string[]): Promise<void> {
   zodb
     .command('info')
     .description('head revision, transaction count and the ZBigFiles of a database')
-    .argument('<zurl>', 'database URL: file:///path/data.fs or a path')
+    .argument('<zurl>', 'database URL: file:///path/data.fs, a path, or zeo://host:port')
     .option('--json', 'machine-readable output')
     .action(async (zurl: string, opts: { json?: boolean }) => zodbInfo(zurl, opts));
   zodb
@@ -36,14 +36,14 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (zurl: string, foid: string, blk: string, opts: { at?: string }) => zodbCat(zurl, foid, blk, opts));
   zodb
     .command('demo')
-    .description('create a demo FileStorage with two ZBigFiles and a short history')
-    .argument('<path>', 'path of the new data.fs (must not exist)')
+    .description('create a demo database with two ZBigFiles and a short history')
+    .argument('<zurl>', 'path of the new data.fs (must not exist), or zeo://… of an empty database')
     .action(async (p: string) => zodbDemo(p));
 
   program
     .command('serve')
     .description('serve the ZBigFiles of a database on a FUSE mount, until unmounted')
-    .argument('<zurl>', 'database URL: file:///path/data.fs or a path')
+    .argument('<zurl>', 'database URL: file:///path/data.fs, a path, or zeo://host:port')
     .argument('[mountpoint]', 'default: /dev/shm/wcfs/<sha1(zurl)>')
     .option('--pintimeout <seconds>', 'how long a client may take to answer a pin', '30')
     .option('--debug', 'trace to stderr (DEBUG=wcfs:*)')

@@ -105,9 +105,11 @@ export async function zodbCat(zurl: string, foidText: string, blkText: string, o
  * 16 KiB, ZBlk1), a few transactions that write, rewrite and punch blocks.
  */
 export async function zodbDemo(path: string): Promise<void> {
-  if (existsSync(path)) throw new BadArgumentError(`${path}: already exists`);
+  const zeo = /^zeo:/i.test(path);
+  if (!zeo && existsSync(path)) throw new BadArgumentError(`${path}: already exists`);
   const s = (await openStorage(path, { create: true })) as IWritableStorage;
   try {
+    if (zeo && s.head() !== 0n) throw new BadArgumentError(`${path}: the database is not empty (head @${hex16(s.head())})`);
     await ensureRoot(s);
     const fill = (n: number, seed: number) => {
       const b = new Uint8Array(n);
