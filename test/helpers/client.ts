@@ -18,6 +18,7 @@ import { sleep } from '../../src/util/async.js';
 import { WriteTxn } from '../../src/zodb/db.js';
 import { hex16, type Tid } from '../../src/zodb/ids.js';
 import { openStorage } from '../../src/zodb/open.js';
+import { liveDb, type LiveDb } from './testdb.js';
 import { PersistentRef } from '../../src/zodb/pickle/index.js';
 import type { IWritableStorage } from '../../src/zodb/storage.js';
 import { createZBigFile, ensureRoot, rootSet, setBlock, ZBIGFILE_CLASS } from '../../src/zodb/zbigfile.js';
@@ -97,12 +98,16 @@ export class ClientTDB {
 
   constructor(readonly bs = 65536) {}
 
+  /** The database as WCFS_TEST_DB says (testdb.ts): a file, or a runzeo over it. */
+  live!: LiveDb;
+
   get zurl(): string {
-    return `${this.dir}/data.fs`;
+    return this.live.zurl;
   }
 
   /** A new database with `nfile` ZBigFiles; their creation is at0 (the server's tail). */
   async create(nfile = 1): Promise<bigint[]> {
+    this.live = await liveDb(`${this.dir}/data.fs`);
     this.db = (await openStorage(this.zurl, { create: true })) as IWritableStorage;
     await ensureRoot(this.db);
     const txn = new WriteTxn(this.db);
@@ -146,6 +151,7 @@ export class ClientTDB {
   async close(): Promise<void> {
     await this.db?.close();
     await this.srv?.stop();
+    await this.live?.close();
   }
 }
 

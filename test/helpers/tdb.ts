@@ -16,6 +16,7 @@ import { PersistentRef } from '../../src/zodb/pickle/index.js';
 import { findMount } from '../../src/fuse/mountinfo.js';
 import { startServer, tmpDir, type TestServer } from './wcfs.js';
 import { TWatchLink, type PinSet } from './wlink.js';
+import { liveDb, type LiveDb } from './testdb.js';
 
 export const BS = 65536;
 
@@ -36,9 +37,12 @@ export class TDB {
   readonly accessed = new Map<bigint, Set<number>>();
   readonly links: TWatchLink[] = [];
   dir = tmpDir();
+  /** The database as WCFS_TEST_DB says (testdb.ts): a file, or a runzeo over it. */
+  live!: LiveDb;
 
   async open(): Promise<void> {
-    this.db = (await openStorage(`${this.dir}/data.fs`, { create: true })) as IWritableStorage;
+    this.live = await liveDb(`${this.dir}/data.fs`);
+    this.db = (await openStorage(this.live.zurl, { create: true })) as IWritableStorage;
     await ensureRoot(this.db);
   }
   async newFile(name: string): Promise<bigint> {
@@ -73,10 +77,11 @@ export class TDB {
     return tid;
   }
   async serve(): Promise<void> {
-    this.srv = await startServer(`${this.dir}/data.fs`, {
+    this.srv = await startServer(this.live.zurl, {
       dir: this.dir,
       args: ['--pintimeout', String(this.pinTimeout), ...this.serveArgs, ...(process.env.WCFS_DEBUG_DUMP ? ['--debug'] : [])],
     });
+    expect((await readFile(this.srv.at('.wcfs/zurl'))).toString()).toBe(this.live.zurl); // WCFS_TEST_DB is what is served
     this.tail = this.head();
     // no readahead: a read of one block must not load its neighbours (they would become
     // "accessed" behind the model's back)
@@ -156,6 +161,7 @@ export class TDB {
     for (const l of this.links) await l.close();
     await this.db?.close();
     await this.srv?.stop();
+    await this.live?.close();
   }
 }
 

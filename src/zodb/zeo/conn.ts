@@ -197,8 +197,15 @@ export class ZeoConn {
     });
     this.sock.on('error', (e) => this.fail(new ZeoConnError(this.addr, e.message, { cause: e })));
     this.sock.on('close', () => this.fail(new ZeoConnError(this.addr, 'connection closed by the server')));
+  }
+
+  /**
+   * Start checking the peer (ping when idle). Only after register: before it a ZEO server
+   * accepts nothing else and closes the connection on any other method.
+   */
+  startHeartbeat(): void {
     const hb = this.opts.heartbeatMs ?? 30_000;
-    if (hb > 0) {
+    if (hb > 0 && this.heartbeat === null && !this.closed) {
       this.heartbeat = setInterval(() => this.beat(hb), Math.max(10, Math.floor(hb / 2)));
       this.heartbeat.unref();
     }

@@ -47,7 +47,8 @@ const trace = createDebug('wcfs:zeo');
 
 const RING_MAX = 4096;
 const RING_OIDS_MAX = 1 << 20;
-const OID_BATCH_LOW = 256; // refill the pool in the background below this
+const OID_BATCH_LOW = 256;
+const POSKEYERROR = 'ZODB.POSException.POSKeyError'; // refill the pool in the background below this
 
 export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose'> {
   /** Register read-only (never commit). Default false. */
@@ -185,6 +186,7 @@ export class ZeoStorage implements IStorage, ICommitter {
       throw e;
     }
     this.conn = conn;
+    conn.startHeartbeat();
     this.liveResolve({ conn, ready: true });
     trace('%s: ready at @%s', this.addr, hex16(this.headTid));
   }
@@ -308,9 +310,12 @@ export class ZeoStorage implements IStorage, ICommitter {
   async load(oid: Oid, at: Tid): Promise<LoadResult> {
     const before = at >= MAX_TID ? MAX_TID : at + 1n;
     const r = await this.withConn(`loadBefore ${hex16(oid)} @${hex16(at)}`, (c) => c.call('loadBefore', [idBytes(oid), idBytes(before)])).catch(
-      (e: unknown) => {
-        if (e instanceof ZeoRemoteError && e.className === 'ZODB.POSException.POSKeyError') throw new NoObjectError(oid, `zeo ${this.addr}`);
-        throw e;
+      async (e: unknown) => {
+        if (!(e instanceof ZeoRemoteError && e.className === POSKEYERROR)) throw e;
+        // a deleted object answers like one that never existed: its history tells them apart
+        const deletedAt = await this.deletedAt(oid);
+        if (deletedAt === undefined) throw new NoObjectError(oid, `zeo ${this.addr}`);
+        throw new NoDataError(oid, at, deletedAt, `zeo ${this.addr}`);
       },
     );
     if (r === null) throw new NoDataError(oid, at, undefined, `zeo ${this.addr}`);
@@ -320,6 +325,21 @@ export class ZeoStorage implements IStorage, ICommitter {
     const data = r.items[0];
     if (data.length === 0) throw new NoDataError(oid, at, serial, `zeo ${this.addr}`); // a deletion record
     return { data, serial, where: `zeo ${this.addr}` };
+  }
+
+  /** The tid of oid's deletion if its latest record is one (history: size 0), else undefined. */
+  private async deletedAt(oid: Oid): Promise<Tid | undefined> {
+    let h: ZValue;
+    try {
+      h = await this.withConn(`history ${hex16(oid)}`, (c) => c.call('history', [idBytes(oid), 1]));
+    } catch (e) {
+      if (e instanceof ZeoRemoteError && e.className === POSKEYERROR) return undefined;
+      throw e;
+    }
+    const list = h instanceof ZTuple ? h.items : Array.isArray(h) ? h : [];
+    const last = list[0];
+    if (!(last instanceof ZDict)) return undefined;
+    return last.get('size') === 0 ? bytesId(last.get('tid'), 'history: tid') : undefined;
   }
 
   /**

@@ -1,0 +1,203 @@
+// The ZEO driver (src/zodb/zeo/) against a real runzeo from the project virtualenv, in both
+// encodings: every loadBefore answer shape, commits (own events, ConflictError, deletion,
+// empty transactions), watches fed by another client's commits, pipelined loads, iteration
+// equal to FileStorage's own, a load that waits across a server restart, and the gap rules.
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { WriteTxn } from '../src/zodb/db.js';
+import { isCode } from '../src/errors.js';
+import type { Oid, Tid } from '../src/zodb/ids.js';
+import { openStorage } from '../src/zodb/open.js';
+import type { CommitEvent, IWritableStorage, StorageWatch } from '../src/zodb/storage.js';
+import { ZeoStorage } from '../src/zodb/zeo/zeostorage.js';
+import { startZeo, stopAllZeo, type ZeoEncoding, type ZeoServer } from './helpers/zeo.js';
+import { seeds } from './helpers/fuzz.js';
+import { rng } from '../src/util/rng.js';
+
+const enc = new TextEncoder();
+const rec = (s: string) => enc.encode(s); // opaque record bytes: the driver never decodes them
+
+const dirs: string[] = [];
+const opened: Array<{ close(): Promise<void> }> = [];
+afterEach(async () => {
+  for (const s of opened.splice(0)) await s.close();
+  await stopAllZeo();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+afterAll(stopAllZeo);
+
+function tmp(): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), 'wcfs-zeo-st-'));
+  dirs.push(d);
+  return d;
+}
+
+async function zopen(zurl: string, opts: Parameters<typeof ZeoStorage.open>[1] = {}): Promise<ZeoStorage> {
+  const s = await ZeoStorage.open(zurl, { log: () => {}, ...opts });
+  opened.push(s);
+  return s;
+}
+
+/** The next n events of a watch. */
+async function take(w: StorageWatch, n: number): Promise<CommitEvent[]> {
+  const out: CommitEvent[] = [];
+  const it = w[Symbol.asyncIterator]();
+  while (out.length < n) {
+    const r = await it.next();
+    if (r.done) break;
+    out.push(r.value);
+  }
+  return out;
+}
+
+const sorted = (oids: Oid[]) => [...oids].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+
+for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
+  describe(`ZeoStorage over runzeo (${encoding})`, () => {
+    let zeo: ZeoServer;
+    const start = async (dir = tmp()) => (zeo = await startZeo({ fsPath: path.join(dir, 'data.fs'), encoding }));
+
+    it('loadBefore in every answer shape; own commits are events; deletion; empty txns', { timeout: 30_000 }, async () => {
+      await start();
+      const w = await zopen(zeo.zurl);
+      const r = await zopen(zeo.zurl, { readOnly: true });
+      expect(r.head()).toBe(0n);
+      const rw = r.watch();
+      const ww = w.watch();
+      // >>> w commits a, b; then a again; then deletes b; then an empty transaction
+      const a = w.newOid();
+      const b = w.newOid();
+      const t1 = await w.commit({ records: [{ oid: a, data: rec('a1'), oldSerial: 0n }, { oid: b, data: rec('b1'), oldSerial: 0n }] });
+      const t2 = await w.commit({ records: [{ oid: a, data: rec('a2'), oldSerial: t1 }] });
+      const t3 = await w.commit({ records: [{ oid: b, data: null, oldSerial: t1 }] });
+      const t4 = await w.commit({ records: [] });
+      expect(w.head()).toBe(t4);
+      // >>> both watches see the four transactions, in order, with their oids (r through
+      // invalidations, w through its own tpc_finish replies)
+      for (const evs of [await take(rw, 4), await take(ww, 4)]) {
+        expect(evs.map((e) => e.tid)).toEqual([t1, t2, t3, t4]);
+        expect(evs.map((e) => sorted(e.oids))).toEqual([sorted([a, b]), [a], [b], []]);
+      }
+      expect(r.head()).toBe(t4);
+      // >>> every answer shape
+      expect(await r.load(a, t4)).toMatchObject({ data: rec('a2'), serial: t2 });
+      expect(await r.load(a, t2 - 1n)).toMatchObject({ data: rec('a1'), serial: t1 }); // old revision
+      await expect(r.load(a, t1 - 1n)).rejects.toMatchObject({ code: 'WCFS_ENODATA', deletedAt: undefined }); // before creation
+      await expect(r.load(b, t3)).rejects.toMatchObject({ code: 'WCFS_ENODATA', deletedAt: t3 }); // deleted
+      expect(await r.load(b, t3 - 1n)).toMatchObject({ data: rec('b1'), serial: t1 }); // before the deletion
+      await expect(r.load(0xdeadn, t4)).rejects.toMatchObject({ code: 'WCFS_ENOOBJ' }); // never existed
+      // >>> a stale base: ConflictError naming the object and both serials; nothing committed
+      const e = await w.commit({ records: [{ oid: a, data: rec('stale'), oldSerial: t1 }] }).catch((x: unknown) => x);
+      expect(e).toMatchObject({ code: 'WCFS_ECONFLICT', oid: a, expected: t1, actual: t2 });
+      expect(await r.sync()).toBe(t4);
+      // >>> the read-only driver refuses to write
+      expect(() => r.newOid()).toThrow(expect.objectContaining({ code: 'WCFS_EREADONLY' }));
+    });
+
+    it('pipelined loads and iteration equal FileStorage', { timeout: 60_000 }, async () => {
+      const dir = tmp();
+      await start(dir);
+      const w = await zopen(zeo.zurl);
+      const R = rng(seeds()[0]!);
+      const want = new Map<Oid, Array<{ tid: Tid; data: string }>>();
+      const oids: Oid[] = [];
+      await w.reserveOids(64);
+      for (let i = 0; i < 64; i++) oids.push(w.newOid());
+      for (let t = 0; t < 20; t++) {
+        const ch = new Map<Oid, string>();
+        for (let k = 0; k < 1 + Math.floor(R() * 6); k++) ch.set(oids[Math.floor(R() * oids.length)]!, `o${t}.${k}`.repeat(1 + Math.floor(R() * 300)));
+        const recs = [...ch].map(([oid, d]) => ({ oid, data: rec(d), oldSerial: want.get(oid)?.at(-1)?.tid ?? 0n }));
+        const tid = await w.commit({ records: recs });
+        for (const [oid, d] of ch) want.set(oid, [...(want.get(oid) ?? []), { tid, data: d }]);
+      }
+      // >>> 1000 loads in flight at once, each at a random revision
+      const tids = [...new Set([...want.values()].flat().map((x) => x.tid))].sort((x, y) => (x < y ? -1 : 1));
+      const jobs = Array.from({ length: 1000 }, () => {
+        const oid = [...want.keys()][Math.floor(R() * want.size)]!;
+        const at = tids[Math.floor(R() * tids.length)]!;
+        const revs = want.get(oid)!.filter((x) => x.tid <= at);
+        return { oid, at, rev: revs.at(-1) };
+      });
+      const got = await Promise.allSettled(jobs.map((j) => w.load(j.oid, j.at)));
+      got.forEach((g, i) => {
+        const j = jobs[i]!;
+        if (j.rev === undefined) expect(g.status === 'rejected' && isCode(g.reason, 'WCFS_ENODATA')).toBe(true);
+        else expect(g.status === 'fulfilled' && g.value.serial === j.rev.tid && Buffer.from(g.value.data).toString() === j.rev.data).toBe(true);
+      });
+      // >>> iterate over ZEO = iterate of the file itself (same txns, same records, same data)
+      const viaZeo = [];
+      for await (const t of w.iterate(tids[3], tids[15])) viaZeo.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
+      await w.close();
+      await zeo.stop();
+      const fs = await openStorage(path.join(dir, 'data.fs'), { readOnly: true });
+      const viaFile = [];
+      for await (const t of fs.iterate(tids[3], tids[15])) viaFile.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
+      await fs.close();
+      expect(viaZeo.length).toBe(13);
+      expect(viaZeo).toEqual(viaFile);
+    });
+
+    it('a load waits across a restart; commits missed while down are delivered one by one', { timeout: 60_000 }, async () => {
+      const dir = tmp();
+      await start(dir);
+      const w = await zopen(zeo.zurl);
+      const r = await zopen(zeo.zurl, { readOnly: true, backoffMaxMs: 200 });
+      const rw = r.watch();
+      const a = w.newOid();
+      const t1 = await w.commit({ records: [{ oid: a, data: rec('a1'), oldSerial: 0n }] });
+      expect((await take(rw, 1))[0]!.tid).toBe(t1);
+      await w.close();
+      // >>> the server dies; two commits go into its file directly; a load is issued meanwhile
+      await zeo.kill9();
+      const fs = (await openStorage(path.join(dir, 'data.fs'))) as IWritableStorage;
+      const b = fs.newOid() + 1000n;
+      const t2 = await fs.commit({ records: [{ oid: a, data: rec('a2'), oldSerial: t1 }] });
+      const t3 = await fs.commit({ records: [{ oid: b, data: rec('b3'), oldSerial: 0n }] });
+      await fs.close();
+      const pending = r.load(a, t1);
+      await new Promise((res) => setTimeout(res, 300));
+      await zeo.restart();
+      // >>> the load completes; the watch gets t2 then t3, with their own oids
+      expect(await pending).toMatchObject({ data: rec('a1'), serial: t1 });
+      const evs = await take(rw, 2);
+      expect(evs).toEqual([
+        { tid: t2, oids: [a] },
+        { tid: t3, oids: [b] },
+      ]);
+      expect(await r.load(a, t3)).toMatchObject({ data: rec('a2'), serial: t2 });
+    });
+
+    it('a server whose history went back, or another database on the address: ZeoGapError, loads fail', { timeout: 60_000 }, async () => {
+      await start();
+      const port = Number(new URL(zeo.zurl).port);
+      const w = await zopen(zeo.zurl);
+      const r = await zopen(zeo.zurl, { readOnly: true, backoffMaxMs: 200 });
+      const rw = r.watch();
+      const a = w.newOid();
+      await w.commit({ records: [{ oid: a, data: rec('a1'), oldSerial: 0n }] });
+      await w.commit({ records: [{ oid: a, data: rec('a2'), oldSerial: w.head() }] });
+      await take(rw, 2);
+      await w.close();
+      await zeo.stop();
+      // >>> a fresh database (older last tid) comes up on the same port
+      const other = await startZeo({ fsPath: path.join(tmp(), 'data.fs'), encoding, port });
+      expect(other.zurl).toBe(zeo.zurl);
+      const err = await take(rw, 1).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'WCFS_EZEOGAP' });
+      expect((err as Error).message).toContain(`zeo 127.0.0.1:${port}`);
+      await expect(r.load(a, r.head())).rejects.toMatchObject({ code: 'WCFS_EZEOGAP' });
+    });
+
+    it('reads during a long outage fail after reconnectWaitMs with WCFS_EZEOCONN', { timeout: 30_000 }, async () => {
+      await start();
+      const r = await zopen(zeo.zurl, { readOnly: true, reconnectWaitMs: 500, backoffMaxMs: 100 });
+      await zeo.kill9();
+      const t0 = Date.now();
+      const e = await r.load(0n, r.head()).catch((x: unknown) => x);
+      expect(e).toMatchObject({ code: 'WCFS_EZEOCONN' });
+      expect(Date.now() - t0).toBeLessThan(20_000); // bounded (not a timing assertion on the value)
+    });
+  });
+}
