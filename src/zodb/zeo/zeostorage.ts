@@ -163,8 +163,10 @@ export class ZeoStorage implements IStorage, ICommitter {
       await conn.call('register', [this.zu.storage, this.opts.readOnly ? 1 : 0], {
         onReply: (v) => {
           at0 = bytesId(v, 'register: last tid');
-          // pushes before the reply are about transactions ≤ at0
+          // pushes before the reply with tid ≤ at0 are in at0's state already; later ones are kept
+          const later = buffered.filter((ev) => ev.tid > at0);
           buffered.length = 0;
+          buffered.push(...later);
         },
       });
       if (first) this.headTid = this.ringStart = at0;
