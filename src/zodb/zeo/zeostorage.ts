@@ -182,6 +182,7 @@ export class ZeoStorage implements IStorage, ICommitter {
       } else if (!first) this.log(`wcfs: zeo ${this.addr}: reconnected; no transactions missed`);
       for (const ev of buffered) this.deliver(ev);
       ready = true;
+      if (this.closing) throw new ClosedError(`zeo ${this.addr}`); // closed while this attempt was under way
     } catch (e) {
       conn.close();
       throw e;
@@ -251,6 +252,7 @@ export class ZeoStorage implements IStorage, ICommitter {
         await this.connect(false);
         return;
       } catch (e) {
+        if (this.closing) return;
         if (!isCode(e, 'WCFS_EZEOCONN')) return this.fail(e as Error);
         trace('%s: reconnect failed: %s', this.addr, (e as Error).message);
       }
