@@ -49,7 +49,7 @@ const RING_MAX = 4096;
 const RING_OIDS_MAX = 1 << 20;
 const OID_BATCH_LOW = 256; // refill the pool in the background below this
 
-export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose'> {
+export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 'signal'> {
   /** Register read-only (never commit). Default false. */
   readOnly?: boolean;
   /** How long loads and commits wait for a lost connection to come back. Default 60 s. */
@@ -119,6 +119,8 @@ export class ZeoStorage implements IStorage, ICommitter {
   private nextTxn = 1;
   private readonly log: (line: string) => void;
   private disconnectedAt = 0;
+  /** Aborted by close(): stops a connection attempt or a backoff sleep under way. */
+  private readonly closeCtl = new AbortController();
 
   private constructor(
     readonly url: string,
@@ -151,6 +153,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     let conn: ZeoConn;
     conn = await ZeoConn.connect(this.zu.addr, {
       ...this.opts,
+      signal: this.closeCtl.signal,
       onPush: (method, args) => {
         if (method !== 'invalidateTransaction') return; // info({length, size}) and others: nothing to do
         const ev = parseInvalidation(this.addr, args);
@@ -246,7 +249,16 @@ export class ZeoStorage implements IStorage, ICommitter {
     let delay = this.opts.backoffMinMs ?? 50;
     const max = this.opts.backoffMaxMs ?? 2000;
     while (!this.closing && this.fatal === null) {
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((r) => {
+        const sig = this.closeCtl.signal;
+        const done = () => {
+          clearTimeout(t);
+          sig.removeEventListener('abort', done);
+          r();
+        };
+        const t = setTimeout(done, delay);
+        sig.addEventListener('abort', done, { once: true });
+      });
       if (this.closing || this.fatal !== null) return;
       try {
         await this.connect(false);
@@ -463,6 +475,7 @@ export class ZeoStorage implements IStorage, ICommitter {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.closeCtl.abort();
     for (const w of [...this.watches]) w.end();
     this.watches.clear();
     const c = this.conn;
