@@ -95,7 +95,7 @@ export class ZeoConn {
     const where = addrText(addr);
     const decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME);
     return new Promise((resolve, reject) => {
-      const sock = addr.kind === 'unix' ? net.connect({ path: addr.path }) : net.connect({ host: addr.host, port: addr.port });
+      const sock = addr.kind === 'unix' ? net.connect({ path: addr.path }) : net.connect({ host: addr.host, port: addr.port, noDelay: true });
       let done = false;
       const onAbort = () => fail(new ClosedError(`zeo ${where}`));
       const fail = (e: Error) => {
