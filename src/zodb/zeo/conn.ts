@@ -50,6 +50,8 @@ export interface ZeoConnOptions {
   onPush?: (method: string, args: ZValue) => void;
   /** The connection closed: null = close() was called, else why it broke. Called once. */
   onClose?: (err: Error | null) => void;
+  /** Aborts connect() while it waits for the socket or the greeting (ClosedError). */
+  signal?: AbortSignal;
 }
 
 export interface CallOptions {
@@ -93,12 +95,14 @@ export class ZeoConn {
     const where = addrText(addr);
     const decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME);
     return new Promise((resolve, reject) => {
-      const sock = addr.kind === 'unix' ? net.connect({ path: addr.path }) : net.connect({ host: addr.host, port: addr.port });
+      const sock = addr.kind === 'unix' ? net.connect({ path: addr.path }) : net.connect({ host: addr.host, port: addr.port, noDelay: true });
       let done = false;
+      const onAbort = () => fail(new ClosedError(`zeo ${where}`));
       const fail = (e: Error) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
         sock.destroy();
         reject(e);
       };
@@ -106,6 +110,8 @@ export class ZeoConn {
         () => fail(new ZeoConnError(where, `no greeting within ${opts.connectTimeoutMs ?? 10_000} ms`)),
         opts.connectTimeoutMs ?? 10_000,
       );
+      if (opts.signal?.aborted) return onAbort();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
       sock.on('error', (e) => fail(new ZeoConnError(where, `connect: ${e.message}`, { cause: e })));
       sock.on('close', () => fail(new ZeoConnError(where, 'connection closed before the greeting')));
       sock.on('data', (chunk: Buffer) => {
@@ -125,6 +131,7 @@ export class ZeoConn {
         }
         done = true;
         clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
         sock.removeAllListeners();
         const c = new ZeoConn(sock, enc, addr, decoder, opts);
         sock.write(encodeFrame(encodeHandshake(enc)));

@@ -50,7 +50,7 @@ const RING_OIDS_MAX = 1 << 20;
 const OID_BATCH_LOW = 256;
 const POSKEYERROR = 'ZODB.POSException.POSKeyError'; // refill the pool in the background below this
 
-export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose'> {
+export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 'signal'> {
   /** Register read-only (never commit). Default false. */
   readOnly?: boolean;
   /** How long loads and commits wait for a lost connection to come back. Default 60 s. */
@@ -120,6 +120,8 @@ export class ZeoStorage implements IStorage, ICommitter {
   private nextTxn = 1;
   private readonly log: (line: string) => void;
   private disconnectedAt = 0;
+  /** Aborted by close(): stops a connection attempt or a backoff sleep under way. */
+  private readonly closeCtl = new AbortController();
 
   private constructor(
     readonly url: string,
@@ -152,6 +154,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     let conn: ZeoConn;
     conn = await ZeoConn.connect(this.zu.addr, {
       ...this.opts,
+      signal: this.closeCtl.signal,
       onPush: (method, args) => {
         if (method !== 'invalidateTransaction') return; // info({length, size}) and others: nothing to do
         const ev = parseInvalidation(this.addr, args);
@@ -164,8 +167,10 @@ export class ZeoStorage implements IStorage, ICommitter {
       await conn.call('register', [this.zu.storage, this.opts.readOnly ? 1 : 0], {
         onReply: (v) => {
           at0 = bytesId(v, 'register: last tid');
-          // pushes before the reply are about transactions ≤ at0
+          // pushes before the reply with tid ≤ at0 are in at0's state already; later ones are kept
+          const later = buffered.filter((ev) => ev.tid > at0);
           buffered.length = 0;
+          buffered.push(...later);
         },
       });
       if (first) this.headTid = this.ringStart = at0;
@@ -181,6 +186,7 @@ export class ZeoStorage implements IStorage, ICommitter {
       } else if (!first) this.log(`wcfs: zeo ${this.addr}: reconnected; no transactions missed`);
       for (const ev of buffered) this.deliver(ev);
       ready = true;
+      if (this.closing) throw new ClosedError(`zeo ${this.addr}`); // closed while this attempt was under way
     } catch (e) {
       conn.close();
       throw e;
@@ -245,12 +251,22 @@ export class ZeoStorage implements IStorage, ICommitter {
     let delay = this.opts.backoffMinMs ?? 50;
     const max = this.opts.backoffMaxMs ?? 2000;
     while (!this.closing && this.fatal === null) {
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((r) => {
+        const sig = this.closeCtl.signal;
+        const done = () => {
+          clearTimeout(t);
+          sig.removeEventListener('abort', done);
+          r();
+        };
+        const t = setTimeout(done, delay);
+        sig.addEventListener('abort', done, { once: true });
+      });
       if (this.closing || this.fatal !== null) return;
       try {
         await this.connect(false);
         return;
       } catch (e) {
+        if (this.closing) return;
         if (!isCode(e, 'WCFS_EZEOCONN')) return this.fail(e as Error);
         trace('%s: reconnect failed: %s', this.addr, (e as Error).message);
       }
@@ -479,6 +495,7 @@ export class ZeoStorage implements IStorage, ICommitter {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.closeCtl.abort();
     for (const w of [...this.watches]) w.end();
     this.watches.clear();
     const c = this.conn;
