@@ -13,7 +13,7 @@ import { openStorage } from '../src/zodb/open.js';
 import type { CommitEvent, IWritableStorage, StorageWatch } from '../src/zodb/storage.js';
 import { ZeoStorage } from '../src/zodb/zeo/zeostorage.js';
 import { startZeo, stopAllZeo, type ZeoEncoding, type ZeoServer } from './helpers/zeo.js';
-import { seeds } from './helpers/fuzz.js';
+import { seedOr } from './helpers/fuzz.js';
 import { rng } from '../src/util/rng.js';
 
 const enc = new TextEncoder();
@@ -76,10 +76,12 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       expect(w.head()).toBe(t4);
       // >>> both watches see the four transactions, in order, with their oids (r through
       // invalidations, w through its own tpc_finish replies)
-      for (const evs of [await take(rw, 4), await take(ww, 4)]) {
-        expect(evs.map((e) => e.tid)).toEqual([t1, t2, t3, t4]);
-        expect(evs.map((e) => sorted(e.oids))).toEqual([sorted([a, b]), [a], [b], []]);
-      }
+      const [revs, wevs] = [await take(rw, 4), await take(ww, 4)];
+      for (const evs of [revs, wevs]) expect(evs.map((e) => e.tid)).toEqual([t1, t2, t3, t4]);
+      expect(wevs.map((e) => sorted(e.oids))).toEqual([sorted([a, b]), [a], [b], []]);
+      // ZEO's server leaves deleted oids out of invalidateTransaction (StorageServer._delete
+      // does not record them, unlike _store): other clients learn of a deletion only by loading
+      expect(revs.map((e) => sorted(e.oids))).toEqual([sorted([a, b]), [a], [], []]);
       expect(r.head()).toBe(t4);
       // >>> every answer shape
       expect(await r.load(a, t4)).toMatchObject({ data: rec('a2'), serial: t2 });
@@ -100,7 +102,7 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       const dir = tmp();
       await start(dir);
       const w = await zopen(zeo.zurl);
-      const R = rng(seeds()[0]!);
+      const R = rng(seedOr(1));
       const want = new Map<Oid, Array<{ tid: Tid; data: string }>>();
       const oids: Oid[] = [];
       await w.reserveOids(64);

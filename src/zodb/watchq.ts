@@ -14,6 +14,8 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
   private readonly queue: CommitEvent[] = [];
   private waiter: { resolve: (r: IteratorResult<CommitEvent>) => void; reject: (e: unknown) => void } | null = null;
   private err: unknown = null;
+  /** The replay's next event, read ahead by ready(). */
+  private peeked: CommitEvent | null = null;
   private done = false;
 
   /**
@@ -61,7 +63,22 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
   // -- consumer side --
 
   ready(): number {
-    return this.done ? 0 : this.queue.length + (this.replay !== null ? 1 : 0);
+    if (this.done) return 0;
+    // a replay that may have run out: look one event ahead so "ready" never promises one
+    // that next() would then wait for
+    if (this.replay !== null && this.peeked === null) {
+      let r: IteratorResult<CommitEvent>;
+      try {
+        r = this.replay.next();
+      } catch (e) {
+        this.replay = null;
+        this.fail(e);
+        return 1; // next() throws it at once
+      }
+      if (r.done) this.replay = null;
+      else this.peeked = r.value;
+    }
+    return this.queue.length + (this.peeked !== null ? 1 : 0);
   }
 
   close(): void {
@@ -69,6 +86,7 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
     this.done = true;
     this.queue.length = 0;
     this.replay = null;
+    this.peeked = null;
     if (this.err === null) this.onClose(this);
     if (this.waiter !== null) {
       const w = this.waiter;
@@ -79,6 +97,11 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
 
   next(): Promise<IteratorResult<CommitEvent>> {
     if (this.done) return Promise.resolve({ value: undefined, done: true });
+    if (this.peeked !== null) {
+      const ev = this.peeked;
+      this.peeked = null;
+      return Promise.resolve({ value: ev, done: false });
+    }
     if (this.replay !== null) {
       let r: IteratorResult<CommitEvent>;
       try {

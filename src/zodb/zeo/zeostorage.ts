@@ -27,7 +27,8 @@
 //     increasing tid order, each exactly once, none while a gap is being recovered;
 //   ready ⇒ conn registered and every transaction ≤ the server's at0 delivered;
 //   fatal ≠ null ⇒ no reconnect, every watch failed with it, every load/commit throws it;
-//   |ring| ≤ RING_MAX events and its oids total ≤ RING_OIDS_MAX.
+//   |ring| ≤ RING_MAX events and its oids total ≤ RING_OIDS_MAX; a connection being set up
+//     holds ≤ BUFFER_MAX pushed events (one more fails that attempt: temporary, retried).
 //
 // Errors: ZeoConnError (temporary), ZeoProtoError / ZeoGapError (fatal), ZeoRemoteError,
 // and the zodb ones (NoObjectError, NoDataError, ConflictError, ClosedError).
@@ -48,6 +49,7 @@ const trace = createDebug('wcfs:zeo');
 const RING_MAX = 4096;
 const RING_OIDS_MAX = 1 << 20;
 const OID_BATCH_LOW = 256;
+const BUFFER_MAX = 100_000; // invalidations held while a connection registers and recovers
 const POSKEYERROR = 'ZODB.POSException.POSKeyError'; // refill the pool in the background below this
 
 export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 'signal'> {
@@ -158,8 +160,12 @@ export class ZeoStorage implements IStorage, ICommitter {
       onPush: (method, args) => {
         if (method !== 'invalidateTransaction') return; // info({length, size}) and others: nothing to do
         const ev = parseInvalidation(this.addr, args);
-        if (!ready) buffered.push(ev);
-        else this.deliver(ev);
+        if (!ready) {
+          // bounded: a server committing faster than we recover → drop this attempt, retry
+          if (buffered.length >= BUFFER_MAX)
+            throw new ZeoConnError(this.addr, `more than ${BUFFER_MAX} commits arrived while recovering missed ones; retrying`);
+          buffered.push(ev);
+        } else this.deliver(ev);
       },
       onClose: (err) => this.lost(conn, err),
     });
