@@ -282,7 +282,12 @@ function stdHandlers(db: Db): Record<string, Handler> {
         void p.raise(m.msgid, 'ZODB.POSException.POSKeyError', new ZTuple([idBytes(oid)]));
         return NOREPLY;
       }
-      return [new ZDict([['tid', idBytes(o.serial)], ['size', o.data.length]])];
+      return [
+        new ZDict([
+          ['tid', idBytes(o.serial)],
+          ['size', o.data.length],
+        ]),
+      ];
     },
     iterator_start: (m) => {
       const [lo, hi] = argv(m).map((x) => bytesId(x));

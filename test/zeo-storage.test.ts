@@ -69,7 +69,12 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       // >>> w commits a, b; then a again; then deletes b; then an empty transaction
       const a = w.newOid();
       const b = w.newOid();
-      const t1 = await w.commit({ records: [{ oid: a, data: rec('a1'), oldSerial: 0n }, { oid: b, data: rec('b1'), oldSerial: 0n }] });
+      const t1 = await w.commit({
+        records: [
+          { oid: a, data: rec('a1'), oldSerial: 0n },
+          { oid: b, data: rec('b1'), oldSerial: 0n },
+        ],
+      });
       const t2 = await w.commit({ records: [{ oid: a, data: rec('a2'), oldSerial: t1 }] });
       const t3 = await w.commit({ records: [{ oid: b, data: null, oldSerial: t1 }] });
       const t4 = await w.commit({ records: [] });
@@ -130,12 +135,14 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       });
       // >>> iterate over ZEO = iterate of the file itself (same txns, same records, same data)
       const viaZeo = [];
-      for await (const t of w.iterate(tids[3], tids[15])) viaZeo.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
+      for await (const t of w.iterate(tids[3], tids[15]))
+        viaZeo.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
       await w.close();
       await zeo.stop();
       const fs = await openStorage(path.join(dir, 'data.fs'), { readOnly: true });
       const viaFile = [];
-      for await (const t of fs.iterate(tids[3], tids[15])) viaFile.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
+      for await (const t of fs.iterate(tids[3], tids[15]))
+        viaFile.push({ tid: t.tid, status: t.status, recs: t.records.map((x) => [x.oid, Buffer.from(x.data!).toString()]) });
       await fs.close();
       expect(viaZeo.length).toBe(13);
       expect(viaZeo).toEqual(viaFile);
