@@ -17,6 +17,7 @@ import { historyPath } from './helpers/paths.js';
 import { expectResidency } from './helpers/residency.js';
 import { sleep } from './helpers/mount.js';
 import { copyInto, startServer, stopAllServers, tmpDir, type TestServer } from './helpers/wcfs.js';
+import { liveDb } from './helpers/testdb.js';
 
 afterAll(stopAllServers, 30_000);
 
@@ -65,9 +66,9 @@ describe('live commits', () => {
 
   it('head/at advances; changed blocks drop out of the cache, unchanged stay; old data in @<old head>', async () => {
     const dir = tmpDir();
-    const dbPath = copyInto(dir, historyPath);
-    srv = await startServer(dbPath, { dir });
-    db = (await openStorage(dbPath)) as IWritableStorage;
+    const live = await liveDb(copyInto(dir, historyPath)); // WCFS_TEST_DB: the file, or a runzeo over it
+    srv = await startServer(live.zurl, { dir });
+    db = (await openStorage(live.zurl)) as IWritableStorage;
     const head0 = await srv.head();
     expect(head0).toBe(hex16(db.head()));
 
@@ -128,6 +129,7 @@ describe('live commits', () => {
     expect((await readFile(srv.at('.wcfs/stats'))).toString()).toMatch(/^BigFile\t: 1\nRevHead\t: 2\n/);
     await db.close();
     await srv.stop();
+    await live.close();
   }, 60_000);
 
   it('a read of one page brings the whole block into the page cache (upload of the rest)', async () => {
@@ -151,9 +153,9 @@ describe('live commits', () => {
 
   it('a changed ZBigFile object (blksize) is fatal: EIO mode, ENOTCONN', async () => {
     const dir = tmpDir();
-    const dbPath = copyInto(dir, historyPath);
-    const s = await startServer(dbPath, { dir });
-    const w = (await openStorage(dbPath)) as IWritableStorage;
+    const live = await liveDb(copyInto(dir, historyPath));
+    const s = await startServer(live.zurl, { dir });
+    const w = (await openStorage(live.zurl)) as IWritableStorage;
     const F = s.at(`head/bigfile/${hex16(FOID)}`);
     await readFile(F); // the file is now tracked
     const txn = new WriteTxn(w);
@@ -174,5 +176,6 @@ describe('live commits', () => {
       expect(['ENOTCONN', 'ECONNABORTED'], p).toContain(e?.code);
     }
     await s.stop();
+    await live.close();
   }, 30_000);
 });

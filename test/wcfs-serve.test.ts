@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fixturesDir, historyManifestPath, historyPath, zblkKinds, zblkPath } from './helpers/paths.js';
-import { copyInto, readJSON, startServer, stopAllServers, tmpDir } from './helpers/wcfs.js';
+import { readJSON, startServer, stopAllServers, tmpDir } from './helpers/wcfs.js';
+import { fixtureDb, servable, TEST_DB } from './helpers/testdb.js';
 
 afterAll(stopAllServers, 30_000);
 
@@ -46,8 +47,8 @@ async function checkFile(p: string, size: number, blksize: number, want: (blk: n
 describe('zodb-history fixture through the mount', () => {
   it('every @<rev>/bigfile/<oid> at every revision, and head/', async () => {
     const dir = tmpDir();
-    const db = copyInto(dir, historyPath);
-    const srv = await startServer(db, { dir });
+    const db = await fixtureDb(historyPath, dir);
+    const srv = await startServer(db.zurl, { dir });
     const m = readJSON<Manifest>(historyManifestPath);
     const last = m.txns[m.txns.length - 1]!;
     expect(await srv.head()).toBe(last.tid);
@@ -70,6 +71,7 @@ describe('zodb-history fixture through the mount', () => {
     }
     // mtime of head/bigfile = time of the last commit that changed the file (≤ head)
     await srv.stop();
+    await db.close();
   }, 240_000);
 });
 
@@ -77,25 +79,24 @@ describe('wendelin-zblk fixtures through the mount', () => {
   const expected = readJSON<{ zf_size: number; zf_blksize: number; blocks_sha1_full: Record<string, string>; z0_rev: string }>(
     path.join(fixturesDir, 'wendelin-zblk', 'expected.json'),
   );
-  for (const kind of zblkKinds) {
-    it(
-      kind,
-      async () => {
-        const dir = tmpDir();
-        const srv = await startServer(copyInto(dir, zblkPath(kind)), { dir });
-        expect(await srv.head()).toBe(expected.z0_rev);
-        await checkFile(srv.at('head/bigfile/0000000000000001'), expected.zf_size, expected.zf_blksize, (b) => expected.blocks_sha1_full[b]!, kind);
-        await checkFile(
-          srv.at(`@${expected.z0_rev}/bigfile/0000000000000001`),
-          expected.zf_size,
-          expected.zf_blksize,
-          (b) => expected.blocks_sha1_full[b]!,
-          kind,
-        );
-        expect((await readFile(srv.at('.wcfs/zurl'))).toString()).toBe(srv.zurl);
-        await srv.stop();
-      },
-      60_000,
-    );
+  // (over ZEO: the FS30 ones — runzeo's Python 3 FileStorage refuses py2's FS21)
+  for (const kind of zblkKinds.filter((k) => servable(zblkPath(k)))) {
+    it(`${kind} (${TEST_DB})`, async () => {
+      const dir = tmpDir();
+      const db = await fixtureDb(zblkPath(kind), dir);
+      const srv = await startServer(db.zurl, { dir });
+      expect(await srv.head()).toBe(expected.z0_rev);
+      await checkFile(srv.at('head/bigfile/0000000000000001'), expected.zf_size, expected.zf_blksize, (b) => expected.blocks_sha1_full[b]!, kind);
+      await checkFile(
+        srv.at(`@${expected.z0_rev}/bigfile/0000000000000001`),
+        expected.zf_size,
+        expected.zf_blksize,
+        (b) => expected.blocks_sha1_full[b]!,
+        kind,
+      );
+      expect((await readFile(srv.at('.wcfs/zurl'))).toString()).toBe(srv.zurl);
+      await srv.stop();
+      await db.close();
+    }, 60_000);
   }
 });

@@ -14,6 +14,8 @@
 //   - a fixture is served in place, read-only (runzeo's read-only config writes nothing next
 //     to it); a writable database is the test's own copy or new file;
 //   - close() stops what liveDb started; stopAllZeo (helpers/zeo.ts) is the backstop.
+import { readFileSync } from 'node:fs';
+import { copyInto } from './wcfs.js';
 import { startZeo, type ZeoServer } from './zeo.js';
 
 export type TestDbKind = 'fs1' | 'zeo' | 'zeo-msgpack';
@@ -40,4 +42,19 @@ export async function liveDb(fsPath: string, opts: { readOnly?: boolean; kind?: 
   if (kind === 'fs1') return { zurl: fsPath, close: async () => {} };
   const zeo = await startZeo({ fsPath, encoding: kind === 'zeo' ? 'pickle' : 'msgpack', readOnly: opts.readOnly });
   return { zurl: zeo.zurl, zeo, close: () => zeo.stop() };
+}
+
+/**
+ * A fixture database, read-only, as WCFS_TEST_DB says: fs1 → a copy in dir (the fs1 tests'
+ * habit); zeo* → a read-only runzeo over the fixture in place (it writes nothing there).
+ */
+export async function fixtureDb(fixture: string, dir: string): Promise<LiveDb> {
+  if (TEST_DB === 'fs1') return { zurl: copyInto(dir, fixture), close: async () => {} };
+  return liveDb(fixture, { readOnly: true });
+}
+
+/** Whether the backend can open this FileStorage: Python 3's FileStorage (runzeo) refuses py2's FS21. */
+export function servable(fixture: string): boolean {
+  if (TEST_DB === 'fs1') return true;
+  return readFileSync(fixture).subarray(0, 4).toString('latin1') === 'FS30';
 }
