@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { WriteTxn } from '../src/zodb/db.js';
 import { isCode } from '../src/errors.js';
 import type { Oid, Tid } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';

@@ -65,20 +65,24 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
   ready(): number {
     if (this.done) return 0;
     // a replay that may have run out: look one event ahead so "ready" never promises one
-    // that next() would then wait for
-    if (this.replay !== null && this.peeked === null) {
-      let r: IteratorResult<CommitEvent>;
-      try {
-        r = this.replay.next();
-      } catch (e) {
-        this.replay = null;
-        this.fail(e);
-        return 1; // next() throws it at once
-      }
-      if (r.done) this.replay = null;
-      else this.peeked = r.value;
-    }
+    // that next() would then wait for (a replay error counts: next() throws it at once)
+    if (this.replay !== null && this.peeked === null && !this.readAhead()) return 1;
     return this.queue.length + (this.peeked !== null ? 1 : 0);
+  }
+
+  /** Move the replay's next event into `peeked` (or end the replay); false: the replay failed. */
+  private readAhead(): boolean {
+    let r: IteratorResult<CommitEvent>;
+    try {
+      r = this.replay!.next();
+    } catch (e) {
+      this.replay = null;
+      this.fail(e);
+      return false;
+    }
+    if (r.done) this.replay = null;
+    else this.peeked = r.value;
+    return true;
   }
 
   close(): void {
@@ -97,23 +101,14 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
 
   next(): Promise<IteratorResult<CommitEvent>> {
     if (this.done) return Promise.resolve({ value: undefined, done: true });
+    if (this.replay !== null && this.peeked === null && !this.readAhead()) {
+      this.done = true;
+      return Promise.reject(this.err);
+    }
     if (this.peeked !== null) {
       const ev = this.peeked;
       this.peeked = null;
       return Promise.resolve({ value: ev, done: false });
-    }
-    if (this.replay !== null) {
-      let r: IteratorResult<CommitEvent>;
-      try {
-        r = this.replay.next();
-      } catch (e) {
-        this.replay = null;
-        this.fail(e);
-        this.done = true;
-        return Promise.reject(e);
-      }
-      if (!r.done) return Promise.resolve({ value: r.value, done: false });
-      this.replay = null;
     }
     const ev = this.queue.shift();
     if (ev !== undefined) return Promise.resolve({ value: ev, done: false });
