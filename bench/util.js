@@ -17,6 +17,7 @@
 //   WCFS_BENCH_SERVE_ARGS="..."  extra `wcfs serve` options, e.g. "--poll-ms 50"
 
 import { execFile, fork, spawn } from 'node:child_process';
+import net from 'node:net';
 import { randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
@@ -26,7 +27,8 @@ import { abortConnection, findMount } from '../dist/fuse/mountinfo.js';
 import { hex16 } from '../dist/zodb/ids.js';
 import { openStorage } from '../dist/zodb/open.js';
 import { WriteTxn } from '../dist/zodb/db.js';
-import { createZBigFile, ensureRoot, setBlock } from '../dist/zodb/zbigfile.js';
+import { ZBIGFILE_CLASS, createZBigFile, ensureRoot, rootSet, setBlock } from '../dist/zodb/zbigfile.js';
+import { PersistentRef } from '../dist/zodb/pickle/index.js';
 import { sleep, withTimeout } from '../dist/util/async.js';
 
 export { hex16, WriteTxn, setBlock };
@@ -34,6 +36,7 @@ export { hex16, WriteTxn, setBlock };
 export const here = path.dirname(fileURLToPath(import.meta.url));
 export const outDir = path.join(here, 'out');
 const wcfsBin = path.resolve(here, '..', 'bin', 'wcfs.js');
+export const venvBin = path.resolve(here, '..', '.venv', 'bin');
 export const MiB = 1 << 20;
 const CLK_TCK = 100; // USER_HZ: /proc/<pid>/stat times are in 1/100 s on Linux
 
@@ -263,6 +266,77 @@ export async function startCfuse(src, mnt, { keepCache = false } = {}) {
   return srv;
 }
 
+/** A port the kernel had free a moment ago (runzeo logs only the address it was given). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** The first frame a ZEO server sends (the handshake: "Z5" pickle, "M5" msgpack), or throws. */
+function zeoGreeting(port, ms = 2000) {
+  return new Promise((resolve, reject) => {
+    const sock = net.createConnection({ host: '127.0.0.1', port });
+    let buf = Buffer.alloc(0);
+    const done = (err, v) => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (err) reject(err);
+      else resolve(v);
+    };
+    const timer = setTimeout(() => done(new Error('no greeting')), ms);
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) done(null, buf.toString('latin1', 4, 4 + buf.readUInt32BE(0)));
+    });
+    sock.on('error', (e) => done(e));
+    sock.on('close', () => done(new Error('closed before the greeting')));
+  });
+}
+
+/**
+ * `.venv/bin/runzeo -a 127.0.0.1:PORT -f <fsPath>` (ZEO_MSGPACK=1 for msgpack) in a child
+ * process; resolves once it greets in that encoding, with { zurl, pid, cpuMs(), stop() }.
+ * Stopped at cleanup (SIGTERM, SIGKILL after 5 s) if still running.
+ */
+export async function startZeo(fsPath, { encoding = 'pickle' } = {}) {
+  const port = await freePort();
+  const env = { ...process.env, PYTHONUNBUFFERED: '1' };
+  if (encoding === 'msgpack') env.ZEO_MSGPACK = '1';
+  else delete env.ZEO_MSGPACK;
+  const proc = spawn(path.join(venvBin, 'runzeo'), ['-a', `127.0.0.1:${port}`, '-f', fsPath], { stdio: ['ignore', 'ignore', 'pipe'], env });
+  let stderr = '';
+  proc.stderr.on('data', (d) => (stderr = (stderr + d).slice(-8000)));
+  const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code)));
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  const stop = async () => {
+    if (!running()) return;
+    proc.kill('SIGTERM');
+    await Promise.race([exited, sleep(5000)]);
+    if (running()) {
+      proc.kill('SIGKILL');
+      await Promise.race([exited, sleep(2000)]);
+    }
+  };
+  onCleanup(stop);
+  const want = encoding === 'msgpack' ? 'M5' : 'Z5';
+  const t0 = Date.now();
+  for (;;) {
+    if (!running()) throw new Error(`runzeo exited (${await exited}): ${stderr}`);
+    const got = await zeoGreeting(port).catch(() => undefined);
+    if (got === want) break;
+    if (got !== undefined) throw new Error(`runzeo greeted ${JSON.stringify(got)}, want ${want}`);
+    if (Date.now() - t0 > 20_000) throw new Error(`runzeo did not come up: ${stderr}`);
+    await sleep(20);
+  }
+  return { zurl: `zeo://127.0.0.1:${port}`, addr: `127.0.0.1:${port}`, pid: proc.pid, cpuMs: () => cpuMs(proc.pid), stderr: () => stderr, stop };
+}
+
 /** read_ahead_kb of a FUSE mount's bdi. */
 export function readAhead(srv) {
   return Number(readFileSync(path.join(srv.bdi(), 'read_ahead_kb'), 'utf8'));
@@ -281,14 +355,20 @@ export function setReadAhead(srv, kb) {
  * (4 KiB blocks, block 0 set). Returns the open writable storage and the oids.
  * fill < blksize: each block stores only `fill` random bytes (the rest reads as zeros) — a
  * cheap database when only the block structure matters (pins), not the data volume.
+ * dbPath may be any zurl our writer opens (zeo://… commits through ZEO). named: the two files
+ * are also root['big'] and root['small'] (for Python readers going through the root).
  */
-export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn = 16, fill = blksize }) {
+export async function makeDb(dbPath, { nblk, blksize = 2 * MiB, refPath, perTxn = 16, fill = blksize, named = false }) {
   const s = await openStorage(dbPath, { create: true });
   onCleanup(() => s.close());
   await ensureRoot(s);
   let txn = new WriteTxn(s);
   const big = createZBigFile(txn, blksize);
   const small = createZBigFile(txn, 4096);
+  if (named) {
+    await rootSet(txn, 'big', new PersistentRef(big, ZBIGFILE_CLASS));
+    await rootSet(txn, 'small', new PersistentRef(small, ZBIGFILE_CLASS));
+  }
   await setBlock(txn, small, 0, Buffer.from('small'));
   await txn.commit();
   const ref = refPath ? openSync(refPath, 'w') : undefined;
