@@ -20,7 +20,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { isCode } from '../src/errors.js';
 import { ZDict, ZFloat, ZTuple, bytesId, decodeMessage, encodeMessage, idBytes, type ZValue, type ZeoMessage } from '../src/zodb/zeo/codec.js';
-import { FrameDecoder, encodeFrame, encodeHandshake, parseHandshake, type ZeoEncoding } from '../src/zodb/zeo/frame.js';
+import { DEFAULT_MAX_FRAME, FrameDecoder, encodeFrame, encodeHandshake, parseHandshake, type ZeoEncoding } from '../src/zodb/zeo/frame.js';
 import { rng } from '../src/util/rng.js';
 import { fcParams, seedOr } from './helpers/fuzz.js';
 import { fixturesDir } from './helpers/paths.js';
@@ -372,6 +372,34 @@ describe('property: encode → decode', () => {
         expect(got.map(toHex)).toEqual(ps.map(toHex));
       }),
       fcParams(300),
+    );
+  });
+
+  it('big frames (views of held chunks) stay exact: a caller reusing its chunk, or handing chunks over', () => {
+    const size = fc.oneof(fc.integer({ min: 0, max: 64 }), fc.integer({ min: (16 << 10) - 4, max: (16 << 10) + 4 }), fc.integer({ min: 1, max: 100 << 10 }));
+    fc.assert(
+      fc.property(
+        fc.array(size, { maxLength: 6 }),
+        fc.array(fc.integer({ min: 1, max: 120 << 10 }), { minLength: 1 }),
+        fc.boolean(),
+        fc.integer(),
+        (sizes, cuts, owns, seed) => {
+          const ps = sizes.map((n, k) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + k * 7 + seed) & 0xff));
+          const wire = Buffer.concat(ps.map((p) => encodeFrame(p)));
+          const d = new FrameDecoder(DEFAULT_MAX_FRAME, owns);
+          const got: Uint8Array[] = [];
+          for (let off = 0, i = 0; off < wire.length; i++) {
+            const n = cuts[i % cuts.length]!;
+            const chunk = Uint8Array.from(wire.subarray(off, off + n)); // the caller's buffer
+            got.push(...d.push(chunk));
+            if (!owns) chunk.fill(0xee); // … which it reuses at once
+            off += n;
+          }
+          d.end();
+          expect(got.map(toHex)).toEqual(ps.map(toHex));
+        },
+      ),
+      fcParams(100),
     );
   });
 });

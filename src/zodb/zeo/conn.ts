@@ -93,7 +93,7 @@ export class ZeoConn {
   /** Connect, read the server's protocol, answer it. */
   static connect(addr: ZeoAddr, opts: ZeoConnOptions = {}): Promise<ZeoConn> {
     const where = addrText(addr);
-    const decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME);
+    const decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME, true); // socket reads are fresh buffers: no copy on push
     return new Promise((resolve, reject) => {
       const sock = addr.kind === 'unix' ? net.connect({ path: addr.path }) : net.connect({ host: addr.host, port: addr.port, noDelay: true });
       let done = false;

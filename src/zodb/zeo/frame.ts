@@ -11,7 +11,9 @@
 //   - a length above maxFrame is refused (ZeoProtoError) as soon as its 4 bytes are seen,
 //     before any payload is buffered; after an error the decoder is dead (every later push
 //     throws the same error): the stream has no resynchronisation point;
-//   - yielded payloads are fresh copies, never views of a buffer the caller may reuse;
+//   - yielded payloads never alias a buffer the caller may reuse: chunks are copied on push
+//     unless the caller hands them over (ownsInput: Node socket reads); a payload is a view of
+//     a held chunk (≥ 16 KiB, within one chunk) or a fresh copy;
 //   - end() refuses a stream that stopped inside a frame (truncation).
 
 import { BadArgumentError } from '../../errors.js';
@@ -20,6 +22,9 @@ import { ZeoProtoError } from './errors.js';
 /** Default bound on one frame's payload: ZBigFile blocks are ≤ a few MiB; 64 MiB is generous. */
 export const DEFAULT_MAX_FRAME = 64 << 20;
 
+/** Frames at least this big are handed out as views of the chunk they arrived in. */
+const VIEW_MIN = 16 << 10;
+
 export class FrameDecoder {
   private readonly chunks: Uint8Array[] = [];
   private buffered = 0;
@@ -27,20 +32,28 @@ export class FrameDecoder {
   private want = -1;
   private dead: ZeoProtoError | null = null;
 
-  constructor(readonly maxFrame = DEFAULT_MAX_FRAME) {}
+  /**
+   * @param ownsInput the caller hands over every pushed chunk and never writes into it again
+   *                  (Node's socket reads: a fresh buffer each): chunks are kept, not copied
+   */
+  constructor(
+    readonly maxFrame = DEFAULT_MAX_FRAME,
+    private readonly ownsInput = false,
+  ) {}
 
   /** Feed bytes; returns the payloads completed by them (possibly none). */
   push(data: Uint8Array): Uint8Array[] {
     if (this.dead) throw this.dead;
     if (data.length > 0) {
-      this.chunks.push(data.slice());
+      this.chunks.push(this.ownsInput ? data : data.slice());
       this.buffered += data.length;
     }
     const out: Uint8Array[] = [];
     for (;;) {
       if (this.want < 0) {
         if (this.buffered < 4) break;
-        const n = new DataView(this.take(4).buffer).getUint32(0, false);
+        const h = this.take(4);
+        const n = new DataView(h.buffer, h.byteOffset, 4).getUint32(0, false);
         if (n > this.maxFrame) {
           this.dead = new ZeoProtoError(`frame of ${n} bytes exceeds the limit of ${this.maxFrame}`);
           throw this.dead;
@@ -69,8 +82,19 @@ export class FrameDecoder {
     }
   }
 
-  /** Remove and return the first n buffered bytes (n ≤ buffered). */
+  /**
+   * Remove and return the first n buffered bytes (n ≤ buffered). A big frame inside one held
+   * chunk is returned as a view of it (held chunks are ours: copies, or handed over); a small
+   * one is copied so that it does not keep a whole socket read alive.
+   */
   private take(n: number): Uint8Array {
+    const c0 = this.chunks[0];
+    if (c0 !== undefined && c0.length >= n && n >= VIEW_MIN) {
+      this.buffered -= n;
+      if (c0.length === n) this.chunks.shift();
+      else this.chunks[0] = c0.subarray(n);
+      return c0.subarray(0, n);
+    }
     const out = new Uint8Array(n);
     let got = 0;
     while (got < n) {
