@@ -76,7 +76,20 @@ describe('tree', () => {
       .trim()
       .split('\n')
       .map((l) => l.split('\t:')[0]);
-    expect(keys).toEqual(['BigFile', 'RevHead', 'ZHeadLink', 'WatchLink', 'Watch', 'PinnedBlk', 'pin', 'pinkill', 'RevFile', 'TrackedBlk', 'History']);
+    expect(keys).toEqual([
+      'BigFile',
+      'RevHead',
+      'ZHeadLink',
+      'WatchLink',
+      'Watch',
+      'PinnedBlk',
+      'pin',
+      'pinkill',
+      'RevFile',
+      'TrackedBlk',
+      'History',
+      'Prefetch',
+    ]);
   });
 });
 

@@ -18,6 +18,7 @@ import { expectResidency } from './helpers/residency.js';
 import { sleep } from './helpers/mount.js';
 import { copyInto, startServer, stopAllServers, tmpDir, type TestServer } from './helpers/wcfs.js';
 import { liveDb } from './helpers/testdb.js';
+import { TWatchLink } from './helpers/wlink.js';
 
 afterAll(stopAllServers, 30_000);
 
@@ -149,6 +150,43 @@ describe('live commits', () => {
     );
     expectResidency(await pages(F, nblk), want, 'one page read');
     await s.stop();
+  }, 30_000);
+
+  it('prefetch: a READ past half of a block of an unwatched file loads the next one; not before half, not when watched', async () => {
+    const dir = tmpDir();
+    const live = await liveDb(copyInto(dir, historyPath));
+    const s = await startServer(live.zurl, { dir });
+    const m = findMount(s.mnt)!;
+    writeFileSync(`/sys/class/bdi/0:${m.minor}/read_ahead_kb`, '0'); // exactly the pages read
+    const F = s.at(`head/bigfile/${hex16(FOID)}`);
+    const nblk = (await stat(F)).size / BS;
+    const readPage = async (off: number) => {
+      const fh = await open(F, 'r');
+      await fh.read(Buffer.alloc(PAGE), 0, PAGE, off);
+      await fh.close();
+    };
+    const prefetches = async () => Number(/Prefetch\t: (\d+)/.exec((await readFile(s.at('.wcfs/stats'))).toString())![1]);
+    // >>> a page in the first half of block 2: block 2 is uploaded whole (2c), block 3 stays out
+    await readPage(2 * BS + PAGE);
+    // >>> the last page of block 5: and block 6 comes into the page cache without being read
+    await readPage(6 * BS - PAGE);
+    const want = [...Array(nblk).keys()].map((b) => (b === 2 || b === 5 || b === 6 ? 1 : 0));
+    const got = await until(
+      () => cached(F, nblk),
+      (c) => c[2] === 1 && c[5] === 1 && c[6] === 1,
+    );
+    expect(got.map((x) => (x === 1 ? 1 : 0)).slice(0, 8)).toEqual(want.slice(0, 8));
+    expect(await prefetches()).toBe(1);
+    // >>> a watcher on the file: no prefetch (it could pin the watcher early)
+    const w = await TWatchLink.open(s.at('head/watch'));
+    await w.watch(FOID, BigInt('0x' + (await s.head())), new Map()); // at head: no pins
+    await readPage(10 * BS - PAGE);
+    await sleep(200);
+    expect((await cached(F, nblk))[11]).toBe(0);
+    expect(await prefetches()).toBe(1);
+    await w.close();
+    await s.stop();
+    await live.close();
   }, 30_000);
 
   it('a changed ZBigFile object (blksize) is fatal: EIO mode, ENOTCONN', async () => {

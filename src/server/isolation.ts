@@ -213,6 +213,11 @@ export class Isolation {
   // ---- 2) reads ----
 
   /** Pin blk of head file f in every watch that needs it; resolves once all are acked. */
+  /** Whether any watch is set on the file (reads.ts 2d prefetches only unwatched files). */
+  watched(foid: Oid): boolean {
+    return (this.fileWatchers.get(foid)?.size ?? 0) > 0;
+  }
+
   async readPinWatchers(f: BigFile, blk: number): Promise<void> {
     const ws = this.fileWatchers.get(f.foid);
     if (ws === undefined || ws.size === 0) return;

@@ -126,6 +126,8 @@ export interface Stats {
   RevFile: number;
   TrackedBlk: number;
   History: number;
+  /** Blocks loaded ahead of a sequential reader (reads.ts 2d). */
+  Prefetch: number;
 }
 
 export class WcfsServer implements FileSystem {
@@ -151,6 +153,7 @@ export class WcfsServer implements FileSystem {
     RevFile: 0,
     TrackedBlk: 0,
     History: 0,
+    Prefetch: 0,
   };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
@@ -241,7 +244,7 @@ export class WcfsServer implements FileSystem {
   private run(kernel: Kernel): void {
     this.kernel = kernel;
     const srv = this;
-    this.reads = new Reads(this.head, this.isolation, kernel, (msg) => this.warn(msg));
+    this.reads = new Reads(this.head, this.isolation, kernel, this.stats, (msg) => this.warn(msg));
     this.tree = new Tree({
       zurl: this.zurl,
       pinTimeout: this.pinTimeout,
