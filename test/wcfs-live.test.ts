@@ -152,7 +152,7 @@ describe('live commits', () => {
     await s.stop();
   }, 30_000);
 
-  it('prefetch: a READ past half of a block of an unwatched file loads the next one; not before half, not when watched', async () => {
+  it('prefetch: a READ past half of a block loads the next one (unwatched head files, @rev files); not before half, not when watched', async () => {
     const dir = tmpDir();
     const live = await liveDb(copyInto(dir, historyPath));
     const s = await startServer(live.zurl, { dir });
@@ -184,6 +184,17 @@ describe('live commits', () => {
     await sleep(200);
     expect((await cached(F, nblk))[11]).toBe(0);
     expect(await prefetches()).toBe(1);
+    // >>> an @rev file (immutable, never watched): prefetched too
+    const R = s.at(`@${await s.head()}/bigfile/${hex16(FOID)}`);
+    const fr = await open(R, 'r');
+    await fr.read(Buffer.alloc(PAGE), 0, PAGE, 3 * BS - PAGE);
+    await fr.close();
+    const rc = await until(
+      () => cached(R, nblk),
+      (c) => c[3] === 1,
+    );
+    expect(rc.slice(2, 5)).toEqual([1, 1, 0]);
+    expect(await prefetches()).toBe(2);
     await w.close();
     await s.stop();
     await live.close();

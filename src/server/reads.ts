@@ -11,12 +11,12 @@
 //     (NOTIFY_STORE) — only the pages no READ reply delivered, after a short delay that lets
 //     readahead come first — and never from inside a READ (the kernel holds those pages
 //     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end.
-// 2d) prefetch: a READ of an unwatched head file that reaches past half of its last block
-//     starts loading the next block (one block ahead, one load per block: BlockLoads), so a
-//     sequential reader finds it uploaded instead of waiting at every block boundary. It is an
-//     ordinary head load (2b: headMu nested, tracked, pins) that no READ waits for. Nobody
-//     watching is policy, not safety: a watcher that comes meanwhile is pinned by the load's
-//     `loaded` hook as for any read; skipping watched files only avoids pinning them early.
+// 2d) prefetch: a READ that reaches past half of its last block starts loading the next
+//     block (one block ahead, one load per block: BlockLoads), so a sequential reader finds it
+//     uploaded instead of waiting at every block boundary. It is an ordinary load (head: 2b,
+//     headMu nested, tracked, pins; @rev: immutable) that no READ waits for. Head files only
+//     when nobody watches them — policy, not safety: a watcher that comes meanwhile is pinned
+//     by the load's `loaded` hook as for any read; skipping watched files avoids early pins.
 //
 // Never touches its own mount from the JS thread (src/fuse/session.ts "self-access").
 
@@ -62,7 +62,7 @@ export class Reads {
     const b1 = Math.floor((end - 1) / bs);
     const loads: Promise<Uint8Array>[] = [];
     for (let blk = b0; blk <= b1; blk++) loads.push(this.loadBlk(f, blk, signal));
-    if (f.isHead) this.prefetch(f, b1, end); // 2d: overlaps this READ's own loads
+    this.prefetch(f, b1, end); // 2d: overlaps this READ's own loads
     const blocks = await Promise.all(loads);
     for (let blk = b0; blk <= b1; blk++) markServed(f.loads.get(blk), blk, bs, off, end);
     if (blocks.length === 1) return blocks[0]!.subarray(off - b0 * bs, end - b0 * bs);
@@ -100,11 +100,11 @@ export class Reads {
 
   // ---- 2d ----
 
-  /** Start loading blk+1 when a READ ending at `end` went past half of blk (head files; headMu held shared). */
+  /** Start loading blk+1 when a READ ending at `end` went past half of blk (head files: headMu held shared). */
   private prefetch(f: BigFile, blk: number, end: number): void {
     const next = blk + 1;
     if (end - blk * f.blksize < f.blksize * PREFETCH_FROM || next * f.blksize >= f.size) return;
-    if (f.loads.get(next) !== undefined || this.isolation.watched(f.foid)) return;
+    if (f.loads.get(next) !== undefined || (f.isHead && this.isolation.watched(f.foid))) return;
     this.stats.Prefetch++;
     // its errors reach the READ of that block, which loads it again
     this.loadBlk(f, next, NEVER).catch(() => {});
