@@ -49,13 +49,17 @@ async function main() {
   const loader = new StorageLoader(s);
   const at = s.head();
 
+  // The best round (NBLK blocks) of `rounds`: on this shared 2-core VM the mean mostly
+  // measures whatever else runs; the best round is what the code costs.
   async function measure(name, fn, rounds) {
     await fn(); // warm up
-    const t0 = process.hrtime.bigint();
-    for (let r = 0; r < rounds; r++) await fn();
-    const ns = Number(process.hrtime.bigint() - t0);
-    const bytes = rounds * NBLK * BLK;
-    return { name, mbs: bytes / 1e6 / (ns / 1e9), usPerBlk: ns / 1e3 / (rounds * NBLK) };
+    let best = Infinity;
+    for (let r = 0; r < rounds; r++) {
+      const t0 = process.hrtime.bigint();
+      await fn();
+      best = Math.min(best, Number(process.hrtime.bigint() - t0));
+    }
+    return { name, mbs: (NBLK * BLK) / 1e6 / (best / 1e9), usPerBlk: best / 1e3 / NBLK };
   }
 
   const v0 = await ZBigFileView.open(loader, f0, at);
@@ -93,14 +97,14 @@ async function main() {
     async () => {
       for (let i = 0; i < NBLK; i++) await v1.loadBlock(i);
     },
-    5,
+    15,
   );
   const z1p = await measure(
     'ZBlk1 loadBlock into pooled buf',
     async () => {
       for (let i = 0; i < NBLK; i++) await v1.loadBlock(i, out);
     },
-    5,
+    15,
   );
   // the two parts of a ZBlk1 load
   const chunktabs = [];
@@ -115,14 +119,14 @@ async function main() {
     async () => {
       for (const ct of chunktabs) await btreeRange(loader, ct, at);
     },
-    5,
+    15,
   );
   const zc = await measure(
     ' part: 512 chunk records + copy',
     async () => {
       for (const cs of chunks) for (const [off, oid] of cs) out.set(zdataFast(loader.loadRecordTransient(oid, at).data), off);
     },
-    5,
+    15,
   );
   // holes: µs per hole, and whether two holes share one buffer (no per-hole allocation)
   const vh = await ZBigFileView.open(loader, fh, at);
