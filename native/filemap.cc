@@ -1,4 +1,6 @@
 // mapFile: a read-only shared mmap of a file, as an external ArrayBuffer.
+// mapZeros: a read-only private anonymous mapping — zeros that cost no memory (every page is
+// the kernel's zero page) and that nobody can write (a write faults: SIGSEGV).
 //
 // For FileStorage: committed bytes of Data.fs never change in place, so a view into the
 // mapping is as good as a private copy — without the copy (notes.md "Performance", cold reads). The
@@ -32,6 +34,24 @@ static Napi::Value MapFile(const Napi::CallbackInfo& info) {
   return Napi::Value(env, ab);
 }
 
-void InitFileMap(Napi::Env env, Napi::Object exports) { exports.Set("mapFile", Napi::Function::New(env, MapFile)); }
+// mapZeros(length: number) -> ArrayBuffer of zeros, PROT_READ (throws with .code on failure)
+static Napi::Value MapZeros(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "mapZeros(length: number)");
+  double dlen = info[0].As<Napi::Number>().DoubleValue();
+  if (!(dlen > 0) || dlen > double(1ull << 40)) throw Napi::RangeError::New(env, "mapZeros: bad length");
+  size_t len = size_t(dlen);
+  void* p = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) ThrowErrno(env, errno, "mmap");
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(env, p, len, FinalizeFileMap, reinterpret_cast<void*>(len), &ab);
+  NAPI_THROW_IF_FAILED(env, st, Napi::Value());
+  return Napi::Value(env, ab);
+}
+
+void InitFileMap(Napi::Env env, Napi::Object exports) {
+  exports.Set("mapFile", Napi::Function::New(env, MapFile));
+  exports.Set("mapZeros", Napi::Function::New(env, MapZeros));
+}
 
 }  // namespace wcfs

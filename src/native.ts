@@ -14,6 +14,8 @@ export interface NativeAddon extends NativeTestHooks {
   flock(fd: number, op: 'ex' | 'sh' | 'un'): void;
   /** Read-only MAP_SHARED mmap of [0, length) of fd; munmapped when the buffer is collected. */
   mapFile(fd: number, length: number): ArrayBuffer;
+  /** length zero bytes in a read-only private anonymous mmap (the kernel's zero page: no memory; writes fault). */
+  mapZeros(length: number): ArrayBuffer;
 
   /** pidfd_open(2) of a process (thread-group leader) → fd; throws {code: 'ESRCH' | 'EINVAL' | …}. Use ProcessRef (src/util/proc.ts). */
   pidfdOpen(pid: number): number;

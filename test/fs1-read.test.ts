@@ -78,20 +78,28 @@ describe.each(allFixtures)('fixture %s', (name, file) => {
       for (const at of [firstTid - 1n, ...txns.map((t) => t.tid)]) {
         let want: [Tid, Uint8Array | null] | undefined;
         for (const e of h) if (e[0] <= at) want = e;
+        // loadTransient (headers and data straight from the mmap) gives the same, synchronously
         if (want === undefined) {
           await expect(s.load(oid, at)).rejects.toBeInstanceOf(NoDataError);
+          expect(() => s.loadTransient(oid, at)).toThrow(NoDataError);
           continue;
         }
         if (want[1] === null) {
           await expect(s.load(oid, at)).rejects.toMatchObject({ deletedAt: want[0] });
+          expect(() => s.loadTransient(oid, at)).toThrow(expect.objectContaining({ deletedAt: want[0] }));
           continue;
         }
         const r = await s.load(oid, at);
         expect(r.serial).toBe(want[0]);
         expect(eqBytes(r.data, want[1]), `oid ${hex16(oid)} @${hex16(at)}`).toBe(true);
+        const t = s.loadTransient(oid, at);
+        expect(t.serial).toBe(want[0]);
+        expect(t.where).toBe(r.where);
+        expect(eqBytes(t.data, want[1]), `transient oid ${hex16(oid)} @${hex16(at)}`).toBe(true);
       }
     }
     await expect(s.load(s.lastOid() + 1000n, s.head())).rejects.toBeInstanceOf(NoObjectError);
+    expect(() => s.loadTransient(s.lastOid() + 1000n, s.head())).toThrow(NoObjectError);
   });
 
   it('iterate(tidMin, tidMax) selects by tid from either end', async () => {

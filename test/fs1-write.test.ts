@@ -331,4 +331,27 @@ describe('big records from an mmap of the file', () => {
     await s.close();
     for (let k = 0; k < 6; k++) expect(Buffer.compare(views[k]!, big(k)), `view ${k} after close`).toBe(0);
   });
+
+  it('loadTransient reads small records from the map too, across remaps as the file grows', async () => {
+    const f = path.join(tmp.make(), 'data.fs');
+    const s = await openFS(f, { create: true, mapHeadroom: 64 * 1024 }); // remap every 64 KiB of growth
+    const small = (k: number) => new Uint8Array(4000 + k).map((_, i) => (i * 13 + k) & 0xff);
+    const tids: bigint[] = [];
+    for (let k = 0; k < 40; k++) {
+      tids.push(
+        await s.commit({
+          records: [{ oid: 1n, data: small(k) }, ...Array.from({ length: 4 }, (_, j) => ({ oid: 10n + BigInt(k * 4 + j), data: small(k + j) }))],
+        }),
+      );
+      const t = s.loadTransient(1n, tids[k]!); // after every commit: the map must cover the new end
+      expect(t.serial).toBe(tids[k]);
+      expect(Buffer.compare(t.data, small(k)), `oid 1 @${k}`).toBe(0);
+    }
+    for (let k = 0; k < 40; k++) {
+      expect(Buffer.compare(s.loadTransient(1n, tids[k]!).data, small(k)), `oid 1 @${k} (prev links)`).toBe(0);
+      expect(Buffer.compare(s.loadTransient(10n + BigInt(k * 4 + 3), tids[39]!).data, small(k + 3))).toBe(0);
+    }
+    await s.close();
+    expect(() => s.loadTransient(1n, tids[0]!)).toThrow(/closed|load/i);
+  });
 });

@@ -321,6 +321,113 @@ describe('ZData fast path', () => {
     }
     expect(fast).toBeGreaterThan(100); // the layout real ZODB/py3 writes is the common one
   });
+
+  it('takes every ZData record of every wendelin.core fixture (py2 pickle 1/2/3, py3 pickle 3)', async () => {
+    // was: only py3's layout (BINBYTES); py2 writes BINSTRING, protocol 1 without PROTO
+    const { decodeRecord, asBytes } = await import('../src/zodb/pickle/index.js');
+    const { zdataFast } = await import('../src/zodb/zbigfile.js');
+    for (const kind of zblkKinds) {
+      const s = await openStorage(zblkPath(kind), { readOnly: true });
+      try {
+        let zdata = 0;
+        for await (const t of s.iterate()) {
+          for (const r of t.records) {
+            if (r.data === null) continue;
+            const rec = decodeRecord(r.data);
+            if (!rec.klass.is('wendelin.bigfile.file_zodb', 'ZData')) continue;
+            zdata++;
+            const f = zdataFast(r.data);
+            expect(f, `${kind}: ZData record not taken by the fast path`).toBeDefined();
+            expect(Buffer.compare(f!, asBytes(rec.state)!)).toBe(0);
+          }
+        }
+        expect(zdata, kind).toBeGreaterThanOrEqual(64);
+      } finally {
+        await s.close();
+      }
+    }
+  });
+});
+
+describe('holes and reused buffers', () => {
+  const BLK = 64 * 1024;
+  const pat = (seed: number, n = BLK) => {
+    const b = new Uint8Array(n);
+    for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) % 251 || 1;
+    return b;
+  };
+  const withFile = async (run: (v: ZBigFileView) => Promise<void>) => {
+    const tmp = makeTmpDir();
+    const s = await openStorage(path.join(tmp.dir, 'data.fs'), { create: true });
+    try {
+      await ensureRoot(s as IWritableStorage);
+      let txn = new WriteTxn(s as IWritableStorage);
+      const foid = createZBigFile(txn, BLK);
+      await txn.commit();
+      txn = new WriteTxn(s as IWritableStorage);
+      await setBlock(txn, foid, 0, pat(1), { format: 'ZBlk0' });
+      // ZBlk1 with gaps: chunks 0 and 3 only, chunk 3 trimmed short
+      const z1 = new Uint8Array(BLK);
+      z1.set(pat(2, 4096), 0);
+      z1.set(pat(3, 1000), 3 * 4096);
+      await setBlock(txn, foid, 2, z1, { format: 'ZBlk1' });
+      await setBlock(txn, foid, 4, new Uint8Array(0), { format: 'ZBlk0' }); // an all-zero ZBlk0
+      await txn.commit();
+      await run(await ZBigFileView.open(new StorageLoader(s), foid, s.head()));
+    } finally {
+      await s.close();
+      tmp.cleanup();
+    }
+  };
+
+  it('a hole is the one shared zero block: no allocation per hole, and never written', async () => {
+    await withFile(async (v) => {
+      const h1 = (await v.loadBlock(1)).data;
+      const h3 = (await v.loadBlock(3)).data;
+      const z4 = (await v.loadBlock(4)).data;
+      expect(h1.length).toBe(BLK);
+      expect(isZero(h1)).toBe(true);
+      expect(h3).toBe(h1); // was: a fresh zero-filled blksize buffer each time
+      expect(z4).toBe(h1);
+      // a hole read after real blocks were read still reads zeros
+      expect(isZero((await v.loadBlock(0)).data)).toBe(false);
+      expect(isZero((await v.loadBlock(2)).data)).toBe(false);
+      expect(isZero((await v.loadBlock(1)).data)).toBe(true);
+    });
+  });
+
+  it('with `out`: the caller gets its own buffer back, fully rewritten (holes, gaps, trimmed tails)', async () => {
+    await withFile(async (v) => {
+      const out = new Uint8Array(BLK).fill(0xee);
+      const shared = (await v.loadBlock(1)).data;
+      const h = await v.loadBlock(1, out);
+      expect(h.data).toBe(out); // never the shared block
+      expect(h.data).not.toBe(shared);
+      expect(isZero(out)).toBe(true);
+      out.fill(0xee);
+      const b2 = await v.loadBlock(2, out); // ZBlk1 into a dirty buffer: gaps must read zero
+      const want = new Uint8Array(BLK);
+      want.set(pat(2, 4096), 0);
+      want.set(pat(3, 1000), 3 * 4096);
+      expect(b2.data).toBe(out);
+      expect(Buffer.compare(out, want)).toBe(0);
+      expect(Buffer.compare((await v.loadBlock(2)).data, want)).toBe(0); // fresh: the same
+      out.fill(0xee);
+      expect(isZero((await v.loadBlock(4, out)).data)).toBe(true);
+      expect(isZero(shared)).toBe(true); // writing every `out` never reached the shared block
+    });
+  });
+
+  it('the shared zero block is not writable: a write faults (child process), not corrupts', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const { pathToFileURL } = await import('node:url');
+    const mod = pathToFileURL(path.resolve('dist/zodb/zbigfile.js')).href;
+    const code = `const { zeroBlock } = await import(${JSON.stringify(mod)}); const z = zeroBlock(65536); console.log('read', z[100]); z[100] = 1; console.log('wrote', z[100]);`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stdout).toContain('read 0');
+    expect(r.stdout).not.toContain('wrote');
+    expect(r.signal).toBe('SIGSEGV');
+  });
 });
 
 describe('ZBigFile state with extra trailing fields', () => {

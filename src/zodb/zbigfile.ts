@@ -17,6 +17,12 @@
 // A ZBigFileView is the file as of one revision `at`: blksize and blktab are those of `at`.
 // loadBlock also returns what invalidation needs: the blktab path and the ZBlk oid, and
 // revMax = max serial over everything visited — an upper bound of the block's last change.
+//
+// Buffers: loadBlock without `out` may return memory shared with others and never writable —
+// a view of the storage's read-only mmap (a full ZBlk0) or the one zero block of that blksize
+// (holes: zeroBlock, a PROT_READ mapping of the kernel's zero page). Callers read it only (the
+// server hands it to READ replies, the fast path and NOTIFY_STORE, which all only read); a
+// write into it faults instead of corrupting every later hole. With `out`, the data is `out`.
 
 import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeRange, btreeSet, type PathNode } from './btree/index.js';
 import { isCode } from '../errors.js';
@@ -25,6 +31,7 @@ import { WriteTxn, type ObjectLoader } from './db.js';
 import { hex16, type Oid, type Tid } from './ids.js';
 import { ByteStr, Global, PersistentRef, PyDict, Tuple, asBytes, asInt, pyTypeName, type PyValue } from './pickle/index.js';
 import type { IWritableStorage } from './storage.js';
+import { native } from '../native.js';
 
 const MOD = 'wendelin.bigfile.file_zodb';
 export const ZBIGFILE_CLASS = new Global(MOD, 'ZBigFile');
@@ -48,7 +55,10 @@ function zblkKind(k: Global | null): ZBlkKind | undefined {
 }
 
 export interface BlockLoad {
-  /** Exactly blksize bytes (holes and trimmed tails are zeros). */
+  /**
+   * Exactly blksize bytes (holes and trimmed tails are zeros). Read-only unless it is the
+   * caller's `out`: it may be shared (module header "Buffers").
+   */
   data: Uint8Array;
   /** blktab nodes visited, root first (PathNode.oid null = embedded bucket). */
   path: PathNode[];
@@ -124,7 +134,8 @@ export class ZBigFileView {
     let revMax = this.serial;
     for (const n of path) if (n.serial > revMax) revMax = n.serial;
     const zeroed = (): Uint8Array => (out === undefined ? new Uint8Array(this.blksize) : out.fill(0));
-    if (value === undefined) return { data: zeroed(), path, zblk: null, revMax };
+    // a hole: the shared zero block (no allocation, no zero-fill); `out` is the caller's own
+    if (value === undefined) return { data: out === undefined ? (zeroBlock(this.blksize) ?? zeroed()) : out.fill(0), path, zblk: null, revMax };
 
     const kind = value instanceof PersistentRef ? zblkKind(value.klass) : undefined;
     if (!(value instanceof PersistentRef) || (value.klass !== null && kind === undefined)) {
@@ -144,43 +155,51 @@ export class ZBigFileView {
       // The storage hands out buffers nobody else writes (IStorage.load), so a full block
       // can be returned as the view it is.
       if (out === undefined && b.length === this.blksize) return { data: b, path, zblk, revMax };
+      if (out === undefined && b.length === 0) return { data: zeroBlock(this.blksize) ?? zeroed(), path, zblk, revMax };
       const data = zeroed();
       data.set(b);
       return { data, path, zblk, revMax };
     }
-    const data = zeroed();
-    await this.readZBlk1(value.oid, z.state, data);
+    // Fresh memory is zero already; a reused `out` gets zeros only where no chunk lands.
+    const data = out ?? new Uint8Array(this.blksize);
+    await this.readZBlk1(value.oid, z.state, data, out !== undefined);
     return { data, path, zblk, revMax };
   }
 
-  /** Assemble a ZBlk1's chunks into `out` (zeroed, blksize bytes). */
-  private async readZBlk1(zoid: Oid, state: PyValue, out: Uint8Array): Promise<void> {
+  /**
+   * Assemble a ZBlk1's chunks into `out` (blksize bytes). `dirty`: out holds old bytes — every
+   * byte no chunk covers is zeroed here (gaps and trimmed chunk tails), so the block is written
+   * once, not zero-filled first and then copied over.
+   */
+  private async readZBlk1(zoid: Oid, state: PyValue, out: Uint8Array, dirty: boolean): Promise<void> {
     const chunktab = state instanceof PersistentRef ? state : undefined;
     if (chunktab === undefined || (chunktab.klass !== null && !chunktab.klass.is('BTrees.IOBTree', 'IOBTree'))) {
       throw new ObjectFormatError(zoid, `ZBlk1: state is ${pyTypeName(state)}, want ref to IOBTree`);
     }
-    const entries: Array<[bigint, PersistentRef]> = [];
-    for (const [off, v] of await btreeRange(this.loader, chunktab.oid, this.at)) {
+    const entries = await btreeRange(this.loader, chunktab.oid, this.at);
+    for (const [off, v] of entries) {
       if (!(v instanceof PersistentRef) || (v.klass !== null && !v.klass.is(MOD, 'ZData'))) {
         throw new ObjectFormatError(chunktab.oid, `chunk @${off}: expect ZData, got ${pyTypeName(v)}`);
       }
       if (off < 0n) throw new ObjectFormatError(chunktab.oid, `chunk offset ${off} < 0`);
-      entries.push([off, v]);
     }
-    // A loader with a synchronous transient path (FileStorage) is used chunk by chunk, each
-    // copied out at once: no allocation per chunk. Otherwise the loads are issued together
-    // (a network storage overlaps them).
-    const lt = this.loader.loadObjectTransient?.bind(this.loader);
+    // A loader with a synchronous transient path (FileStorage: views of its mmap) is used chunk
+    // by chunk, each copied out at once: no promise, no allocation per chunk, one copy of each
+    // byte. Otherwise the loads are issued together (a network storage overlaps them).
     const lr = this.loader.loadRecordTransient?.bind(this.loader);
-    const chunks = lt !== undefined ? undefined : await Promise.all(entries.map(([, ref]) => this.loader.loadObject(ref.oid, this.at)));
+    const lt = this.loader.loadObjectTransient?.bind(this.loader);
+    const chunks =
+      lr !== undefined || lt !== undefined
+        ? undefined
+        : await Promise.all(entries.map(([, ref]) => this.loader.loadObject((ref as PersistentRef).oid, this.at)));
     let stop = 0; // end of the previous chunk: chunks must not overlap
     for (let i = 0; i < entries.length; i++) {
       const off = Number(entries[i]![0]);
-      const coid = entries[i]![1].oid;
-      // the common record layout of a ZData, recognised without the pickle machine
-      let b = chunks === undefined && lr !== undefined ? zdataFast(lr(coid, this.at).data) : undefined;
+      const coid = (entries[i]![1] as PersistentRef).oid;
+      // ZData records in every layout ZODB writes are recognised without the pickle machine
+      let b = lr !== undefined ? zdataFast(lr(coid, this.at).data) : undefined;
       if (b === undefined) {
-        const c = chunks !== undefined ? chunks[i]! : lt!(coid, this.at);
+        const c = chunks !== undefined ? chunks[i]! : lt !== undefined ? lt(coid, this.at) : await this.loader.loadObject(coid, this.at);
         if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
         b = asBytes(c.state);
         if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
@@ -189,40 +208,106 @@ export class ZBigFileView {
       if (off + b.length > out.length) {
         throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off}+${b.length} exceeds blksize ${out.length}`);
       }
+      if (dirty && off > stop) out.fill(0, stop, off);
       out.set(b, off);
       stop = off + b.length;
     }
+    if (dirty && stop < out.length) out.fill(0, stop);
   }
 }
 
-// ZData as ZODB/py3 (and our encoder) writes it: class pickle = PROTO 3, GLOBAL
-// "wendelin.bigfile.file_zodb\nZData\n", BINPUT 0, STOP; state pickle = PROTO 3,
-// SHORT_BINBYTES n | BINBYTES n, bytes, [BINPUT 1], STOP.
-const ZDATA_CLASS_PICKLE = Buffer.from('\x80\x03cwendelin.bigfile.file_zodb\nZData\nq\x00.', 'latin1');
+// ---- holes ----
+
+const zeroBlocks = new Map<number, Uint8Array>();
+/** Distinct blksizes kept; beyond, the oldest is forgotten (its views stay valid). */
+const ZERO_BLOCKS_MAX = 8;
 
 /**
- * The chunk bytes of a ZData record in the common layout, or undefined (use the decoder).
- * Never reads outside rec; agrees with decodeRecord (test/pickle-fuzz.test.ts).
+ * The shared zero block of `blksize` bytes (what a hole reads as), or undefined when it cannot
+ * be made (mmap failed: the caller allocates). One per blksize, never written by anyone — by
+ * construction, not by convention:
+ *   - it is a PROT_READ private anonymous mapping (native mapZeros): every page is the
+ *     kernel's zero page, so it costs no memory, and a write into it faults (SIGSEGV) instead
+ *     of silently turning later holes non-zero;
+ *   - loadBlock hands it out only when the caller passed no `out`; with `out`, the caller's
+ *     buffer is zeroed and returned — the shared block never becomes anybody's `out`, and no
+ *     buffer pool can receive it (the server keeps none; BlockLoad.data says read-only).
+ */
+export function zeroBlock(blksize: number): Uint8Array | undefined {
+  let z = zeroBlocks.get(blksize);
+  if (z !== undefined) return z;
+  try {
+    z = new Uint8Array(native().mapZeros(blksize));
+  } catch {
+    return undefined;
+  }
+  if (zeroBlocks.size >= ZERO_BLOCKS_MAX) zeroBlocks.delete(zeroBlocks.keys().next().value!);
+  zeroBlocks.set(blksize, z);
+  return z;
+}
+
+// ZData records as ZODB writes them (checked on wendelin.core's own fixtures: py2 protocols
+// 1-3, py3 protocol 3 — /work/shared/fixtures/wendelin-zblk, test/zbigfile.test.ts):
+//   class pickle  [PROTO n]  GLOBAL "wendelin.bigfile.file_zodb\nZData\n"  [memo]  STOP
+//   state pickle  [PROTO n]  bytes  [memo]  STOP
+//   bytes = SHORT_BINBYTES n | BINBYTES n (py3) | SHORT_BINSTRING n | BINSTRING n (py2 str)
+//   memo  = BINPUT k | LONG_BINPUT k | MEMOIZE (the memo is never read back in these records)
+// Anything else (protocol 0, FRAMEs, BINBYTES8, a tuple class form, …) goes to the decoder.
+const ZDATA_GLOBAL = Uint8Array.from(Buffer.from('cwendelin.bigfile.file_zodb\nZData\n', 'latin1'));
+const OP_PROTO = 0x80;
+const OP_STOP = 0x2e;
+const OP_BINPUT = 0x71;
+const OP_LONG_BINPUT = 0x72;
+const OP_MEMOIZE = 0x94;
+
+/** Position after an optional memo store at p (rec[p]), or -1 when it runs past n. */
+function skipMemo(rec: Uint8Array, p: number, n: number): number {
+  const op = rec[p];
+  const q = op === OP_BINPUT ? p + 2 : op === OP_LONG_BINPUT ? p + 5 : op === OP_MEMOIZE ? p + 1 : p;
+  return q <= n ? q : -1;
+}
+
+/**
+ * The chunk bytes of a ZData record in a layout ZODB writes, or undefined (use the decoder).
+ * A view into rec, no allocation; never reads outside rec; agrees with decodeRecord
+ * (test/pickle-fuzz.test.ts, test/zbigfile.test.ts).
  */
 export function zdataFast(rec: Uint8Array): Uint8Array | undefined {
-  const n0 = ZDATA_CLASS_PICKLE.length;
-  if (rec.length < n0 + 5 || Buffer.compare(ZDATA_CLASS_PICKLE, rec.subarray(0, n0)) !== 0) return undefined;
-  let p = n0;
-  if (rec[p] !== 0x80 || rec[p + 1] !== 3) return undefined;
-  p += 2;
-  let len: number;
-  if (rec[p] === 0x43) {
-    len = rec[p + 1]!; // SHORT_BINBYTES
+  const n = rec.length;
+  let p = 0;
+  if (rec[0] === OP_PROTO) {
+    if (n < 2 || rec[1]! > 5) return undefined;
+    p = 2;
+  }
+  const g = ZDATA_GLOBAL.length;
+  if (p + g > n) return undefined;
+  for (let i = 0; i < g; i++) if (rec[p + i] !== ZDATA_GLOBAL[i]) return undefined;
+  p = skipMemo(rec, p + g, n);
+  if (p < 0 || rec[p] !== OP_STOP) return undefined;
+  p++;
+  if (rec[p] === OP_PROTO) {
+    if (p + 2 > n || rec[p + 1]! > 5) return undefined;
     p += 2;
-  } else if (rec[p] === 0x42 && p + 5 <= rec.length) {
-    len = new DataView(rec.buffer, rec.byteOffset + p + 1, 4).getUint32(0, true); // BINBYTES
+  }
+  const op = rec[p];
+  let len: number;
+  if (op === 0x43 || op === 0x55) {
+    // SHORT_BINBYTES, SHORT_BINSTRING: 1-byte length
+    if (p + 2 > n) return undefined;
+    len = rec[p + 1]!;
+    p += 2;
+  } else if (op === 0x42 || op === 0x54) {
+    // BINBYTES (unsigned), BINSTRING (signed: ≥ 2³¹ is an error the decoder reports): 4-byte LE
+    if (p + 5 > n) return undefined;
+    len = (rec[p + 1]! | (rec[p + 2]! << 8) | (rec[p + 3]! << 16) | (rec[p + 4]! << 24)) >>> 0;
+    if (len >= 0x80000000) return undefined;
     p += 5;
   } else return undefined;
   const end = p + len;
-  // the rest: STOP, or BINPUT k + STOP
-  if (end + 1 === rec.length && rec[end] === 0x2e) return rec.subarray(p, end);
-  if (end + 3 === rec.length && rec[end] === 0x71 && rec[end + 2] === 0x2e) return rec.subarray(p, end);
-  return undefined;
+  if (end >= n) return undefined;
+  const q = skipMemo(rec, end, n);
+  if (q < 0 || q + 1 !== n || rec[q] !== OP_STOP) return undefined;
+  return rec.subarray(p, end);
 }
 
 /**
