@@ -166,6 +166,24 @@ describe('commit processing against a fake kernel', () => {
     expect((await t.read(head, 0, 4096))[0]).toBe(10);
   });
 
+  it('a prefetched block (2d) is an ordinary load: registered after its load, dropped before a commit invalidates it', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {};
+    t.k.take();
+
+    // >>> READ of the second half of #0: #0 loaded, #1 prefetched; both registered with their data
+    expect((await t.read(head, BS / 2, BS / 2))[0]).toBe(1);
+    await t.until(() => t.k.events.includes(`put ${head} ${BS}+${BS} =2`));
+    expect(t.k.take().sort()).toEqual([`put ${head} 0+${BS} =1`, `put ${head} ${BS}+${BS} =2`]);
+
+    // >>> commit δ(#1): the prefetched block leaves the fast path before it is invalidated
+    const tid = await t.commit({ 1: 21 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`drop ${head} ${BS}`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
+    expect((await t.read(head, BS, 4096))[0]).toBe(21);
+  });
+
   it('old data goes to @<oldHead> before head is invalidated, and head/at moves only after', async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));

@@ -103,7 +103,7 @@ export class Reads {
   /** Start loading blk+1 when a READ ending at `end` went past half of blk (head files: headMu held shared). */
   private prefetch(f: BigFile, blk: number, end: number): void {
     const next = blk + 1;
-    if (end - blk * f.blksize < f.blksize * PREFETCH_FROM || next * f.blksize >= f.size) return;
+    if (end - blk * f.blksize <= f.blksize * PREFETCH_FROM || next * f.blksize >= f.size) return;
     if (f.loads.get(next) !== undefined || (f.isHead && this.isolation.watched(f.foid))) return;
     this.stats.Prefetch++;
     // its errors reach the READ of that block, which loads it again
