@@ -1,5 +1,6 @@
 // The decoded BTree node cache (btree/cache.ts) and lookups through it (read.ts loadNode):
-// table cases for the LRU and its byte bound, frozen shared nodes, sharing across revisions,
+// table cases for the LRU and its byte bound, the known range that lets a lookup skip the load
+// (capped at the head), frozen shared nodes, sharing across revisions,
 // checks that depend on the path still made on cached nodes, and WriteTxn lookups never seeing
 // or filling the cache; then a seeded random test: a tree mutated at random (tiny node sizes:
 // deep trees, splits and removals everywhere) over many commits, where btreeGet / btreeMaxKey /
@@ -50,10 +51,27 @@ describe('NodeCache', () => {
     expect(c.get(1n, 20n)).toBe(b);
     expect(c.get(1n, 15n)).toBeUndefined();
     expect(c.get(2n, 10n)).toBeUndefined();
-    expect(c.stats()).toMatchObject({ entries: 2, hits: 2, misses: 2, evictions: 0 });
+    expect(c.stats()).toMatchObject({ entries: 2, hits: 0, serialHits: 2, misses: 2, evictions: 0 });
     // a second put of the same (oid, serial) keeps the first node
     expect(c.put(bucketNode(1n, 10n, 3))).toBe(a);
     expect(c.stats().entries).toBe(2);
+  });
+
+  it("find answers as of any revision in an entry's known range [serial, knownTo], and only there", () => {
+    const c = new NodeCache(1 << 20);
+    const a = c.put(bucketNode(1n, 10n, 3), 15n); // a load as of 15 returned serial 10
+    expect(c.find(1n, 9n)).toBeUndefined();
+    for (const at of [10n, 12n, 15n]) expect(c.find(1n, at), `@${at}`).toBe(a);
+    expect(c.find(1n, 16n)).toBeUndefined();
+    expect(c.get(1n, 10n, 30n)).toBe(a); // a later load as of 30 returned 10 too
+    expect(c.find(1n, 30n)).toBe(a);
+    expect(c.get(1n, 10n, 20n)).toBe(a); // never shrinks
+    expect(c.find(1n, 30n)).toBe(a);
+    const b = c.put(bucketNode(1n, 40n, 3)); // knownTo defaults to the serial
+    expect(c.find(1n, 40n)).toBe(b);
+    expect(c.find(1n, 41n)).toBeUndefined();
+    expect(c.find(1n, 35n)).toBeUndefined();
+    expect(c.stats()).toMatchObject({ hits: 6, serialHits: 2, misses: 0 });
   });
 
   it('evicts least recently used first and stays within its byte bound', () => {
@@ -124,8 +142,9 @@ describe('lookups through the node cache', () => {
     const r1 = await btreeGet(db.loader, root, 7n, at1);
     const miss1 = c.stats().misses;
     expect(miss1).toBe(r1.path.length); // every node decoded once
+    const hits1 = c.stats().hits;
     expect(await btreeGet(db.loader, root, 7n, at1)).toEqual(r1);
-    expect(c.stats().misses).toBe(miss1);
+    expect(c.stats()).toMatchObject({ misses: miss1, hits: hits1 + r1.path.length }); // not even a load
 
     // replace key 39's value: only its bucket is stored, so at the new revision the lookup of
     // 39 decodes that bucket alone and the lookup of 7 nothing
@@ -140,6 +159,23 @@ describe('lookups through the node cache', () => {
     expect(c.stats().misses).toBe(miss2 + 1);
     expect((await btreeGet(db.loader, root, 39n, at1)).value).toEqual(val(39));
     expect((await btreeGet(db.loader, root, 39n, at2)).value).toEqual(val(1000));
+  });
+
+  it('a lookup as of a revision past the head knows nothing of later commits', async () => {
+    const { root, at } = await makeTree(40);
+    const future = at + (1n << 40n); // far past the head
+    const plain = new StorageLoader(db.st, { nodeCacheBytes: 0 });
+    expect((await btreeGet(db.loader, root, 39n, future)).value).toEqual(val(39));
+    expect((await btreeGet(db.loader, root, 39n, at)).value).toEqual(val(39));
+    const txn = db.txn();
+    await btreeSet(txn, root, 39n, val(1000), { maxLeaf: 4, maxInternal: 4 });
+    const at2 = await txn.commit();
+    expect(at2).toBeLessThan(future);
+    for (const t of [at, at2, at2 + 1n, future]) {
+      const want = await btreeGet(plain, root, 39n, t);
+      expect(want.value, `@${t}`).toEqual(t < at2 ? val(39) : val(1000));
+      expect(await btreeGet(db.loader, root, 39n, t), `@${t}`).toEqual(want);
+    }
   });
 
   it('WriteTxn lookups see their pending states and neither use nor fill the cache', async () => {
@@ -238,11 +274,12 @@ describe('seeded random: cached lookups equal uncached ones at every revision', 
         for (const { x: rv } of order) {
           for (let i = 0; i < 12; i++) {
             const k = BigInt(rint(DOMAIN + 20) - 10);
-            const want = await btreeGet(plain, root, k, rv.at);
+            const at = rv.at + BigInt(rint(2)); // a commit's tid, or one between commits
+            const want = await btreeGet(plain, root, k, at);
             const v = rv.model.get(k);
-            expect(want.value, `key ${k} @${rv.at}`).toEqual(v === undefined ? undefined : val(v));
-            expect(await btreeGet(cached, root, k, rv.at)).toEqual(want);
-            expect(await btreeGet(tiny, root, k, rv.at)).toEqual(want);
+            expect(want.value, `key ${k} @${at}`).toEqual(v === undefined ? undefined : val(v));
+            expect(await btreeGet(cached, root, k, at)).toEqual(want);
+            expect(await btreeGet(tiny, root, k, at)).toEqual(want);
           }
           const mk = await btreeMaxKey(plain, root, rv.at);
           expect(await btreeMaxKey(cached, root, rv.at)).toEqual(mk);
@@ -258,7 +295,8 @@ describe('seeded random: cached lookups equal uncached ones at every revision', 
         }
         const cs = cached.nodeCache!.stats();
         const ts = tiny.nodeCache!.stats();
-        expect(cs.hits).toBeGreaterThan(cs.misses); // revisions share nodes
+        expect(cs.hits).toBeGreaterThan(cs.misses); // warm lookups load nothing
+        expect(cs.serialHits).toBeGreaterThan(0); // a node shared by revisions, found by serial
         expect(cs.evictions).toBe(0);
         expect(ts.evictions).toBeGreaterThan(0);
       } finally {

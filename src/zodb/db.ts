@@ -83,7 +83,7 @@ export class StorageLoader implements ObjectLoader {
       this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
     }
     const bytes = opts.nodeCacheBytes ?? DEFAULT_NODE_CACHE_BYTES;
-    if (bytes > 0) this.nodeCache = new NodeCache(bytes);
+    if (bytes > 0) this.nodeCache = new NodeCache(bytes, () => storage.head());
   }
   loadObject(oid: Oid, at: Tid): Promise<LoadedObject> {
     return loadObject(this.storage, oid, at);

@@ -2,14 +2,21 @@
 // one StorageLoader (issue 11: a warm lookup re-decoded every node on its path, ~0.23 µs per
 // child entry).
 //
-// Owns: the map (oid, serial) → LoadedNode and its LRU order. Nothing else — loading the
-// record (to learn the serial as of `at`) and every path-dependent check stay in read.ts.
+// Owns: the map (oid, serial) → LoadedNode, for each entry the revisions it is known to be
+// current at, and the LRU order. Loading records and every path-dependent check stay in
+// read.ts.
 //
 // Invariants:
 //   - a committed record never changes, so an entry is right for every revision whose load
 //     returns that serial: correct by construction, no invalidation. Only decodes of committed
 //     records go in — a WriteTxn is not a StorageLoader and has no cache, so pending
 //     (uncommitted) states never reach it.
+//   - known range: a load as of `at` that returned serial S means the oid has no revision in
+//     (S, at] — a fact about committed history that never changes. So each entry keeps
+//     knownTo = the largest such `at` seen, capped at the storage's head read before the load
+//     (a load beyond the head says nothing about txns not committed yet), and a lookup as of
+//     any at in [S, knownTo] is answered with no load at all (find). Below a pack boundary
+//     that answer is the right record where a load might fail (IStorage.packedTo allows both).
 //   - what is cached is only what is independent of the path that led to the node: the
 //     decoded state with state.ts's checks passed, its family and kind (from the record's own
 //     class). Keycov and expected-class checks depend on the parent and run on every use.
@@ -30,6 +37,8 @@ export const DEFAULT_NODE_CACHE_BYTES = 64 * 1024 * 1024;
 interface Entry {
   oid: Oid;
   serial: Tid;
+  /** The oid has no revision in (serial, knownTo]. */
+  knownTo: Tid;
   node: LoadedNode;
   bytes: number;
   /** Another cached serial of the same oid. */
@@ -43,7 +52,11 @@ export interface NodeCacheStats {
   entries: number;
   bytes: number;
   maxBytes: number;
+  /** find() answered: no load, no decode. */
   hits: number;
+  /** get() answered after a load told the serial: no decode. */
+  serialHits: number;
+  /** get() missed: the caller decodes (and puts). */
   misses: number;
   evictions: number;
 }
@@ -97,27 +110,49 @@ function freezeNode(n: LoadedNode): LoadedNode {
 /** LRU cache of decoded BTree nodes keyed by (oid, serial), bounded by approximate bytes. */
 export class NodeCache {
   private readonly byOid = new Map<Oid, Entry>();
-  private head: Entry | null = null; // most recently used
-  private tail: Entry | null = null; // least recently used
+  private mru: Entry | null = null; // most recently used
+  private lru: Entry | null = null; // least recently used
   private bytes_ = 0;
   private count = 0;
   private hits = 0;
+  private serialHits = 0;
   private misses = 0;
   private evictions = 0;
 
-  constructor(readonly maxBytes: number = DEFAULT_NODE_CACHE_BYTES) {
+  /**
+   * `head`: the storage's last committed tid (IStorage.head), read by loadNode before each
+   * load to cap the known range; without it a node is known current only at its own serial.
+   */
+  constructor(
+    readonly maxBytes: number = DEFAULT_NODE_CACHE_BYTES,
+    readonly head: () => Tid = () => 0n,
+  ) {
     if (!(maxBytes >= 0)) throw new RangeError(`NodeCache: maxBytes ${maxBytes}: want ≥ 0`);
   }
 
-  /** The node decoded from oid's record with this serial, if cached (and mark it used). */
-  get(oid: Oid, serial: Tid): LoadedNode | undefined {
+  /** The node current as of `at` if that is known without a load (see knownTo), marked used. */
+  find(oid: Oid, at: Tid): LoadedNode | undefined {
+    for (let e = this.byOid.get(oid) ?? null; e !== null; e = e.sibling) {
+      if (e.serial <= at && at <= e.knownTo) {
+        this.hits++;
+        this.touch(e);
+        return e.node;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The node decoded from oid's record with this serial, if cached (and mark it used). A load
+   * as of some at returned that serial: `knownTo` = min(at, head before the load) extends the
+   * entry's known range.
+   */
+  get(oid: Oid, serial: Tid, knownTo: Tid = serial): LoadedNode | undefined {
     for (let e = this.byOid.get(oid) ?? null; e !== null; e = e.sibling) {
       if (e.serial === serial) {
-        this.hits++;
-        if (e !== this.head) {
-          this.unlink(e);
-          this.pushFront(e);
-        }
+        this.serialHits++;
+        if (knownTo > e.knownTo) e.knownTo = knownTo;
+        this.touch(e);
         return e.node;
       }
     }
@@ -126,33 +161,63 @@ export class NodeCache {
   }
 
   /**
-   * Cache a node decoded from a committed record (node.oid, node.serial); freezes it. Returns
-   * the node (frozen even when it is too big to be kept).
+   * Cache a node decoded from a committed record (node.oid, node.serial), current from its
+   * serial up to at least `knownTo` (as for get); freezes it. Returns the node (frozen even when
+   * it is too big to be kept).
    */
-  put(node: LoadedNode): LoadedNode {
+  put(node: LoadedNode, knownTo: Tid = node.serial): LoadedNode {
     freezeNode(node);
     const bytes = approxNodeBytes(node);
     if (bytes > this.maxBytes) return node;
     const first = this.byOid.get(node.oid);
-    for (let e = first ?? null; e !== null; e = e.sibling) if (e.serial === node.serial) return e.node;
-    const e: Entry = { oid: node.oid, serial: node.serial, node, bytes, sibling: first ?? null, prev: null, next: null };
+    for (let e = first ?? null; e !== null; e = e.sibling) {
+      if (e.serial === node.serial) {
+        if (knownTo > e.knownTo) e.knownTo = knownTo;
+        return e.node;
+      }
+    }
+    const e: Entry = {
+      oid: node.oid,
+      serial: node.serial,
+      knownTo: knownTo > node.serial ? knownTo : node.serial,
+      node,
+      bytes,
+      sibling: first ?? null,
+      prev: null,
+      next: null,
+    };
     this.byOid.set(node.oid, e);
     this.pushFront(e);
     this.bytes_ += bytes;
     this.count++;
-    while (this.bytes_ > this.maxBytes) this.evict(this.tail!);
+    while (this.bytes_ > this.maxBytes) this.evict(this.lru!);
     return node;
   }
 
   stats(): NodeCacheStats {
-    return { entries: this.count, bytes: this.bytes_, maxBytes: this.maxBytes, hits: this.hits, misses: this.misses, evictions: this.evictions };
+    return {
+      entries: this.count,
+      bytes: this.bytes_,
+      maxBytes: this.maxBytes,
+      hits: this.hits,
+      serialHits: this.serialHits,
+      misses: this.misses,
+      evictions: this.evictions,
+    };
   }
 
   clear(): void {
     this.byOid.clear();
-    this.head = this.tail = null;
+    this.mru = this.lru = null;
     this.bytes_ = 0;
     this.count = 0;
+  }
+
+  private touch(e: Entry): void {
+    if (e !== this.mru) {
+      this.unlink(e);
+      this.pushFront(e);
+    }
   }
 
   private evict(e: Entry): void {
@@ -174,17 +239,17 @@ export class NodeCache {
 
   private unlink(e: Entry): void {
     if (e.prev !== null) e.prev.next = e.next;
-    else this.head = e.next;
+    else this.mru = e.next;
     if (e.next !== null) e.next.prev = e.prev;
-    else this.tail = e.prev;
+    else this.lru = e.prev;
     e.prev = e.next = null;
   }
 
   private pushFront(e: Entry): void {
-    e.next = this.head;
+    e.next = this.mru;
     e.prev = null;
-    if (this.head !== null) this.head.prev = e;
-    this.head = e;
-    if (this.tail === null) this.tail = e;
+    if (this.mru !== null) this.mru.prev = e;
+    this.mru = e;
+    if (this.lru === null) this.lru = e;
   }
 }

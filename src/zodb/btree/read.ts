@@ -16,9 +16,10 @@
 // and are verified by btreeCheck (check.ts).
 //
 // Decoding. loadNode owns turning a record into a LoadedNode. Through a loader with a node
-// cache (StorageLoader: committed records only; cache.ts) it loads the raw record as of `at` —
-// that is what tells the serial — and decodes only when (oid, serial) is not cached; a cached
-// node is shared and frozen, so nothing here (or in check.ts, zbigfile.ts, deltatail) may
+// cache (StorageLoader: committed records only; cache.ts) a node already known to be current
+// as of `at` is used with no load at all; otherwise it loads the raw record as of `at` — that
+// is what tells the serial — and decodes only when (oid, serial) is not cached. A cached node
+// is shared and frozen, so nothing here (or in check.ts, zbigfile.ts, deltatail) may
 // mutate a state it gets. What the cache keeps is path-independent (state.ts's checks and the
 // record's own family/kind); the checks above depend on the parent and run on every visit
 // (O(1) each: class vs expected, first/last key vs keycov). Through any other loader (WriteTxn,
@@ -60,22 +61,43 @@ export type LoadedNode =
  */
 export async function loadNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {}): Promise<LoadedNode> {
   const cache = loader.nodeCache;
-  let n: LoadedNode;
-  if (cache !== undefined && loader.loadRecordTransient !== undefined) {
-    // synchronous and allocation-free on a hit; a miss decodes a private copy of the bytes
-    // (the transient view is reused by the next load, the cached node outlives it)
-    const rec = loader.loadRecordTransient(oid, at);
-    n = cache.get(oid, rec.serial) ?? cache.put(decodeNode(oid, decodeLoaded(oid, { ...rec, data: rec.data.slice() }), expect));
-  } else if (cache !== undefined && loader.loadRecord !== undefined) {
-    const rec = await loader.loadRecord(oid, at);
-    n = cache.get(oid, rec.serial) ?? cache.put(decodeNode(oid, decodeLoaded(oid, rec), expect));
-  } else {
+  const lt = loader.loadRecordTransient;
+  if (cache === undefined || (lt === undefined && loader.loadRecord === undefined)) {
     return decodeNode(oid, await loader.loadObject(oid, at), expect);
   }
+  let n = cache.find(oid, at);
+  if (n === undefined) {
+    // what this load will tell: no revision in (serial, min(at, head)]
+    const h = cache.head();
+    const known = at < h ? at : h;
+    if (lt !== undefined) {
+      // synchronous and allocation-free when cached; a miss decodes a private copy of the
+      // bytes (the transient view is reused by the next load, the cached node outlives it)
+      const rec = lt(oid, at);
+      n = cache.get(oid, rec.serial, known) ?? cache.put(decodeNode(oid, decodeLoaded(oid, { ...rec, data: rec.data.slice() }), expect), known);
+    } else {
+      const rec = await loader.loadRecord!(oid, at);
+      n = cache.get(oid, rec.serial, known) ?? cache.put(decodeNode(oid, decodeLoaded(oid, rec), expect), known);
+    }
+  }
+  checkExpect(oid, n, expect);
+  return n;
+}
+
+/**
+ * loadNode's answer when the loader's cache knows the node current as of `at` (no load, no
+ * await: warm lookups stay synchronous), else undefined.
+ */
+function knownNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind }): LoadedNode | undefined {
+  const n = loader.nodeCache?.find(oid, at);
+  if (n !== undefined) checkExpect(oid, n, expect);
+  return n;
+}
+
+function checkExpect(oid: Oid, n: LoadedNode, expect: { family?: BTreeFamily; kind?: NodeKind }): void {
   if ((expect.family !== undefined && n.family !== expect.family) || (expect.kind !== undefined && n.kind !== expect.kind)) {
     throw badClass(oid, expect, nodeClass(n.family, n.kind));
   }
-  return n;
 }
 
 function badClass(oid: Oid, expect: { family?: BTreeFamily; kind?: NodeKind }, klass: Global): ObjectFormatError {
@@ -178,7 +200,7 @@ export async function btreeGet(loader: ObjectLoader, root: Oid, key: bigint, at:
   let expect: { family?: BTreeFamily; kind?: NodeKind } = { kind: 'tree' };
   for (let depth = 0; ; depth++) {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
     let b: BucketState;
     if (n.kind === 'bucket') {
@@ -216,7 +238,7 @@ export async function btreeMaxKey(loader: ObjectLoader, root: Oid, at: Tid): Pro
 
   const visit = async (oid: Oid, lo: bigint, hi: bigint, expect: { family?: BTreeFamily; kind?: NodeKind }, depth: number): Promise<bigint | undefined> => {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
     let keys: readonly bigint[] | undefined;
     if (n.kind === 'bucket') {
@@ -278,7 +300,7 @@ async function* btreeBuckets(loader: ObjectLoader, root: Oid, at: Tid, lo: bigin
     depth: number,
   ): AsyncGenerator<Array<[bigint, PyValue]>> {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     let b: BucketState;
     if (n.kind === 'bucket') {
       b = n.bucket;
