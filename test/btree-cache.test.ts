@@ -5,13 +5,15 @@
 // or filling the cache; then a seeded random test: a tree mutated at random (tiny node sizes:
 // deep trees, splits and removals everywhere) over many commits, where btreeGet / btreeMaxKey /
 // btreeRange through a cached loader, through one with a tiny bound (evicting all the time) and
-// through an uncached one agree at every revision, visited in random order.
+// through an uncached one agree at every revision, visited in random order (and through a
+// cached loader over a storage without loadTransient, which learns serials with loadRecord).
 //
 // Rerun a failure with WCFS_SEED=<seed> npx vitest run --project fs1 test/btree-cache
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { StorageLoader, WriteTxn } from '../src/zodb/db.js';
 import { ObjectFormatError } from '../src/zodb/errors.js';
 import type { Oid, Tid } from '../src/zodb/ids.js';
+import type { IStorage } from '../src/zodb/storage.js';
 import { PersistentRef } from '../src/zodb/pickle/index.js';
 import { rng } from '../src/util/rng.js';
 import {
@@ -269,6 +271,10 @@ describe('seeded random: cached lookups equal uncached ones at every revision', 
         const cached = new StorageLoader(db.st);
         const tiny = new StorageLoader(db.st, { nodeCacheBytes: 4096 });
         const plain = new StorageLoader(db.st, { nodeCacheBytes: 0 });
+        // a storage without loadTransient (as ZEO): the cache learns serials through loadRecord
+        const noTransient = { head: () => db.st.head(), load: (oid: Oid, at: Tid) => db.st.load(oid, at) } as unknown as IStorage;
+        const async_ = new StorageLoader(noTransient, { nodeCacheBytes: 8192 });
+        expect(async_.loadRecordTransient).toBeUndefined();
         // every revision twice, in random order (old ones after new ones and back)
         const order = [...revs, ...revs].map((x) => ({ x, o: r() })).sort((a, b) => a.o - b.o);
         for (const { x: rv } of order) {
@@ -280,10 +286,12 @@ describe('seeded random: cached lookups equal uncached ones at every revision', 
             expect(want.value, `key ${k} @${at}`).toEqual(v === undefined ? undefined : val(v));
             expect(await btreeGet(cached, root, k, at)).toEqual(want);
             expect(await btreeGet(tiny, root, k, at)).toEqual(want);
+            expect(await btreeGet(async_, root, k, at)).toEqual(want);
           }
           const mk = await btreeMaxKey(plain, root, rv.at);
           expect(await btreeMaxKey(cached, root, rv.at)).toEqual(mk);
           expect(await btreeMaxKey(tiny, root, rv.at)).toEqual(mk);
+          expect(await btreeMaxKey(async_, root, rv.at)).toEqual(mk);
           const lo = BigInt(rint(DOMAIN));
           const hi = r() < 0.3 ? KEY_MAX : lo + BigInt(rint(60));
           const from = r() < 0.2 ? KEY_MIN : lo;
@@ -299,6 +307,9 @@ describe('seeded random: cached lookups equal uncached ones at every revision', 
         expect(cs.serialHits).toBeGreaterThan(0); // a node shared by revisions, found by serial
         expect(cs.evictions).toBe(0);
         expect(ts.evictions).toBeGreaterThan(0);
+        const as = async_.nodeCache!.stats();
+        expect(as.hits + as.serialHits).toBeGreaterThan(0);
+        expect(as.evictions).toBeGreaterThan(0);
       } finally {
         await db.close();
       }
