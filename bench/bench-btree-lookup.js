@@ -10,10 +10,11 @@
 // takes a few seconds (10⁶: ~33k buckets in ~130 interior nodes).
 //
 // A run: 1000 keys spread over the tree (seeded), one warm-up pass, then timed passes; every
-// lookup's value is checked. µs per lookup; "× 1k" = this size vs the 1k tree in the same
+// lookup's value is checked ("one key": the same key NKEYS times — the issue's "one block,
+// warm" — where the working set stays in the CPU caches). µs per lookup; "× 1k" = this size vs the 1k tree in the same
 // mode (flatness), µs/level = per node on the path (fan-out independence), "off/on" = speed-up
 // of the cache. Goal (issue 11): ≤ 10 µs with the cache, flat in tree size and fan-out (the
-// scale-benchmark form: 10⁶ vs 1k ≤ 1.5). With the cache a warm lookup loads no record at all
+// scale-benchmark form: 10⁶ vs 1k ≤ 1.5, judged on the one-key column). With the cache a warm lookup loads no record at all
 // (cache.ts, known range), so what is left is the walk itself: one level more (1k: 2 levels,
 // 31k and up: 3) and a working set that no longer fits the CPU caches.
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -111,9 +112,10 @@ async function main() {
   const buildMs = Date.now() - t0;
   const at = s.head();
 
-  async function measure(loader, root, n) {
+  /** µs per lookup of NKEYS keys spread over the tree, or of one key (n/2) NKEYS times. */
+  async function measure(loader, root, n, oneKey = false) {
     const r = rng(n);
-    const keys = Array.from({ length: NKEYS }, () => BigInt(Math.floor(r() * n)));
+    const keys = Array.from({ length: NKEYS }, () => BigInt(oneKey ? n >> 1 : Math.floor(r() * n)));
     const pass = async () => {
       for (const k of keys) {
         const { value } = await btreeGet(loader, root, k, at);
@@ -137,18 +139,19 @@ async function main() {
     const off = await measure(new StorageLoader(s, { nodeCacheBytes: 0 }), roots[i], SIZES[i]);
     const onLoader = new StorageLoader(s);
     const on = await measure(onLoader, roots[i], SIZES[i]);
+    const one = await measure(onLoader, roots[i], SIZES[i], true);
     const levels = (await btreeGet(onLoader, roots[i], 0n, at)).path.length;
-    rows.push({ n: SIZES[i], levels, off, on, st: onLoader.nodeCache.stats() });
+    rows.push({ n: SIZES[i], levels, off, on, one, st: onLoader.nodeCache.stats() });
   }
   await s.close();
 
-  console.log(`trees built in ${buildMs} ms; ${NKEYS} keys per pass, warm; goal: cache on ≤ 10 µs, × 1k ≤ 1.5`);
-  console.log('keys      levels  cache off µs  × 1k   cache on µs  × 1k  µs/level   off/on  cached nodes / KiB   verdict');
+  console.log(`trees built in ${buildMs} ms; ${NKEYS} keys per pass, warm; goal: cache on ≤ 10 µs; flat: one key × 1k ≤ 1.5`);
+  console.log('keys      levels  cache off µs  × 1k   cache on µs  × 1k  µs/level   off/on   one key µs  × 1k  cached nodes / KiB   verdict');
   for (const r of rows) {
     const fast = r.on <= 10;
-    const flat = r.on / rows[0].on <= 1.5;
+    const flat = r.one / rows[0].one <= 1.5; // the issue's row: one block, warm
     console.log(
-      `${String(r.n).padEnd(9)} ${String(r.levels).padStart(6)} ${r.off.toFixed(1).padStart(13)} ${(r.off / rows[0].off).toFixed(2).padStart(5)} ${r.on.toFixed(2).padStart(13)} ${(r.on / rows[0].on).toFixed(2).padStart(5)} ${(r.on / r.levels).toFixed(2).padStart(9)} ${(r.off / r.on).toFixed(0).padStart(8)}  ${String(r.st.entries).padStart(6)} / ${String(Math.round(r.st.bytes / 1024)).padEnd(9)}  ≤ 10 µs ${fast ? 'met' : 'NOT met'}, flat ${flat ? 'met' : 'NOT met'}`,
+      `${String(r.n).padEnd(9)} ${String(r.levels).padStart(6)} ${r.off.toFixed(1).padStart(13)} ${(r.off / rows[0].off).toFixed(2).padStart(5)} ${r.on.toFixed(2).padStart(13)} ${(r.on / rows[0].on).toFixed(2).padStart(5)} ${(r.on / r.levels).toFixed(2).padStart(9)} ${(r.off / r.on).toFixed(0).padStart(8)} ${r.one.toFixed(2).padStart(12)} ${(r.one / rows[0].one).toFixed(2).padStart(5)}  ${String(r.st.entries).padStart(6)} / ${String(Math.round(r.st.bytes / 1024)).padEnd(9)}  ≤ 10 µs ${fast ? 'met' : 'NOT met'}, flat ${flat ? 'met' : 'NOT met'}`,
     );
   }
 }
