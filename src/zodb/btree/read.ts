@@ -54,10 +54,10 @@ export type LoadedNode =
  * Load and decode one node. `expect.family`/`expect.kind` (when given) must match the loaded
  * class: they come from the parent (family of the root, kind told by the child reference).
  *
- * With a node cache (a StorageLoader's, committed records only) the record is still loaded
- * as of `at` — that is what tells the serial — but decoded only on a miss; the node returned
- * is then shared and frozen (cache.ts). Without one (WriteTxn, bare ObjectLoaders) every call
- * decodes.
+ * With a node cache (a StorageLoader's, committed records only) a node known current as of
+ * `at` comes without a load; otherwise the record is loaded as of `at` — that is what tells
+ * the serial — and decoded only on a miss; the node returned is shared and frozen (cache.ts).
+ * Without one (WriteTxn, bare ObjectLoaders) every call decodes.
  */
 export async function loadNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {}): Promise<LoadedNode> {
   const cache = loader.nodeCache;
