@@ -2,7 +2,10 @@
 // write transaction that collects changed objects and commits them at once.
 //
 // This is the small piece of ZODB's Connection that wcfs needs — no object cache, no ghosts:
-// BTrees and ZBigFile code works on decoded states directly.
+// BTrees and ZBigFile code works on decoded states directly. The one cache is below the
+// object level: a StorageLoader keeps decoded BTree nodes by (oid, serial) (btree/cache.ts),
+// shared by every revision read through it; a WriteTxn has none (its pending states are not
+// committed records).
 //
 // WriteTxn invariants:
 //   - reads see the transaction's own pending writes first, then the storage as of `at`;
@@ -13,6 +16,7 @@ import { ObjectFormatError, PickleError } from './errors.js';
 import { hex16, type Oid, type Tid } from './ids.js';
 import { decodeRecord, encodeRecord, type Global, type PyValue } from './pickle/index.js';
 import type { CommitRequest, IStorage, IWritableStorage, LoadResult } from './storage.js';
+import { DEFAULT_NODE_CACHE_BYTES, NodeCache } from './btree/cache.js';
 
 export interface LoadedObject {
   oid: Oid;
@@ -32,6 +36,14 @@ export interface ObjectLoader {
   loadObjectTransient?(oid: Oid, at: Tid): LoadedObject;
   /** Optional: the raw record, transient as above (for format-specific fast paths). */
   loadRecordTransient?(oid: Oid, at: Tid): LoadResult;
+  /** Optional: the raw committed record, the caller's to keep (IStorage.load). */
+  loadRecord?(oid: Oid, at: Tid): Promise<LoadResult>;
+  /**
+   * Optional: decoded BTree nodes by (oid, serial) (btree/cache.ts), used by btree/read.ts
+   * through loadRecordTransient or loadRecord. Only a loader whose records are all committed
+   * may have one — never one that returns uncommitted states (WriteTxn).
+   */
+  readonly nodeCache?: NodeCache;
 }
 
 /** Load and decode one object; pickle failures name the oid, revision and record location. */
@@ -39,7 +51,7 @@ export async function loadObject(storage: IStorage, oid: Oid, at: Tid): Promise<
   return decodeLoaded(oid, await storage.load(oid, at));
 }
 
-function decodeLoaded(oid: Oid, { data, serial, where }: LoadResult): LoadedObject {
+export function decodeLoaded(oid: Oid, { data, serial, where }: LoadResult): LoadedObject {
   try {
     const { klass, state } = decodeRecord(data);
     return { oid, klass, state, serial };
@@ -51,19 +63,33 @@ function decodeLoaded(oid: Oid, { data, serial, where }: LoadResult): LoadedObje
   }
 }
 
-/** ObjectLoader over a storage. */
+export interface StorageLoaderOptions {
+  /** Bound of the decoded BTree node cache in (approximate) bytes; 0 = no cache. Default 64 MiB. */
+  nodeCacheBytes?: number;
+}
+
+/** ObjectLoader over a storage, with one node cache for everything read through it. */
 export class StorageLoader implements ObjectLoader {
   readonly loadObjectTransient?: (oid: Oid, at: Tid) => LoadedObject;
   readonly loadRecordTransient?: (oid: Oid, at: Tid) => LoadResult;
-  constructor(readonly storage: IStorage) {
+  readonly nodeCache?: NodeCache;
+  constructor(
+    readonly storage: IStorage,
+    opts: StorageLoaderOptions = {},
+  ) {
     const lt = storage.loadTransient?.bind(storage);
     if (lt !== undefined) {
       this.loadRecordTransient = lt;
       this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
     }
+    const bytes = opts.nodeCacheBytes ?? DEFAULT_NODE_CACHE_BYTES;
+    if (bytes > 0) this.nodeCache = new NodeCache(bytes, () => storage.head());
   }
   loadObject(oid: Oid, at: Tid): Promise<LoadedObject> {
     return loadObject(this.storage, oid, at);
+  }
+  loadRecord(oid: Oid, at: Tid): Promise<LoadResult> {
+    return this.storage.load(oid, at);
   }
 }
 

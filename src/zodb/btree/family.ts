@@ -43,12 +43,17 @@ export function nodeClass(f: BTreeFamily, kind: NodeKind): Global {
   return kind === 'tree' ? treeClass(f) : bucketClass(f);
 }
 
+const CLASSES = (['LO', 'IO'] as const).flatMap((family) =>
+  (['tree', 'bucket'] as const).map((kind) => ({
+    module: MODULE[family],
+    name: kind === 'tree' ? `${family}BTree` : `${family}Bucket`,
+    fk: Object.freeze({ family, kind }),
+  })),
+);
+
 /** Family and node kind of a class, or undefined when it is not an LO/IO tree or bucket. */
 export function familyOf(klass: Global): { family: BTreeFamily; kind: NodeKind } | undefined {
-  for (const family of ['LO', 'IO'] as const) {
-    if (klass.module !== MODULE[family]) continue;
-    if (klass.name === `${family}BTree`) return { family, kind: 'tree' };
-    if (klass.name === `${family}Bucket`) return { family, kind: 'bucket' };
-  }
+  // on every node of every lookup (child references): no string building here
+  for (const c of CLASSES) if (klass.module === c.module && klass.name === c.name) return c.fk;
   return undefined;
 }

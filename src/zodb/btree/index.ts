@@ -4,6 +4,7 @@
 //   family.ts  families, classes, KEY_MIN/KEY_MAX, node-size defaults
 //   state.ts   persistent states ↔ values (decode validates, encode = BTree_getstate)
 //   read.ts    btreeGet / btreeMaxKey (with the visited path and keycovs) and btreeItems
+//   cache.ts   NodeCache: decoded nodes by (oid, serial), LRU, bounded by bytes (StorageLoader's)
 //   check.ts   btreeCheck: whole-tree structural validation (BTrees' _check + check.check)
 //   write.ts   btreeCreate / btreeSet / btreeDelete on a WriteTxn, shaped like BTrees' C code
 //
@@ -24,5 +25,6 @@ export {
 } from './family.js';
 export { decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState, type BucketState, type TreeState } from './state.js';
 export { btreeGet, btreeItems, btreeMaxKey, btreeRange, loadNode, type LoadedNode, type PathNode } from './read.js';
+export { DEFAULT_NODE_CACHE_BYTES, NodeCache, approxNodeBytes, type NodeCacheStats } from './cache.js';
 export { btreeCheck, shapeText, type BTreeCheckResult, type NodeShape } from './check.js';
 export { btreeCreate, btreeDelete, btreeSet, type BTreeWriteOptions } from './write.js';

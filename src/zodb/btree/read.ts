@@ -14,11 +14,21 @@
 //
 // Lookups follow separators only, never `next`/`firstbucket` — those are redundant for reading
 // and are verified by btreeCheck (check.ts).
+//
+// Decoding. loadNode owns turning a record into a LoadedNode. Through a loader with a node
+// cache (StorageLoader: committed records only; cache.ts) a node already known to be current
+// as of `at` is used with no load at all; otherwise it loads the raw record as of `at` — that
+// is what tells the serial — and decodes only when (oid, serial) is not cached. A cached node
+// is shared and frozen, so nothing here (or in check.ts, zbigfile.ts, deltatail) may
+// mutate a state it gets. What the cache keeps is path-independent (state.ts's checks and the
+// record's own family/kind); the checks above depend on the parent and run on every visit
+// (O(1) each: class vs expected, first/last key vs keycov). Through any other loader (WriteTxn,
+// whose pending states must never be cached) every visit decodes.
 
 import { BadArgumentError, ObjectFormatError } from '../errors.js';
-import type { ObjectLoader } from '../db.js';
+import { decodeLoaded, type LoadedObject, type ObjectLoader } from '../db.js';
 import { hex16, type Oid, type Tid } from '../ids.js';
-import type { PyValue } from '../pickle/index.js';
+import type { Global, PyValue } from '../pickle/index.js';
 import { KEY_MAX, KEY_MIN, familyOf, nodeClass, type BTreeFamily, type NodeKind } from './family.js';
 import { decodeBucketState, decodeTreeState, type BucketState, type TreeState } from './state.js';
 
@@ -43,11 +53,55 @@ export type LoadedNode =
 /**
  * Load and decode one node. `expect.family`/`expect.kind` (when given) must match the loaded
  * class: they come from the parent (family of the root, kind told by the child reference).
+ *
+ * With a node cache (a StorageLoader's, committed records only) a node known current as of
+ * `at` comes without a load; otherwise the record is loaded as of `at` — that is what tells
+ * the serial — and decoded only on a miss; the node returned is shared and frozen (cache.ts).
+ * Without one (WriteTxn, bare ObjectLoaders) every call decodes.
  */
 export async function loadNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind } = {}): Promise<LoadedNode> {
-  const obj = await loader.loadObject(oid, at);
-  const fk = familyOf(obj.klass);
-  const want = () =>
+  const cache = loader.nodeCache;
+  const lt = loader.loadRecordTransient;
+  if (cache === undefined || (lt === undefined && loader.loadRecord === undefined)) {
+    return decodeNode(oid, await loader.loadObject(oid, at), expect);
+  }
+  let n = cache.find(oid, at);
+  if (n === undefined) {
+    // what this load will tell: no revision in (serial, min(at, head)]
+    const h = cache.head();
+    const known = at < h ? at : h;
+    if (lt !== undefined) {
+      // synchronous and allocation-free when cached; a miss decodes a private copy of the
+      // bytes (the transient view is reused by the next load, the cached node outlives it)
+      const rec = lt(oid, at);
+      n = cache.get(oid, rec.serial, known) ?? cache.put(decodeNode(oid, decodeLoaded(oid, { ...rec, data: rec.data.slice() }), expect), known);
+    } else {
+      const rec = await loader.loadRecord!(oid, at);
+      n = cache.get(oid, rec.serial, known) ?? cache.put(decodeNode(oid, decodeLoaded(oid, rec), expect), known);
+    }
+  }
+  checkExpect(oid, n, expect);
+  return n;
+}
+
+/**
+ * loadNode's answer when the loader's cache knows the node current as of `at` (no load, no
+ * await: warm lookups stay synchronous), else undefined.
+ */
+function knownNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: { family?: BTreeFamily; kind?: NodeKind }): LoadedNode | undefined {
+  const n = loader.nodeCache?.find(oid, at);
+  if (n !== undefined) checkExpect(oid, n, expect);
+  return n;
+}
+
+function checkExpect(oid: Oid, n: LoadedNode, expect: { family?: BTreeFamily; kind?: NodeKind }): void {
+  if ((expect.family !== undefined && n.family !== expect.family) || (expect.kind !== undefined && n.kind !== expect.kind)) {
+    throw badClass(oid, expect, nodeClass(n.family, n.kind));
+  }
+}
+
+function badClass(oid: Oid, expect: { family?: BTreeFamily; kind?: NodeKind }, klass: Global): ObjectFormatError {
+  const want =
     expect.family !== undefined && expect.kind !== undefined
       ? `${nodeClass(expect.family, expect.kind)}`
       : expect.family !== undefined
@@ -55,8 +109,14 @@ export async function loadNode(loader: ObjectLoader, oid: Oid, at: Tid, expect: 
         : expect.kind === 'tree'
           ? 'an LOBTree or IOBTree'
           : 'an LO/IO BTree node';
+  return new ObjectFormatError(oid, `expect ${want}, got class ${klass}`);
+}
+
+/** Decode a loaded object as a node, checking its class against `expect`. */
+function decodeNode(oid: Oid, obj: LoadedObject, expect: { family?: BTreeFamily; kind?: NodeKind }): LoadedNode {
+  const fk = familyOf(obj.klass);
   if (fk === undefined || (expect.family !== undefined && fk.family !== expect.family) || (expect.kind !== undefined && fk.kind !== expect.kind)) {
-    throw new ObjectFormatError(oid, `expect ${want()}, got class ${obj.klass}`);
+    throw badClass(oid, expect, obj.klass);
   }
   if (fk.kind === 'tree') {
     return { kind: 'tree', oid, serial: obj.serial, family: fk.family, tree: decodeTreeState(oid, fk.family, obj.state) };
@@ -112,8 +172,8 @@ export function checkBucketCov(oid: Oid, embedded: boolean, keys: readonly bigin
   }
 }
 
-function checkKeyArg(key: bigint, what: string): void {
-  if (typeof key !== 'bigint' || key < KEY_MIN || key > KEY_MAX) throw new BadArgumentError(`${what}: key ${key} is not an int64`);
+function checkKeyArg(key: bigint, root: Oid, op: string): void {
+  if (typeof key !== 'bigint' || key < KEY_MIN || key > KEY_MAX) throw new BadArgumentError(`btree ${hex16(root)}: ${op}: key ${key} is not an int64`);
 }
 
 function tooDeep(oid: Oid): ObjectFormatError {
@@ -132,7 +192,7 @@ function childExpect(t: Extract<TreeState, { form: 'normal' }>, i: number, famil
  * keycov contains `key` (or to an empty tree); it is recorded whether or not the key is present.
  */
 export async function btreeGet(loader: ObjectLoader, root: Oid, key: bigint, at: Tid): Promise<{ value: PyValue | undefined; path: PathNode[] }> {
-  checkKeyArg(key, `btree ${hex16(root)}: get`);
+  checkKeyArg(key, root, 'get');
   const path: PathNode[] = [];
   let lo = KEY_MIN;
   let hi = KEY_MAX;
@@ -140,7 +200,7 @@ export async function btreeGet(loader: ObjectLoader, root: Oid, key: bigint, at:
   let expect: { family?: BTreeFamily; kind?: NodeKind } = { kind: 'tree' };
   for (let depth = 0; ; depth++) {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
     let b: BucketState;
     if (n.kind === 'bucket') {
@@ -178,7 +238,7 @@ export async function btreeMaxKey(loader: ObjectLoader, root: Oid, at: Tid): Pro
 
   const visit = async (oid: Oid, lo: bigint, hi: bigint, expect: { family?: BTreeFamily; kind?: NodeKind }, depth: number): Promise<bigint | undefined> => {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     path.push({ oid, kind: n.kind, serial: n.serial, lo, hi });
     let keys: readonly bigint[] | undefined;
     if (n.kind === 'bucket') {
@@ -240,7 +300,7 @@ async function* btreeBuckets(loader: ObjectLoader, root: Oid, at: Tid, lo: bigin
     depth: number,
   ): AsyncGenerator<Array<[bigint, PyValue]>> {
     if (depth > MAX_DEPTH) throw tooDeep(root);
-    const n = await loadNode(loader, oid, at, expect);
+    const n = knownNode(loader, oid, at, expect) ?? (await loadNode(loader, oid, at, expect));
     let b: BucketState;
     if (n.kind === 'bucket') {
       b = n.bucket;
