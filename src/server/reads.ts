@@ -11,9 +11,10 @@
 //     (NOTIFY_STORE) — only the pages no READ reply delivered, after a short delay that lets
 //     readahead come first — and never from inside a READ (the kernel holds those pages
 //     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end.
-// 2d) prefetch: a READ that reaches past half of its last block starts loading the next
-//     block (one block ahead, one load per block: BlockLoads), so a sequential reader finds it
-//     uploaded instead of waiting at every block boundary. It is an ordinary load (head: 2b,
+// 2d) prefetch: a READ that looks sequential — past half of its last block, or in the block
+//     after the one last read or prefetched — starts loading the next block (one block ahead,
+//     one load per block: BlockLoads), so a sequential reader finds it uploaded instead of
+//     waiting at every block boundary. It is an ordinary load (head: 2b,
 //     headMu nested, tracked, pins; @rev: immutable) that no READ waits for. Head files only
 //     when nobody watches them — policy, not safety: a watcher that comes meanwhile is pinned
 //     by the load's `loaded` hook as for any read; skipping watched files avoids early pins.
@@ -34,6 +35,9 @@ const NEVER = new AbortController().signal; // a prefetch is never abandoned: it
 const EMPTY = new Uint8Array(0);
 
 export class Reads {
+  /** 2d: per file, the block its last READ (or prefetch) ended in. */
+  private readonly lastRead = new WeakMap<BigFile, number>();
+
   constructor(
     private readonly head: Head,
     private readonly isolation: Isolation,
@@ -100,11 +104,20 @@ export class Reads {
 
   // ---- 2d ----
 
-  /** Start loading blk+1 when a READ ending at `end` went past half of blk (head files: headMu held shared). */
+  /**
+   * Start loading blk+1 when the READ ending at `end` in blk looks sequential: it went past
+   * half of blk, or blk follows the block this file last had loaded by a READ or a prefetch
+   * (the READs in between were page-cache or fast-path hits: they never reach JS).
+   * Head files: headMu held shared.
+   */
   private prefetch(f: BigFile, blk: number, end: number): void {
+    const last = this.lastRead.get(f);
+    this.lastRead.set(f, blk);
     const next = blk + 1;
-    if (end - blk * f.blksize <= f.blksize * PREFETCH_FROM || next * f.blksize >= f.size) return;
+    if (next * f.blksize >= f.size) return;
+    if (end - blk * f.blksize <= f.blksize * PREFETCH_FROM && last !== blk - 1) return;
     if (f.loads.get(next) !== undefined || (f.isHead && this.isolation.watched(f.foid))) return;
+    this.lastRead.set(f, next);
     this.stats.Prefetch++;
     // its errors reach the READ of that block, which loads it again
     this.loadBlk(f, next, NEVER).catch(() => {});
