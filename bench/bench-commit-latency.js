@@ -16,7 +16,7 @@
 // To compare without inotify's help there is no switch in the server; to see the effect of
 // the poll interval: WCFS_BENCH_SERVE_ARGS="--poll-ms 50" npm run bench -- latency.
 import path from 'node:path';
-import { WriteTxn, hex16, headPoller, makeDb, nowMs, quantile, runMain, setBlock, sleep, startWcfs, table, tools, workDir } from './util.js';
+import { commitLatencies, hex16, headPoller, makeDb, nowMs, quantile, runMain, startWcfs, table, tools, workDir } from './util.js';
 
 const N = 100;
 const WARMUP = 5;
@@ -38,25 +38,7 @@ async function main() {
     idle.push(nowMs() - t);
   }
 
-  const afterReturn = [];
-  const afterStart = [];
-  const commitMs = [];
-  let firstPoll = 0;
-  for (let i = 0; i < WARMUP + N; i++) {
-    const txn = new WriteTxn(storage);
-    await setBlock(txn, small, 0, Buffer.from(`change ${i}`));
-    const t0 = nowMs();
-    const tid = hex16(await txn.commit());
-    const t1 = nowMs();
-    const seen = await poll.waitFor(tid);
-    if (i >= WARMUP) {
-      afterReturn.push(seen.t - t1);
-      afterStart.push(seen.t - t0);
-      commitMs.push(t1 - t0);
-      if (seen.polls === 1) firstPoll++;
-    }
-    await sleep(10 + Math.random() * 20);
-  }
+  const { afterStart, afterReturn, commitMs, firstPoll } = await commitLatencies(storage, small, poll, { warmup: WARMUP, n: N });
   await poll.close();
   await wcfs.stop();
 

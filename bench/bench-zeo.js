@@ -32,7 +32,7 @@ import { StorageLoader } from '../dist/zodb/db.js';
 import { ZBigFileView } from '../dist/zodb/zbigfile.js';
 import {
   MiB,
-  WriteTxn,
+  commitLatencies,
   hex16,
   headPoller,
   here,
@@ -43,7 +43,6 @@ import {
   rd,
   readAhead,
   runMain,
-  setBlock,
   setReadAhead,
   sleep,
   startWcfs,
@@ -101,21 +100,7 @@ async function commitLatency(storage, small, db, mnt) {
     const poll = await headPoller(wcfs.mnt);
     try {
       await poll.waitFor(hex16(storage.head()));
-      const afterStart = [];
-      const commitMs = [];
-      for (let i = 0; i < WARMUP + N; i++) {
-        const txn = new WriteTxn(storage);
-        await setBlock(txn, small, 0, Buffer.from(`change ${i}`));
-        const t0 = nowMs();
-        const tid = hex16(await txn.commit());
-        const t1 = nowMs();
-        const seen = await poll.waitFor(tid);
-        if (i >= WARMUP) {
-          afterStart.push(seen.t - t0);
-          commitMs.push(t1 - t0);
-        }
-        await sleep(10 + Math.random() * 20);
-      }
+      const { afterStart, commitMs } = await commitLatencies(storage, small, poll, { warmup: WARMUP, n: N });
       return { afterStart, commitMs };
     } finally {
       await poll.close();

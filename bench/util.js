@@ -424,6 +424,35 @@ export async function headPoller(mnt) {
 
 // ---- statistics and printing ----
 
+/**
+ * The commit → head/at loop of the latency benches: warmup + n commits of block 0 of `small`,
+ * 10–30 ms apart, each followed by polls of head/at (`poll`: headPoller) until it shows the new
+ * tid. Per measured commit (ms): started → head/at, returned → head/at, commit() itself; and how
+ * many were already visible at the first poll.
+ */
+export async function commitLatencies(storage, small, poll, { warmup, n }) {
+  const afterStart = [];
+  const afterReturn = [];
+  const commitMs = [];
+  let firstPoll = 0;
+  for (let i = 0; i < warmup + n; i++) {
+    const txn = new WriteTxn(storage);
+    await setBlock(txn, small, 0, Buffer.from(`change ${i}`));
+    const t0 = nowMs();
+    const tid = hex16(await txn.commit());
+    const t1 = nowMs();
+    const seen = await poll.waitFor(tid);
+    if (i >= warmup) {
+      afterReturn.push(seen.t - t1);
+      afterStart.push(seen.t - t0);
+      commitMs.push(t1 - t0);
+      if (seen.polls === 1) firstPoll++;
+    }
+    await sleep(10 + Math.random() * 20);
+  }
+  return { afterStart, afterReturn, commitMs, firstPoll };
+}
+
 export function quantile(xs, q) {
   const s = [...xs].sort((a, b) => a - b);
   if (s.length === 0) return NaN;
