@@ -23,6 +23,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    setupFiles: ['test/setup.ts'], // teardown every file gets (no runzeo left behind)
     // One test file at a time: the FUSE tests assert page-cache residency (mincore), and on a
     // 2-core machine parallel files only add noise to that.
     fileParallelism: false,
