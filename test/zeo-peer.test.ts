@@ -910,6 +910,42 @@ describe.each(MODES)('reconnect and the gap ($name)', ({ enc, unix }) => {
     w2.close();
   });
 
+  it('more pushes while recovering than maxRecoveryBuffer: that attempt is dropped (temporary), the next one recovers', { timeout: 5000 }, async () => {
+    const db = mkDb(T(3));
+    db.txns = [
+      { tid: T(1), oids: [9n] },
+      { tid: T(2), oids: [1n] },
+      { tid: T(3), oids: [2n] },
+    ];
+    let drop!: () => void;
+    const dropped = new Promise<void>((r) => (drop = r));
+    const f = await fake(async (p) => {
+      await p.greet();
+      const m = await p.expectCall('register');
+      if (p.n === 0) {
+        await p.reply(m.msgid, idBytes(T(1)));
+        await p.invalidate(T(2), [1n]);
+        await dropped;
+        return p.hangUp();
+      }
+      await p.reply(m.msgid, idBytes(T(3)));
+      if (p.n === 1) {
+        // >>> five commits pushed before the recovery's first answer: one over the bound of 4
+        for (let i = 0; i < 5; i++) await p.invalidate(T(10 + i), [7n]);
+        return p.whenClosed; // the client hangs up on it
+      }
+      await serve(p, db); // >>> the next attempt: recovery as usual
+    });
+    const s = await open(f, { maxRecoveryBuffer: 4 });
+    const w = s.watch(T(1));
+    expect(await next(w)).toEqual({ tid: T(2), oids: [1n] });
+    drop();
+    expect(await next(w)).toEqual({ tid: T(3), oids: [2n] });
+    expect(f.peers.length).toBe(3);
+    expect(await nothingMore(w)).toBe(true);
+    w.close();
+  });
+
   it('no transactions missed: reconnect without iterating', { timeout: 5000 }, async () => {
     const db = mkDb(T(2), [[0n, 'root', T(1)]]);
     const { f, s, w } = await twoConns(async (p) => {

@@ -28,7 +28,7 @@
 //   ready ⇒ conn registered and every transaction ≤ the server's at0 delivered;
 //   fatal ≠ null ⇒ no reconnect, every watch failed with it, every load/commit throws it;
 //   |ring| ≤ RING_MAX events and its oids total ≤ RING_OIDS_MAX; a connection being set up
-//     holds ≤ BUFFER_MAX pushed events (one more fails that attempt: temporary, retried).
+//     holds ≤ maxRecoveryBuffer pushed events (one more fails that attempt: temporary, retried).
 //
 // Errors: ZeoConnError (temporary), ZeoProtoError / ZeoGapError (fatal), ZeoRemoteError,
 // and the zodb ones (NoObjectError, NoDataError, ConflictError, ClosedError).
@@ -48,9 +48,9 @@ const trace = createDebug('wcfs:zeo');
 
 const RING_MAX = 4096;
 const RING_OIDS_MAX = 1 << 20;
-const OID_BATCH_LOW = 256;
-const BUFFER_MAX = 100_000; // invalidations held while a connection registers and recovers
-const POSKEYERROR = 'ZODB.POSException.POSKeyError'; // refill the pool in the background below this
+const OID_BATCH_LOW = 256; // refill the pool in the background below this
+const BUFFER_MAX = 100_000; // default maxRecoveryBuffer
+const POSKEYERROR = 'ZODB.POSException.POSKeyError';
 
 export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 'signal'> {
   /** Register read-only (never commit). Default false. */
@@ -60,6 +60,8 @@ export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 
   /** Reconnect backoff: first delay, doubling up to the max. Defaults 50 ms, 2 s. */
   backoffMinMs?: number;
   backoffMaxMs?: number;
+  /** Bound on invalidations held while a connection registers and recovers. Default 100 000. */
+  maxRecoveryBuffer?: number;
   /** Where warnings go (connection lost / back). Default stderr. */
   log?: (line: string) => void;
 }
@@ -162,8 +164,8 @@ export class ZeoStorage implements IStorage, ICommitter {
         const ev = parseInvalidation(this.addr, args);
         if (!ready) {
           // bounded: a server committing faster than we recover → drop this attempt, retry
-          if (buffered.length >= BUFFER_MAX)
-            throw new ZeoConnError(this.addr, `more than ${BUFFER_MAX} commits arrived while recovering missed ones; retrying`);
+          const max = this.opts.maxRecoveryBuffer ?? BUFFER_MAX;
+          if (buffered.length >= max) throw new ZeoConnError(this.addr, `more than ${max} commits arrived while recovering missed ones; retrying`);
           buffered.push(ev);
         } else this.deliver(ev);
       },
