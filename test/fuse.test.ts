@@ -291,19 +291,29 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
       const fs = new TestFs([f]);
       await withMount(fs, {}, async (m) => {
         const n = m.session.notifier;
-        await catFile(m, 'big');
-        expect((await n.retrieve(f.ino, 0, 64 * KiB)).equals(f.data.subarray(0, 64 * KiB))).toBe(true);
-        // one RETRIEVE is capped (max_write; 1 MiB here) …
         const nat = (m.session as unknown as { nat: { notifyRetrieve(i: number, o: number, s: number): Promise<Buffer | number> } }).nat;
-        const one = await nat.notifyRetrieve(f.ino, 0, 4 * MiB);
-        expect(typeof one === 'number' ? one : one.length).toBe(m.session.init.maxWrite);
-        // … the Notifier hides it
-        expect((await n.retrieve(f.ino, 2 * MiB, 2 * MiB)).equals(f.data.subarray(2 * MiB, 4 * MiB))).toBe(true);
-        expect((await n.retrieve(f.ino, 0, 8 * MiB)).equals(f.data)).toBe(true);
-
-        await n.invalInode(f.ino, 1 * MiB, 1 * MiB);
-        expect((await n.retrieve(f.ino, 1 * MiB, 64 * KiB)).length).toBe(0);
-        expect((await n.retrieve(f.ino, 0, 4 * MiB)).equals(f.data.subarray(0, 1 * MiB))).toBe(true); // cached prefix only
+        // A RETRIEVE returns the cached prefix of its range, so a page the host reclaims on its
+        // own meanwhile (DAMON, see 'invalInode(range)') shortens it: such an attempt proves
+        // nothing and is run again (at most 5 times); a real bug fails every attempt.
+        for (let attempt = 1; ; attempt++) {
+          await catFile(m, 'big');
+          const got = {
+            first64k: (await n.retrieve(f.ino, 0, 64 * KiB)).equals(f.data.subarray(0, 64 * KiB)),
+            // one RETRIEVE is capped (max_write; 1 MiB here) …
+            oneCapped: await nat.notifyRetrieve(f.ino, 0, 4 * MiB).then((one) => (typeof one === 'number' ? one : one.length)),
+            // … the Notifier hides it
+            middle2m: (await n.retrieve(f.ino, 2 * MiB, 2 * MiB)).equals(f.data.subarray(2 * MiB, 4 * MiB)),
+            whole: (await n.retrieve(f.ino, 0, 8 * MiB)).equals(f.data),
+            // after invalidating [1 MiB, 2 MiB): nothing there, and only the cached prefix before it
+            invalidated: await n.invalInode(f.ino, 1 * MiB, 1 * MiB).then(async () => (await n.retrieve(f.ino, 1 * MiB, 64 * KiB)).length),
+            prefix: (await n.retrieve(f.ino, 0, 4 * MiB)).equals(f.data.subarray(0, 1 * MiB)),
+          };
+          const want = { first64k: true, oneCapped: m.session.init.maxWrite, middle2m: true, whole: true, invalidated: 0, prefix: true };
+          if (JSON.stringify(got) === JSON.stringify(want) || attempt === 5) {
+            expect(got).toEqual(want);
+            break;
+          }
+        }
         const err = await n.retrieve(999, 0, 4096).catch((e: unknown) => e);
         expect(err).toBeInstanceOf(NotifyError);
         expect((err as NotifyError).errno).toBe(errno.ENOENT);
