@@ -69,6 +69,59 @@ export class ByteSink {
 
 const utf8 = new TextEncoder();
 
+// ---- atoms: the opcodes CPython's pickler writes for them (protocol ≥ 2; bytes: ≥ 3) ----
+// Shared by the record Pickler below and ZEO's message pickler (src/zodb/zeo/codec.ts).
+
+/** BININT1 / BININT2 / BININT, else LONG1 / LONG4. */
+export function writeInt(o: ByteSink, v: bigint): void {
+  if (v >= 0n && v <= 0xffn) {
+    o.u8(OP.BININT1);
+    o.u8(Number(v));
+  } else if (v >= 0n && v <= 0xffffn) {
+    o.u8(OP.BININT2);
+    o.u16le(Number(v));
+  } else if (v >= -0x80000000n && v <= 0x7fffffffn) {
+    o.u8(OP.BININT);
+    o.i32le(Number(v));
+  } else {
+    const b = encodeLong(v);
+    if (b.length < 256) {
+      o.u8(OP.LONG1);
+      o.u8(b.length);
+    } else {
+      o.u8(OP.LONG4);
+      o.i32le(b.length);
+    }
+    o.bytes(b);
+  }
+}
+
+/** BINFLOAT. */
+export function writeFloat(o: ByteSink, f: number): void {
+  o.u8(OP.BINFLOAT);
+  o.f64be(f);
+}
+
+/** BINUNICODE (UTF-8). */
+export function writeText(o: ByteSink, s: string): void {
+  const b = utf8.encode(s);
+  o.u8(OP.BINUNICODE);
+  o.u32le(b.length);
+  o.bytes(b);
+}
+
+/** SHORT_BINBYTES / BINBYTES (protocol 3). */
+export function writeBytes(o: ByteSink, b: Uint8Array): void {
+  if (b.length < 256) {
+    o.u8(OP.SHORT_BINBYTES);
+    o.u8(b.length);
+  } else {
+    o.u8(OP.BINBYTES);
+    o.u32le(b.length);
+  }
+  o.bytes(b);
+}
+
 export class Pickler {
   private readonly out = new ByteSink();
   private readonly memo = new Map<string, number>();
@@ -93,18 +146,10 @@ export class Pickler {
     if (v === null) return o.u8(OP.NONE);
     if (v === true) return o.u8(OP.NEWTRUE);
     if (v === false) return o.u8(OP.NEWFALSE);
-    if (typeof v === 'bigint') return this.saveInt(v);
-    if (typeof v === 'number') {
-      o.u8(OP.BINFLOAT);
-      return o.f64be(v);
-    }
-    if (typeof v === 'string') {
-      const b = utf8.encode(v);
-      o.u8(OP.BINUNICODE);
-      o.u32le(b.length);
-      return o.bytes(b);
-    }
-    if (v instanceof Uint8Array) return this.protocol >= 3 ? this.saveBytes(v) : this.saveStr(v);
+    if (typeof v === 'bigint') return writeInt(o, v);
+    if (typeof v === 'number') return writeFloat(o, v);
+    if (typeof v === 'string') return writeText(o, v);
+    if (v instanceof Uint8Array) return this.protocol >= 3 ? writeBytes(o, v) : this.saveStr(v);
     if (v instanceof ByteStr) return this.saveStr(v.bytes);
     if (v instanceof Tuple) return this.saveTuple(v.items);
     if (Array.isArray(v)) {
@@ -137,42 +182,6 @@ export class Pickler {
       return;
     }
     throw new TypeError(`pickle: cannot encode ${typeof v}`);
-  }
-
-  private saveInt(v: bigint): void {
-    const o = this.out;
-    if (v >= 0n && v <= 0xffn) {
-      o.u8(OP.BININT1);
-      o.u8(Number(v));
-    } else if (v >= 0n && v <= 0xffffn) {
-      o.u8(OP.BININT2);
-      o.u16le(Number(v));
-    } else if (v >= -0x80000000n && v <= 0x7fffffffn) {
-      o.u8(OP.BININT);
-      o.i32le(Number(v));
-    } else {
-      const b = encodeLong(v);
-      if (b.length < 256) {
-        o.u8(OP.LONG1);
-        o.u8(b.length);
-      } else {
-        o.u8(OP.LONG4);
-        o.i32le(b.length);
-      }
-      o.bytes(b);
-    }
-  }
-
-  private saveBytes(b: Uint8Array): void {
-    const o = this.out;
-    if (b.length < 256) {
-      o.u8(OP.SHORT_BINBYTES);
-      o.u8(b.length);
-    } else {
-      o.u8(OP.BINBYTES);
-      o.u32le(b.length);
-    }
-    o.bytes(b);
   }
 
   private saveStr(b: Uint8Array): void {

@@ -38,7 +38,7 @@ import { decode as mpDecode, encode as mpEncode } from '@msgpack/msgpack';
 import { BadArgumentError } from '../../errors.js';
 import { p64, u64be } from '../ids.js';
 import { Unpickler } from '../pickle/decode.js';
-import { ByteSink, encodeLong } from '../pickle/encode.js';
+import { ByteSink, writeBytes, writeFloat, writeInt, writeText } from '../pickle/encode.js';
 import { OP } from '../pickle/opcodes.js';
 import { ByteStr, PyDict, Tuple, pyTypeName, type PyValue } from '../pickle/types.js';
 import { ZeoProtoError } from './errors.js';
@@ -163,7 +163,6 @@ export function decodeZeoPickle(payload: Uint8Array): ZValue {
   return fromPy(v);
 }
 
-const utf8 = new TextEncoder();
 const BATCH = 1000; // CPython pickle's BATCHSIZE
 
 /** ZValue → one protocol-3 pickle, as CPython's pickler writes it without a memo. */
@@ -180,28 +179,11 @@ function savePickle(o: ByteSink, v: ZValue): void {
   if (v === null) return o.u8(OP.NONE);
   if (v === true) return o.u8(OP.NEWTRUE);
   if (v === false) return o.u8(OP.NEWFALSE);
-  if (typeof v === 'bigint') return pickleInt(o, v);
-  if (typeof v === 'number') {
-    if (Number.isSafeInteger(v)) return pickleInt(o, BigInt(v));
-    return pickleFloat(o, v);
-  }
-  if (v instanceof ZFloat) return pickleFloat(o, v.value);
-  if (typeof v === 'string') {
-    const b = utf8.encode(v);
-    o.u8(OP.BINUNICODE);
-    o.u32le(b.length);
-    return o.bytes(b);
-  }
-  if (v instanceof Uint8Array) {
-    if (v.length < 256) {
-      o.u8(OP.SHORT_BINBYTES);
-      o.u8(v.length);
-    } else {
-      o.u8(OP.BINBYTES);
-      o.u32le(v.length);
-    }
-    return o.bytes(v);
-  }
+  if (typeof v === 'bigint') return writeInt(o, v);
+  if (typeof v === 'number') return Number.isSafeInteger(v) ? writeInt(o, BigInt(v)) : writeFloat(o, v);
+  if (v instanceof ZFloat) return writeFloat(o, v.value);
+  if (typeof v === 'string') return writeText(o, v);
+  if (v instanceof Uint8Array) return writeBytes(o, v);
   if (v instanceof ZTuple) {
     const it = v.items;
     if (it.length === 0) return o.u8(OP.EMPTY_TUPLE);
@@ -241,34 +223,6 @@ function savePickle(o: ByteSink, v: ZValue): void {
     }
     o.u8(OP.SETITEMS);
   }
-}
-
-function pickleInt(o: ByteSink, v: bigint): void {
-  if (v >= 0n && v <= 0xffn) {
-    o.u8(OP.BININT1);
-    o.u8(Number(v));
-  } else if (v >= 0n && v <= 0xffffn) {
-    o.u8(OP.BININT2);
-    o.u16le(Number(v));
-  } else if (v >= -0x80000000n && v <= 0x7fffffffn) {
-    o.u8(OP.BININT);
-    o.i32le(Number(v));
-  } else {
-    const b = encodeLong(v);
-    if (b.length < 256) {
-      o.u8(OP.LONG1);
-      o.u8(b.length);
-    } else {
-      o.u8(OP.LONG4);
-      o.u32le(b.length);
-    }
-    o.bytes(b);
-  }
-}
-
-function pickleFloat(o: ByteSink, f: number): void {
-  o.u8(OP.BINFLOAT);
-  o.f64be(f);
 }
 
 // ---- msgpack ----
