@@ -7,7 +7,8 @@
 //                  → magic → index: load `.index` + verify, or rebuild by a full scan → catch
 //                  up from the index's pos → tail: a status-'c' or incomplete txn is truncated
 //                  away by a writer, left to the follower by a reader.
-//   2) load      — index → prev chain until tid ≤ at → backpointer chain until data (zodb.md §2.6).
+//   2) load      — index (or, for an older revision, the nearest recent record: recent.ts) →
+//                  prev chain until tid ≤ at → backpointer chain until data (zodb.md §2.6).
 //                  Synchronous preads behind the async API, through a read-ahead window
 //                  (RecordReader, scan.ts): records met in file order (a ZBlk1's chunks) cost
 //                  no syscall, a random record one 8 KiB pread.
@@ -21,6 +22,7 @@
 // Invariants:
 //   topPos = end of the last committed txn we have indexed; FILE_HEADER_SIZE ≤ topPos ≤ size.
 //   index[oid] = position of oid's newest record below topPos (deleted objects included).
+//   recent: per oid, the positions of a suffix of its records below topPos (recent.ts R1).
 //   head = tid of the txn ending at topPos (0n for an empty storage).
 //   Only publish() changes index/topPos/head, synchronously, so every synchronous read sees
 //   one consistent state; nothing at or past topPos is read by load/iterate.
@@ -67,6 +69,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from './fsindex.js';
+import { DEFAULT_RECENT_RECORDS, RecentRecords } from './recent.js';
 import { RecordReader, SeqReader, decodeRecordAt, preadFull, readDataHeader, readFresh, readTxnBefore, scanTxn, type ScanRec, type ScanStep } from './scan.js';
 
 /** Records at least this big are served from an mmap of the file (see FileStorage.mapped). */
@@ -106,6 +109,11 @@ export interface FileStorageOptions {
   warn?: (msg: string) => void;
   /** Virtual size beyond the file's end mapped for big records (see mapped). Default 256 MiB. */
   mapHeadroom?: number;
+  /**
+   * How many published records to remember the positions of, so loads as of recent older
+   * revisions skip the prev walk (recent.ts). Default 2¹⁷; 0 disables.
+   */
+  recentRecords?: number;
   /** Test hooks. */
   hooks?: {
     /** Called in commit after the status-'c' txn is durable and before its status flips. */
@@ -127,6 +135,8 @@ export class FileStorage implements IStorage, ICommitter {
 
   // committed state — written only by open and publish(), both synchronous (no lock needed)
   private index = new FsIndex();
+  /** Positions of the records published since open (or the last pack switch): recent.ts. */
+  private recent: RecentRecords;
   private topPos = FILE_HEADER_SIZE;
   private headTid: Tid = 0n;
   /** Largest oid handed out by newOid() (or seen in the index). */
@@ -171,6 +181,7 @@ export class FileStorage implements IStorage, ICommitter {
     this.readOnly = readOnly;
     this.opts = { pollMs: 1000, garbageMs: 3000, verifyTxns: 10, ...opts };
     this.warn = opts.warn ?? ((msg) => logLine(`wcfs: warning: ${msg}`));
+    this.recent = new RecentRecords(opts.recentRecords ?? DEFAULT_RECENT_RECORDS);
   }
 
   get fileMagic(): Magic {
@@ -438,7 +449,7 @@ export class FileStorage implements IStorage, ICommitter {
 
   /** loadSync over the mmap `m` (covering [0, topPos)): headers parsed in place, data a view. */
   private loadMapped(oid: Oid, at: Tid, m: Uint8Array): LoadResult {
-    const pos = this.index.get(oid);
+    const pos = this.startPos(oid, at);
     if (pos === undefined) throw new NoObjectError(oid, this.path);
     const limit = this.topPos;
     // The common case — the newest record is the one wanted and holds its data — read with two
@@ -483,10 +494,19 @@ export class FileStorage implements IStorage, ICommitter {
     return { data: m.subarray(dpos, dpos + h.plen), serial, where: `${this.path} @${h.pos}` };
   }
 
+  /**
+   * Where a load of oid as of `at` starts its prev walk: the newest record (index) or, for an
+   * older revision, the nearest published record at or above it (recent.ts R1). undefined: no
+   * such oid.
+   */
+  private startPos(oid: Oid, at: Tid): number | undefined {
+    return (at < this.headTid ? this.recent.start(oid, at) : undefined) ?? this.index.get(oid);
+  }
+
   /** load() without the promise: for callers that batch many loads synchronously. */
   loadSync(oid: Oid, at: Tid, transient = false): LoadResult {
     this.checkOpen('load');
-    const pos = this.index.get(oid);
+    const pos = this.startPos(oid, at);
     if (pos === undefined) throw new NoObjectError(oid, this.path);
 
     // Every committed record is followed by ≥ 9 bytes (backpointer or data, then at least the
@@ -803,6 +823,7 @@ export class FileStorage implements IStorage, ICommitter {
       this.rr = new RecordReader(this.fd, this.path);
       this.fmap = undefined; // views of the old map stay valid: the mapping lives while they do
       this.index = index;
+      this.recent = new RecentRecords(this.recent.maxEntries); // positions are the old file's
       this.topPos = pos;
       this.tailSince = 0;
       if (packed > this.packedTo_) this.packedTo_ = packed;
@@ -845,6 +866,7 @@ export class FileStorage implements IStorage, ICommitter {
     const oids: Oid[] = [];
     for (const d of recs) {
       this.index.set(d.oid, d.pos);
+      this.recent.add(d.oid, t.tid, d.pos);
       oids.push(d.oid);
     }
     this.topPos = txnEnd(t);
