@@ -34,11 +34,14 @@ class FakeKernel implements Kernel {
   holdRetrieve: Promise<void> | undefined;
   /** Called at every invalInode, to look at the server's state at that moment. */
   onInval: (() => void) | undefined;
+  /** When set, invalInode waits for it. */
+  holdInval: Promise<void> | undefined;
 
   readonly notifier: Notifier = {
     invalInode: async (ino, off, len) => {
       this.onInval?.();
       this.events.push(off < 0 ? `inval-attr ${ino}` : `inval ${ino} ${off}+${len}`);
+      if (this.holdInval) await this.holdInval;
     },
     invalEntry: async (parent, name) => {
       this.events.push(`inval-entry ${parent} ${name}`);
@@ -63,6 +66,18 @@ class FakeKernel implements Kernel {
       return true;
     },
   };
+
+  /** rel path → indexes of the pages residency() reports cached; holdResidency delays it. */
+  readonly resident = new Map<string, Set<number>>();
+  holdResidency: Promise<void> | undefined;
+  async residency(rel: string, off: number, len: number): Promise<Uint8Array> {
+    this.events.push(`probe ${rel}`);
+    if (this.holdResidency) await this.holdResidency;
+    const first = Math.floor(off / 4096);
+    const out = new Uint8Array(Math.ceil((off + len) / 4096) - first);
+    for (const p of this.resident.get(rel) ?? []) if (p >= first && p - first < out.length) out[p - first] = 1;
+    return out;
+  }
 
   /** Events since the last call. */
   take(): string[] {
@@ -234,5 +249,87 @@ describe('commit processing against a fake kernel', () => {
     await t.published(tid);
     expect(t.k.events.some((e) => e === `put ${head} ${BS}+${BS} =31`)).toBe(true);
     expect(t.k.events.filter((e) => e.startsWith('put')).every((e) => e.endsWith('=31'))).toBe(true);
+  });
+});
+
+describe('untracking (step 5) against a fake kernel', () => {
+  const untrack = (t: Served) => (t.srv as unknown as { untracker: { sweep(stop: () => boolean): Promise<number> } }).untracker.sweep(() => false);
+  const tracked = (t: Served) => t.srv.head.deltaFtail.trackedBlocks(t.foid);
+
+  it('a block the kernel no longer caches is invalidated, then untracked; a cached one stays; a later READ tracks it again', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const rel = `head/bigfile/${hex16(t.foid)}`;
+    // >>> READ #0 and #1 whole; their uploads end (entries dropped)
+    expect((await t.read(head, 0, 2 * BS))[BS]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} 0`) && t.k.events.includes(`drop ${head} ${BS}`));
+    expect(tracked(t)).toEqual([0, 1]);
+    // the kernel still has #0 (one page of it is enough), not #1
+    t.k.resident.set(rel, new Set([BS / 4096 - 1]));
+    const trackedAtInval: number[][] = [];
+    t.k.onInval = () => trackedAtInval.push(tracked(t));
+    t.k.take();
+
+    // >>> sweep: #1 is invalidated while still tracked (5c), then untracked (5d)
+    expect(await untrack(t)).toBe(1);
+    expect(t.k.take()).toEqual([`probe ${rel}`, `inval ${head} ${BS}+${BS}`]);
+    expect(trackedAtInval).toEqual([[0, 1]]);
+    expect(tracked(t)).toEqual([0]);
+    expect(t.srv.statsText().match(/TrackedBlk\t: (\d+)/)?.[1]).toBe('1');
+
+    // >>> commit δ(#0, #1): only the tracked #0 is invalidated (#1 cannot be cached)
+    t.k.onInval = undefined;
+    const tid = await t.commit({ 0: 10, 1: 11 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`inval ${head} 0+${BS}`, `inval-attr ${head}`]);
+    // <<< #1 read again: the new data, tracked again
+    expect((await t.read(head, BS, 4096))[0]).toBe(11);
+    expect(tracked(t)).toEqual([0, 1]);
+  });
+
+  it('a block tracked again while the sweep invalidates it stays tracked (generation guard)', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    expect((await t.read(head, BS, BS))[0]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    let release!: () => void;
+    t.k.holdInval = new Promise((r) => (release = r));
+    t.k.take();
+
+    // >>> the sweep found #1 uncached and is invalidating it (5c) when a READ tracks it again
+    const sweep = untrack(t);
+    await t.until(() => t.k.events.includes(`inval ${head} ${BS}+${BS}`));
+    expect((await t.read(head, BS, BS))[0]).toBe(2);
+    await t.until(() => t.k.events.filter((e) => e === `drop ${head} ${BS}`).length === 1); // its upload is over
+    t.k.holdInval = undefined;
+    release();
+    // <<< 5d leaves it: tracked again after 5b, its pages may be cached now
+    expect(await sweep).toBe(0);
+    expect(tracked(t)).toEqual([1]);
+  });
+
+  it('a block whose load or upload is in flight stays tracked', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 0, 4096))[0]).toBe(1);
+    t.k.take();
+    expect(await untrack(t)).toBe(0);
+    expect(t.k.take()).toEqual([`probe head/bigfile/${hex16(t.foid)}`]);
+    expect(tracked(t)).toEqual([0]);
+  });
+
+  it('a block some watch has pinned stays tracked (a watch setup then unpins exactly as before)', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    expect((await t.read(head, 0, 2 * BS))[0]).toBe(1);
+    await t.until(() => t.k.events.includes(`drop ${head} 0`) && t.k.events.includes(`drop ${head} ${BS}`));
+    // (watches over a link need a mount: here the isolation layer says #0 is pinned)
+    const iso = (t.srv as unknown as { isolation: { pinnedIn(foid: Oid): Set<number> } }).isolation;
+    iso.pinnedIn = () => new Set([0]);
+    t.k.take();
+    expect(await untrack(t)).toBe(1);
+    expect(t.k.take()).toEqual([`probe head/bigfile/${hex16(t.foid)}`, `inval ${head} ${BS}+${BS}`]);
+    expect(tracked(t)).toEqual([0]);
   });
 });

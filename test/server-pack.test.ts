@@ -39,6 +39,8 @@ class FakeKernel implements Kernel {
     retrieve: async () => Buffer.alloc(0),
   };
   readonly blockCache: BlockCache = { put: () => true, drop: () => true };
+  /** Everything cached: the untrack sweep (step 5) leaves every block tracked. */
+  residency = async (_rel: string, off: number, len: number) => new Uint8Array(Math.ceil((off + len) / 4096) - Math.floor(off / 4096)).fill(1);
 }
 
 const ctx = (): RequestContext => ({ signal: new AbortController().signal, interrupted: false });

@@ -89,6 +89,7 @@ describe('tree', () => {
       'TrackedBlk',
       'History',
       'Prefetch',
+      'Untracked',
     ]);
   });
 });

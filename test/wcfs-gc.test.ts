@@ -2,12 +2,17 @@
 // server asks the kernel to drop idle views (INVAL_ENTRY, every --gc-interval), the kernel
 // FORGETs their inodes, and the view leaves the server's tables (.wcfs/stats RevHead,
 // RevFile). A view with an open file stays, and keeps serving; a forgotten one is rebuilt by
-// the next lookup.
+// the next lookup. Head blocks the kernel dropped from its page cache leave ΔFtail
+// (TrackedBlk; server step 5, every --untrack-interval); cached ones stay cached and tracked,
+// and a block read again is tracked again — with the pins its watchers need.
 import { afterAll, describe, expect, it } from 'vitest';
 import { open, readFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hex16, type Tid } from '../src/zodb/ids.js';
+import { spawnSync } from 'node:child_process';
+import { cacheResidency } from '../src/fuse/index.js';
 import { sleep } from './helpers/mount.js';
+import { python } from './helpers/python.js';
 import { BS, stats, TDB } from './helpers/tdb.js';
 import { stopAllServers } from './helpers/wcfs.js';
 
@@ -32,13 +37,21 @@ async function readBlk(fh: FileHandle, blk: number): Promise<Buffer> {
   return b.subarray(0, bytesRead);
 }
 
-/** A database with one file, served with a short --gc-interval. */
-async function served(): Promise<{ t: TDB; foid: bigint }> {
+/** The kernel drops [off, off+len) of path from its page cache (posix_fadvise DONTNEED). */
+function dropCache(path: string, off: number, len: number): void {
+  const prog = 'import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nos.posix_fadvise(fd, int(sys.argv[2]), int(sys.argv[3]), os.POSIX_FADV_DONTNEED)';
+  const p = spawnSync(python(), ['-c', prog, path, String(off), String(len)], { encoding: 'utf8', timeout: 30_000 });
+  if (p.status !== 0) throw new Error(`fadvise ${path}: ${p.stderr || p.error?.message}`);
+}
+
+/** A database with one file (`before` committed first), served with short sweep intervals. */
+async function served(before?: Record<number, number>): Promise<{ t: TDB; foid: bigint }> {
   const t = new TDB();
-  t.serveArgs = ['--gc-interval', String(GC_S)];
+  t.serveArgs = ['--gc-interval', String(GC_S), '--untrack-interval', String(GC_S)];
   try {
     await t.open();
     const foid = await t.newFile('gc');
+    if (before !== undefined) await t.commit([[foid, before]]);
     await t.serve();
     return { t, foid };
   } catch (e) {
@@ -111,6 +124,55 @@ describe('@rev views are forgotten when unused', () => {
       expect(st.RevFile).toBe(0);
       expect(st.TrackedBlk).toBe(0); // nothing was read via head/
       expect(st.History).toBeGreaterThan(0); // history within the retention window is kept
+    } finally {
+      await t.close();
+    }
+  }, 90_000);
+});
+
+describe('head blocks no longer cached are untracked (server step 5)', () => {
+  it('dropped blocks leave ΔFtail, cached ones stay; commits and reads after that keep isolation exact', async () => {
+    const { t, foid } = await served({ 0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 8 });
+    try {
+      const f = hex16(foid);
+      const headPath = t.srv.at(`head/bigfile/${f}`);
+      const residentBlocks = async () => {
+        const pages = await cacheResidency(headPath, 0, 8 * BS);
+        const out: number[] = [];
+        for (let b = 0; b < 8; b++) if (pages.subarray((b * BS) / 4096, ((b + 1) * BS) / 4096).some((x) => x !== 0)) out.push(b);
+        return out;
+      };
+      // >>> a watcher at head; every block read via head (tracked)
+      const l = await t.link();
+      const at1 = await t.commit([[foid, { 8: 9 }]]);
+      await (await open(headPath, 'r')).close(); // looked up: the watch knows the file
+      await t.watch(l, foid, at1);
+      for (let b = 0; b < 8; b++) await t.read(foid, b);
+      expect((await stats(t)).TrackedBlk).toBe(8);
+
+      // >>> the kernel drops #4..#7: they leave ΔFtail; #0..#3 stay cached and tracked
+      dropCache(headPath, 4 * BS, 4 * BS);
+      await untilStat(t, 'TrackedBlk', (v) => v <= 4);
+      expect((await stats(t)).Untracked).toBeGreaterThanOrEqual(4);
+      await sleep(5 * GC_S * 1000); // several sweeps more
+      const resident = await residentBlocks();
+      expect(resident.filter((b) => b < 4).length, `the sweeps must not evict cached blocks (resident: ${resident})`).toBeGreaterThanOrEqual(3);
+      // I1 seen from outside: every block still cached is tracked
+      expect((await stats(t)).TrackedBlk).toBeGreaterThanOrEqual(resident.length);
+
+      // >>> commit δ(#0, #5): the cached #0 is invalidated; #5 is loaded afresh when read; the
+      // watcher at at1 is pinned for both when they are read (TDB checks data and exact pins)
+      const at2 = await t.commit([[foid, { 0: 10, 5: 60 }]]);
+      for (const b of [0, 5, 4]) await t.read(foid, b);
+      expect(l.pinned.get(foid)).toEqual(
+        new Map([
+          [0, t.tail],
+          [5, t.tail],
+        ]),
+      );
+      // <<< the watcher moves to at2: both pins go back to head (exact unpins)
+      await t.watch(l, foid, at2);
+      expect(t.srv.stderr()).not.toMatch(/BUG|warning/);
     } finally {
       await t.close();
     }

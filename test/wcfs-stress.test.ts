@@ -78,7 +78,7 @@ async function stress(nwatchers: number): Promise<void> {
     await t.open();
     const foid = await t.newFile('stress');
     await t.commit([[foid, { 0: 1, 1: 2 }]]);
-    t.serveArgs = ['--gc-interval', '0.2']; // the view sweep runs all along
+    t.serveArgs = ['--gc-interval', '0.2', '--untrack-interval', '0.2']; // the view and untrack sweeps run all along
     await t.serve();
     const file = t.srv.at(`head/bigfile/${hex16(foid)}`);
     statSync(file); // known to wcfs before any watcher asks (else: "file not yet known to wcfs")

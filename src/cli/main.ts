@@ -50,6 +50,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--auto-exit', 'exit when no file has been open for a while (joined servers)')
     .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
     .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')
+    .option('--untrack-interval <seconds>', 'forget the history of head blocks no longer in the page cache this often', '60')
     .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));
   program
     .command('stop')

@@ -21,6 +21,7 @@ export interface ServeOptions {
   autoExit?: boolean;
   pollMs?: string;
   gcInterval?: string;
+  untrackInterval?: string;
 }
 
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
@@ -31,6 +32,8 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   if (!(pinTimeout > 0)) throw new BadArgumentError(`invalid --pintimeout ${JSON.stringify(opts.pintimeout)}: want seconds > 0`);
   const gcInterval = opts.gcInterval === undefined ? 10 : Number(opts.gcInterval.replace(/s$/, ''));
   if (!(gcInterval > 0)) throw new BadArgumentError(`invalid --gc-interval ${JSON.stringify(opts.gcInterval)}: want seconds > 0`);
+  const untrackInterval = opts.untrackInterval === undefined ? 60 : Number(opts.untrackInterval.replace(/s$/, ''));
+  if (!(untrackInterval > 0)) throw new BadArgumentError(`invalid --untrack-interval ${JSON.stringify(opts.untrackInterval)}: want seconds > 0`);
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
 
@@ -58,6 +61,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       autoExit: opts.autoExit,
       storagePollMs: pollMs,
       gcIntervalMs: gcInterval * 1000,
+      untrackIntervalMs: untrackInterval * 1000,
       onFatal: () => (failed = true),
     });
   } catch (e) {

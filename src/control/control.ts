@@ -473,7 +473,7 @@ export function findServerPids(mnt: string): number[] {
 }
 
 /** Options of `wcfs serve` that take a value (src/cli/main.ts). */
-const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval']);
+const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval', '--untrack-interval']);
 
 /** The mountpoint `wcfs serve <args>` run in cwd serves (undefined: not a serve command line). */
 export function serveMountpoint(args: string[], cwd: string): string | undefined {

@@ -17,17 +17,20 @@
 //
 // Invariants:
 //   I1 blk may be in head's page cache ⇒ blk is tracked with its current head path and value
-//      (the server calls track() before data reaches the kernel; tracking never ends).
+//      (the server calls track() before data reaches the kernel, and untracks only blocks the
+//      kernel no longer caches: src/server/untrack.ts). A block tracked again starts afresh:
+//      its history is rebuilt backwards on demand (cheap with the storage's recent records).
 //   I2 update(δZ) reports exactly the tracked blocks that changed in δZ (their paths are
 //      re-descended when δZ touches them, so the head path and value stay current).
 //   I3 changes ∪ "no change in (knownFrom, head] outside changes" is exact; walking back
 //      from `back` (deltatail.md §5.2 path stability) extends it toward tail on demand.
 //   I4 blkRevAt(blk, at) = the last change ≤ at, or tail when none is in (tail, at].
 //
-// Concurrency: the caller serialises track()/queries against update() (the server's head
-// lock: reads and watch setup hold it shared, commit processing exclusive). update() and the
-// queries are async (they may load) — several queries may run at once; they only extend
-// per-block history, which is idempotent.
+// Concurrency: the caller serialises track()/untrack()/queries against update() (the server's
+// head lock: reads, watch setup and untracking hold it shared, commit processing exclusive).
+// update() and the queries are async (they may load) — several queries may run at once; they
+// only extend per-block history, which is idempotent; an untrack meanwhile detaches a block a
+// query may still extend (harmless: nobody reads it after).
 
 import createDebug from 'debug';
 import { isCode } from '../errors.js';
@@ -61,6 +64,8 @@ interface TrackedBlock {
   back: BlkState;
   /** In-flight backward walk (queries share it). */
   extending?: Promise<void>;
+  /** Sequence number of the last track() of this block (untrack's guard). */
+  gen: number;
 }
 
 interface TrackedFile {
@@ -96,6 +101,8 @@ export class DeltaFtail {
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
   /** δZ of (tail, head], ascending. */
   private readonly δZtail: ΔZ[] = [];
+  /** Counts track() calls: TrackedBlock.gen. */
+  private trackSeq = 0;
 
   constructor(
     at0: Tid,
@@ -136,14 +143,35 @@ export class DeltaFtail {
     const st: BlkState = { value: zblk, pathOids: pathOids(path) };
     const b = f.blocks.get(blk);
     debug('track f%s #%d value %s path [%s] revMax %s%s', h(foid), blk, h(zblk), st.pathOids.map(h).join(' '), h(revMax), b ? ' (again)' : '');
+    const gen = ++this.trackSeq;
     if (b === undefined) {
-      f.blocks.set(blk, { head: st, revMax, changes: [], knownFrom: this.headRev, back: st });
+      f.blocks.set(blk, { head: st, revMax, changes: [], knownFrom: this.headRev, back: st, gen });
     } else {
       this.unindex(foid, blk, b.head);
       b.head = st;
+      b.gen = gen;
       if (revMax > b.revMax) b.revMax = revMax;
     }
     this.index(foid, blk, st);
+  }
+
+  /** The sequence number of blk's last track(), undefined when not tracked (see untrack). */
+  trackGen(foid: Oid, blk: number): number | undefined {
+    return this.files.get(foid)?.blocks.get(blk)?.gen;
+  }
+
+  /**
+   * Forget blk (the kernel no longer caches it: the caller keeps I1), unless it was tracked
+   * again since trackGen returned gen. Returns whether it was forgotten. Not during update().
+   */
+  untrack(foid: Oid, blk: number, gen: number): boolean {
+    const f = this.files.get(foid);
+    const b = f?.blocks.get(blk);
+    if (b === undefined || b.gen !== gen) return false;
+    this.unindex(foid, blk, b.head);
+    f!.blocks.delete(blk);
+    debug('untrack f%s #%d', h(foid), blk);
+    return true;
   }
 
   /** Blocks of foid ever read via head, ascending. */

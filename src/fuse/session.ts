@@ -44,6 +44,7 @@ import { capNames, decodeInit, errno, errnoName, FUSE_CAP, type InitInfo, type R
 import { abortConnection, findMount, isFuseMounted, unmountPath } from './mountinfo.js';
 import { KernelNotifier, type Notifier } from './notifier.js';
 import { OPS, type OpSpec } from './ops.js';
+import { cacheResidency } from './pagecache.js';
 
 const debug = createDebug('wcfs:fuse');
 
@@ -195,6 +196,15 @@ export class FuseSession {
 
   get isClosed(): boolean {
     return this.exit !== undefined;
+  }
+
+  /**
+   * Page-cache residency of [off, off+len) of the file at `rel` (relative to the mount root),
+   * one byte per page (1 = cached and up to date): mincore through our own mount, on a native
+   * thread (self-access rule above). Opening the file makes the kernel send LOOKUP/OPEN/RELEASE.
+   */
+  residency(rel: string, off: number, len: number): Promise<Uint8Array> {
+    return cacheResidency(`${this.mountpoint}/${rel}`, off, len);
   }
 
   /**

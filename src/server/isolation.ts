@@ -92,6 +92,13 @@ export class Isolation {
     for (const byFile of this.linkWatches.values()) yield* byFile.values();
   }
 
+  /** Blocks of file foid that some watch has pinned to a revision (untrack.ts leaves them be). */
+  pinnedIn(foid: Oid): Set<number> {
+    const out = new Set<number>();
+    for (const w of this.watches()) if (w.file.foid === foid) for (const [blk, p] of w.pinned) if (p.rev !== null) out.add(blk);
+    return out;
+  }
+
   pinnedBlocks(): number {
     let n = 0;
     for (const w of this.watches()) for (const p of w.pinned.values()) if (p.rev !== null) n++;

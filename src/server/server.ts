@@ -15,12 +15,15 @@
 // 4) Failure: a change of a tracked ZBigFile object itself, or any failure of the storage
 //    watch or of an invalidation, is fatal: the server logs it, aborts the FUSE connection
 //    (clients get ENOTCONN — never stale data) and reports onFatal.
+// 5) Untrack (untrack.ts): every gcInterval, head blocks the kernel no longer caches leave
+//    ΔFtail (probe, invalidate, then untrack what nothing tracked again meanwhile: I1).
 // Head state (head.ts): headMu, its UploadGate, head revision, head files, ΔFtail, head/at.
 // Isolation (isolation.ts): watches and pins, over the watch links (wlink.ts).
 //
 // Invariants (each kept by the file named):
 //   I1 (ΔFtail) a head block may be in the page cache ⇒ it is tracked (reads.ts 2b: tracked
-//      before the reply, under headMu shared; commit.ts 3b invalidates every reported block).
+//      before the reply, under headMu shared; commit.ts 3b invalidates every reported block;
+//      untrack.ts forgets only blocks it made sure are not cached).
 //   I2 head revision, head files' views, sizes, mtimes change together, synchronously, at
 //      the end of 3a (head.ts advance): every READ that gets headMu after 3a is answered
 //      from the new head.
@@ -79,6 +82,7 @@ import { Head } from './head.js';
 import { Isolation } from './isolation.js';
 import { Reads } from './reads.js';
 import { INO_ROOT, Tree, TTL, type FsNode } from './tree.js';
+import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
 
 const debug = createDebug('wcfs:server');
@@ -94,6 +98,11 @@ export interface ServerOptions {
   autoExitDelayMs?: number;
   /** How often idle @rev/ views are dropped from the kernel's caches (so collected) [10 s]. */
   gcIntervalMs?: number;
+  /**
+   * How often head blocks the kernel no longer caches are untracked (step 5) [60 s]; checked
+   * at each gcInterval sweep.
+   */
+  untrackIntervalMs?: number;
   /** Storage options (tests poll faster). */
   storagePollMs?: number;
   /** Extra FUSE mount options. */
@@ -110,6 +119,8 @@ export interface Kernel {
   readonly blockCache: BlockCache;
   /** The connection ended: notifications fail, nothing is cached any more. */
   readonly isClosed: boolean;
+  /** Page-cache residency of a file of the mount (`rel` from its root), a byte per page. */
+  residency(rel: string, off: number, len: number): Promise<Uint8Array>;
 }
 
 /** Counters of .wcfs/stats (wcfs-server.md §1.5), in their fixed order. */
@@ -128,6 +139,8 @@ export interface Stats {
   History: number;
   /** Blocks loaded ahead of a sequential reader (reads.ts 2d). */
   Prefetch: number;
+  /** Head blocks untracked because the kernel no longer cached them (step 5), in all. */
+  Untracked: number;
 }
 
 export class WcfsServer implements FileSystem {
@@ -154,6 +167,7 @@ export class WcfsServer implements FileSystem {
     TrackedBlk: 0,
     History: 0,
     Prefetch: 0,
+    Untracked: 0,
   };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
@@ -164,6 +178,7 @@ export class WcfsServer implements FileSystem {
   private tree!: Tree;
   private reads!: Reads;
   private commits!: Commits;
+  private untracker!: Untracker;
 
   /** Open head/watch handles by fh (until RELEASE); a closed link still answers EOF. */
   private readonly links = new Map<number, WatchLink>();
@@ -179,6 +194,8 @@ export class WcfsServer implements FileSystem {
   private readonly gcIntervalMs: number;
   private gcTimer: NodeJS.Timeout | undefined;
   private sweeping = false;
+  /** Date.now() of the last untrack pass (step 5). */
+  private lastUntrack = Date.now();
   private resolveDone!: () => void;
 
   private constructor(opts: ServerOptions, storage: IStorage) {
@@ -282,6 +299,13 @@ export class WcfsServer implements FileSystem {
     });
     this.watch = this.storage.watch(this.head.at);
     this.unsubPacked = this.storage.onPacked?.((p) => this.packed(p));
+    this.untracker = new Untracker({
+      head: this.head,
+      kernel,
+      pinnedIn: (foid) => this.isolation.pinnedIn(foid),
+      stats: this.stats,
+      warn: (msg) => this.warn(msg),
+    });
     void this.commits.serve(this.watch);
     if (this.opts.autoExit) this.armAutoExit(10_000);
     this.gcTimer = setInterval(() => void this.sweep(), this.gcIntervalMs);
@@ -416,12 +440,18 @@ export class WcfsServer implements FileSystem {
 
   // ---- sweep ----
 
-  /** Every gcInterval, one at a time: idle @rev/ views (tree.ts, I7). */
+  /** Every gcInterval, one at a time: idle @rev/ views (tree.ts, I7), then untracking (step 5). */
   private async sweep(): Promise<void> {
     if (this.sweeping || this.stopping) return;
     this.sweeping = true;
     try {
       await this.tree.sweepViews(this.gcIntervalMs, () => this.stopping);
+      if (Date.now() - this.lastUntrack >= (this.opts.untrackIntervalMs ?? 60_000)) {
+        this.lastUntrack = Date.now();
+        await this.untracker.sweep(() => this.stopping);
+      }
+    } catch (e) {
+      if (!this.stopping) this.warn(`sweep: ${(e as Error).message}`);
     } finally {
       this.sweeping = false;
     }
