@@ -49,6 +49,7 @@ const { values: opt } = parseArgs({
     readers: { type: 'string', default: '2' },
     rate: { type: 'string', default: '60' },
     pintimeout: { type: 'string', default: '3' },
+    'untrack-interval': { type: 'string', default: '2' },
     faulty: { type: 'string', default: '1' },
     seed: { type: 'string', default: process.env.WCFS_SEED ?? String(Date.now() % 1e9) },
   },
@@ -90,9 +91,11 @@ const wrong = (what) => {
   if (total.errors.length < 20) total.errors.push(what);
   log(`soak: WRONG: ${what}`);
 };
-const readDone = (ms) => {
+const readDone = (ms, kind = 'read') => {
   total.reads++;
   minute.reads++;
+  if (ms > minute.stallReadMs) minute.stallReadKind = kind;
+  if (ms > total.stallReadMs) total.stallReadKind = kind;
   minute.stallReadMs = Math.max(minute.stallReadMs, ms);
   total.stallReadMs = Math.max(total.stallReadMs, ms);
 };
@@ -121,7 +124,18 @@ const foidHex = hex16(foid);
 const children = new Set();
 const srv = spawn(
   process.execPath,
-  [path.join(root, 'bin', 'wcfs.js'), 'serve', '--pintimeout', String(PIN_TIMEOUT), '--gc-interval', '2', '--untrack-interval', '2', dbPath, mnt],
+  [
+    path.join(root, 'bin', 'wcfs.js'),
+    'serve',
+    '--pintimeout',
+    String(PIN_TIMEOUT),
+    '--gc-interval',
+    '2',
+    '--untrack-interval',
+    opt['untrack-interval'],
+    dbPath,
+    mnt,
+  ],
   {
     stdio: ['ignore', 'ignore', 'pipe'],
   },
@@ -237,7 +251,8 @@ function uniform(b) {
 async function reader(id) {
   while (running()) {
     const t0 = Date.now();
-    if (rand() < 0.5) {
+    const onHead = rand() < 0.5;
+    if (onHead) {
       // head/: some revision in [head/at before, last commit after]
       const { h: h0, i: lo } = await headIdx();
       const fh = await open(headFile, 'r');
@@ -290,7 +305,7 @@ async function reader(id) {
         await fh.close();
       }
     }
-    readDone(Date.now() - t0);
+    readDone(Date.now() - t0, onHead ? 'head/ read' : '@rev/ read');
     await sleep(5);
   }
 }
@@ -324,7 +339,7 @@ class Client {
     const fills = fillsAt(tidHex);
     const bad = (await this.call({ check: fills })).bad;
     total.checks++;
-    readDone(Date.now() - t0);
+    readDone(Date.now() - t0, 'client check');
     for (const blk of bad) wrong(`client ${this.id} @${tidHex}: block #${blk} differs from the model (want ${fills[blk]})`);
   }
 }
@@ -412,7 +427,7 @@ async function reporter() {
       const st = serverStats();
       log(
         `min ${m}: commits ${minute.commits} reads ${minute.reads} pins ${st.pin} kills ${st.pinkill} wrong ${minute.wrong} ` +
-          `stall head/at ${minute.stallHeadMs} ms read ${minute.stallReadMs} ms rss anon ${(rss[rss.length - 1] / 1024).toFixed(1)} MiB ` +
+          `stall head/at ${minute.stallHeadMs} ms read ${minute.stallReadMs} ms (${minute.stallReadKind ?? '-'}) rss anon ${(rss[rss.length - 1] / 1024).toFixed(1)} MiB ` +
           `(VmRSS ${(statusKiB('VmRSS') / 1024).toFixed(1)}) ` +
           `views ${st.RevHead} tracked ${st.TrackedBlk} (untracked ${st.Untracked}) history ${st.History} (${((Date.now() - started) / 1000).toFixed(0)} s)`,
       );
@@ -498,7 +513,7 @@ result.pass =
   (!result.rssJudged || result.rssGrowth <= 0.1);
 log(
   `soak: ${result.pass ? 'PASS' : 'FAIL'}: ${total.commits} commits (${result.commitsPerS}/s), ${total.reads} reads, ${total.pins} pins, ${total.kills} kills, ` +
-    `${total.wrong} wrong (${total.staleEof} stale EOF), stall head/at ${total.stallHeadMs} ms read ${total.stallReadMs} ms (limit ${stallLimitMs}), RssAnon ${result.rssMidMiB} → ${result.rssEndMiB} MiB (${(result.rssGrowth * 100).toFixed(1)}%, ${result.rssJudged ? 'limit 10%' : `not judged: runs under ${RSS_MIN_MINUTES} min measure the warm-up`})`,
+    `${total.wrong} wrong (${total.staleEof} stale EOF), stall head/at ${total.stallHeadMs} ms read ${total.stallReadMs} ms (${total.stallReadKind ?? '-'}; limit ${stallLimitMs}), RssAnon ${result.rssMidMiB} → ${result.rssEndMiB} MiB (${(result.rssGrowth * 100).toFixed(1)}%, ${result.rssJudged ? 'limit 10%' : `not judged: runs under ${RSS_MIN_MINUTES} min measure the warm-up`})`,
 );
 if (failure) log(`soak: ${result.failure}`);
 log('SOAK ' + JSON.stringify(result));

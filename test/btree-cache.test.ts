@@ -76,6 +76,49 @@ describe('NodeCache', () => {
     expect(c.stats()).toMatchObject({ hits: 6, serialHits: 2, misses: 0 });
   });
 
+  it('many serials of one oid, put in any order: find/get agree with the history (seeded random)', () => {
+    const rand = rng(SEED);
+    for (let round = 0; round < 20; round++) {
+      // the true history: per oid its ascending serials; a load as of `at` returns serialAt(at)
+      const hist = new Map<Oid, Tid[]>();
+      for (let oid = 1n; oid <= 3n; oid++) {
+        const ss = new Set<bigint>();
+        for (let i = 0; i < 200; i++) ss.add(BigInt(1 + Math.floor(rand() * 5000)));
+        hist.set(
+          oid,
+          [...ss].sort((a, b) => (a < b ? -1 : 1)),
+        );
+      }
+      const serialAt = (oid: Oid, at: Tid) => [...hist.get(oid)!].reverse().find((x) => x <= at);
+      const next = (oid: Oid, serial: Tid) => hist.get(oid)!.find((x) => x > serial) ?? 10_000n;
+      const small = round % 2 === 1; // odd rounds evict: answers must still be right
+      const c = new NodeCache(small ? approxNodeBytes(bucketNode(1n, 1n, 2)) * 40 : 1 << 30);
+      const known = new Map<string, Tid>(); // `${oid} ${serial}` → knownTo (no eviction only)
+      for (let step = 0; step < 2000; step++) {
+        const oid = BigInt(1 + Math.floor(rand() * 3));
+        const at = BigInt(Math.floor(rand() * 5200));
+        const s = serialAt(oid, at);
+        const what = `seed ${SEED} round ${round} step ${step}: oid ${oid} at ${at}`;
+        const r = rand();
+        if (r < 0.4 && s !== undefined) {
+          // a load as of at returned s: put or get, knownTo = at (never past the next serial)
+          const n = c.get(oid, s, at) ?? c.put(bucketNode(oid, s, 2), at);
+          expect(n.serial, what).toBe(s);
+          const k = `${oid} ${s}`;
+          known.set(k, (known.get(k) ?? s) > at ? known.get(k)! : at);
+        } else {
+          const n = c.find(oid, at);
+          if (n !== undefined) expect(n.serial, what).toBe(s);
+          if (!small) {
+            const kt = s === undefined ? undefined : known.get(`${oid} ${s}`);
+            expect(n !== undefined, `${what} (known to ${kt})`).toBe(kt !== undefined && at <= kt && at < next(oid, s!));
+          }
+        }
+      }
+      expect(c.stats().bytes).toBeLessThanOrEqual(c.maxBytes);
+    }
+  });
+
   it('evicts least recently used first and stays within its byte bound', () => {
     const one = approxNodeBytes(bucketNode(1n, 1n, 10));
     const c = new NodeCache(3 * one); // room for three

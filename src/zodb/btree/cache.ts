@@ -41,8 +41,6 @@ interface Entry {
   knownTo: Tid;
   node: LoadedNode;
   bytes: number;
-  /** Another cached serial of the same oid. */
-  sibling: Entry | null;
   /** LRU list: prev = more recently used. */
   prev: Entry | null;
   next: Entry | null;
@@ -111,7 +109,8 @@ function freezeNode(n: LoadedNode): LoadedNode {
 
 /** LRU cache of decoded BTree nodes keyed by (oid, serial), bounded by approximate bytes. */
 export class NodeCache {
-  private readonly byOid = new Map<Oid, Entry>();
+  /** Per oid its cached serials, ascending (binary search: a hot root has thousands). */
+  private readonly byOid = new Map<Oid, Entry[]>();
   private mru: Entry | null = null; // most recently used
   private lru: Entry | null = null; // least recently used
   private bytes_ = 0;
@@ -134,14 +133,17 @@ export class NodeCache {
 
   /** The node current as of `at` if that is known without a load (see knownTo), marked used. */
   find(oid: Oid, at: Tid): LoadedNode | undefined {
-    for (let e = this.byOid.get(oid) ?? null; e !== null; e = e.sibling) {
-      if (e.serial <= at && at <= e.knownTo) {
-        this.hits++;
-        this.touch(e);
-        return e.node;
-      }
-    }
-    return undefined;
+    const es = this.byOid.get(oid);
+    if (es === undefined) return undefined;
+    // the newest cached serial ≤ at is the only one that can cover at: an older entry known
+    // current up to at would contradict that newer record (known ranges never overlap)
+    const i = upperBound(es, at) - 1;
+    if (i < 0) return undefined;
+    const e = es[i]!;
+    if (at > e.knownTo) return undefined;
+    this.hits++;
+    this.touch(e);
+    return e.node;
   }
 
   /**
@@ -150,13 +152,14 @@ export class NodeCache {
    * entry's known range.
    */
   get(oid: Oid, serial: Tid, knownTo: Tid = serial): LoadedNode | undefined {
-    for (let e = this.byOid.get(oid) ?? null; e !== null; e = e.sibling) {
-      if (e.serial === serial) {
-        this.serialHits++;
-        if (knownTo > e.knownTo) e.knownTo = knownTo;
-        this.touch(e);
-        return e.node;
-      }
+    const es = this.byOid.get(oid);
+    const i = es === undefined ? -1 : upperBound(es, serial) - 1;
+    if (i >= 0 && es![i]!.serial === serial) {
+      const e = es![i]!;
+      this.serialHits++;
+      if (knownTo > e.knownTo) e.knownTo = knownTo;
+      this.touch(e);
+      return e.node;
     }
     this.misses++;
     return undefined;
@@ -171,12 +174,13 @@ export class NodeCache {
     freezeNode(node);
     const bytes = approxNodeBytes(node);
     if (bytes > this.maxBytes) return node;
-    const first = this.byOid.get(node.oid);
-    for (let e = first ?? null; e !== null; e = e.sibling) {
-      if (e.serial === node.serial) {
-        if (knownTo > e.knownTo) e.knownTo = knownTo;
-        return e.node;
-      }
+    let es = this.byOid.get(node.oid);
+    if (es === undefined) this.byOid.set(node.oid, (es = []));
+    const i = upperBound(es, node.serial); // insert before i (usually the end: serials grow)
+    if (i > 0 && es[i - 1]!.serial === node.serial) {
+      const e = es[i - 1]!;
+      if (knownTo > e.knownTo) e.knownTo = knownTo;
+      return e.node;
     }
     const e: Entry = {
       oid: node.oid,
@@ -184,11 +188,11 @@ export class NodeCache {
       knownTo: knownTo > node.serial ? knownTo : node.serial,
       node,
       bytes,
-      sibling: first ?? null,
       prev: null,
       next: null,
     };
-    this.byOid.set(node.oid, e);
+    if (i === es.length) es.push(e);
+    else es.splice(i, 0, e);
     this.pushFront(e);
     this.bytes_ += bytes;
     this.count++;
@@ -224,16 +228,9 @@ export class NodeCache {
 
   private evict(e: Entry): void {
     this.unlink(e);
-    // drop e from its oid's sibling chain
-    const first = this.byOid.get(e.oid)!;
-    if (first === e) {
-      if (e.sibling === null) this.byOid.delete(e.oid);
-      else this.byOid.set(e.oid, e.sibling);
-    } else {
-      let p = first;
-      while (p.sibling !== e) p = p.sibling!;
-      p.sibling = e.sibling;
-    }
+    const es = this.byOid.get(e.oid)!;
+    if (es.length === 1) this.byOid.delete(e.oid);
+    else es.splice(upperBound(es, e.serial) - 1, 1);
     this.bytes_ -= e.bytes;
     this.count--;
     this.evictions++;
@@ -254,4 +251,16 @@ export class NodeCache {
     this.mru = e;
     if (this.lru === null) this.lru = e;
   }
+}
+
+/** Index of the first entry with serial > t (es ascending by serial). */
+function upperBound(es: readonly Entry[], t: Tid): number {
+  let lo = 0;
+  let hi = es.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (es[mid]!.serial <= t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
