@@ -43,6 +43,9 @@ class MemReader extends SeqReader {
   override view(pos: number, n: number): Uint8Array | null {
     return pos + n > this.bytes.length ? null : this.bytes.subarray(pos, pos + n);
   }
+  override peek(pos: number, n: number): Uint8Array | null {
+    return this.view(pos, n);
+  }
 }
 
 /** f() → its value, or the CorruptError it threw (anything else fails the test). */
