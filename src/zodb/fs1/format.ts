@@ -223,11 +223,12 @@ export function decodeDataHeader(b: Uint8Array, off: number, pos: number, file: 
 
 /** A data record belongs to the txn it was found in and does not overrun it. */
 export function checkDataInTxn(d: DataHeader, t: TxnHeader, file: string): void {
-  const what = `data record oid ${h16(d.oid)} (txn ${h16(t.tid)} @${t.pos})`;
-  if (d.tid !== t.tid) throw new CorruptError(file, d.pos, `${what}: tid ${h16(d.tid)} ≠ txn tid`);
-  if (d.tloc !== t.pos) throw new CorruptError(file, d.pos, `${what}: txn position ${d.tloc} ≠ ${t.pos}`);
+  // the message is built only on failure: this runs for every record of an index rebuild
+  const what = () => `data record oid ${h16(d.oid)} (txn ${h16(t.tid)} @${t.pos})`;
+  if (d.tid !== t.tid) throw new CorruptError(file, d.pos, `${what()}: tid ${h16(d.tid)} ≠ txn tid`);
+  if (d.tloc !== t.pos) throw new CorruptError(file, d.pos, `${what()}: txn position ${d.tloc} ≠ ${t.pos}`);
   if (d.pos + dataRecordLen(d) > txnDataEnd(t)) {
-    throw new CorruptError(file, d.pos, `${what}: data length ${d.plen} overruns the txn (ends @${txnDataEnd(t)})`);
+    throw new CorruptError(file, d.pos, `${what()}: data length ${d.plen} overruns the txn (ends @${txnDataEnd(t)})`);
   }
 }
 
