@@ -19,7 +19,8 @@ import { openStorage } from '../src/zodb/open.js';
 import type { IWritableStorage } from '../src/zodb/storage.js';
 import { ZBigFileView, createZBigFile, ensureRoot, setBlock } from '../src/zodb/zbigfile.js';
 import { makeTmpDir } from './helpers/tmp.js';
-import { fcParams } from './helpers/fuzz.js';
+import { fcParams, seedOr } from './helpers/fuzz.js';
+import { rng } from '../src/util/rng.js';
 import { FHist, type BlkWrite } from './helpers/fhist.js';
 
 const BS = 4096;
@@ -309,4 +310,55 @@ describe('ΔFtail', () => {
       tmp.cleanup();
     }
   }, 120_000);
+
+  it('a long stream with a sliding tail (history compacted) and blocks untracked and tracked again: exact revisions', async () => {
+    const tmp = makeTmpDir();
+    const s = (await openStorage(path.join(tmp.dir, 'long.fs'), { create: true })) as IWritableStorage;
+    try {
+      await ensureRoot(s);
+      const txn = new WriteTxn(s);
+      const foid = createZBigFile(txn, BS);
+      await setBlock(txn, foid, 0, new Uint8Array(BS).fill(1), { format: 'ZBlk0' });
+      const t0 = await txn.commit();
+      const loader = new StorageLoader(s);
+      const view = await ZBigFileView.open(loader, foid, t0);
+      const b0 = await view.loadBlock(0);
+      const zblk = b0.zblk!.oid;
+      const δF = new DeltaFtail(t0, loader);
+      δF.trackFile(foid, view.blktab, (await view.size()).path);
+      δF.track(foid, 0, b0.path, zblk, b0.revMax);
+      // synthetic commits after t0 (no path node in them: no loads): every 7th stores block 0's
+      // ZBlk (a content change), the others unrelated objects; the tail follows 100 behind
+      const WINDOW = 100n;
+      const changes: Tid[] = [];
+      const rand = rng(seedOr(3));
+      for (let i = 1n; i <= 9000n; i++) {
+        const tid = t0 + 3n * i; // gaps: tid − 1 is never a commit, nor is the tail
+        const d = await δF.update(tid, i % 7n === 0n ? [zblk] : [1_000_000n + i]);
+        expect(d.get(foid)?.blocks.has(0) ?? false, `@+${i}`).toBe(i % 7n === 0n);
+        if (i % 7n === 0n) changes.push(tid);
+        δF.forgetPast(tid - 3n * WINDOW + 1n); // a tail between commits
+        if (i % 500n === 0n) {
+          // untrack and track again: the history is rebuilt from the (compacted) δZ log
+          if (rand() < 0.8) {
+            expect(δF.untrack(foid, 0, δF.trackGen(foid, 0)!)).toBe(true);
+            δF.track(foid, 0, b0.path, zblk, tid);
+          }
+          expect(δF.sizes().history).toBe(Number(WINDOW));
+          const tail = δF.tail();
+          expect(await δF.blkRevAt(foid, 0, tail), `@+${i}: blkRevAt @tail`).toBe(tail); // nothing at or below tail is known
+          for (let k = 0; k < 20; k++) {
+            const at = tail + BigInt(Math.floor(rand() * Number(3n * WINDOW + 1n)));
+            const want = changes.filter((c) => c <= at && c > tail).pop() ?? tail;
+            expect(await δF.blkRevAt(foid, 0, at), `@+${i}: blkRevAt @${at - t0}`).toBe(want);
+          }
+          const lo = tail + BigInt(Math.floor(rand() * Number(3n * WINDOW)));
+          expect([...(await δF.changedSince(foid, lo))], `@+${i}: changedSince @${lo - t0}`).toEqual(changes.some((c) => c > lo) ? [0] : []);
+        }
+      }
+    } finally {
+      await s.close();
+      tmp.cleanup();
+    }
+  }, 60_000);
 });

@@ -7,7 +7,7 @@
 // δF = per-file changes derived from δZ, (tail, head] = the history window.
 //
 // State:
-//   δZtail       the δZ of every commit in (tail, head]
+//   δZtail       the δZ of every commit in (tail, head] (from index δZfirst on)
 //   per file     blktab oid, size-path oids, tracked blocks
 //   per block    value = blktab[blk] at head (ZBlk oid, null = hole) and the path to it;
 //                changes = ascending revisions in (knownFrom, head] at which blk changed;
@@ -99,8 +99,12 @@ export class DeltaFtail {
   private readonly nodeIdx = new Map<Oid, Map<Oid, Set<number>>>();
   /** oid → files whose size path contains oid. */
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
-  /** δZ of (tail, head], ascending. */
-  private readonly δZtail: ΔZ[] = [];
+  /**
+   * δZ of (tail, head], ascending, from index δZfirst on: forgetPast advances δZfirst and
+   * compacts now and then (a splice per commit moved the whole window: O(window) per commit).
+   */
+  private δZtail: ΔZ[] = [];
+  private δZfirst = 0;
   /** Counts track() calls: TrackedBlock.gen. */
   private trackSeq = 0;
 
@@ -266,7 +270,7 @@ export class DeltaFtail {
    * blksize/blktab replaced), if any: an "epoch" the isolation protocol cannot cross.
    */
   epochIn(foid: Oid, lo: Tid): Tid | undefined {
-    for (let i = this.δZtail.length - 1; i >= 0; i--) {
+    for (let i = this.δZtail.length - 1; i >= this.δZfirst; i--) {
       const z = this.δZtail[i]!;
       if (z.tid <= lo) break;
       if (z.oids.has(foid)) return z.tid;
@@ -278,7 +282,7 @@ export class DeltaFtail {
   sizes(): { trackedBlocks: number; history: number } {
     let n = 0;
     for (const f of this.files.values()) n += f.blocks.size;
-    return { trackedBlocks: n, history: this.δZtail.length };
+    return { trackedBlocks: n, history: this.δZtail.length - this.δZfirst };
   }
 
   /** Forget history at and before rev (tail moves forward only). */
@@ -286,9 +290,13 @@ export class DeltaFtail {
     if (rev <= this.tailRev) return;
     if (rev > this.headRev) rev = this.headRev;
     this.tailRev = rev;
-    let n = 0;
+    let n = this.δZfirst;
     while (n < this.δZtail.length && this.δZtail[n]!.tid <= rev) n++;
-    this.δZtail.splice(0, n);
+    this.δZfirst = n;
+    if (n > 4096 && n * 2 > this.δZtail.length) {
+      this.δZtail = this.δZtail.slice(n);
+      this.δZfirst = 0;
+    }
     for (const f of this.files.values()) {
       for (const b of f.blocks.values()) {
         while (b.changes.length > 0 && b.changes[0]! <= rev) b.changes.shift();
@@ -307,10 +315,13 @@ export class DeltaFtail {
   private extendBack(f: TrackedFile, blk: number, b: TrackedBlock, lo: Tid): Promise<void> {
     if (b.extending) return b.extending;
     b.extending = (async () => {
-      let i = this.δZtail.length - 1;
-      while (i >= 0 && this.δZtail[i]!.tid > b.knownFrom) i--;
-      for (; i >= 0 && b.knownFrom > lo && b.knownFrom > this.tailRev; i--) {
-        const z = this.δZtail[i]!;
+      // (update/forgetPast never run meanwhile: the caller's lock; the array is captured anyway)
+      const zs = this.δZtail;
+      const first = this.δZfirst;
+      let i = zs.length - 1;
+      while (i >= first && zs[i]!.tid > b.knownFrom) i--;
+      for (; i >= first && b.knownFrom > lo && b.knownFrom > this.tailRev; i--) {
+        const z = zs[i]!;
         const cur = b.back;
         let changed = cur.value !== null && z.oids.has(cur.value);
         let prev = cur;
@@ -329,7 +340,7 @@ export class DeltaFtail {
         b.back = prev;
         b.knownFrom = z.tid - 1n;
       }
-      if (i < 0 && b.knownFrom > this.tailRev) b.knownFrom = this.tailRev; // no more commits: nothing changed down to tail
+      if (i < first && b.knownFrom > this.tailRev) b.knownFrom = this.tailRev; // no more commits: nothing changed down to tail
     })().finally(() => (b.extending = undefined));
     return b.extending;
   }
