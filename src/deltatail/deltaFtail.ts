@@ -293,7 +293,8 @@ export class DeltaFtail {
     let n = this.δZfirst;
     while (n < this.δZtail.length && this.δZtail[n]!.tid <= rev) n++;
     this.δZfirst = n;
-    if (n > 4096 && n * 2 > this.δZtail.length) {
+    if (n >= 4096) {
+      // at most 4096 forgotten entries stay behind: O(window) every 4096 commits
       this.δZtail = this.δZtail.slice(n);
       this.δZfirst = 0;
     }
