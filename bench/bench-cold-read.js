@@ -134,7 +134,9 @@ async function main() {
     verdict(`wcfs @rev ÷ C at ra_kb ${ra}`, q.rev, 0.9);
   }
   const later = ratio.get(raDefault).headMBs;
-  console.log(`wcfs head/bigfile, first read after server start (1 sample, ra_kb ${raDefault}): ${firstMBs.toFixed(0)} MB/s; a later cold read ${later.toFixed(0)} MB/s`);
+  console.log(
+    `wcfs head/bigfile, first read after server start (1 sample, ra_kb ${raDefault}): ${firstMBs.toFixed(0)} MB/s; a later cold read ${later.toFixed(0)} MB/s`,
+  );
   verdict('first cold read after start ÷ a later cold read', firstMBs / later, 0.8);
 }
 
