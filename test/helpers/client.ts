@@ -10,7 +10,7 @@
 //   probe helpers    reads in a child (native clientProbe), so faults only kill the child:
 //                    readMustFault (upstream read_mustfault), assertBlkFaults.
 import { Socket } from 'node:net';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
 import { native } from '../../src/native.js';
@@ -176,7 +176,7 @@ export class FakeWcfs {
   private waiters: Array<() => void> = [];
   private nextPin = 2;
 
-  constructor(dir = tmpDir('wcfs-fake-')) {
+  constructor(private readonly dir = tmpDir('wcfs-fake-')) {
     this.mnt = path.join(dir, 'mnt');
     mkdirSync(path.join(this.mnt, 'head', 'bigfile'), { recursive: true });
     this.setHead(1n);
@@ -279,8 +279,10 @@ export class FakeWcfs {
     for (const l of this.lines.splice(0)) if (/^\d+ watch /.test(l) && !this.sock.destroyed) this.send(`${l.split(' ')[0]} ok`);
   }
 
+  /** Ends the link and removes the fake mount's directory (mappings of its files stay valid). */
   close(): void {
     this.sock?.destroy();
+    rmSync(this.dir, { recursive: true, force: true });
   }
 
   private wake(): void {
