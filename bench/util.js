@@ -200,16 +200,21 @@ async function stopServer(proc, exited, mnt) {
 
 function spawnServer(cmd, args, mnt, name, env = undefined) {
   mkdirSync(mnt, { recursive: true });
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env && { ...process.env, ...env } });
-  let stderr = '';
-  proc.stderr.on('data', (d) => (stderr += d));
+  // stderr goes to a file, not a pipe: a write into a pipe wakes this process (its event
+  // loop), which costs the server ~100 µs per debug line — more than the pin round trips the
+  // debug lines time
+  const errFile = `${mnt}.stderr`;
+  const errFd = openSync(errFile, 'w');
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd], env: env && { ...process.env, ...env } });
+  closeSync(errFd);
+  const stderr = () => readFileSync(errFile, 'utf8');
   const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code)));
   const srv = {
     name,
     mnt,
     proc,
     exited,
-    stderr: () => stderr,
+    stderr,
     /** The connection's bdi: /sys/class/bdi/0:N. */
     bdi: () => `/sys/class/bdi/0:${findMount(mnt).minor}`,
     stop: () => stopServer(proc, exited, mnt),
@@ -246,7 +251,7 @@ export async function startWcfs(db, mnt, args = [], { nodeArgs = [], env } = {})
   const node = [...nodeArgs];
   if (process.env.WCFS_BENCH_PROF) {
     mkdirSync(process.env.WCFS_BENCH_PROF, { recursive: true });
-    node.push('--cpu-prof', '--cpu-prof-dir', process.env.WCFS_BENCH_PROF);
+    node.push('--cpu-prof', '--cpu-prof-interval', process.env.WCFS_BENCH_PROF_US ?? '1000', '--cpu-prof-dir', process.env.WCFS_BENCH_PROF);
   }
   const extra = (process.env.WCFS_BENCH_SERVE_ARGS ?? '').split(/\s+/).filter(Boolean);
   const srv = spawnServer(process.execPath, [...node, wcfsBin, 'serve', ...args, ...extra, db, mnt], mnt, 'wcfs', env);

@@ -175,6 +175,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
     uint64_t reqId = 0;  // odd id of a request (0: a reply or bye): a failed write fails it
   };
   std::deque<TxItem> txQ;
+  bool txBusy = false;  // a thread is writing a frame (tx, or the pinner: sendReply)
   bool txStop = false;
   bool byeSent = false;
 
@@ -222,6 +223,8 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   void threadExit(bool* flag);
   std::string handlePin(const PinReq& req, std::string* reply);  // "" ⇒ pinner keeps going
   void enqueueTx(std::string frame, uint64_t reqId);
+  void sendReply(std::string frame);  // pinner: a pin's reply (writes it itself when tx is idle)
+  void writeFrame(const TxItem& it);  // the writer token's holder
 };
 
 // Zero-filled read-only memory at [addr, addr+len) (MAP_FIXED). errno or 0.

@@ -9,14 +9,17 @@
 //                  reply queued behind many pins is always read (hazard H1)
 //    On exit (EOF, error, interrupt): linkDown, every waiting request fails ("link is down"),
 //    pinQ is closed.
-// 2) pinner thread: pops pinQ, handles one pin at a time (handlePin), queues "ack"/"nak".
+// 2) pinner thread: pops pinQ, handles one pin at a time (handlePin), and sends "ack"/"nak":
+//    writes it itself when no other pin waits and tx is idle (sendReply), else queues it.
 //    Needs nothing from the JS thread: the JS thread may be the one blocked in the page fault
 //    that caused the pin. Pins for files not (or no longer) open are acked (H6). When pinQ
 //    is closed and drained it ends; unless a close is in progress that is a failure.
 //    A failure (bad pin, remap error, unexpected EOF) poisons the conn: all mappings are
 //    efaulted at once, downErr = "connection closed", DOWN event (TS then closes the conn).
 // 3) tx thread: writes queued frames in order (pin replies, JS requests, bye). A failed
-//    write fails its request. Writes never happen on the JS thread.
+//    write fails its request. Writes never happen on the JS thread. One writer at a time:
+//    the txBusy token (under txMu) is held by tx or by the pinner for each frame; a frame
+//    is written directly only when txQ is empty, so frames go out in the order queued.
 // 4) close (closer thread, started by TS after it unwatched every file): queue "bye", wait
 //    until the server closes the link (rx sees EOF), then until the pinner drained pinQ,
 //    then stop tx; threads still blocked past the deadline are interrupted with
@@ -302,7 +305,7 @@ void ConnCore::pinMain() {
       std::lock_guard<std::mutex> lk(qMu);
       accepted.erase(req.stream);
     }
-    enqueueTx(std::to_string(req.stream) + " " + reply + "\n", 0);
+    sendReply(std::to_string(req.stream) + " " + reply + "\n");
     if (poisonedNow) emitPoisoned(err);
     if (!err.empty()) break;
   }
@@ -445,43 +448,85 @@ bool ConnCore::efaultForPoison() {
 
 // ---- 3) tx ----
 
+// Pinner: a pin's reply. When no other pin is waiting and nothing is queued or being written,
+// the pinner writes it itself (one thread wake-up less per pin round trip); otherwise it goes
+// through txQ, so the pinner can go on with the next pin. Order holds either way: a frame
+// is written directly only when txQ is empty and the writer token (txBusy) is free.
+void ConnCore::sendReply(std::string frame) {
+  {
+    std::lock_guard<std::mutex> lq(qMu);
+    if (!pinQ.empty()) {
+      enqueueTx(std::move(frame), 0);
+      return;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(txMu);
+    if (txStop || txBusy || !txQ.empty()) {
+      if (!txStop) {
+        if (debug) Logf("%s: > %.*s", name.c_str(), int(frame.size() - 1), frame.data());
+        txQ.push_back(TxItem{std::move(frame), 0});
+        txCv.notify_one();
+      }
+      return;
+    }
+    txBusy = true;
+  }
+  if (debug) Logf("%s: > %.*s", name.c_str(), int(frame.size() - 1), frame.data());
+  writeFrame(TxItem{std::move(frame), 0});
+  {
+    std::lock_guard<std::mutex> lk(txMu);
+    txBusy = false;
+    if (!txQ.empty()) txCv.notify_one();
+  }
+}
+
+// One frame to the link (the caller holds the writer token); a failed write fails its request.
+void ConnCore::writeFrame(const TxItem& it) {
+  size_t off = 0;
+  int werr = 0;
+  while (off < it.frame.size()) {
+    ssize_t n = write(fd, it.frame.data() + off, it.frame.size() - off);
+    if (n < 0) {
+      if (errno == EINTR && !stopping) continue;
+      werr = errno;
+      break;
+    }
+    off += size_t(n);
+  }
+  if (werr == 0) return;
+  bool quiet;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    quiet = closing;
+  }
+  if (!quiet) Logf("%s: tx: write: %s", name.c_str(), strerror(werr));
+  if (it.reqId != 0) {
+    bool had;
+    {
+      std::lock_guard<std::mutex> lk(rxMu);
+      had = rxTab.erase(it.reqId) > 0;
+    }
+    if (had) emit(new Event{Event::LINKDOWN, it.reqId, std::string("link is down: write: ") + strerror(werr)});
+  }
+}
+
 void ConnCore::txMain() {
   LinkThreadSigmask();
   for (;;) {
     TxItem it;
     {
       std::unique_lock<std::mutex> lk(txMu);
-      txCv.wait(lk, [&] { return !txQ.empty() || txStop; });
+      txCv.wait(lk, [&] { return (!txQ.empty() && !txBusy) || (txStop && txQ.empty()); });
       if (txQ.empty()) break;
       it = std::move(txQ.front());
       txQ.pop_front();
+      txBusy = true;
     }
-    size_t off = 0;
-    int werr = 0;
-    while (off < it.frame.size()) {
-      ssize_t n = write(fd, it.frame.data() + off, it.frame.size() - off);
-      if (n < 0) {
-        if (errno == EINTR && !stopping) continue;
-        werr = errno;
-        break;
-      }
-      off += size_t(n);
-    }
-    if (werr != 0) {
-      bool quiet;
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        quiet = closing;
-      }
-      if (!quiet) Logf("%s: tx: write: %s", name.c_str(), strerror(werr));
-      if (it.reqId != 0) {
-        bool had;
-        {
-          std::lock_guard<std::mutex> lk(rxMu);
-          had = rxTab.erase(it.reqId) > 0;
-        }
-        if (had) emit(new Event{Event::LINKDOWN, it.reqId, std::string("link is down: write: ") + strerror(werr)});
-      }
+    writeFrame(it);
+    {
+      std::lock_guard<std::mutex> lk(txMu);
+      txBusy = false;
     }
   }
   threadExit(&txDone);

@@ -8,13 +8,17 @@
 //     else RETRIEVEd — and is stored before head's copy is invalidated; head/at moves only
 //     after every invalidation (server.ts I5);
 //   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
-//     nothing; it is then answered from the new head (server.ts I2, I3).
+//     nothing; it is then answered from the new head (server.ts I2, I3);
+//   - block buffers are reused (loads.ts L4) only once nobody uses them: not under a
+//     multi-block READ still waiting for its other blocks, not under a commit's store.
 // What only the kernel can show (page locks, real invalidation) stays in the mount tests.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
 import type { Notifier } from '../src/fuse/notifier.js';
 import type { BlockCache } from '../src/fuse/session.js';
 import { WcfsServer, type Kernel } from '../src/server/server.js';
+import type { BigFile } from '../src/server/bigfile.js';
+import type { BlockPool } from '../src/server/loads.js';
 import { sleep } from '../src/util/async.js';
 import { WriteTxn } from '../src/zodb/db.js';
 import { hex16, type Oid, type Tid } from '../src/zodb/ids.js';
@@ -36,6 +40,8 @@ class FakeKernel implements Kernel {
   onInval: (() => void) | undefined;
   /** When set, invalInode waits for it. */
   holdInval: Promise<void> | undefined;
+  /** When set, store waits for it before it looks at the data (as a copy on another thread would). */
+  holdStore: Promise<void> | undefined;
 
   readonly notifier: Notifier = {
     invalInode: async (ino, off, len) => {
@@ -47,6 +53,7 @@ class FakeKernel implements Kernel {
       this.events.push(`inval-entry ${parent} ${name}`);
     },
     store: async (ino, off, data) => {
+      if (this.holdStore) await this.holdStore;
       this.events.push(`store ${ino} ${off}+${data.length} =${data[0]}`);
     },
     retrieve: async (ino, off, len) => {
@@ -331,5 +338,92 @@ describe('untracking (step 5) against a fake kernel', () => {
     expect(await untrack(t)).toBe(1);
     expect(t.k.take()).toEqual([`probe head/bigfile/${hex16(t.foid)}`, `inval ${head} ${BS}+${BS}`]);
     expect(tracked(t)).toEqual([0]);
+  });
+});
+
+describe('block buffer pool (loads.ts L4) against a fake kernel', () => {
+  /** Blocks of 100 bytes of v each (partly filled ZBlk0s: each load needs a buffer of its own). */
+  const commitShort = async (t: Served, blocks: Record<number, number>): Promise<Tid> => {
+    const txn = new WriteTxn(t.db);
+    for (const [blk, v] of Object.entries(blocks)) await setBlock(txn, t.foid, Number(blk), new Uint8Array(100).fill(v), { format: 'ZBlk0' });
+    return txn.commit();
+  };
+  const tree = (t: Served) => (t.srv as unknown as { tree: { pool: BlockPool; revFile(rev: Tid, foid: Oid): BigFile | undefined } }).tree;
+  /** Hold the loads of blk in f until the returned function is called. */
+  const holdLoad = (f: BigFile, blk: number): (() => void) => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const view = f.view;
+    const orig = view.loadBlock.bind(view);
+    view.loadBlock = async (b, out) => {
+      if (Number(b) === blk) await gate;
+      return orig(b, out);
+    };
+    return release;
+  };
+
+  it('a multi-block READ keeps its first block while it waits for the next, though that buffer is reused meanwhile', async () => {
+    const t = await served();
+    const at = await commitShort(t, { 0: 1, 1: 2, 2: 3 });
+    await t.published(at);
+    const pool = tree(t).pool;
+    const ino = await t.lookup('@' + hex16(at), 'bigfile', hex16(t.foid));
+    const f = tree(t).revFile(at, t.foid)!;
+    const release1 = holdLoad(f, 1);
+
+    // >>> READ [0, BS+4096): #0 loads into a pool buffer, #1 is held
+    const r = t.read(ino, 0, BS + 4096);
+    // <<< #0's entry ends (its upload is done) and its buffer goes back to the pool
+    await t.until(() => t.k.events.includes(`drop ${ino} 0`));
+    await sleep(5);
+    // >>> READ #2: its load gets #0's buffer and fills it with 3s
+    const reused = pool.stats.reused;
+    expect((await t.read(ino, 2 * BS, 4096))[0]).toBe(3);
+    expect(pool.stats.reused).toBe(reused + 1);
+
+    // <<< #1 comes in: the READ's #0 part is still #0's data
+    release1();
+    const d = await r;
+    expect(d.length).toBe(BS + 4096);
+    expect(d[0]).toBe(1);
+    expect(d[99]).toBe(1);
+    expect(d[100]).toBe(0);
+    expect(d[BS]).toBe(2);
+  });
+
+  it("a commit's old data stays the taken buffer's until it is stored into @<oldHead>", async () => {
+    const t = await served();
+    const at0 = await commitShort(t, { 0: 5, 1: 7, 2: 8 });
+    await t.published(at0);
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const old = await t.lookup('@' + hex16(at0), 'bigfile', hex16(t.foid));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 0, 4096))[0]).toBe(5);
+    let releaseStore!: () => void;
+    t.k.holdStore = new Promise((r) => (releaseStore = r));
+    t.k.take();
+
+    // >>> commit δ(#0): 3a takes #0's entry (no RETRIEVE), 3b's store is held
+    const tid = await commitShort(t, { 0: 6 });
+    await t.until(() => t.k.events.includes(`drop ${head} 0`));
+    await sleep(5);
+    // >>> meanwhile other loads take buffers from the pool (@at0's other blocks)
+    const got = tree(t).pool.stats.got;
+    expect((await t.read(old, BS, 4096))[0]).toBe(7);
+    expect((await t.read(old, 2 * BS, 4096))[0]).toBe(8);
+    expect(tree(t).pool.stats.got).toBe(got + 2);
+
+    // <<< the store sees #0's old data
+    releaseStore();
+    t.k.holdStore = undefined;
+    await t.published(tid);
+    expect(t.k.events.filter((e) => e.startsWith(`store ${old} 0+`))).toEqual([`store ${old} 0+${BS} =5`]);
+  });
+
+  it('full blocks and holes are views: never from the pool', async () => {
+    const t = await served(); // #0, #1: full ZBlk0s
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    expect((await t.read(head, 0, 2 * BS))[BS]).toBe(2);
+    expect(tree(t).pool.stats.got).toBe(0);
   });
 });

@@ -58,6 +58,17 @@ describe('wendelin-zblk fixtures', () => {
         expect(b0.path.map((n) => n.oid)).toEqual([f.blktab, null]);
         // past EOF: a hole as well (size is the caller's business)
         expect(isZero((await f.loadBlock(100)).data)).toBe(true);
+        // an allocator (a server's buffer pool) is asked only for blocks that need memory of
+        // their own, and its dirty buffers come back exactly as fresh ones would
+        let asked = 0;
+        const dirty = () => (asked++, new Uint8Array(f.blksize).fill(0xee));
+        expect((await f.loadBlock(0, dirty)).data).toBe(b0.data); // the shared zero block
+        expect(asked).toBe(0);
+        for (const blk of Object.keys(expected.blocks_sha1_full)) {
+          const b = await f.loadBlock(Number(blk), dirty);
+          expect(sha1(b.data), `blk ${blk} (allocator)`).toBe(expected.blocks_sha1_full[blk]);
+        }
+        expect(asked).toBeGreaterThan(0);
       } finally {
         await s.close();
       }

@@ -15,7 +15,7 @@
 import type { BlockCache } from '../fuse/session.js';
 import type { Oid, Tid } from '../zodb/ids.js';
 import type { ZBigFileView } from '../zodb/zbigfile.js';
-import { BlockLoads } from './loads.js';
+import { BlockLoads, type BlockPool } from './loads.js';
 
 export class BigFile {
   /** Kernel lookups minus forgets: > 0 ⇒ the kernel knows this inode (notify works). */
@@ -34,8 +34,9 @@ export class BigFile {
     /** mtime: the ZBigFile serial, then the tid of every commit that changed the file (approx.). */
     public revApprox: Tid,
     fastPath: BlockCache,
+    pool: BlockPool,
   ) {
-    this.loads = new BlockLoads(this, fastPath);
+    this.loads = new BlockLoads(this, fastPath, pool);
   }
 
   get blksize(): number {

@@ -50,6 +50,8 @@ export interface BlockInval {
   /** The block's data as of oldHead, to store into @<oldHead>/bigfile/<oid> (revFile). */
   old?: Uint8Array;
   revFile?: BigFile;
+  /** Call once done with old (it may be a pooled buffer taken from BlockLoads: loads.ts L4). */
+  release?: () => void;
 }
 
 interface CommitPlan {
@@ -194,18 +196,20 @@ export class Commits {
   /**
    * One changed block: out of its BlockLoads and the fast path (the uploader must not store
    * stale data, nor the fast path serve it; the drop waits for fast replies in flight), and
-   * its old data when @<oldHead> has the file looked up. RETRIEVE takes no page lock.
+   * its old data when @<oldHead> has the file looked up (taken from BlockLoads: released in
+   * 3b once stored). RETRIEVE takes no page lock.
    */
   private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid): Promise<BlockInval> {
     const bs = f.blksize;
     let old: Uint8Array | undefined;
+    let release: (() => void) | undefined;
     const e = f.loads.get(blk);
-    if (e !== undefined) {
-      old = e.data;
-      f.loads.drop(blk, e);
-    }
+    if (e !== undefined) ({ data: old, release } = f.loads.take(blk, e));
     const revFile = this.host.revFile(oldHead, f.foid);
-    if (revFile === undefined || revFile.nlookup === 0) return { f, blk };
+    if (revFile === undefined || revFile.nlookup === 0) {
+      release?.();
+      return { f, blk };
+    }
     if (old === undefined) {
       try {
         old = await this.host.notifier.retrieve(f.ino, blk * bs, bs);
@@ -213,7 +217,9 @@ export class Commits {
         debug('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
       }
     }
-    return old !== undefined && old.length === bs ? { f, blk, old, revFile } : { f, blk };
+    if (old !== undefined && old.length === bs) return { f, blk, old, revFile, release };
+    release?.();
+    return { f, blk };
   }
 
   private async checkEpoch(f: BigFile, tid: Tid): Promise<void> {
@@ -237,6 +243,8 @@ export class Commits {
         await this.host.notifier.store(b.revFile.ino, off, b.old);
       } catch (err) {
         debug('store @%s/%s #%d: %s', hex16(b.revFile.rev!), hex16(b.f.foid), b.blk, (err as Error).message);
+      } finally {
+        b.release?.();
       }
     }
     try {

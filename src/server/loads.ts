@@ -9,8 +9,14 @@
 //      range is that data clamped to the file size at registration, which is what a READ
 //      answered in JS replies (reads.ts). Registration happens right after the data is set,
 //      after the `loaded` hook (head: ΔFtail tracking and pins).
-//   L3 an entry leaves only through drop(), which unregisters it first (and the native drop
-//      waits for fast replies in flight from it): "drop before remove" by construction.
+//   L3 an entry leaves only through drop() or take(), which unregister it first (and the
+//      native drop waits for fast replies in flight from it): "drop before remove" by
+//      construction.
+//   L4 a block that needs memory of its own (a partly filled ZBlk0, a ZBlk1) is loaded into a
+//      buffer of the server's BlockPool; the buffer goes back to the pool when its entry
+//      leaves — after one macrotask (drop), or when the taker releases it (take). Readers use
+//      a block's data (reply, or copy into a multi-block reply) in the microtask checkpoint in
+//      which its load resolved (reads.ts 2a), so no reader ever sees a reused buffer.
 //
 // Guarded by: head files — the server's headMu (loads start under it shared; commit
 // processing, holding it exclusively, drops entries) or, for an upload's own drop, the
@@ -26,6 +32,8 @@ export interface LoadingEntry {
   readonly ready: Promise<Uint8Array>;
   /** Set once loaded: commit processing takes old data from here instead of the kernel. */
   data?: Uint8Array;
+  /** data is a BlockPool buffer (L4). */
+  pooled?: boolean;
   /**
    * Pages of the block already sent to the kernel in READ replies (1 = sent): those are in
    * the page cache already, the upload stores only the rest. Allocated with the entry: the
@@ -54,12 +62,50 @@ export interface LoadsFile {
   readonly view: ZBigFileView;
 }
 
+/**
+ * Block buffers for loads that need memory of their own, reused instead of allocated: a fresh
+ * 2 MiB buffer costs a zero-fill and, through V8's external-memory accounting, frequent major
+ * GCs (bench-pin: half of the server's CPU per pin went to them). One per server, shared by
+ * every file; a buffer comes back only as L4 says.
+ *   P1 idle buffers of one size ≤ maxIdleBytes; the rest are left to the GC.
+ */
+export class BlockPool {
+  private readonly idle = new Map<number, Uint8Array[]>();
+  /** Buffers handed out, and how many of those were reused: for .wcfs/stats and tests. */
+  readonly stats = { got: 0, reused: 0 };
+
+  constructor(private readonly maxIdleBytes = 64 << 20) {}
+
+  /** A buffer of `size` bytes, with any content. */
+  get(size: number): Uint8Array {
+    this.stats.got++;
+    const b = this.idle.get(size)?.pop();
+    if (b !== undefined) {
+      this.stats.reused++;
+      return b;
+    }
+    return new Uint8Array(size);
+  }
+
+  /** Back into the pool after the current macrotask (L4: its readers are done by then). */
+  release(b: Uint8Array): void {
+    setImmediate(() => this.put(b));
+  }
+
+  private put(b: Uint8Array): void {
+    let l = this.idle.get(b.length);
+    if (l === undefined) this.idle.set(b.length, (l = []));
+    if ((l.length + 1) * b.length <= this.maxIdleBytes) l.push(b); // P1
+  }
+}
+
 export class BlockLoads {
   private readonly entries = new Map<number, LoadingEntry>();
 
   constructor(
     private readonly file: LoadsFile,
     private readonly fastPath: BlockCache,
+    private readonly pool: BlockPool,
   ) {}
 
   get(blk: number): LoadingEntry | undefined {
@@ -80,13 +126,27 @@ export class BlockLoads {
     let e = this.entries.get(blk);
     if (e === undefined) {
       hooks.started?.();
+      let lent: Uint8Array | undefined; // from the pool (L4)
+      const alloc = () => (lent = this.pool.get(this.file.blksize));
       const entry: LoadingEntry = {
-        ready: this.file.view.loadBlock(blk).then(async (b) => {
-          await hooks.loaded?.(b);
-          entry.data = b.data;
-          this.register(blk, entry); // L2: in the same step as data
-          return b.data;
-        }),
+        ready: this.file.view.loadBlock(blk, alloc).then(
+          async (b) => {
+            try {
+              await hooks.loaded?.(b);
+            } catch (err) {
+              if (lent !== undefined) this.pool.release(lent); // nobody saw it
+              throw err;
+            }
+            entry.data = b.data;
+            entry.pooled = lent !== undefined && b.data === lent;
+            this.register(blk, entry); // L2: in the same step as data
+            return b.data;
+          },
+          (err) => {
+            if (lent !== undefined) this.pool.release(lent);
+            throw err;
+          },
+        ),
         served: new Uint8Array(Math.ceil(this.file.blksize / PAGE_SIZE)),
       };
       entry.ready.then(
@@ -107,10 +167,35 @@ export class BlockLoads {
 
   /** Remove blk's entry (only if it is still `e`, when given), unregistering it first (L3). */
   drop(blk: number, e?: LoadingEntry): void {
+    const have = this.remove(blk, e);
+    if (have?.pooled) this.pool.release(have.data!); // L4
+  }
+
+  /**
+   * Remove blk's entry `e` like drop(), but keep its data for the caller: the data (if
+   * loaded), and `release` to call once done with it (L4: a pooled buffer returns then).
+   */
+  take(blk: number, e: LoadingEntry): { data?: Uint8Array; release: () => void } {
+    const have = this.remove(blk, e);
+    if (have === undefined) return { release: () => {} };
+    const data = have.data;
+    let released = false;
+    return {
+      data,
+      release: () => {
+        if (released || !have.pooled) return;
+        released = true;
+        this.pool.release(data!);
+      },
+    };
+  }
+
+  private remove(blk: number, e?: LoadingEntry): LoadingEntry | undefined {
     const have = this.entries.get(blk);
-    if (have === undefined || (e !== undefined && have !== e)) return;
+    if (have === undefined || (e !== undefined && have !== e)) return undefined;
     this.fastPath.drop(this.file.ino, blk * this.file.blksize);
     this.entries.delete(blk);
+    return have;
   }
 
   /** Drop every block that reaches past `size` (a shrink, before the kernel learns of it). */

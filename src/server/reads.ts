@@ -2,7 +2,8 @@
 // each loaded block into the page cache.
 //
 // 2a) clamp the READ to the file size; load every block in range (once per block for all
-//     concurrent readers: the file's BlockLoads); reply; mark the pages the reply covered.
+//     concurrent readers: the file's BlockLoads); reply — each block's data used in the
+//     microtask checkpoint its load resolved in (loads.ts L4); mark the pages the reply covered.
 // 2b) head files: the READ holds headMu shared, and a load keeps holding it until it
 //     completes even if the READ that started it was interrupted (I3: no load straddles a
 //     commit). The `loaded` hook tracks the block in ΔFtail and pins every watcher that needs
@@ -64,17 +65,29 @@ export class Reads {
     const bs = f.blksize;
     const b0 = Math.floor(off / bs);
     const b1 = Math.floor((end - 1) / bs);
-    const loads: Promise<Uint8Array>[] = [];
-    for (let blk = b0; blk <= b1; blk++) loads.push(this.loadBlk(f, blk, signal));
-    this.prefetch(f, b1, end); // 2d: overlaps this READ's own loads
-    const blocks = await Promise.all(loads);
+    // A block's data is used in the microtask checkpoint its load resolved in (loads.ts L4:
+    // a pooled buffer may be reused after the next macrotask): one block is replied right
+    // after; each block of a multi-block READ is copied into the reply as soon as it is in.
+    let reply: Uint8Array;
+    if (b0 === b1) {
+      const load = this.loadBlk(f, b0, signal);
+      this.prefetch(f, b1, end); // 2d: overlaps this READ's own load
+      reply = (await load).subarray(off - b0 * bs, end - b0 * bs);
+    } else {
+      const out = Buffer.allocUnsafe(end - off);
+      const loads: Promise<void>[] = [];
+      for (let blk = b0; blk <= b1; blk++) {
+        const start = blk * bs;
+        const a = Math.max(off, start);
+        const z = Math.min(end, start + bs);
+        loads.push(this.loadBlk(f, blk, signal).then((d) => void out.set(d.subarray(a - start, z - start), a - off)));
+      }
+      this.prefetch(f, b1, end);
+      await Promise.all(loads);
+      reply = out;
+    }
     for (let blk = b0; blk <= b1; blk++) markServed(f.loads.get(blk), blk, bs, off, end);
-    if (blocks.length === 1) return blocks[0]!.subarray(off - b0 * bs, end - b0 * bs);
-    const parts = blocks.map((d, i) => {
-      const start = (b0 + i) * bs;
-      return d.subarray(Math.max(off, start) - start, Math.min(end, start + bs) - start);
-    });
-    return Buffer.concat(parts);
+    return reply;
   }
 
   private loadBlk(f: BigFile, blk: number, signal: AbortSignal): Promise<Uint8Array> {

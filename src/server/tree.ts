@@ -8,7 +8,8 @@
 // Each kind of node is a small object with the operations it supports (go-fuse's per-op node
 // interfaces): directories lookup and readdir, files open/read (and head/watch write).
 //
-// State and guards (JS thread): nodes, nlookup, views, creating, nextIno. Head files are
+// State and guards (JS thread): nodes, nlookup, views, creating, nextIno, and the block
+// buffer pool every file's loads share (loads.ts BlockPool). Head files are
 // added under headMu shared (head.ts); @rev views are built without it (they never change).
 //
 // Invariants:
@@ -29,6 +30,7 @@ import type { ObjectLoader } from '../zodb/db.js';
 import { hex16, tidToTimespec, type Oid, type Tid } from '../zodb/ids.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
 import { BigFile } from './bigfile.js';
+import { BlockPool } from './loads.js';
 import type { Head } from './head.js';
 
 const debug = createDebug('wcfs:server');
@@ -101,6 +103,7 @@ export class Tree {
   private readonly views = new Map<Tid, RevView>();
   private readonly creating = new Map<string, Promise<BigFile>>();
   private nextIno = INO_FIRST_DYNAMIC;
+  readonly pool = new BlockPool();
 
   constructor(private readonly host: TreeHost) {
     const h = host;
@@ -312,7 +315,7 @@ export class Tree {
   }
 
   private addBigFile(files: Map<Oid, BigFile>, rev: Tid | null, foid: Oid, view: ZBigFileView, size: number): BigFile {
-    const f = new BigFile(this.nextIno++, foid, rev, view, size, view.serial, this.host.kernel.blockCache);
+    const f = new BigFile(this.nextIno++, foid, rev, view, size, view.serial, this.host.kernel.blockCache, this.pool);
     files.set(foid, f);
     this.nodes.set(f.ino, new BigFileNode(f, this.host, this));
     return f;

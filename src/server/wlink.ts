@@ -66,6 +66,8 @@ interface TxItem {
 interface Pending {
   resolve: (reply: string) => void;
   reject: (e: Error) => void;
+  /** With debug on: when the request was queued (after its debug line), for the reply's rtt. */
+  sentNs?: bigint;
 }
 
 export interface LinkHandlers {
@@ -250,10 +252,13 @@ export class WatchLink {
     if (this.isDown) throw new LinkDownError('link is down', '');
     this.nextStream += 2n;
     const stream = this.nextStream;
-    const reply = new Promise<string>((resolve, reject) => this.pending.set(stream, { resolve, reject }));
+    const p: Pending = { resolve: () => {}, reject: () => {} };
+    const reply = new Promise<string>((resolve, reject) => ((p.resolve = resolve), (p.reject = reject)));
+    this.pending.set(stream, p);
     const replyOrTimeout = withTimeout(reply, timeoutMs, () => new LinkTimeoutError(timeoutMs));
     try {
       void this.queue(stream, msg);
+      if (debug.enabled) p.sentNs = process.hrtime.bigint();
       return await replyOrTimeout;
     } finally {
       this.pending.delete(stream);
@@ -353,9 +358,11 @@ export class WatchLink {
       this.protocolError((e as Error).message);
       return;
     }
-    debug('%s: < %d %s', this, stream, msg);
     if (stream % 2n === 0n) {
       const p = this.pending.get(stream);
+      // rtt: from right after the request's own debug line to here (the reply's line excluded)
+      if (debug.enabled)
+        debug('%s: < %d %s%s', this, stream, msg, p?.sentNs ? ` (rtt ${(Number(process.hrtime.bigint() - p.sentNs) / 1e3).toFixed(1)} us)` : '');
       if (p === undefined) {
         this.protocolError(`${stream}: reply on unexpected stream`);
         return;
@@ -364,6 +371,7 @@ export class WatchLink {
       p.resolve(msg);
       return;
     }
+    debug('%s: < %d %s', this, stream, msg);
     if (this.inflight >= MAX_INFLIGHT) {
       this.protocolError(`${stream}: too many requests in flight (${MAX_INFLIGHT})`);
       return;

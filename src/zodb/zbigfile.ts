@@ -123,19 +123,37 @@ export class ZBigFileView {
    * Load block `blk`. `out` (blksize bytes) is filled and returned as data when given — a
    * caller with a buffer pool avoids the page faults of a fresh 2 MiB allocation, which cost
    * more than the read itself (bench/bench-zodb-blockload.js). Without `out`, a ZBlk0 that
-   * fills the whole block is returned without any copy.
+   * fills the whole block is returned without any copy, and a hole as the shared zero block.
+   * `out` may also be an allocator of blksize-byte buffers with any content: it is called only
+   * when the block needs memory of its own (a partly filled ZBlk0, a ZBlk1), and data is then
+   * the buffer it returned.
    */
-  async loadBlock(blk: number | bigint, out?: Uint8Array): Promise<BlockLoad> {
-    if (out !== undefined && out.length !== this.blksize) {
-      throw new RangeError(`loadBlock: out is ${out.length} bytes, want blksize ${this.blksize}`);
-    }
+  async loadBlock(blk: number | bigint, out?: Uint8Array | (() => Uint8Array)): Promise<BlockLoad> {
+    const fixed = typeof out === 'function' ? undefined : out;
+    const alloc = typeof out === 'function' ? out : undefined;
+    const bs = this.blksize;
+    const sized = (b: Uint8Array): Uint8Array => {
+      if (b.length !== bs) throw new RangeError(`loadBlock: out is ${b.length} bytes, want blksize ${bs}`);
+      return b;
+    };
+    if (fixed !== undefined) sized(fixed);
     const key = BigInt(blk);
     const { value, path } = await btreeGet(this.loader, this.blktab, key, this.at);
     let revMax = this.serial;
     for (const n of path) if (n.serial > revMax) revMax = n.serial;
-    const zeroed = (): Uint8Array => (out === undefined ? new Uint8Array(this.blksize) : out.fill(0));
+    // memory of the block's own: fresh memory is zero already, given or allocated may be dirty
+    const own = (): { data: Uint8Array; dirty: boolean } =>
+      fixed !== undefined
+        ? { data: fixed, dirty: true }
+        : alloc !== undefined
+          ? { data: sized(alloc()), dirty: true }
+          : { data: new Uint8Array(bs), dirty: false };
+    const zeroed = (): Uint8Array => {
+      const o = own();
+      return o.dirty ? o.data.fill(0) : o.data;
+    };
     // a hole: the shared zero block (no allocation, no zero-fill); `out` is the caller's own
-    if (value === undefined) return { data: out === undefined ? (zeroBlock(this.blksize) ?? zeroed()) : out.fill(0), path, zblk: null, revMax };
+    if (value === undefined) return { data: fixed !== undefined ? fixed.fill(0) : (zeroBlock(bs) ?? zeroed()), path, zblk: null, revMax };
 
     const kind = value instanceof PersistentRef ? zblkKind(value.klass) : undefined;
     if (!(value instanceof PersistentRef) || (value.klass !== null && kind === undefined)) {
@@ -154,15 +172,16 @@ export class ZBigFileView {
       }
       // The storage hands out buffers nobody else writes (IStorage.load), so a full block
       // can be returned as the view it is.
-      if (out === undefined && b.length === this.blksize) return { data: b, path, zblk, revMax };
-      if (out === undefined && b.length === 0) return { data: zeroBlock(this.blksize) ?? zeroed(), path, zblk, revMax };
-      const data = zeroed();
+      if (fixed === undefined && b.length === bs) return { data: b, path, zblk, revMax };
+      if (fixed === undefined && b.length === 0) return { data: zeroBlock(bs) ?? zeroed(), path, zblk, revMax };
+      const { data, dirty } = own();
       data.set(b);
+      if (dirty) data.fill(0, b.length);
       return { data, path, zblk, revMax };
     }
-    // Fresh memory is zero already; a reused `out` gets zeros only where no chunk lands.
-    const data = out ?? new Uint8Array(this.blksize);
-    await this.readZBlk1(value.oid, z.state, data, out !== undefined);
+    // a dirty buffer gets zeros only where no chunk lands
+    const { data, dirty } = own();
+    await this.readZBlk1(value.oid, z.state, data, dirty);
     return { data, path, zblk, revMax };
   }
 
