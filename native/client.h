@@ -166,6 +166,13 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   std::deque<PinReq> pinQ;                // unbounded (hazard H1)
   std::unordered_set<uint64_t> accepted;  // even ids received and not yet answered
   bool qClosed = false;
+  bool pinBusy = false;    // a thread (pinner, or rx) is handling a pin: the pin token
+  bool pinFailed = false;  // a pin failed: no more pins are handled, the pinner ends
+  struct CloseThenReply {
+    std::vector<int> fds;  // @rev fds a pin handled on rx released
+    std::string frame;     // its reply, sent once they are closed
+  };
+  std::deque<CloseThenReply> closeQ;  // the pinner's
 
   // ---- txMu: everything written to the link, in order ----
   std::mutex txMu;
@@ -221,7 +228,10 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   void txMain();
   void closeMain(unsigned timeoutMs);
   void threadExit(bool* flag);
-  std::string handlePin(const PinReq& req, std::string* reply);  // "" ⇒ pinner keeps going
+  std::string handlePin(const PinReq& req, std::string* reply, bool onRx, bool* deferred,
+                        std::vector<int>* closeLater);  // "" ⇒ keep going
+  bool pinOne(const PinReq& req, bool onRx, bool* deferred);  // handle + reply; false after a failure
+  bool pinnerFail(const std::string& err, bool killExpected);
   void enqueueTx(std::string frame, uint64_t reqId);
   void sendReply(std::string frame);  // pinner: a pin's reply (writes it itself when tx is idle)
   void writeFrame(const TxItem& it);  // the writer token's holder

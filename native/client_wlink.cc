@@ -6,11 +6,20 @@
 //      odd         reply to our request: rxTab[id] → REPLY event (JS resolves its Promise);
 //                  a reply nobody waits for is a protocol error (link down)
 //      even        server request (pin) → pinQ, unbounded: rx never waits for the pinner, so a
-//                  reply queued behind many pins is always read (hazard H1)
+//                  reply queued behind many pins is always read (hazard H1); or handled by
+//                  rx itself when the pinner is idle (2)
 //    On exit (EOF, error, interrupt): linkDown, every waiting request fails ("link is down"),
 //    pinQ is closed.
-// 2) pinner thread: pops pinQ, handles one pin at a time (handlePin), and sends "ack"/"nak":
-//    writes it itself when no other pin waits and tx is idle (sendReply), else queues it.
+// 2) pinner thread: pops pinQ, handles one pin at a time (pinOne: handlePin, then "ack"/"nak",
+//    written by itself when no other pin waits and tx is idle — sendReply — else queued).
+//    A pin that arrives while pinQ is empty and the pinner idle is handled by rx itself (one
+//    thread wake-up less per round trip). One pin at a time, in order, either way: the pin
+//    token pinBusy (under qMu) is held by whichever thread handles one, and rx hands over
+//    through pinQ whenever the token is taken or pins are queued. On rx a pin does nothing
+//    that may block on FUSE: one that needs its @rev file opened goes to the pinner, and the
+//    fds it releases are closed by the pinner, which then sends its reply (closeQ) — so rx
+//    still never waits for anything but mu (never held across a server round trip) and a
+//    reply is never kept unread (H1).
 //    Needs nothing from the JS thread: the JS thread may be the one blocked in the page fault
 //    that caused the pin. Pins for files not (or no longer) open are acked (H6). When pinQ
 //    is closed and drained it ends; unless a close is in progress that is a failure.
@@ -210,8 +219,22 @@ void ConnCore::rxMain() {
       emit(new Event{Event::REPLY, stream, msg});
       return "";
     }
-    std::lock_guard<std::mutex> lk(qMu);
+    std::unique_lock<std::mutex> lk(qMu);
     if (!accepted.insert(stream).second) return "wcfs sent request on already used stream " + std::to_string(stream);
+    if (pinQ.empty() && !pinBusy && !pinFailed) {
+      // nothing queued and the pinner idle: handle it here (no wake-up of the pinner; a
+      // pin never waits for anything rx would have to read: handlePin)
+      pinBusy = true;
+      lk.unlock();
+      PinReq req{stream, std::move(msg), seq};
+      bool deferred = false;
+      pinOne(req, true, &deferred);
+      lk.lock();
+      pinBusy = false;
+      if (deferred) pinQ.push_back(std::move(req));  // it needs an open: the pinner's
+      if (!pinQ.empty() || qClosed) qCv.notify_one();
+      return "";
+    }
     pinQ.push_back(PinReq{stream, std::move(msg), seq});
     qCv.notify_one();
     return "";
@@ -274,42 +297,82 @@ void ConnCore::rxMain() {
 
 // ---- 2) pinner ----
 
+// killExpected: the server kills a client whose pinner fails, and says "fatal:" before it
+// does; a link it closes after "error:" (e.g. "…packed away…; resync") is not followed by a kill.
+// Returns whether this poisoned the conn; the caller then tells JS (emitPoisoned), after the
+// nak is queued: JS reacts to the poison by closing files (unwatch), and the nak is the reply
+// to the pin that failed — it goes out first.
+bool ConnCore::pinnerFail(const std::string& err, bool killExpected) {
+  Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
+  if (killExpected) Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
+  return efaultForPoison();
+}
+
+// One pin, on whichever thread holds the pin token (pinBusy): handle, reply, and on failure
+// poison (efault everything) before the nak goes out — the server kills us for it. Returns
+// false after a failure: no pin is handled after that (pinFailed).
+bool ConnCore::pinOne(const PinReq& req, bool onRx, bool* deferred) {
+  std::string reply;
+  std::vector<int> closeLater;
+  const std::string err = handlePin(req, &reply, onRx, deferred, &closeLater);
+  if (*deferred) return true;
+  const bool poisonedNow = !err.empty() && pinnerFail(err, true);
+  const bool pinnerReplies = !closeLater.empty();
+  {
+    std::lock_guard<std::mutex> lk(qMu);
+    accepted.erase(req.stream);
+    if (pinnerReplies) {
+      // on rx: the pinner closes the released @rev fds, then replies (as it would have)
+      closeQ.push_back(CloseThenReply{std::move(closeLater), std::to_string(req.stream) + " " + reply + "\n"});
+      qCv.notify_one();
+    }
+  }
+  if (!pinnerReplies) sendReply(std::to_string(req.stream) + " " + reply + "\n");
+  if (poisonedNow) emit(new Event{Event::DOWN, 0, "pinner: " + err});
+  if (err.empty()) return true;
+  std::lock_guard<std::mutex> lk(qMu);
+  pinFailed = true;
+  qCv.notify_all();
+  return false;
+}
+
 void ConnCore::pinMain() {
   LinkThreadSigmask();
-  // killExpected: the server kills a client whose pinner fails, and says "fatal:" before it
-  // does; a link it closes after "error:" (e.g. "…packed away…; resync") is not followed by a kill.
-  // Returns whether this poisoned the conn; the caller then tells JS (emitPoisoned), after
-  // the nak is queued: JS reacts to the poison by closing files (unwatch), and the nak is the
-  // reply to the pin that failed — it goes out first.
-  auto fail = [this](const std::string& err, bool killExpected) {
-    Logf("%s: CRITICAL: pinner: %s", name.c_str(), err.c_str());
-    if (killExpected) Logf("%s: CRITICAL: wcfs server will likely kill us soon.", name.c_str());
-    return efaultForPoison();
-  };
-  auto emitPoisoned = [this](const std::string& err) { emit(new Event{Event::DOWN, 0, "pinner: " + err}); };
-  std::string err;
+  bool failed = false;
   for (;;) {
     PinReq req;
     {
       std::unique_lock<std::mutex> lk(qMu);
-      qCv.wait(lk, [&] { return !pinQ.empty() || qClosed; });
+      qCv.wait(lk, [&] { return pinFailed || !closeQ.empty() || (!pinQ.empty() && !pinBusy) || (qClosed && !pinBusy); });
+      if (!closeQ.empty()) {
+        CloseThenReply c = std::move(closeQ.front());
+        closeQ.pop_front();
+        lk.unlock();
+        for (int cfd : c.fds) ::close(cfd);  // for a pin rx handled: FLUSH/RELEASE to the server
+        sendReply(std::move(c.frame));
+        continue;
+      }
+      if (pinFailed) {
+        failed = true;
+        break;
+      }
       if (pinQ.empty()) break;  // closed and drained
       req = std::move(pinQ.front());
       pinQ.pop_front();
+      pinBusy = true;
     }
-    std::string reply;
-    err = handlePin(req, &reply);
-    // on failure: poison first (efault everything), then nak — the server kills us for it
-    const bool poisonedNow = !err.empty() && fail(err, true);
+    bool deferred = false;
+    const bool ok = pinOne(req, false, &deferred);
     {
       std::lock_guard<std::mutex> lk(qMu);
-      accepted.erase(req.stream);
+      pinBusy = false;
     }
-    sendReply(std::to_string(req.stream) + " " + reply + "\n");
-    if (poisonedNow) emitPoisoned(err);
-    if (!err.empty()) break;
+    if (!ok) {
+      failed = true;
+      break;
+    }
   }
-  if (err.empty()) {
+  if (!failed) {
     bool eof, isClosing;
     std::string why;  // the server's last stream-0 line, if it said why it closes the link
     {
@@ -324,7 +387,7 @@ void ConnCore::pinMain() {
     if (!isClosing) {
       const std::string e = !why.empty() ? "link closed by wcfs: " + why : eof ? "unexpected EOF" : "link is down";
       // "error:": the server closed the link and says why; no kill follows
-      if (fail(e, why.empty() || why.rfind("fatal:", 0) == 0)) emitPoisoned(e);
+      if (pinnerFail(e, why.empty() || why.rfind("fatal:", 0) == 0)) emit(new Event{Event::DOWN, 0, "pinner: " + e});
     }
   }
   threadExit(&pinDone);
@@ -351,7 +414,10 @@ void ConnCore::enqueueTx(std::string frame, uint64_t reqId) {
 }
 
 // One pin: returns "" to keep going, or the pinner's failure; *reply = what to answer.
-std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
+// onRx (rx handles it, 2): nothing that may block on FUSE — a pin that needs its @rev file
+// opened is left alone (*deferred = true: the pinner takes it), and the fds it releases are
+// returned in *closeLater instead of closed.
+std::string ConnCore::handlePin(const PinReq& req, std::string* out, bool onRx, bool* deferred, std::vector<int>* closeLater) {
   auto reply = [&](const std::string& r) { *out = r; };
   uint64_t foid, blk, rev;
   std::string perr = ParsePin(req.msg, &foid, &blk, &rev);
@@ -377,6 +443,10 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
       blksize = it->second->blksize;
       needOpen = rev != kTidHead && it->second->revTab.count(rev) == 0;
     }
+  }
+  if (onRx && needOpen) {
+    *deferred = true;
+    return "";
   }
   if (fileId == 0) {
     // not open (any more): nothing can need it — mappings of closed files are efaulted (H6)
@@ -423,7 +493,10 @@ std::string ConnCore::handlePin(const PinReq& req, std::string* out) {
       if (needOpen && rf.fd >= 0) toClose.push_back(rf.fd);
     }
   }
-  for (int cfd : toClose) ::close(cfd);  // FLUSH/RELEASE to the server: outside mu
+  if (onRx)
+    closeLater->swap(toClose);  // FLUSH/RELEASE may block: not on rx
+  else
+    for (int cfd : toClose) ::close(cfd);  // FLUSH/RELEASE to the server: outside mu
   if (!e.empty()) {
     e = what + ": " + e;
     reply("nak: " + e);

@@ -224,6 +224,10 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     expect(await fk.next()).toBe(`${s} ack`);
     expect(revFds()).toBe(0);
     expect([...fh.pinned()]).toEqual([[2, 6n]]);
+    // exactly one reply per pin, also for those that released an @rev file (the pinner
+    // closes it and replies when rx handled the pin)
+    await sleep(50);
+    expect(fk.lines).toEqual([]);
   });
 
   it('a bad pin poisons the conn: nak, every mapping faults, calls fail "connection closed"', async () => {
