@@ -229,7 +229,7 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   void closeMain(unsigned timeoutMs);
   void threadExit(bool* flag);
   std::string handlePin(const PinReq& req, std::string* reply, bool onRx, bool* deferred,
-                        std::vector<int>* closeLater);  // "" ⇒ keep going
+                        std::vector<int>* closeLater);        // "" ⇒ keep going
   bool pinOne(const PinReq& req, bool onRx, bool* deferred);  // handle + reply; false after a failure
   bool pinnerFail(const std::string& err, bool killExpected);
   void enqueueTx(std::string frame, uint64_t reqId);

@@ -343,7 +343,8 @@ void ConnCore::pinMain() {
     PinReq req;
     {
       std::unique_lock<std::mutex> lk(qMu);
-      qCv.wait(lk, [&] { return pinFailed || !closeQ.empty() || (!pinQ.empty() && !pinBusy) || (qClosed && !pinBusy); });
+      qCv.wait(lk,
+               [&] { return pinFailed || !closeQ.empty() || (!pinQ.empty() && !pinBusy) || (qClosed && !pinBusy); });
       if (!closeQ.empty()) {
         CloseThenReply c = std::move(closeQ.front());
         closeQ.pop_front();
@@ -417,7 +418,8 @@ void ConnCore::enqueueTx(std::string frame, uint64_t reqId) {
 // onRx (rx handles it, 2): nothing that may block on FUSE — a pin that needs its @rev file
 // opened is left alone (*deferred = true: the pinner takes it), and the fds it releases are
 // returned in *closeLater instead of closed.
-std::string ConnCore::handlePin(const PinReq& req, std::string* out, bool onRx, bool* deferred, std::vector<int>* closeLater) {
+std::string ConnCore::handlePin(const PinReq& req, std::string* out, bool onRx, bool* deferred,
+                                std::vector<int>* closeLater) {
   auto reply = [&](const std::string& r) { *out = r; };
   uint64_t foid, blk, rev;
   std::string perr = ParsePin(req.msg, &foid, &blk, &rev);
