@@ -74,7 +74,7 @@ export class BlockPool {
   /** Buffers handed out, and how many of those were reused: for .wcfs/stats and tests. */
   readonly stats = { got: 0, reused: 0 };
 
-  constructor(private readonly maxIdleBytes = 64 << 20) {}
+  constructor(private readonly maxIdleBytes = 16 << 20) {}
 
   /** A buffer of `size` bytes, with any content. */
   get(size: number): Uint8Array {
