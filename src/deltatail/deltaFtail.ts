@@ -7,7 +7,7 @@
 // δF = per-file changes derived from δZ, (tail, head] = the history window.
 //
 // State:
-//   δZtail       the δZ of every commit in (tail, head] (from index δZfirst on)
+//   δZtail       the δZ of every commit in (tail, head] (zlog.ts: compact)
 //   per file     blktab oid, size-path oids, tracked blocks
 //   per block    value = blktab[blk] at head (ZBlk oid, null = hole) and the path to it;
 //                changes = ascending revisions in (knownFrom, head] at which blk changed;
@@ -38,6 +38,7 @@ import { btreeGet, type PathNode } from '../zodb/btree/index.js';
 import type { ObjectLoader } from '../zodb/db.js';
 import type { Oid, Tid } from '../zodb/ids.js';
 import { PersistentRef } from '../zodb/pickle/index.js';
+import { ΔZLog } from './zlog.js';
 
 /** Changes of one file in one commit. */
 export interface FileDelta {
@@ -74,11 +75,6 @@ interface TrackedFile {
   sizeOids: Oid[];
 }
 
-interface ΔZ {
-  tid: Tid;
-  oids: Set<Oid>;
-}
-
 /** Oids of a blktab path (embedded buckets have no oid of their own: their tree stands for them). */
 export function pathOids(path: PathNode[]): Oid[] {
   const out: Oid[] = [];
@@ -99,12 +95,8 @@ export class DeltaFtail {
   private readonly nodeIdx = new Map<Oid, Map<Oid, Set<number>>>();
   /** oid → files whose size path contains oid. */
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
-  /**
-   * δZ of (tail, head], ascending, from index δZfirst on: forgetPast advances δZfirst and
-   * compacts now and then (a splice per commit moved the whole window: O(window) per commit).
-   */
-  private δZtail: ΔZ[] = [];
-  private δZfirst = 0;
+  /** δZ of (tail, head], ascending. */
+  private readonly δZtail = new ΔZLog();
   /** Counts track() calls: TrackedBlock.gen. */
   private trackSeq = 0;
 
@@ -226,7 +218,7 @@ export class DeltaFtail {
         }
       }
     }
-    this.δZtail.push({ tid, oids: δZ });
+    this.δZtail.append(tid, δZ);
     this.headRev = tid;
     return δF;
   }
@@ -270,10 +262,11 @@ export class DeltaFtail {
    * blksize/blktab replaced), if any: an "epoch" the isolation protocol cannot cross.
    */
   epochIn(foid: Oid, lo: Tid): Tid | undefined {
-    for (let i = this.δZtail.length - 1; i >= this.δZfirst; i--) {
-      const z = this.δZtail[i]!;
-      if (z.tid <= lo) break;
-      if (z.oids.has(foid)) return z.tid;
+    const zs = this.δZtail;
+    for (let i = zs.endIndex - 1; i >= zs.firstIndex; i--) {
+      const tid = zs.tid(i);
+      if (tid <= lo) break;
+      if (zs.has(i, foid)) return tid;
     }
     return undefined;
   }
@@ -282,7 +275,7 @@ export class DeltaFtail {
   sizes(): { trackedBlocks: number; history: number } {
     let n = 0;
     for (const f of this.files.values()) n += f.blocks.size;
-    return { trackedBlocks: n, history: this.δZtail.length - this.δZfirst };
+    return { trackedBlocks: n, history: this.δZtail.length };
   }
 
   /** Forget history at and before rev (tail moves forward only). */
@@ -290,14 +283,7 @@ export class DeltaFtail {
     if (rev <= this.tailRev) return;
     if (rev > this.headRev) rev = this.headRev;
     this.tailRev = rev;
-    let n = this.δZfirst;
-    while (n < this.δZtail.length && this.δZtail[n]!.tid <= rev) n++;
-    this.δZfirst = n;
-    if (n >= 4096) {
-      // at most 4096 forgotten entries stay behind: O(window) every 4096 commits
-      this.δZtail = this.δZtail.slice(n);
-      this.δZfirst = 0;
-    }
+    this.δZtail.forget(rev);
     for (const f of this.files.values()) {
       for (const b of f.blocks.values()) {
         while (b.changes.length > 0 && b.changes[0]! <= rev) b.changes.shift();
@@ -316,30 +302,30 @@ export class DeltaFtail {
   private extendBack(f: TrackedFile, blk: number, b: TrackedBlock, lo: Tid): Promise<void> {
     if (b.extending) return b.extending;
     b.extending = (async () => {
-      // (update/forgetPast never run meanwhile: the caller's lock; the array is captured anyway)
+      // (update/forgetPast never run meanwhile: the caller's lock; entry indices stay valid)
       const zs = this.δZtail;
-      const first = this.δZfirst;
-      let i = zs.length - 1;
-      while (i >= first && zs[i]!.tid > b.knownFrom) i--;
+      const first = zs.firstIndex;
+      let i = zs.endIndex - 1;
+      while (i >= first && zs.tid(i) > b.knownFrom) i--;
       for (; i >= first && b.knownFrom > lo && b.knownFrom > this.tailRev; i--) {
-        const z = zs[i]!;
+        const ztid = zs.tid(i);
         const cur = b.back;
-        let changed = cur.value !== null && z.oids.has(cur.value);
+        let changed = cur.value !== null && zs.has(i, cur.value);
         let prev = cur;
-        if (cur.pathOids.some((o) => z.oids.has(o))) {
-          const p = await this.lookup(f, blk, z.tid - 1n);
+        if (zs.hasAny(i, cur.pathOids)) {
+          const p = await this.lookup(f, blk, ztid - 1n);
           if (p === undefined) {
-            // blktab did not exist before z.tid: the file was created then
-            b.changes.unshift(z.tid);
+            // blktab did not exist before ztid: the file was created then
+            b.changes.unshift(ztid);
             b.knownFrom = this.tailRev;
             return;
           }
           prev = { value: p.value, pathOids: p.pathOids };
           if (prev.value !== cur.value) changed = true;
         }
-        if (changed) b.changes.unshift(z.tid);
+        if (changed) b.changes.unshift(ztid);
         b.back = prev;
-        b.knownFrom = z.tid - 1n;
+        b.knownFrom = ztid - 1n;
       }
       if (i < first && b.knownFrom > this.tailRev) b.knownFrom = this.tailRev; // no more commits: nothing changed down to tail
     })().finally(() => (b.extending = undefined));
