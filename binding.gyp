@@ -9,6 +9,7 @@
         "native/pidfd.cc",
         "native/fuse.cc",
         "native/mincore.cc",
+        "native/fs1scan.cc",
         "native/client.cc",
         "native/client_mmap.cc",
         "native/client_wlink.cc",

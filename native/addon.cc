@@ -3,8 +3,9 @@
 // Owns: module registration and the error helper every part shares (ThrowErrno; the errno
 // names come from TS, see setErrnoNames).
 // Parts: flock.cc (BSD flock for the FileStorage .lock), pidfd.cc (process handles for
-// signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes), client*.cc (the client:
-// mmaps, watch link, pinner), test_hooks.cc (entry points for the tests only).
+// signalling clients), fuse.cc (libfuse3 low-level layer), mincore.cc (page-cache probes),
+// fs1scan.cc (FileStorage index-rebuild scanner), client*.cc (the client: mmaps, watch link,
+// pinner), test_hooks.cc (entry points for the tests only).
 #include "addon.h"
 
 #include <cerrno>
@@ -63,6 +64,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPidfd(env, exports);
   InitFuse(env, exports);
   InitMincore(env, exports);
+  InitFs1Scan(env, exports);
   InitClient(env, exports);
   InitTestHooks(env, exports);
   return exports;

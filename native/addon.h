@@ -18,6 +18,7 @@ void InitFileMap(Napi::Env env, Napi::Object exports);
 void InitPidfd(Napi::Env env, Napi::Object exports);      // pidfd.cc
 void InitFuse(Napi::Env env, Napi::Object exports);       // fuse.cc
 void InitMincore(Napi::Env env, Napi::Object exports);    // mincore.cc
+void InitFs1Scan(Napi::Env env, Napi::Object exports);    // fs1scan.cc: FileStorage index-rebuild scanner
 void InitClient(Napi::Env env, Napi::Object exports);     // client.cc (+ client_mmap.cc, client_wlink.cc)
 void InitTestHooks(Napi::Env env, Napi::Object exports);  // test_hooks.cc: test-only entry points
 

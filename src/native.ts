@@ -41,6 +41,16 @@ export interface NativeAddon extends NativeTestHooks {
   mmapRead(path: string, offset: number, length: number): Promise<Buffer | number>;
 
   /**
+   * FileStorage index-rebuild scanner (native/fs1scan.cc, driven by src/zodb/fs1/nativescan.ts):
+   * walks the txn and data-record headers of buf (the file's bytes at bufPos; `size` bounds
+   * the file), resuming from the state st/tids, with the checks of the JS scanner; writes
+   * (oid >> 16, oid & 0xffff, pos) triples — the newest record of each oid met — to out and
+   * returns their number. Never throws on file content: anything the JS scanner would report
+   * stops the walk (st says where and why). Pure: no I/O.
+   */
+  fs1Scan(buf: Uint8Array, bufPos: number, size: number, st: Float64Array, tids: BigUint64Array, out: Float64Array): number;
+
+  /**
    * Client side of one watch link (native/client*.cc): owns watchFd, the head-file fds handed
    * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
    * src/client/conn.ts — use that.

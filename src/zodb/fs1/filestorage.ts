@@ -4,8 +4,9 @@
 // `topPos` and head tid, the writer lock `Data.fs.lock`, the `.index` file, and the watches.
 //
 //   1) open      — lock (writers only) → a regular file (fstat; a FIFO never blocks the open)
-//                  → magic → index: load `.index` + verify, or rebuild by a full scan → catch
-//                  up from the index's pos → tail: a status-'c' or incomplete txn is truncated
+//                  → magic → index: load `.index` + verify, or rebuild by a full scan (the
+//                  native header walk of nativescan.ts as far as it goes, then the JS scanner)
+//                  → catch up from the index's pos → tail: a status-'c' or incomplete txn is truncated
 //                  away by a writer, left to the follower by a reader.
 //   2) load      — index (or, for an older revision, the nearest recent record: recent.ts) →
 //                  prev chain until tid ≤ at → backpointer chain until data (zodb.md §2.6).
@@ -70,6 +71,7 @@ import {
 } from './format.js';
 import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from './fsindex.js';
 import { DEFAULT_RECENT_RECORDS, RecentRecords } from './recent.js';
+import { nativeRebuild, type ScanWindows } from './nativescan.js';
 import { RecordReader, SeqReader, decodeRecordAt, preadFull, readDataHeader, readFresh, readTxnBefore, scanTxn, type ScanRec, type ScanStep } from './scan.js';
 
 /** Records at least this big are served from an mmap of the file (see FileStorage.mapped). */
@@ -114,6 +116,11 @@ export interface FileStorageOptions {
    * revisions skip the prev walk (recent.ts). Default 2¹⁷; 0 disables.
    */
   recentRecords?: number;
+  /**
+   * Rebuild a missing/unusable `.index` with the native header scanner (nativescan.ts).
+   * Default true; false forces the JS scanner, window sizes force small windows (tests).
+   */
+  nativeScan?: boolean | ScanWindows;
   /** Test hooks. */
   hooks?: {
     /** Called in commit after the status-'c' txn is durable and before its status flips. */
@@ -257,11 +264,25 @@ export class FileStorage implements IStorage, ICommitter {
     }
     this.openInfo.indexLoaded = loaded;
     if (!loaded) {
-      this.index = new FsIndex();
-      this.openInfo.scannedTxns = 0;
-      this.topPos = FILE_HEADER_SIZE;
-      this.headTid = 0n;
-      step = this.scanForward(size);
+      this.resetIndex();
+      const ns = this.opts.nativeScan ?? true;
+      if (ns !== false) {
+        // The native walk goes as far as every txn passes; the JS scanner takes over from there,
+        // so what ends the scan (eof, tail, CorruptError) is decided by the JS code alone.
+        const r = nativeRebuild(this.fd, size, FILE_HEADER_SIZE, this.index, ns === true ? undefined : ns);
+        this.topPos = r.topPos;
+        this.headTid = r.headTid;
+        this.openInfo.scannedTxns = r.txns;
+        step = this.scanForward(size);
+        if (r.dirty) {
+          // the index holds records of a txn the native walk did not finish (the file shrank
+          // under it, or a check the JS scanner passed after all): start over in JS
+          this.resetIndex();
+          step = this.scanForward(size);
+        }
+      } else {
+        step = this.scanForward(size);
+      }
     }
     this.oidAlloc = this.index.maxOid > 0n ? this.index.maxOid : 0n;
 
@@ -278,6 +299,13 @@ export class FileStorage implements IStorage, ICommitter {
         log('%s: tail @%d: %s (left to the follower)', this.path, this.topPos, what);
       }
     }
+  }
+
+  private resetIndex(): void {
+    this.index = new FsIndex();
+    this.openInfo.scannedTxns = 0;
+    this.topPos = FILE_HEADER_SIZE;
+    this.headTid = 0n;
   }
 
   /**
