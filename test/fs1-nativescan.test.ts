@@ -301,8 +301,17 @@ function mutate(img: Image, muts: Array<[string, number, number, bigint, number]
 const windowsArb = fc.record({ min: fc.integer({ min: 50, max: 3000 }), max: fc.integer({ min: 50, max: 6000 }), sparse: fc.integer({ min: 50, max: 2000 }) });
 
 describe('native index rebuild = JS index rebuild: random images (fast-check, fixed seed)', () => {
+  // one directory per image, removed after its iteration (a run writes thousands of images)
+  let base: string | undefined;
   let n = 0;
-  const file = () => path.join(tmp.make('nscan'), `img${n++}.fs`);
+  let last: string | undefined;
+  const file = () => {
+    if (last !== undefined) fs.rmSync(last, { recursive: true, force: true });
+    base ??= tmp.make('nscan');
+    last = path.join(base, `img${n++}`);
+    fs.mkdirSync(last);
+    return path.join(last, 'data.fs');
+  };
 
   it('intact images: same outcome, and the native walk reaches the end', async () => {
     await fc.assert(
