@@ -5,7 +5,7 @@
 // Clients are child processes (dd | sha256sum); this process only serves.
 import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import { createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { FOPEN_DIRECT_IO } from '../src/fuse/kernel.js';
 import { WcfsServer } from '../src/server/server.js';
@@ -183,6 +183,7 @@ describe('wcfs: READ fast path and commits', () => {
       } finally {
         await db.close();
         await srv.stop();
+        rmSync(dir, { recursive: true, force: true });
       }
     },
     T,
