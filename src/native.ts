@@ -163,6 +163,8 @@ export interface NativeFuseSession {
   cacheBlock(nodeid: number, off: number, data: Uint8Array, served: Uint8Array): boolean;
   /** Unregisters the range starting at off; on return no worker sends from it any more. */
   uncacheBlock(nodeid: number, off: number): boolean;
+  /** READs the fast path answered so far (0 once the session is gone). */
+  fastReads(): number;
   ref(): void;
   unref(): void;
 }

@@ -163,6 +163,10 @@ describe('wcfs: READ fast path and commits', () => {
         expect(await readSha(F, off, 4096, true)).toBe(h0);
         const h1 = await readSha(F, off + 8192, 16384, true);
         expect(jsReads).toBe(n0); // served natively from the loaded block
+        // .wcfs/stats counts where READs went: these two natively, the first one in JS (a load)
+        const stat = (k: string) => Number(new RegExp(`^${k}\t: (\\d+)$`, 'm').exec(srv.statsText())![1]);
+        expect(stat('ReadFast')).toBe(2);
+        expect([stat('ReadJS'), stat('ReadLoad')]).toEqual([n0, 1]);
 
         // >>> commit δ(blk 3): the registered block is dropped before invalidation
         const txn = new WriteTxn(db);

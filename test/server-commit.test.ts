@@ -72,6 +72,7 @@ class FakeKernel implements Kernel {
       this.events.push(`drop ${nodeid} ${off}`);
       return true;
     },
+    served: () => 0,
   };
 
   /** rel path → indexes of the pages residency() reports cached; holdResidency delays it. */

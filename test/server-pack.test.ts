@@ -38,7 +38,7 @@ class FakeKernel implements Kernel {
     store: async () => {},
     retrieve: async () => Buffer.alloc(0),
   };
-  readonly blockCache: BlockCache = { put: () => true, drop: () => true };
+  readonly blockCache: BlockCache = { put: () => true, drop: () => true, served: () => 0 };
   /** Everything cached: the untrack sweep (step 5) leaves every block tracked. */
   residency = async (_rel: string, off: number, len: number) => new Uint8Array(Math.ceil((off + len) / 4096) - Math.floor(off / 4096)).fill(1);
 }

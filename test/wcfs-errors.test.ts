@@ -90,6 +90,9 @@ describe('tree', () => {
       'History',
       'Prefetch',
       'Untracked',
+      'ReadFast',
+      'ReadJS',
+      'ReadLoad',
     ]);
   });
 });

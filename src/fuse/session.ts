@@ -112,6 +112,8 @@ export interface BlockCache {
   put(nodeid: number, off: number, data: Uint8Array, served: Uint8Array): boolean;
   /** Unregisters the range starting at off and waits (briefly, natively) for replies in flight from it. */
   drop(nodeid: number, off: number): boolean;
+  /** READs answered from registered ranges so far. */
+  served(): number;
 }
 
 export class FuseSession {
@@ -124,7 +126,10 @@ export class FuseSession {
   readonly blockCache: BlockCache = {
     put: (nodeid, off, data, served) => (this.exit ? false : this.nat.cacheBlock(nodeid, off, data, served)),
     drop: (nodeid, off) => (this.exit ? false : this.nat.uncacheBlock(nodeid, off)),
+    served: () => (this.exit ? this.fastServed : (this.fastServed = this.nat.fastReads())),
   };
+  /** The fast path's last count (kept once the session ended). */
+  private fastServed = 0;
   /** Resolves once the session ended (never rejects). */
   readonly closed: Promise<ExitInfo>;
 

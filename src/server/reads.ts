@@ -43,7 +43,7 @@ export class Reads {
     private readonly head: Head,
     private readonly isolation: Isolation,
     private readonly kernel: { readonly notifier: Notifier; readonly isClosed: boolean },
-    private readonly stats: { Prefetch: number },
+    private readonly stats: { Prefetch: number; ReadJS: number; ReadLoad: number },
     private readonly warn: (msg: string) => void,
   ) {}
 
@@ -61,10 +61,12 @@ export class Reads {
 
   private async readBlocks(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
     const end = Math.min(off + size, f.size);
+    this.stats.ReadJS++;
     if (end <= off) return EMPTY; // at/after EOF: 0 bytes, as POSIX says
     const bs = f.blksize;
     const b0 = Math.floor(off / bs);
     const b1 = Math.floor((end - 1) / bs);
+    for (let blk = b0; blk <= b1; blk++) if (f.loads.get(blk) === undefined) this.stats.ReadLoad++;
     // A block's data is used in the microtask checkpoint its load resolved in (loads.ts L4:
     // a pooled buffer may be reused after the next macrotask): one block is replied right
     // after; each block of a multi-block READ is copied into the reply as soon as it is in.

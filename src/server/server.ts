@@ -141,6 +141,10 @@ export interface Stats {
   Prefetch: number;
   /** Head blocks untracked because the kernel no longer cached them (step 5), in all. */
   Untracked: number;
+  /** READs answered by the native fast path, READs of bigfiles answered in JS, and blocks such a READ had to start loading (none in flight): where reads go. */
+  ReadFast: number;
+  ReadJS: number;
+  ReadLoad: number;
 }
 
 export class WcfsServer implements FileSystem {
@@ -168,6 +172,9 @@ export class WcfsServer implements FileSystem {
     History: 0,
     Prefetch: 0,
     Untracked: 0,
+    ReadFast: 0,
+    ReadJS: 0,
+    ReadLoad: 0,
   };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
@@ -546,6 +553,7 @@ export class WcfsServer implements FileSystem {
     const δ = this.head.deltaFtail.sizes();
     this.stats.TrackedBlk = δ.trackedBlocks;
     this.stats.History = δ.history;
+    this.stats.ReadFast = this.kernel.blockCache.served();
     return Object.entries(this.stats)
       .map(([k, v]) => `${k}\t: ${v}\n`)
       .join('');
