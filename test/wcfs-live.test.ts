@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { findMount } from '../src/fuse/mountinfo.js';
+import { PREFETCH_DEPTH } from '../src/server/reads.js';
 import { WriteTxn } from '../src/zodb/db.js';
 import { hex16, tidToDate } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
@@ -152,7 +153,7 @@ describe('live commits', () => {
     await s.stop();
   }, 30_000);
 
-  it('prefetch: a sequential READ (past half of a block, or in the block after the last one read) loads the next one (unwatched head files, @rev files); not otherwise, not when watched', async () => {
+  it('prefetch: a sequential READ (past half of a block, or in the block after the last one read or prefetched) loads the next PREFETCH_DEPTH ones (unwatched head files, @rev files); not otherwise, not when watched', async () => {
     const dir = tmpDir();
     const live = await liveDb(copyInto(dir, historyPath));
     const s = await startServer(live.zurl, { dir });
@@ -166,33 +167,37 @@ describe('live commits', () => {
       await fh.close();
     };
     const prefetches = async () => Number(/Prefetch\t: (\d+)/.exec((await readFile(s.at('.wcfs/stats'))).toString())![1]);
+    const D = PREFETCH_DEPTH;
+    const ones = (c: Uint8Array | number[], from: number, to: number) => [...c].slice(from, to).map((x) => (x === 1 ? 1 : 0));
     // >>> a page in the first half of block 2: block 2 is uploaded whole (2c), block 3 stays out
     await readPage(2 * BS + PAGE);
-    // >>> the last page of block 5: and block 6 comes into the page cache without being read
+    // >>> the last page of block 5: blocks 6 … 5+D come into the page cache without being read
     await readPage(6 * BS - PAGE);
-    const want = [...Array(nblk).keys()].map((b) => (b === 2 || b === 5 || b === 6 ? 1 : 0));
+    const want = [...Array(nblk).keys()].map((b) => (b === 2 || (b >= 5 && b <= 5 + D) ? 1 : 0));
     const got = await until(
       () => cached(F, nblk),
-      (c) => c[2] === 1 && c[5] === 1 && c[6] === 1,
+      (c) => c[2] === 1 && ones(c, 5, 6 + D).every((x) => x === 1),
     );
-    expect(got.map((x) => (x === 1 ? 1 : 0)).slice(0, 8)).toEqual(want.slice(0, 8));
-    expect(await prefetches()).toBe(1);
-    // >>> the first page of block 7, right after the prefetched 6 (the READs of 6 were page-cache
-    //     hits, they never reach the server): sequential, so block 8 comes in too
-    await readPage(7 * BS);
-    const got8 = await until(
+    expect(ones(got, 0, 8 + D)).toEqual(want.slice(0, 8 + D));
+    expect(await prefetches()).toBe(D);
+    // >>> the first page of block 6+D, right after the last prefetched one (the READs of those
+    //     were page-cache hits, they never reach the server): sequential, so D more come in
+    const b = 6 + D;
+    await readPage(b * BS);
+    const got2 = await until(
       () => cached(F, nblk),
-      (c) => c[7] === 1 && c[8] === 1, // (block 7 is uploaded a moment after its READ)
+      (c) => ones(c, b, b + D + 1).every((x) => x === 1), // (block b is uploaded a moment after its READ)
     );
-    expect(got8.slice(6, 10)).toEqual([1, 1, 1, 0]);
-    expect(await prefetches()).toBe(2);
+    expect(ones(got2, b - 1, b + D + 2)).toEqual([1, ...Array(D + 1).fill(1), 0]);
+    expect(await prefetches()).toBe(2 * D);
     // >>> a watcher on the file: no prefetch (it could pin the watcher early)
     const w = await TWatchLink.open(s.at('head/watch'));
     await w.watch(FOID, BigInt('0x' + (await s.head())), new Map()); // at head: no pins
-    await readPage(10 * BS - PAGE);
+    const c = b + 2 * D + 4;
+    await readPage((c + 1) * BS - PAGE);
     await sleep(200);
-    expect((await cached(F, nblk))[10]).toBe(0);
-    expect(await prefetches()).toBe(2);
+    expect((await cached(F, nblk))[c + 1]).toBe(0);
+    expect(await prefetches()).toBe(2 * D);
     // >>> an @rev file (immutable, never watched): prefetched too
     const R = s.at(`@${await s.head()}/bigfile/${hex16(FOID)}`);
     const fr = await open(R, 'r');
@@ -200,10 +205,10 @@ describe('live commits', () => {
     await fr.close();
     const rc = await until(
       () => cached(R, nblk),
-      (c) => c[2] === 1 && c[3] === 1,
+      (x) => ones(x, 2, 3 + D).every((y) => y === 1),
     );
-    expect(rc.slice(2, 5)).toEqual([1, 1, 0]);
-    expect(await prefetches()).toBe(3);
+    expect(ones(rc, 2, 4 + D)).toEqual([...Array(D + 1).fill(1), 0]);
+    expect(await prefetches()).toBe(3 * D);
     await w.close();
     await s.stop();
     await live.close();

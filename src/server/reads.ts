@@ -12,10 +12,10 @@
 //     (NOTIFY_STORE) — only the pages no READ reply delivered, after a short delay that lets
 //     readahead come first — and never from inside a READ (the kernel holds those pages
 //     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end.
-// 2d) prefetch: a READ that looks sequential — past half of its last block, or in the block
-//     after the one last read or prefetched — starts loading the next block (one block ahead,
-//     one load per block: BlockLoads), so a sequential reader finds it uploaded instead of
-//     waiting at every block boundary. It is an ordinary load (head: 2b,
+// 2d) prefetch: a READ that looks sequential — past half of its last block, or at most one
+//     block past the furthest one read or prefetched — starts loading the next PREFETCH_DEPTH
+//     blocks (one load per block: BlockLoads), so a sequential reader finds them uploaded
+//     instead of waiting at block boundaries. It is an ordinary load (head: 2b,
 //     headMu nested, tracked, pins; @rev: immutable) that no READ waits for. Head files only
 //     when nobody watches them — policy, not safety: a watcher that comes meanwhile is pinned
 //     by the load's `loaded` hook as for any read; skipping watched files avoids early pins.
@@ -32,11 +32,12 @@ import { markServed, unservedRuns, type LoadingEntry } from './loads.js';
 
 const UPLOAD_DELAY_MS = 2; // 2c
 const PREFETCH_FROM = 0.5; // 2d: a READ ending this far into its last block prefetches the next
+export const PREFETCH_DEPTH = 6; // 2d: blocks loaded ahead of a sequential reader
 const NEVER = new AbortController().signal; // a prefetch is never abandoned: it is one load
 const EMPTY = new Uint8Array(0);
 
 export class Reads {
-  /** 2d: per file, the block its last READ (or prefetch) ended in. */
+  /** 2d: per file, the furthest block of its current sequential run read or prefetched. */
   private readonly lastRead = new WeakMap<BigFile, number>();
 
   constructor(
@@ -120,22 +121,26 @@ export class Reads {
   // ---- 2d ----
 
   /**
-   * Start loading blk+1 when the READ ending at `end` in blk looks sequential: it went past
-   * half of blk, or blk follows the block this file last had loaded by a READ or a prefetch
-   * (the READs in between were page-cache or fast-path hits: they never reach JS).
-   * Head files: headMu held shared.
+   * Start loading blk+1 … blk+PREFETCH_DEPTH when the READ ending at `end` in blk looks
+   * sequential: it went past half of blk, or blk is at most one past the furthest block this
+   * file had loaded by a READ or a prefetch, and not more than PREFETCH_DEPTH before it (the
+   * READs in between were page-cache or fast-path hits: they never reach JS). Several blocks
+   * ahead, because the READs of a prefetched block are fast-path hits: none of them reaches
+   * JS to start the next prefetch, so with one block ahead every other block was loaded on
+   * demand (bench-cold-read's ReadLoad). Head files: headMu held shared.
    */
   private prefetch(f: BigFile, blk: number, end: number): void {
     const last = this.lastRead.get(f);
-    this.lastRead.set(f, blk);
-    const next = blk + 1;
-    if (next * f.blksize >= f.size) return;
-    if (end - blk * f.blksize <= f.blksize * PREFETCH_FROM && last !== blk - 1) return;
-    if (f.loads.get(next) !== undefined || (f.isHead && this.isolation.watched(f.foid))) return;
-    this.lastRead.set(f, next);
-    this.stats.Prefetch++;
-    // its errors reach the READ of that block, which loads it again
-    this.loadBlk(f, next, NEVER).catch(() => {});
+    const seq = end - blk * f.blksize > f.blksize * PREFETCH_FROM || (last !== undefined && blk <= last + 1 && blk >= last - PREFETCH_DEPTH);
+    this.lastRead.set(f, Math.max(blk, seq && last !== undefined ? last : blk));
+    if (!seq || (f.isHead && this.isolation.watched(f.foid))) return;
+    for (let next = blk + 1; next <= blk + PREFETCH_DEPTH && next * f.blksize < f.size; next++) {
+      this.lastRead.set(f, Math.max(next, this.lastRead.get(f)!));
+      if (f.loads.get(next) !== undefined) continue;
+      this.stats.Prefetch++;
+      // its errors reach the READ of that block, which loads it again
+      this.loadBlk(f, next, NEVER).catch(() => {});
+    }
   }
 
   // ---- 2c ----
