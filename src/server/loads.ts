@@ -71,7 +71,7 @@ export interface LoadsFile {
  */
 export class BlockPool {
   private readonly idle = new Map<number, Uint8Array[]>();
-  /** Buffers handed out, and how many of those were reused: for .wcfs/stats and tests. */
+  /** Buffers handed out, and how many of those were reused (tests look at them). */
   readonly stats = { got: 0, reused: 0 };
 
   constructor(private readonly maxIdleBytes = 16 << 20) {}

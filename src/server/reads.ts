@@ -132,15 +132,17 @@ export class Reads {
   private prefetch(f: BigFile, blk: number, end: number): void {
     const last = this.lastRead.get(f);
     const seq = end - blk * f.blksize > f.blksize * PREFETCH_FROM || (last !== undefined && blk <= last + 1 && blk >= last - PREFETCH_DEPTH);
-    this.lastRead.set(f, Math.max(blk, seq && last !== undefined ? last : blk));
-    if (!seq || (f.isHead && this.isolation.watched(f.foid))) return;
-    for (let next = blk + 1; next <= blk + PREFETCH_DEPTH && next * f.blksize < f.size; next++) {
-      this.lastRead.set(f, Math.max(next, this.lastRead.get(f)!));
-      if (f.loads.get(next) !== undefined) continue;
-      this.stats.Prefetch++;
-      // its errors reach the READ of that block, which loads it again
-      this.loadBlk(f, next, NEVER).catch(() => {});
+    let furthest = seq && last !== undefined ? Math.max(blk, last) : blk;
+    if (seq && !(f.isHead && this.isolation.watched(f.foid))) {
+      for (let next = blk + 1; next <= blk + PREFETCH_DEPTH && next * f.blksize < f.size; next++) {
+        furthest = Math.max(furthest, next);
+        if (f.loads.get(next) !== undefined) continue;
+        this.stats.Prefetch++;
+        // its errors reach the READ of that block, which loads it again
+        this.loadBlk(f, next, NEVER).catch(() => {});
+      }
     }
+    this.lastRead.set(f, furthest);
   }
 
   // ---- 2c ----
