@@ -10,13 +10,14 @@
 //    after WCFS_BENCH_SCALE_COMMITS (10⁵, and for at least 140 s) commits of one block of one
 //    file; server RssAnon once the 60 s retention window has passed vs at the end (flat), without and with a
 //    watcher at the first revision on *another* file, which no commit changes (goal: growth ∝
-//    the watched file's changed blocks = 0; ΔFtail keeps every commit's δZ while a watcher
-//    holds its tail, so this grows ∝ commits — the row says so).
+//    the watched file's changed blocks = 0; a watcher holds ΔFtail's tail, and its δZ log keeps
+//    at most DEFAULT_MAX_ΔZ_LOG commits — the history below them comes from the storage).
 // 3. @rev views: three rounds of 5,000 distinct revisions looked up and released (--gc-interval
 //    0.5 s: forgotten); RssAnon after the third vs after the second (V8 keeps freed heap
 //    pages, and the first rounds fill bounded caches — the node cache takes each revision's
 //    blktab nodes — so "flat across later rounds" is the test, not "back to before").
 // 4. many files: 10,000 ZBigFiles: first stat and open+read of block 0, p50/p99, RssAnon per file.
+// WCFS_BENCH_SCALE_ONLY=startup,commits,watcher,files runs only the parts named.
 // Memory is RssAnon (/proc/<pid>/status): the server's own; VmRSS also counts Data.fs pages
 // the storage maps (page cache).
 import { closeSync, openSync, readSync, readFileSync, rmSync, statSync, existsSync, unlinkSync } from 'node:fs';
@@ -48,6 +49,8 @@ const COMMITS = Number(process.env.WCFS_BENCH_SCALE_COMMITS ?? 1e5);
 const WINDOW_S = 70; // ΔFtail's 60 s retention + slack
 const VIEWS = Number(process.env.WCFS_BENCH_SCALE_VIEWS ?? 5000);
 const FILES = Number(process.env.WCFS_BENCH_SCALE_FILES ?? 10000);
+const ONLY = process.env.WCFS_BENCH_SCALE_ONLY?.split(',');
+const part = (name) => ONLY === undefined || ONLY.includes(name);
 
 const rssAnonMiB = (pid) => Number(/RssAnon:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
 const verdict = (q, op, goal) => ((op === '≤' ? q <= goal : q >= goal) ? `${op} ${goal} ✓` : `${op} ${goal} ✗`);
@@ -267,10 +270,10 @@ async function manyFiles(dir) {
 async function main() {
   const dir = workDir('scale');
   const t0 = nowMs();
-  await startup(dir);
-  await commits(dir, false);
-  await commits(dir, true);
-  await manyFiles(dir);
+  if (part('startup')) await startup(dir);
+  if (part('commits')) await commits(dir, false);
+  if (part('watcher')) await commits(dir, true);
+  if (part('files')) await manyFiles(dir);
   console.log(`scale (${((nowMs() - t0) / 1000).toFixed(0)} s):`);
   table(['what', 'small → large', 'ratio', 'goal'], rows, 'llrl');
 }

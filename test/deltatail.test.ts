@@ -4,6 +4,9 @@
 // Table: per case, commits after the tail with the δF update() must report for each (tracked
 // blocks only), then blkRevAt(blk, at) and changedSince(at) for every `at` in [tail, c1, …].
 //
+// Both run with the δZ log in memory and with it cut to 1-2 commits (maxLog: I5, the history
+// below the log read back from the storage).
+//
 // Property: ΔFtail against a model, on real FileStorage histories written by our writer (default
 // BTree sizes, so blktab buckets split and relink as blocks come and go):
 //   update(δZ) reports exactly the tracked blocks that changed;
@@ -50,6 +53,8 @@ interface ΔCase {
   blkRevAt: Record<number, string>;
   /** changedSince(at) for at = tail, c1, c2, …: blocks, space-separated. */
   changedSince: string[];
+  /** epochIn(at) for at = tail, c1, c2, …: labels, '-' = none (default: all '-'). */
+  epochIn?: string;
 }
 
 const range = (a: number, b: number, v: BlkWrite): Record<number, BlkWrite> => Object.fromEntries(Array.from({ length: b - a }, (_, i) => [a + i, v]));
@@ -135,6 +140,7 @@ const cases: ΔCase[] = [
     ],
     blkRevAt: { 0: 'tail c1 c2' },
     changedSince: ['0', '0', ''],
+    epochIn: 'c1 - -',
   },
 
   // ---- found by random ----
@@ -161,13 +167,20 @@ const cases: ΔCase[] = [
   },
 ];
 
-describe('ΔFtail: table', () => {
+// the δZ log: all in memory, or cut to the last 1-2 commits (I5: the rest from the storage)
+const logs = [
+  { log: 'in memory', maxLog: undefined },
+  { log: 'maxLog 1', maxLog: 1 },
+  { log: 'maxLog 2', maxLog: 2 },
+];
+
+describe.each(logs)('ΔFtail: table, δZ log $log', ({ maxLog }) => {
   it.each(cases)('$what', async (k) => {
     const h = await FHist.create(k.blksize ?? BS);
     try {
       const f = await h.newFile();
       for (const w of k.pre) await h.commit({ [String(f)]: w });
-      const δF = h.startΔF();
+      const δF = h.startΔF({ maxLog });
       await h.trackFile(f);
       const ats: Tid[] = [h.head()];
       const label = new Map<Tid, string>([[h.head(), 'tail']]);
@@ -196,6 +209,12 @@ describe('ΔFtail: table', () => {
       const since: string[] = [];
       for (const at of ats) since.push([...(await δF.changedSince(f, at))].sort((a, b) => a - b).join(' '));
       expect(since, 'changedSince at tail, c1, …').toEqual(k.changedSince);
+      const epochs: string[] = [];
+      for (const at of ats) {
+        const e = await δF.epochIn(f, at);
+        epochs.push(e === undefined ? '-' : (label.get(e) ?? '?'));
+      }
+      expect(epochs.join(' '), 'epochIn at tail, c1, …').toBe(k.epochIn ?? ats.map(() => '-').join(' '));
     } finally {
       await h.close();
     }
@@ -224,92 +243,96 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
 );
 
 describe('ΔFtail', () => {
-  it('exact changes, revisions and slices for random histories (property)', async () => {
-    const tmp = makeTmpDir();
-    let run = 0;
-    try {
-      await fc.assert(
-        fc.asyncProperty(
-          fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: NBLK - 1 }), fc.integer({ min: 1, max: 255 })), { maxLength: 40 }), { maxLength: 3 }),
-          fc.array(stepArb, { minLength: 5, maxLength: 30 }),
-          async (pre, steps) => {
-            const s = (await openStorage(path.join(tmp.dir, `d${run++}.fs`), { create: true })) as IWritableStorage;
-            try {
-              await ensureRoot(s);
-              let txn = new WriteTxn(s);
-              const foid = createZBigFile(txn, BS);
-              await txn.commit();
-              const data = new Map<number, number>(); // blk → fill (absent: hole)
-              const changes = new Map<number, Tid[]>();
-              const commit = async (writes: Array<[number, number | null]>): Promise<Tid> => {
-                txn = new WriteTxn(s);
-                // net effect per block: a block whose final state is written changed (its ZBlk is
-                // stored), a punched one changed only if it was not a hole before the commit
-                const before = new Set(data.keys());
-                const touched = new Set<number>();
-                for (const [blk, fill] of writes) {
-                  touched.add(blk);
-                  if (fill === null) data.delete(blk);
-                  else data.set(blk, fill);
-                  await setBlock(txn, foid, blk, fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
-                }
-                const changed = new Set([...touched].filter((b) => data.has(b) || before.has(b)));
-                const tid = await txn.commit();
-                for (const blk of changed) changes.set(blk, [...(changes.get(blk) ?? []), tid]);
-                return tid;
-              };
-              for (const w of pre) if (w.length) await commit(w);
-
-              const loader = new StorageLoader(s);
-              const tail = s.head();
-              const δF = new DeltaFtail(tail, loader);
-              const revs: Tid[] = [tail];
-              let view = await ZBigFileView.open(loader, foid, tail);
-              δF.trackFile(foid, view.blktab, (await view.size()).path);
-              const tracked = new Set<number>();
-              const rev = (blk: number, at: Tid) => (changes.get(blk) ?? []).filter((t) => t <= at && t > tail).pop() ?? tail;
-
-              for (const st of steps) {
-                if (st.t === 'commit') {
-                  const tid = await commit(st.writes);
-                  revs.push(tid);
-                  const oids: bigint[] = [];
-                  for await (const t of s.iterate(tid, tid)) for (const r of t.records) oids.push(r.oid);
-                  const d = await δF.update(tid, oids);
-                  const want = [...tracked].filter((b) => (changes.get(b) ?? []).includes(tid)).sort((a, b) => a - b);
-                  expect(
-                    [...(d.get(foid)?.blocks ?? [])].sort((a, b) => a - b),
-                    `δF @${tid.toString(16)}`,
-                  ).toEqual(want);
-                  view = view.withAt(tid);
-                } else if (st.t === 'track') {
-                  for (const blk of st.blks) {
-                    const b = await view.loadBlock(blk);
-                    δF.track(foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
-                    tracked.add(blk);
+  it.each(logs)(
+    'exact changes, revisions and slices for random histories, δZ log $log (property)',
+    async ({ maxLog }) => {
+      const tmp = makeTmpDir();
+      let run = 0;
+      try {
+        await fc.assert(
+          fc.asyncProperty(
+            fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: NBLK - 1 }), fc.integer({ min: 1, max: 255 })), { maxLength: 40 }), { maxLength: 3 }),
+            fc.array(stepArb, { minLength: 5, maxLength: 30 }),
+            async (pre, steps) => {
+              const s = (await openStorage(path.join(tmp.dir, `d${run++}.fs`), { create: true })) as IWritableStorage;
+              try {
+                await ensureRoot(s);
+                let txn = new WriteTxn(s);
+                const foid = createZBigFile(txn, BS);
+                await txn.commit();
+                const data = new Map<number, number>(); // blk → fill (absent: hole)
+                const changes = new Map<number, Tid[]>();
+                const commit = async (writes: Array<[number, number | null]>): Promise<Tid> => {
+                  txn = new WriteTxn(s);
+                  // net effect per block: a block whose final state is written changed (its ZBlk is
+                  // stored), a punched one changed only if it was not a hole before the commit
+                  const before = new Set(data.keys());
+                  const touched = new Set<number>();
+                  for (const [blk, fill] of writes) {
+                    touched.add(blk);
+                    if (fill === null) data.delete(blk);
+                    else data.set(blk, fill);
+                    await setBlock(txn, foid, blk, fill === null ? null : new Uint8Array(BS).fill(fill), { format: 'ZBlk0' });
                   }
-                } else {
-                  const at = revs[st.atIdx % revs.length]!;
-                  for (const blk of st.blks) {
-                    if (!tracked.has(blk)) continue;
-                    expect(await δF.blkRevAt(foid, blk, at), `blkRevAt #${blk} @${at.toString(16)}`).toBe(rev(blk, at));
+                  const changed = new Set([...touched].filter((b) => data.has(b) || before.has(b)));
+                  const tid = await txn.commit();
+                  for (const blk of changed) changes.set(blk, [...(changes.get(blk) ?? []), tid]);
+                  return tid;
+                };
+                for (const w of pre) if (w.length) await commit(w);
+
+                const loader = new StorageLoader(s);
+                const tail = s.head();
+                const δF = new DeltaFtail(tail, loader, { maxLog });
+                const revs: Tid[] = [tail];
+                let view = await ZBigFileView.open(loader, foid, tail);
+                δF.trackFile(foid, view.blktab, (await view.size()).path);
+                const tracked = new Set<number>();
+                const rev = (blk: number, at: Tid) => (changes.get(blk) ?? []).filter((t) => t <= at && t > tail).pop() ?? tail;
+
+                for (const st of steps) {
+                  if (st.t === 'commit') {
+                    const tid = await commit(st.writes);
+                    revs.push(tid);
+                    const oids: bigint[] = [];
+                    for await (const t of s.iterate(tid, tid)) for (const r of t.records) oids.push(r.oid);
+                    const d = await δF.update(tid, oids);
+                    const want = [...tracked].filter((b) => (changes.get(b) ?? []).includes(tid)).sort((a, b) => a - b);
+                    expect(
+                      [...(d.get(foid)?.blocks ?? [])].sort((a, b) => a - b),
+                      `δF @${tid.toString(16)}`,
+                    ).toEqual(want);
+                    view = view.withAt(tid);
+                  } else if (st.t === 'track') {
+                    for (const blk of st.blks) {
+                      const b = await view.loadBlock(blk);
+                      δF.track(foid, blk, b.path, b.zblk?.oid ?? null, b.revMax);
+                      tracked.add(blk);
+                    }
+                  } else {
+                    const at = revs[st.atIdx % revs.length]!;
+                    for (const blk of st.blks) {
+                      if (!tracked.has(blk)) continue;
+                      expect(await δF.blkRevAt(foid, blk, at), `blkRevAt #${blk} @${at.toString(16)}`).toBe(rev(blk, at));
+                    }
+                    const since = [...(await δF.changedSince(foid, at))].sort((a, b) => a - b);
+                    const want = [...tracked].filter((b) => (changes.get(b) ?? []).some((t) => t > at)).sort((a, b) => a - b);
+                    expect(since, `changedSince @${at.toString(16)}`).toEqual(want);
                   }
-                  const since = [...(await δF.changedSince(foid, at))].sort((a, b) => a - b);
-                  const want = [...tracked].filter((b) => (changes.get(b) ?? []).some((t) => t > at)).sort((a, b) => a - b);
-                  expect(since, `changedSince @${at.toString(16)}`).toEqual(want);
                 }
+              } finally {
+                await s.close();
               }
-            } finally {
-              await s.close();
-            }
-          },
-        ),
-        fcParams(25),
-      );
-    } finally {
-      tmp.cleanup();
-    }
-  }, 120_000);
+            },
+          ),
+          fcParams(25),
+        );
+      } finally {
+        tmp.cleanup();
+      }
+    },
+    120_000,
+  );
 
   it('a long stream with a sliding tail (history compacted) and blocks untracked and tracked again: exact revisions', async () => {
     const tmp = makeTmpDir();

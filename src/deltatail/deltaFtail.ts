@@ -7,7 +7,8 @@
 // δF = per-file changes derived from δZ, (tail, head] = the history window.
 //
 // State:
-//   δZtail       the δZ of every commit in (tail, head] (zlog.ts: compact)
+//   δZtail       the δZ of the commits in (floor, head], tail ≤ floor (zlog.ts: compact); at
+//                most maxLog entries — older commits are read back from the storage (I5)
 //   per file     blktab oid, size-path oids, tracked blocks
 //   per block    value = blktab[blk] at head (ZBlk oid, null = hole) and the path to it;
 //                changes = ascending revisions in (knownFrom, head] at which blk changed;
@@ -25,6 +26,11 @@
 //   I3 changes ∪ "no change in (knownFrom, head] outside changes" is exact; walking back
 //      from `back` (deltatail.md §5.2 path stability) extends it toward tail on demand.
 //   I4 blkRevAt(blk, at) = the last change ≤ at, or tail when none is in (tail, at].
+//   I5 below floor the history comes from the storage: as of rev K, the newest serial over
+//      blk's path and its ZBlk is the last revision ≤ K that touched them (nothing on a path
+//      changes without its node's serial moving — path stability, deltatail.md §5.2). So a
+//      watcher holding the tail costs at most maxLog δZ entries, however many commits pass;
+//      what is beyond them costs a walk over the storage (one step per change of the path).
 //
 // Concurrency: the caller serialises track()/untrack()/queries against update() (the server's
 // head lock: reads, watch setup and untracking hold it shared, commit processing exclusive).
@@ -85,17 +91,28 @@ export function pathOids(path: PathNode[]): Oid[] {
 const debug = createDebug('wcfs:deltaftail');
 const h = (x: bigint | null) => (x === null ? 'ø' : x.toString(16));
 
+/** Default bound of the δZ log (I5): ~20-40 bytes per one-object commit, so ~2 MiB. */
+export const DEFAULT_MAX_ΔZ_LOG = 1 << 16;
+
+export interface DeltaFtailOptions {
+  /** At most this many commits' δZ in memory (I5); ≥ 1. Default DEFAULT_MAX_ΔZ_LOG. */
+  maxLog?: number;
+}
+
 const valueOid = (v: unknown): Oid | null | undefined => (v instanceof PersistentRef ? v.oid : v === undefined ? null : undefined);
 
 export class DeltaFtail {
   private headRev: Tid;
   private tailRev: Tid;
+  /** δZtail covers (floorRev, head]; tail ≤ floorRev (I5). */
+  private floorRev: Tid;
+  private readonly maxLog: number;
   private readonly files = new Map<Oid, TrackedFile>();
   /** oid → (foid → blocks) whose head path or ZBlk contains oid. */
   private readonly nodeIdx = new Map<Oid, Map<Oid, Set<number>>>();
   /** oid → files whose size path contains oid. */
   private readonly sizeIdx = new Map<Oid, Set<Oid>>();
-  /** δZ of (tail, head], ascending. */
+  /** δZ of (floor, head], ascending. */
   private readonly δZtail = new ΔZLog();
   /** Counts track() calls: TrackedBlock.gen. */
   private trackSeq = 0;
@@ -103,9 +120,13 @@ export class DeltaFtail {
   constructor(
     at0: Tid,
     private readonly loader: ObjectLoader,
+    opts: DeltaFtailOptions = {},
   ) {
     this.headRev = at0;
     this.tailRev = at0;
+    this.floorRev = at0;
+    this.maxLog = opts.maxLog ?? DEFAULT_MAX_ΔZ_LOG;
+    if (!(this.maxLog >= 1)) throw new RangeError(`ΔFtail: maxLog ${this.maxLog} < 1`);
   }
 
   head(): Tid {
@@ -218,7 +239,13 @@ export class DeltaFtail {
         }
       }
     }
-    this.δZtail.append(tid, δZ);
+    const zs = this.δZtail;
+    zs.append(tid, δZ);
+    if (zs.length > this.maxLog) {
+      // I5: the oldest entry goes; its commit is read back from the storage when needed
+      this.floorRev = zs.tid(zs.firstIndex);
+      zs.forget(this.floorRev);
+    }
     this.headRev = tid;
     return δF;
   }
@@ -258,17 +285,19 @@ export class DeltaFtail {
   }
 
   /**
-   * The revision in (lo, head] at which the ZBigFile object foid changed (created, or its
+   * The last revision in (lo, head] at which the ZBigFile object foid changed (created, or its
    * blksize/blktab replaced), if any: an "epoch" the isolation protocol cannot cross.
    */
-  epochIn(foid: Oid, lo: Tid): Tid | undefined {
+  async epochIn(foid: Oid, lo: Tid): Promise<Tid | undefined> {
     const zs = this.δZtail;
     for (let i = zs.endIndex - 1; i >= zs.firstIndex; i--) {
       const tid = zs.tid(i);
-      if (tid <= lo) break;
+      if (tid <= lo) return undefined;
       if (zs.has(i, foid)) return tid;
     }
-    return undefined;
+    if (lo >= this.floorRev) return undefined;
+    const s = await this.serialAt(foid, this.floorRev); // I5: its last change ≤ floor
+    return s > lo ? s : undefined;
   }
 
   /** Sizes for .wcfs/stats: tracked blocks over all files, δZ entries in (tail, head]. */
@@ -283,6 +312,7 @@ export class DeltaFtail {
     if (rev <= this.tailRev) return;
     if (rev > this.headRev) rev = this.headRev;
     this.tailRev = rev;
+    if (rev > this.floorRev) this.floorRev = rev;
     this.δZtail.forget(rev);
     for (const f of this.files.values()) {
       for (const b of f.blocks.values()) {
@@ -297,7 +327,7 @@ export class DeltaFtail {
   /**
    * Extend blk's known history backwards toward `lo` by walking δZtail (I3): the state at
    * rev_{i-1} equals the state at rev_i unless δZ_i touches its path; a change at rev_i is
-   * its ZBlk in δZ_i, or a different blktab[blk] before rev_i.
+   * its ZBlk in δZ_i, or a different blktab[blk] before rev_i. Below floor: stepBack (I5).
    */
   private extendBack(f: TrackedFile, blk: number, b: TrackedBlock, lo: Tid): Promise<void> {
     if (b.extending) return b.extending;
@@ -327,9 +357,53 @@ export class DeltaFtail {
         b.back = prev;
         b.knownFrom = ztid - 1n;
       }
-      if (i < first && b.knownFrom > this.tailRev) b.knownFrom = this.tailRev; // no more commits: nothing changed down to tail
+      if (i < first && b.knownFrom > this.floorRev) b.knownFrom = this.floorRev; // no more commits in the log: nothing changed down to floor
+      while (b.knownFrom > lo && b.knownFrom > this.tailRev) await this.stepBack(f, blk, b, lo);
     })().finally(() => (b.extending = undefined));
     return b.extending;
+  }
+
+  /**
+   * I5: one step back from b.knownFrom = K ≤ floor, from the storage. z = the newest serial
+   * over blk's path and ZBlk as of K: nothing they hold changed in (z, K], so the state at z
+   * is the state at K; a change at z is its ZBlk stored at z, or blktab[blk] different before z.
+   */
+  private async stepBack(f: TrackedFile, blk: number, b: TrackedBlock, lo: Tid): Promise<void> {
+    const K = b.knownFrom;
+    const cur = await this.lookup(f, blk, K);
+    if (cur === undefined) {
+      b.knownFrom = this.tailRev; // no blktab at K: the file's creation is already a change above K
+      return;
+    }
+    const zblkSerial = cur.value === null ? 0n : await this.serialAt(cur.value, K);
+    const z = zblkSerial > cur.revMax ? zblkSerial : cur.revMax;
+    b.back = { value: cur.value, pathOids: cur.pathOids };
+    if (z <= lo || z <= this.tailRev) {
+      b.knownFrom = z > this.tailRev ? z : this.tailRev;
+      return;
+    }
+    const p = await this.lookup(f, blk, z - 1n);
+    if (p === undefined) {
+      b.changes.unshift(z); // blktab did not exist before z: the file was created then
+      b.knownFrom = this.tailRev;
+      return;
+    }
+    if (zblkSerial === z || p.value !== cur.value) b.changes.unshift(z);
+    b.back = { value: p.value, pathOids: p.pathOids };
+    b.knownFrom = z - 1n;
+  }
+
+  /** Serial of oid's record as of at (0n: none then). */
+  private async serialAt(oid: Oid, at: Tid): Promise<Tid> {
+    const l = this.loader;
+    try {
+      if (l.loadRecordTransient) return l.loadRecordTransient(oid, at).serial;
+      if (l.loadRecord) return (await l.loadRecord(oid, at)).serial;
+      return (await l.loadObject(oid, at)).serial;
+    } catch (e) {
+      if (isCode(e, 'WCFS_ENODATA') || isCode(e, 'WCFS_ENOOBJ')) return 0n;
+      throw e;
+    }
   }
 
   private async lookup(f: TrackedFile, blk: number, at: Tid): Promise<(BlkState & { revMax: Tid }) | undefined> {

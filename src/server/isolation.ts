@@ -186,7 +186,7 @@ export class Isolation {
     let pins: Promise<void>[];
     try {
       if (w.registered && at < w.at) throw new Error('going back in history is forbidden');
-      const epoch = h.deltaFtail.epochIn(foid, at);
+      const epoch = await h.deltaFtail.epochIn(foid, at);
       if (epoch !== undefined) {
         if (created && !w.registered) this.drop(w); // roll back a watch created by this request
         throw new Error(`file epoch detected @${hex16(epoch)} in between (at,head=@${hex16(h.headAt())}]`);

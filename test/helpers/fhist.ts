@@ -8,7 +8,7 @@
 //   h.startΔF();                                 // ΔFtail with tail = head
 //   await h.track(f, 0);                         // as a READ of head/ does (load at head, track)
 //   const δF = await h.commitΔ({ [f]: { 0: 2 } }); // commit + ΔFtail.update → its δF
-import { DeltaFtail, type FileDelta } from '../../src/deltatail/deltaFtail.js';
+import { DeltaFtail, type DeltaFtailOptions, type FileDelta } from '../../src/deltatail/deltaFtail.js';
 import { StorageLoader, WriteTxn } from '../../src/zodb/db.js';
 import type { Oid, Tid } from '../../src/zodb/ids.js';
 import { openStorage } from '../../src/zodb/open.js';
@@ -76,8 +76,8 @@ export class FHist {
   }
 
   /** ΔFtail starting at head (= its tail); files are tracked at head. */
-  startΔF(): DeltaFtail {
-    this.δF = new DeltaFtail(this.head(), this.loader);
+  startΔF(opts?: DeltaFtailOptions): DeltaFtail {
+    this.δF = new DeltaFtail(this.head(), this.loader, opts);
     return this.δF;
   }
 
