@@ -15,6 +15,7 @@ import type { CommitEvent, StorageWatch } from '../src/zodb/storage.js';
 import { sleep } from '../src/util/async.js';
 import { TmpDirs, collect, copyFixture, historyFs, withTimeout, zblkFs } from './helpers/fs1util.js';
 import { WriterProc } from './helpers/fs1proc.js';
+import type { WatchQueue, WatchQueueLimits } from '../src/zodb/watchq.js';
 
 const tmp = new TmpDirs();
 const open: FileStorage[] = [];
@@ -24,8 +25,8 @@ afterEach(async () => {
   tmp.cleanup();
 });
 
-async function follower(f: string, o: { garbageMs?: number } = {}): Promise<FileStorage> {
-  const s = await FileStorage.open(f, { readOnly: true, pollMs: 50, garbageMs: o.garbageMs ?? 10000, warn: () => {} });
+async function follower(f: string, o: { garbageMs?: number; watchLimits?: WatchQueueLimits } = {}): Promise<FileStorage> {
+  const s = await FileStorage.open(f, { readOnly: true, pollMs: 50, garbageMs: o.garbageMs ?? 10000, warn: () => {}, watchLimits: o.watchLimits });
   open.push(s);
   return s;
 }
@@ -144,6 +145,32 @@ describe('follow a writer process', () => {
 });
 
 describe('fatal conditions end the watch with a clear error', () => {
+  it('a watch that lags a fast writer queues at most its bound, then reads the rest back from the file: every commit once, in order (watchq Q1)', async () => {
+    const f = copyFixture(historyFs, tmp.make(), { index: true });
+    const r = await follower(f, { watchLimits: { maxEvents: 4, maxOids: 64 } });
+    const w = r.watch() as WatchQueue;
+    const fast = new Collector(r.watch()); // a consumer that keeps up is not affected
+    const p = new WriterProc();
+    await p.call({ op: 'open', path: f });
+    const commits: Commit[] = [];
+    for (let i = 0; i < 40; i++) {
+      const records = i % 5 === 4 ? [] : [{ oid: i % 2 ? 'new' : '0000000000000000', data: `v${i}` }];
+      commits.push((await p.call({ op: 'commit', records })) as Commit);
+    }
+    await r.sync();
+    expect(w.spilling).toBe(true);
+    expect(w.ready()).toBe(4);
+    const slow = new Collector(w);
+    await slow.waitCount(40);
+    expect(slow.events).toEqual(commitsOf(commits));
+    // and live events after the catch-up, as usual
+    commits.push((await p.call({ op: 'commit', records: [{ oid: '0000000000000000', data: 'live' }] })) as Commit);
+    await slow.waitCount(41);
+    expect(slow.events).toEqual(commitsOf(commits));
+    await fast.waitCount(41);
+    expect(fast.events).toEqual(commitsOf(commits));
+  });
+
   it('file replaced by rename with another database (a pack of ours is followed: fs1-pack.test.ts)', async () => {
     const dir = tmp.make();
     const f = copyFixture(historyFs, dir);

@@ -17,6 +17,7 @@ import type { CommitEvent, StorageWatch } from '../src/zodb/storage.js';
 import { sleep } from '../src/util/async.js';
 import { TmpDirs, copyFixture, historyFs, withTimeout, zblkFs } from './helpers/fs1util.js';
 import { WriterProc } from './helpers/fs1proc.js';
+import type { WatchQueue, WatchQueueLimits } from '../src/zodb/watchq.js';
 
 const tmp = new TmpDirs();
 const open: FileStorage[] = [];
@@ -26,8 +27,8 @@ afterEach(async () => {
   tmp.cleanup();
 });
 
-async function follower(f: string): Promise<FileStorage> {
-  const s = await FileStorage.open(f, { readOnly: true, pollMs: 50, garbageMs: 10000, warn: () => {} });
+async function follower(f: string, watchLimits?: WatchQueueLimits): Promise<FileStorage> {
+  const s = await FileStorage.open(f, { readOnly: true, pollMs: 50, garbageMs: 10000, warn: () => {}, watchLimits });
   open.push(s);
   return s;
 }
@@ -165,6 +166,54 @@ describe('pack while following', () => {
     expect(order).toEqual(['pack', `commit ${cm.tid}`]); // the listener ran in the same check, after the event was queued
     expect(r.packedTo()).toBe(txns(f)[1]!.tid);
     w.close();
+  });
+
+  it('a watch lagging behind a writer (watchq Q1) catches up across a pack whose boundary is below what it queued; not across one above', async () => {
+    const dir = tmp.make();
+    const f = copyFixture(historyFs, dir, { name: 'Data.fs' });
+    const r = await follower(f, { maxEvents: 3, maxOids: 100 });
+    const w = r.watch() as WatchQueue;
+    let p = new WriterProc();
+    await p.call({ op: 'open', path: f });
+    const commit = async (i: number) =>
+      ((await p.call({ op: 'commit', records: [{ oid: '0000000000000000', data: `lag ${i}` }] })) as unknown as { tid: string }).tid;
+    const lag = async (n: number) => {
+      const tids: string[] = [];
+      for (let i = 0; i < n; i++) tids.push(await commit(i));
+      await r.sync();
+      expect(w.spilling, 'the watch stopped queuing').toBe(true);
+      expect(w.ready()).toBe(3);
+      return tids;
+    };
+    const it = w[Symbol.asyncIterator]();
+    const take = async (n: number) => {
+      const got: string[] = [];
+      for (let i = 0; i < n; i++) got.push(hex16(((await it.next()).value as CommitEvent).tid));
+      return got;
+    };
+
+    // >>> lag by 10 commits, then a pack of the old history (boundary far below): caught up
+    let tids = await lag(10);
+    await p.call({ op: 'close' });
+    const first = packedCopy(f, dir, 3);
+    fs.renameSync(first.file, f);
+    expect(hex16(await r.sync())).toBe(tids[9]);
+    expect(r.packedTo()).toBe(first.packedTo);
+    expect(await take(10)).toEqual(tids);
+
+    // >>> lag again, then a pack whose boundary is above what the watch queued: its δZ below
+    // the boundary may be gone from the packed file — the watch fails, it never guesses
+    p = new WriterProc();
+    await p.call({ op: 'open', path: f });
+    tids = await lag(8);
+    await p.call({ op: 'close' });
+    const all = txns(f);
+    const second = packedCopy(f, dir, all.length - 2);
+    fs.renameSync(second.file, f);
+    await r.sync();
+    expect(r.packedTo()).toBe(second.packedTo);
+    expect(await take(3)).toEqual(tids.slice(0, 3));
+    await expect(it.next()).rejects.toThrow(/watch catch-up after @[0-9a-f]{16} \(packed to @[0-9a-f]{16}\): storage packed \(file replaced\) meanwhile/);
   });
 
   it('an iteration in flight across the switch fails instead of reading the new file at old offsets', async () => {

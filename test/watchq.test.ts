@@ -1,9 +1,11 @@
 // WatchQueue (src/zodb/watchq.ts): replay, then live events; ready() > 0 exactly when next()
 // resolves without waiting (the server's commit loop batches on it). A table of cases and a
-// seeded random sequence of push / ready / next against a model.
+// seeded random sequence of push / ready / next against a model; then the bound (Q1): a
+// consumer that lags leaves events in the "storage" (here an array, as FileStorage's file is:
+// fs1-follow.test.ts runs it on a real one), cases and a seeded random run against a model.
 import { describe, expect, it } from 'vitest';
 import type { CommitEvent } from '../src/zodb/storage.js';
-import { WatchQueue } from '../src/zodb/watchq.js';
+import { WatchQueue, type Spill } from '../src/zodb/watchq.js';
 import { rng } from '../src/util/rng.js';
 import { seedOr } from './helpers/fuzz.js';
 
@@ -74,6 +76,98 @@ describe('WatchQueue: ready() promises only what next() has', () => {
       }
       expect(w.ready() > 0).toBe(model.length > 0);
       w.close();
+    }
+  });
+});
+
+/** A driver's history: every event published, in order; spill replays (after, last now]. */
+class History {
+  readonly events: CommitEvent[] = [];
+  spills = 0;
+  failNext: Error | null = null;
+  publish(w: WatchQueue, e: CommitEvent): void {
+    this.events.push(e);
+    w.push(e);
+  }
+  readonly spill: Spill = (after) => {
+    this.spills++;
+    return () => {
+      if (this.failNext !== null) throw this.failNext;
+      const end = this.events.length; // the head as of the start of the replay
+      return this.events
+        .slice(0, end)
+        .filter((e) => e.tid > after)
+        [Symbol.iterator]();
+    };
+  };
+}
+
+const evn = (tid: number, n: number): CommitEvent => ({ tid: BigInt(tid), oids: Array.from({ length: n }, (_, i) => BigInt(i)) });
+
+describe('WatchQueue: bounded (Q1)', () => {
+  it('a lagging consumer: at most maxEvents queued, the rest replayed from the storage once drained; live events after', async () => {
+    const h = new History();
+    const w = new WatchQueue(0n, null, () => {}, h.spill, { maxEvents: 3, maxOids: 100 });
+    for (let t = 1; t <= 10; t++) h.publish(w, ev(t));
+    expect(w.spilling).toBe(true);
+    expect(w.ready()).toBe(3); // what is queued, not more
+    const got: number[] = [];
+    for (let i = 0; i < 3; i++) got.push(Number((await w.next()).value!.tid));
+    expect(w.spilling).toBe(true);
+    h.publish(w, ev(11)); // still spilled: the replay will read it
+    expect(w.ready()).toBe(1); // drained: the catch-up replay starts
+    expect(w.spilling).toBe(false);
+    h.publish(w, ev(12)); // after the replay started: queued behind it
+    for (let i = 0; i < 9; i++) got.push(Number((await w.next()).value!.tid));
+    expect(got).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    expect(await nextNow(w)).toBe('waits');
+    expect(h.spills).toBe(1);
+  });
+  it('maxOids bounds big commits; one event bigger than the bound is still queued alone', async () => {
+    const h = new History();
+    const w = new WatchQueue(0n, null, () => {}, h.spill, { maxEvents: 100, maxOids: 10 });
+    h.publish(w, evn(1, 25)); // alone: queued
+    expect(w.spilling).toBe(false);
+    h.publish(w, evn(2, 1));
+    expect(w.spilling).toBe(true);
+    expect((await w.next()).value!.oids.length).toBe(25);
+    expect((await w.next()).value!.tid).toBe(2n);
+  });
+  it('the catch-up replay failing (the storage was packed meanwhile) ends the watch with its error, after what was queued', async () => {
+    const h = new History();
+    const w = new WatchQueue(0n, null, () => {}, h.spill, { maxEvents: 2, maxOids: 100 });
+    for (let t = 1; t <= 5; t++) h.publish(w, ev(t));
+    h.failNext = new Error('storage packed meanwhile');
+    expect(await nextNow(w)).toBe(1);
+    expect(await nextNow(w)).toBe(2);
+    expect(w.ready()).toBe(1); // next() throws at once
+    await expect(w.next()).rejects.toThrow('storage packed meanwhile');
+    expect(w.ready()).toBe(0);
+  });
+  it('without spill (ZEO) the queue is unbounded, as before', () => {
+    const w = new WatchQueue(0n, null, () => {});
+    for (let t = 1; t <= 10_000; t++) w.push(ev(t));
+    expect(w.ready()).toBe(10_000);
+    expect(w.spilling).toBe(false);
+  });
+
+  it(`seeded random publish/ready/next with small bounds: every event exactly once, in order (seed ${seedOr(11)})`, async () => {
+    const R = rng(seedOr(11));
+    for (let round = 0; round < 300; round++) {
+      const h = new History();
+      const limits = { maxEvents: 1 + Math.floor(R() * 4), maxOids: 2 + Math.floor(R() * 8) };
+      const w = new WatchQueue(0n, null, () => {}, h.spill, limits);
+      let tid = 0;
+      let delivered = 0;
+      for (let step = 0; step < 40; step++) {
+        const r = R();
+        if (r < 0.5) h.publish(w, evn(++tid, 1 + Math.floor(R() * 3)));
+        else if (r < 0.7) expect(w.ready() > 0, `ready, ${delivered} of ${tid} delivered`).toBe(delivered < tid);
+        else if (delivered < tid) expect(Number((await w.next()).value!.tid)).toBe(++delivered);
+        expect(w.ready()).toBeLessThanOrEqual(limits.maxEvents + 1); // the queue, and a replayed event read ahead
+      }
+      while (delivered < tid) expect(Number((await w.next()).value!.tid)).toBe(++delivered);
+      expect(await nextNow(w)).toBe('waits');
     }
   });
 });

@@ -1,17 +1,44 @@
 // WatchQueue: one StorageWatch as every driver hands it out — an optional replay of history
 // (a lazy, synchronous iterator the driver supplies), then live events the driver pushes.
 //
+// Bounded when the driver can read its history back (`spill`: FileStorage, whose file is the
+// buffer): a consumer that lags a fast writer by more than maxEvents events or maxOids oids
+// stops queuing; pushes are dropped (they are in the storage); once the queue drains, the
+// driver replays (last queued, its head then] and live events queue after that replay.
+//
 // Invariants:
 //   delivers tid > from, exactly once, in the order pushed (the driver pushes in tid order,
 //   live events above every replayed tid); a fatal error (fail) is thrown to the iteration
 //   after the events queued before it; end/close drop what is queued; at most one pending
 //   next() per watch.
+//   Q1 with spill: |queue| ≤ maxEvents and its oids ≤ maxOids (or one event); while spilled,
+//      every event pushed has a tid the driver's catch-up replay will read (it is published
+//      before it is pushed, and the replay ends at the head as of when it starts).
 
 import type { CommitEvent, StorageWatch } from './storage.js';
 import type { Tid } from './ids.js';
 
+/**
+ * Called once when a watch overflows, with the last tid queued; returns the catch-up replay to
+ * start when the queue has drained: committed events with tid > after up to the driver's head
+ * at that moment (it may throw: the watch then fails with that error).
+ */
+export type Spill = (after: Tid) => () => Iterator<CommitEvent>;
+
+export interface WatchQueueLimits {
+  maxEvents: number;
+  maxOids: number;
+}
+
+/** Q1's defaults: ~0.5-1 MiB of queued events for one-object commits. */
+export const WATCH_QUEUE_LIMITS: WatchQueueLimits = { maxEvents: 4096, maxOids: 1 << 16 };
+
 export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
   private readonly queue: CommitEvent[] = [];
+  /** Oids of the queued events (Q1). */
+  private queuedOids = 0;
+  /** Overflowed (Q1): the catch-up replay to start when the queue drains. */
+  private spilled: (() => Iterator<CommitEvent>) | null = null;
   private waiter: { resolve: (r: IteratorResult<CommitEvent>) => void; reject: (e: unknown) => void } | null = null;
   private err: unknown = null;
   /** The replay's next event, read ahead by ready(). */
@@ -22,24 +49,40 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
    * @param from    deliver only tid > from
    * @param replay  history to deliver first (a lazy, synchronous reader of the file), or null
    * @param onClose called once when the watch ends (close(), error or end())
+   * @param spill   how the driver reads back what a lagging consumer missed (Q1); without
+   *                it the queue is unbounded (ZEO: its history is only in memory)
    */
   constructor(
     readonly from: Tid,
     private replay: Iterator<CommitEvent> | null,
     private readonly onClose: (w: WatchQueue) => void,
+    private readonly spill?: Spill,
+    private readonly limits: WatchQueueLimits = WATCH_QUEUE_LIMITS,
   ) {}
+
+  /** Whether events are being left in the storage for a catch-up replay (Q1; tests, stats). */
+  get spilling(): boolean {
+    return this.spilled !== null;
+  }
 
   // -- producer side (the storage) --
 
   push(ev: CommitEvent): void {
     if (this.done || this.err !== null || ev.tid <= this.from) return;
+    if (this.spilled !== null) return; // Q1: the catch-up replay reads it
     if (this.waiter !== null && this.replay === null && this.queue.length === 0) {
       const w = this.waiter;
       this.waiter = null;
       w.resolve({ value: ev, done: false });
-    } else {
-      this.queue.push(ev);
+      return;
     }
+    const q = this.queue;
+    if (this.spill !== undefined && q.length > 0 && (q.length >= this.limits.maxEvents || this.queuedOids + ev.oids.length > this.limits.maxOids)) {
+      this.spilled = this.spill(q[q.length - 1]!.tid);
+      return;
+    }
+    q.push(ev);
+    this.queuedOids += ev.oids.length;
   }
 
   /** End the iteration with `err` once the queued events are consumed. */
@@ -64,10 +107,25 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
 
   ready(): number {
     if (this.done) return 0;
+    if (!this.catchUp()) return 1; // next() throws at once
     // a replay that may have run out: look one event ahead so "ready" never promises one
     // that next() would then wait for (a replay error counts: next() throws it at once)
     if (this.replay !== null && this.peeked === null && !this.readAhead()) return 1;
     return this.queue.length + (this.peeked !== null ? 1 : 0);
+  }
+
+  /** Q1: the queue drained while spilled: start the catch-up replay. false: it failed to start. */
+  private catchUp(): boolean {
+    if (this.spilled === null || this.err !== null || this.queue.length > 0 || this.replay !== null || this.peeked !== null) return true;
+    const start = this.spilled;
+    this.spilled = null;
+    try {
+      this.replay = start();
+    } catch (e) {
+      this.fail(e);
+      return false;
+    }
+    return true;
   }
 
   /** Move the replay's next event into `peeked` (or end the replay); false: the replay failed. */
@@ -89,6 +147,8 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
     if (this.done) return;
     this.done = true;
     this.queue.length = 0;
+    this.queuedOids = 0;
+    this.spilled = null;
     this.replay = null;
     this.peeked = null;
     if (this.err === null) this.onClose(this);
@@ -101,6 +161,10 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
 
   next(): Promise<IteratorResult<CommitEvent>> {
     if (this.done) return Promise.resolve({ value: undefined, done: true });
+    if (!this.catchUp()) {
+      this.done = true;
+      return Promise.reject(this.err);
+    }
     if (this.replay !== null && this.peeked === null && !this.readAhead()) {
       this.done = true;
       return Promise.reject(this.err);
@@ -111,7 +175,10 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
       return Promise.resolve({ value: ev, done: false });
     }
     const ev = this.queue.shift();
-    if (ev !== undefined) return Promise.resolve({ value: ev, done: false });
+    if (ev !== undefined) {
+      this.queuedOids -= ev.oids.length;
+      return Promise.resolve({ value: ev, done: false });
+    }
     if (this.err !== null) {
       this.done = true;
       return Promise.reject(this.err);

@@ -51,7 +51,7 @@ import { native } from '../../native.js';
 import { logLine } from '../../util/log.js';
 import { NotAFileError, ReadOnlyError, StorageChangedError, StorageNotFoundError } from './errors.js';
 import { Follower } from './follow.js';
-import { WatchQueue } from '../watchq.js';
+import { WatchQueue, type WatchQueueLimits } from '../watchq.js';
 import {
   DATA_HEADER_SIZE,
   FILE_HEADER_SIZE,
@@ -116,6 +116,8 @@ export interface FileStorageOptions {
    * revisions skip the prev walk (recent.ts). Default 2¹⁷; 0 disables.
    */
   recentRecords?: number;
+  /** Bounds of each watch's queue (watchq.ts Q1); default WATCH_QUEUE_LIMITS. */
+  watchLimits?: WatchQueueLimits;
   /**
    * Rebuild a missing/unusable `.index` with the native header scanner (nativescan.ts).
    * Default true; false forces the JS scanner, window sizes force small windows (tests).
@@ -675,7 +677,16 @@ export class FileStorage implements IStorage, ICommitter {
     const head = this.headTid;
     const start = from ?? head;
     const replay = start < head ? this.replayEvents(start, this.topPos) : null;
-    const w = new WatchQueue(start, replay, (x) => this.unwatch(x));
+    // Q1: a watch that lags a fast writer leaves the rest in the file, replayed when it drains.
+    // Across a pack the packed file has every txn above its boundary whole; below it, not.
+    const spill = (after: Tid) => {
+      const gen = this.gen;
+      return () => {
+        if (after < this.packedTo_) this.checkGen(gen, `watch catch-up after @${hex16(after)} (packed to @${hex16(this.packedTo_)})`);
+        return this.replayEvents(after, this.topPos);
+      };
+    };
+    const w = new WatchQueue(start, replay, (x) => this.unwatch(x), spill, this.opts.watchLimits);
     if (this.fatal !== null) {
       w.fail(this.fatal);
       return w;
