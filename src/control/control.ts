@@ -16,6 +16,9 @@
 //    and only has to be a directory. The server log (<mnt>.log by default, also in WCFS_SHM)
 //    is opened O_NOFOLLOW|O_NONBLOCK and must be a regular file of ours with one link.
 //    ("Us" = process.getuid(): the uid libfuse records as the mount's user_id.)
+//    A mount shared with a group (serve --share-with) is reached by its members through the
+//    directories above it: serve warns about any of them the group cannot search, and
+//    changes none (WCFS_SHM is 01777 already; a mountpoint's own mode is hidden by the mount).
 // 3) recognising our server: a mount at mnt is accepted only when
 //      mountinfo: fstype = fuse.wcfs ∧ user_id = us ∧ source = zurl, and .wcfs/zurl = zurl.
 //    Anything else mounted there is an error (WCFS_EFOREIGN), never "absent" or "crashed".
@@ -184,6 +187,23 @@ export function removeMountpoint(mnt: string): void {
     rmdirSync(mnt);
   } catch {
     /* not empty, or gone */
+  }
+}
+
+/**
+ * The directories above `mnt` that members of group `gid` cannot search (mode bits only:
+ * o+x, or g+x when the directory's group is gid). serve --share-with warns about them.
+ */
+export function unsearchableFor(mnt: string, gid: number): string[] {
+  const out: string[] = [];
+  for (let d = path.dirname(mnt); ; d = path.dirname(d)) {
+    try {
+      const st = statSync(d);
+      if ((st.mode & 0o001) === 0 && !(st.gid === gid && (st.mode & 0o010) !== 0)) out.push(d);
+    } catch {
+      out.push(d);
+    }
+    if (d === path.dirname(d)) return out;
   }
 }
 
