@@ -7,12 +7,13 @@
 //     node is a row): outsider, member and the serving user, for stat / read / write-open;
 //   - without --share-with another uid gets nothing (FUSE's default: only the mounting user);
 //   - isolation for a member of another uid: its watch is pinned and acks, a faulty member
-//     is killed after the pin timeout, an outsider cannot open head/watch at all;
+//     is killed after the pin timeout, an outsider cannot open head/watch at all; and the
+//     client library (join, Conn, native pinner) in a member process keeps its view;
 //   - start-up errors: unknown group, and a non-root server without user_allow_other in the
 //     real /etc/fuse.conf (never edited here).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -145,6 +146,11 @@ describe('wcfs serve --share-with group:NAME', () => {
       expect(outsider[p], `outsider ${p}`).toEqual({ stat: p === t.srv.mnt + '/' ? 'ok' : 'EACCES', read: 'EACCES', write: dir ? 'dir' : 'EACCES' });
     }
 
+    expect(
+      readdirSync(t.srv.mnt).filter((n) => n.startsWith('@')),
+      'the outsider made no @<rev>/ view',
+    ).toEqual([]);
+
     const member = await probe(as(MEMBER), all);
     for (const p of all) {
       const dir = p.endsWith('/');
@@ -202,6 +208,43 @@ describe('wcfs serve --share-with group:NAME', () => {
       (e: Error) => e.message,
     );
     expect(opened, 'the outsider cannot open head/watch').toMatch(/wlink child exited 1/);
+  }, 60_000);
+});
+
+describe('the client library in a member process of another uid', () => {
+  it("joins root's shared server; its Conn at an old revision keeps its view through commits (native pinner)", async () => {
+    const { t, f, at1 } = await served(true);
+    const cmd = [...as(MEMBER), process.execPath, path.join(repoRoot, 'test', 'helpers', 'iso-client.mjs'), t.srv.zurl, t.srv.mnt, hex16(f), '4'];
+    const p = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const exited = new Promise((resolve) => p.on('exit', resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        p.once('message', () => resolve());
+        p.once('exit', (c, sig) => reject(new Error(`client exited ${c ?? sig}`)));
+      });
+      const replies: Array<(m: Record<string, unknown>) => void> = [];
+      p.on('message', (m: Record<string, unknown>) => replies.shift()?.(m));
+      const call = (msg: Record<string, unknown>) =>
+        new Promise<Record<string, unknown>>((resolve, reject) => {
+          replies.push((m) => (m.err ? reject(new Error(String(m.err))) : resolve(m)));
+          p.send(msg);
+        });
+      expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(new RegExp(`^Uid:\\t${memberUid}\\t`, 'm'));
+      await call({ connect: hex16(at1) }); // join (a mount of root's), Conn @at1, open, mmap blocks [0, 4)
+      const atAt1 = [0, 0, 2, 1];
+      expect(await call({ check: atAt1 })).toEqual({ bad: [] });
+      const pins0 = (await stats(t)).pin!;
+      await t.commit([[f, { 2: 7, 3: 8 }]]);
+      await t.read(f, 2); // head moves on: the member's pinner is asked to pin #2 and acks
+      await t.read(f, 3);
+      expect((await stats(t)).pin, 'the member was pinned').toBeGreaterThan(pins0);
+      expect(await call({ check: atAt1 }), 'the member still sees @at1').toEqual({ bad: [] });
+      expect(await call({ fatals: true })).toEqual({ fatals: [] });
+      expect(await call({ close: true })).toMatchObject({ ok: true });
+    } finally {
+      p.kill('SIGKILL');
+      await exited;
+    }
   }, 60_000);
 });
 

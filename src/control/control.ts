@@ -22,6 +22,8 @@
 // 3) recognising our server: a mount at mnt is accepted only when
 //      mountinfo: fstype = fuse.wcfs ∧ user_id = us ∧ source = zurl, and .wcfs/zurl = zurl.
 //    Anything else mounted there is an error (WCFS_EFOREIGN), never "absent" or "crashed".
+//    join also accepts user_id = 0: root's server, shared with a group (serve --share-with)
+//    — root cannot be an attacker of ours; another user's mount is still refused.
 //    Ours and <mnt>/.wcfs/zurl answers: "running"; ours but ENOTCONN/ECONNABORTED: "crashed"
 //    (the dead mount is cleaned up before starting anew); no mount entry: "absent".
 // 4) start / join  5) stop  6) status
@@ -262,10 +264,10 @@ const stuck = (what: string, ms: number) => () => new WcfsError('WCFS_ETIMEDOUT'
  * Open <mnt>/.wcfs/zurl of our server there (3); the handle is kept by joiners as a liveness
  * handle. zurl, when given, must be what the mount entry says it serves.
  */
-async function openZurlFile(mnt: string, timeoutMs: number, zurl?: string): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
+async function openZurlFile(mnt: string, timeoutMs: number, zurl?: string, joining = false): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
   const m = findMount(mnt);
   if (m === undefined) return { state: 'absent' };
-  checkOurMount(m, mnt, zurl);
+  checkOurMount(m, mnt, zurl, joining && fuseOwner(m) === 0 ? 0 : ourUid()); // joining: root's shared server too (3)
   const zf = path.join(mnt, '.wcfs', 'zurl');
   try {
     const fh = await withTimeout(open(zf, 'r'), timeoutMs, stuck(zf, timeoutMs));
@@ -415,7 +417,7 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
     autostart = env === 'yes';
   }
   const openOurs = () =>
-    openZurlFile(mnt, 5000, zurl).catch((e) => {
+    openZurlFile(mnt, 5000, zurl, true).catch((e) => {
       throw e instanceof WcfsError && isCode(e, 'WCFS_EFOREIGN') ? new WcfsError(e.code, `wcfs: join ${zurl}: ${e.message}`, { cause: e }) : e;
     });
   let r = await openOurs();
