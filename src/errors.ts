@@ -52,6 +52,7 @@ export type WcfsCode =
   | 'WCFS_EFUSE' // answer a FUSE request with an errno
   | 'WCFS_ENOTIFY' // a kernel notification failed
   | 'WCFS_EMOUNT' // mount/unmount/abort failed
+  | 'WCFS_EALLOWOTHER' // allow_other refused: a non-root mount without user_allow_other in /etc/fuse.conf
   // watch link, both sides (src/watchlink/errors.ts; WCFS_ELINKDOWN also from native/client.cc)
   | 'WCFS_ELINKDOWN' // the link is (or went) down
   | 'WCFS_ETIMEDOUT' // no answer in time (a pin; the control path's probes)
@@ -74,6 +75,7 @@ export type WcfsCode =
   | 'WCFS_ENOTRUNNING' // join without autostart: no server
   | 'WCFS_ESTART' // the server did not come up
   | 'WCFS_EMISMATCH' // the mount serves another zurl
+  | 'WCFS_ENOGROUP' // serve --share-with: no such group
   // processes (src/util/proc.ts)
   | 'WCFS_ESRCH'; // the process is gone
 

@@ -6,11 +6,16 @@
 // mount already at the mountpoint must be our own wcfs (src/control/control.ts 3: else
 // refused, or cleaned up when crashed) and the mountpoint passes the shared-dir rules
 // (control.ts 2); a mountpoint serve created is removed again when the server fails to start.
+// --share-with group:NAME (or group:GID) resolves the group through NSS (getent) before
+// anything else: an unknown one is WCFS_ENOGROUP; the server then shares the mount with it
+// (server.ts shareWithGid).
 
 import createDebug from 'debug';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { abortConnection, findMount } from '../fuse/mountinfo.js';
 import { cleanupCrashed, defaultMountpoint, normalizeZurl, prepareMountpoint, probe, removeMountpoint, status, stop } from '../control/control.js';
+import { unsearchableFor } from '../control/control.js'; // --share-with
 import { WcfsServer } from '../server/server.js';
 import { say } from '../util/log.js';
 import { BadArgumentError, WcfsError } from '../errors.js';
@@ -22,6 +27,18 @@ export interface ServeOptions {
   pollMs?: string;
   gcInterval?: string;
   untrackInterval?: string;
+  shareWith?: string;
+}
+
+/** `group:NAME` or `group:GID` → the gid (the group must exist either way). */
+export function resolveShareWith(spec: string): number {
+  const m = /^group:(.+)$/.exec(spec);
+  if (!m) throw new BadArgumentError(`invalid --share-with ${JSON.stringify(spec)}: want group:NAME or group:GID`);
+  const r = spawnSync('getent', ['group', m[1]!], { encoding: 'utf8' });
+  if (r.error) throw new WcfsError('WCFS_ENOGROUP', `--share-with ${spec}: cannot look the group up: ${r.error.message}`);
+  const gid = Number(r.stdout.split(':')[2]); // name:passwd:gid:members
+  if (r.status !== 0 || !Number.isInteger(gid)) throw new WcfsError('WCFS_ENOGROUP', `--share-with ${spec}: no such group`);
+  return gid;
 }
 
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
@@ -36,6 +53,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   if (!(untrackInterval > 0)) throw new BadArgumentError(`invalid --untrack-interval ${JSON.stringify(opts.untrackInterval)}: want seconds > 0`);
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
+  const shareWithGid = opts.shareWith === undefined ? undefined : resolveShareWith(opts.shareWith);
 
   const ctx = (e: unknown) => (e instanceof WcfsError ? new WcfsError(e.code, `serve ${zurl}: ${e.message}`, { cause: e }) : e);
   const st = await probe(mnt, 5000, zurl).catch((e) => Promise.reject(ctx(e))); // another user's mount: refused
@@ -50,6 +68,9 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   } catch (e) {
     throw ctx(e);
   }
+  if (shareWithGid !== undefined) {
+    for (const d of unsearchableFor(mnt, shareWithGid)) say(`warning: ${d}: group ${shareWithGid} cannot search it, so cannot reach ${mnt}`);
+  }
 
   let failed = false;
   let srv: WcfsServer;
@@ -62,6 +83,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       storagePollMs: pollMs,
       gcIntervalMs: gcInterval * 1000,
       untrackIntervalMs: untrackInterval * 1000,
+      shareWithGid,
       onFatal: () => (failed = true),
     });
   } catch (e) {

@@ -16,9 +16,14 @@
 //    and only has to be a directory. The server log (<mnt>.log by default, also in WCFS_SHM)
 //    is opened O_NOFOLLOW|O_NONBLOCK and must be a regular file of ours with one link.
 //    ("Us" = process.getuid(): the uid libfuse records as the mount's user_id.)
+//    A mount shared with a group (serve --share-with) is reached by its members through the
+//    directories above it: serve warns about any of them the group cannot search, and
+//    changes none (WCFS_SHM is 01777 already; a mountpoint's own mode is hidden by the mount).
 // 3) recognising our server: a mount at mnt is accepted only when
 //      mountinfo: fstype = fuse.wcfs ∧ user_id = us ∧ source = zurl, and .wcfs/zurl = zurl.
 //    Anything else mounted there is an error (WCFS_EFOREIGN), never "absent" or "crashed".
+//    join also accepts user_id = 0: root's server, shared with a group (serve --share-with)
+//    — root cannot be an attacker of ours; another user's mount is still refused.
 //    Ours and <mnt>/.wcfs/zurl answers: "running"; ours but ENOTCONN/ECONNABORTED: "crashed"
 //    (the dead mount is cleaned up before starting anew); no mount entry: "absent".
 // 4) start / join  5) stop  6) status
@@ -188,6 +193,23 @@ export function removeMountpoint(mnt: string): void {
 }
 
 /**
+ * The directories above `mnt` that members of group `gid` cannot search (mode bits only:
+ * o+x, or g+x when the directory's group is gid). serve --share-with warns about them.
+ */
+export function unsearchableFor(mnt: string, gid: number): string[] {
+  const out: string[] = [];
+  for (let d = path.dirname(mnt); ; d = path.dirname(d)) {
+    try {
+      const st = statSync(d);
+      if ((st.mode & 0o001) === 0 && !(st.gid === gid && (st.mode & 0o010) !== 0)) out.push(d);
+    } catch {
+      out.push(d);
+    }
+    if (d === path.dirname(d)) return out;
+  }
+}
+
+/**
  * Open the server log for appending (2): never through a symlink (O_NOFOLLOW), never
  * blocking on a FIFO (O_NONBLOCK; no effect on a regular file), and only a regular file
  * owned by uid with one link. Returns the fd.
@@ -242,10 +264,10 @@ const stuck = (what: string, ms: number) => () => new WcfsError('WCFS_ETIMEDOUT'
  * Open <mnt>/.wcfs/zurl of our server there (3); the handle is kept by joiners as a liveness
  * handle. zurl, when given, must be what the mount entry says it serves.
  */
-async function openZurlFile(mnt: string, timeoutMs: number, zurl?: string): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
+async function openZurlFile(mnt: string, timeoutMs: number, zurl?: string, joining = false): Promise<{ fh: FileHandle; zurl: string } | ServerState> {
   const m = findMount(mnt);
   if (m === undefined) return { state: 'absent' };
-  checkOurMount(m, mnt, zurl);
+  checkOurMount(m, mnt, zurl, joining && fuseOwner(m) === 0 ? 0 : ourUid()); // joining: root's shared server too (3)
   const zf = path.join(mnt, '.wcfs', 'zurl');
   try {
     const fh = await withTimeout(open(zf, 'r'), timeoutMs, stuck(zf, timeoutMs));
@@ -395,7 +417,7 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
     autostart = env === 'yes';
   }
   const openOurs = () =>
-    openZurlFile(mnt, 5000, zurl).catch((e) => {
+    openZurlFile(mnt, 5000, zurl, true).catch((e) => {
       throw e instanceof WcfsError && isCode(e, 'WCFS_EFOREIGN') ? new WcfsError(e.code, `wcfs: join ${zurl}: ${e.message}`, { cause: e }) : e;
     });
   let r = await openOurs();

@@ -4,6 +4,9 @@
 //    the connection number in mountinfo and waits for INIT. It warns when the kernel lacks
 //    FUSE_EXPLICIT_INVAL_DATA (Linux < 5.2: the page cache of a file is dropped whenever its
 //    size changes — wcfs's isolation still works, its cache doesn't; wcfs-server.md §3.10).
+//    allow_other as non-root without user_allow_other in /etc/fuse.conf is refused before
+//    mounting (WCFS_EALLOWOTHER), with the line to add: fusermount3 would refuse it too, but
+//    tell only stderr why.
 // 2) dispatch: each request arrives from native as positional fields, is decoded by the op
 //    table (ops.ts) into a kernel-named request, and handed to the filesystem's handler with
 //    a RequestContext. The handler returns (or resolves to) a value, which the op table sends
@@ -34,8 +37,9 @@
 //
 // Threads: all of this runs on the JS thread; native threads only post events (native/fuse.cc).
 
-import { realpathSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import createDebug from 'debug';
+import { WcfsError } from '../errors.js';
 import { native, type NativeFuseConfig, type NativeFuseSession } from '../native.js';
 import { logLine } from '../util/log.js';
 import { FuseError, MountError, toErrno, type ErrnoVerdict } from './errors.js';
@@ -104,6 +108,21 @@ class Ctx implements RequestContext {
   }
 }
 
+/**
+ * Whether /etc/fuse.conf lets non-root users mount with allow_other: a line `user_allow_other`
+ * (fusermount3's rule; comments and surrounding blanks ignored). A non-root allow_other mount
+ * is refused up front without it: fusermount3 would refuse it anyway.
+ */
+export function userAllowOther(conf = '/etc/fuse.conf'): boolean {
+  let text: string;
+  try {
+    text = readFileSync(conf, 'utf8');
+  } catch {
+    return false;
+  }
+  return text.split('\n').some((l) => l.replace(/#.*/, '').trim() === 'user_allow_other');
+}
+
 const escOpt = (s: string) => s.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
 
 /** READ fast path (native/fuse.cc step 6): registered ranges served without JS. */
@@ -156,6 +175,14 @@ export class FuseSession {
       mnt = realpathSync(mountpoint); // before mounting: afterwards it would ask us
     } catch (e) {
       throw new MountError(`mount ${mountpoint}: ${(e as Error).message}`, { cause: e });
+    }
+    // fusermount3 would refuse it (and print its reason to our stderr only): say why, and how to fix it
+    if (opts.allowOther && (process.geteuid?.() ?? 0) !== 0 && !userAllowOther()) {
+      throw new WcfsError(
+        'WCFS_EALLOWOTHER',
+        `mount ${mnt}: the mount option allow_other (needed to share the mount) is refused to non-root users unless ` +
+          `/etc/fuse.conf has the line "user_allow_other": add that line to /etc/fuse.conf (as root), or run the server as root`,
+      );
     }
     const s = new FuseSession(mnt, fs, opts);
     const o = [`fsname=${escOpt(opts.fsname ?? 'wcfs')}`];

@@ -105,6 +105,12 @@ export interface ServerOptions {
   untrackIntervalMs?: number;
   /** Storage options (tests poll faster). */
   storagePollMs?: number;
+  /**
+   * Share the mount with this group (`serve --share-with`): mounted allow_other +
+   * default_permissions, every node owned by (our euid, this gid) with tree.ts SHARE_MODES.
+   * Absent: private to our uid (FUSE's default).
+   */
+  shareWithGid?: number;
   /** Extra FUSE mount options. */
   mount?: Partial<MountOptions>;
   /** Warnings and errors [stderr]. */
@@ -242,6 +248,7 @@ export class WcfsServer implements FileSystem {
         subtype: 'wcfs',
         log: srv.log,
         mapError: mapZodbError,
+        ...(opts.shareWithGid !== undefined && { allowOther: true, defaultPermissions: true }),
         ...opts.mount,
       });
     } catch (e) {
@@ -290,6 +297,7 @@ export class WcfsServer implements FileSystem {
       opened: () => this.opened(),
       closed: () => this.closed1(),
       fileWarnings: (view) => this.fileWarnings(view),
+      share: this.opts.shareWithGid === undefined ? undefined : { uid: process.geteuid?.() ?? 0, gid: this.opts.shareWithGid },
     });
     this.commits = new Commits({
       head: this.head,
@@ -352,7 +360,7 @@ export class WcfsServer implements FileSystem {
   }
 
   getattr(req: GetattrIn): { attr: Attr; attrTimeout: number } {
-    return { attr: this.tree.node(req.nodeid).attr(), attrTimeout: TTL };
+    return { attr: this.tree.attr(this.tree.node(req.nodeid)), attrTimeout: TTL };
   }
 
   open(req: OpenIn): OpenOut {

@@ -18,12 +18,16 @@
 //      when none holds any more it is collected (collectView: on FORGET, RELEASE and in the
 //      periodic sweep, which also asks the kernel to drop idle views: INVAL_ENTRY).
 //   Inode numbers are never reused: a late FORGET cannot hit a new node.
+//   Shared with a group (TreeHost.share, `serve --share-with`): every attribute the kernel
+//   gets (LOOKUP and GETATTR both go through Tree.attr) is owned by (server euid, the group)
+//   with SHARE_MODES — directories 0550, head/watch 0660, every other file 0440 — and the
+//   kernel checks them (default_permissions). Unshared: the nodes' own attributes, as ever.
 
 import createDebug from 'debug';
 import { isCode } from '../errors.js';
 import { FuseError } from '../fuse/errors.js';
 import type { Attr, DirEntry, EntryOut, OpenOut, RequestContext } from '../fuse/fs.js';
-import { errno, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, S_IFDIR, S_IFREG, type OpenIn, type ReadIn, type ReleaseIn, type WriteIn } from '../fuse/kernel.js';
+import { errno, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, S_IFDIR, S_IFMT, S_IFREG, type OpenIn, type ReadIn, type ReleaseIn, type WriteIn } from '../fuse/kernel.js';
 import type { Notifier } from '../fuse/notifier.js';
 import type { BlockCache } from '../fuse/session.js';
 import type { ObjectLoader } from '../zodb/db.js';
@@ -81,7 +85,12 @@ export interface TreeHost {
   closed(): void;
   /** A ZBigFile view was opened: the host reports its warnings (once per file). */
   fileWarnings?(view: ZBigFileView): void;
+  /** Owner of every node when shared with a group (`serve --share-with`); absent: private mount. */
+  readonly share?: { uid: number; gid: number };
 }
+
+/** Permission bits of a shared mount: owner and group only, nothing for others. */
+export const SHARE_MODES = { dir: 0o550, file: 0o440, watch: 0o660 } as const;
 
 interface RevView {
   rev: Tid;
@@ -149,7 +158,17 @@ export class Tree {
   entry(nd: FsNode): EntryOut {
     this.nlookup.set(nd.ino, (this.nlookup.get(nd.ino) ?? 0) + 1);
     if (nd instanceof BigFileNode) nd.file.nlookup++;
-    return { nodeid: nd.ino, attr: nd.attr(), entryTimeout: TTL, attrTimeout: TTL };
+    return { nodeid: nd.ino, attr: this.attr(nd), entryTimeout: TTL, attrTimeout: TTL };
+  }
+
+  /** nd's attributes as the kernel gets them (owner and modes of a shared mount applied). */
+  attr(nd: FsNode): Attr {
+    const a = nd.attr();
+    const sh = this.host.share;
+    if (sh === undefined) return a;
+    const type = a.mode & S_IFMT;
+    const perm = type === S_IFDIR ? SHARE_MODES.dir : nd.ino === INO_HEAD_WATCH ? SHARE_MODES.watch : SHARE_MODES.file;
+    return { ...a, mode: type | perm, uid: sh.uid, gid: sh.gid };
   }
 
   /** FUSE FORGET: the kernel dropped n references to nodeid. */

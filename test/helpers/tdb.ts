@@ -149,8 +149,8 @@ export class TDB {
     ).toBe(true);
     this.accessed.get(foid)!.add(blk);
   }
-  async link(): Promise<TWatchLink> {
-    const l = await TWatchLink.open(this.srv.at('head/watch'));
+  async link(opts: { noread?: boolean; as?: string[] } = {}): Promise<TWatchLink> {
+    const l = await TWatchLink.open(this.srv.at('head/watch'), opts);
     this.links.push(l);
     return l;
   }

@@ -1,6 +1,6 @@
 // tWatchLink: a raw head/watch link in a child process (wlink-child.mjs), with helpers that
 // read like the protocol: watch(foid, at, expectPins), expectPins(during), ack policies.
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'vitest';
 import { sleep } from '../../src/util/async.js';
@@ -43,9 +43,12 @@ export class TWatchLink {
     void this.exited.then(() => this.wake()); // exited never rejects
   }
 
-  static async open(watchPath: string, opts: { noread?: boolean } = {}): Promise<TWatchLink> {
+  /** `as`: a command prefix the child runs under, e.g. setpriv (another user: wcfs-share.test.ts). */
+  static async open(watchPath: string, opts: { noread?: boolean; as?: string[] } = {}): Promise<TWatchLink> {
     const args = [watchPath, ...(opts.noread ? ['noread'] : [])];
-    const proc = fork(path.join(repoRoot, 'test', 'helpers', 'wlink-child.mjs'), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = path.join(repoRoot, 'test', 'helpers', 'wlink-child.mjs');
+    const stdio: StdioOptions = ['ignore', 'inherit', 'inherit', 'ipc'];
+    const proc = opts.as ? spawn(opts.as[0]!, [...opts.as.slice(1), process.execPath, child, ...args], { stdio }) : fork(child, args, { stdio });
     const l = new TWatchLink(proc);
     l.pid = await new Promise<number>((resolve, reject) => {
       proc.once('message', (m: { ready?: number; err?: string }) => (m.ready ? resolve(m.ready) : reject(new Error(`wlink child: ${m.err}`))));
