@@ -3,8 +3,11 @@
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { errnoNameTable } from './errors.js';
+import { addonAsset, inSingleExecutable } from './util/sea.js';
 
 export interface NativeAddon extends NativeTestHooks {
   version(): string;
@@ -194,20 +197,49 @@ export interface NativeTestHooks {
 /** See NativeTestHooks.clientParseLine. rev null = @head. */
 export type NativeParsedLine = { error: string } | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-// src/native.ts and dist/native.js both sit one level below the package root.
-const addonPath = path.resolve(here, '..', 'build', 'Release', 'wcfs_native.node');
-
 let cached: NativeAddon | undefined;
+
+/**
+ * The addon: build/Release/wcfs_native.node beside dist/ (src/native.ts and dist/native.js both
+ * sit one level below the package root); inside the single executable (src/util/sea.ts) the
+ * copy embedded in it, written to a private temporary directory, loaded, and removed again
+ * (the loaded library stays mapped); if that fails (a noexec tmpdir), Release/wcfs_native.node
+ * beside the executable (build/wcfs and build/Release/ of one build).
+ */
+function loadAddon(): NativeAddon {
+  if (inSingleExecutable()) {
+    const mod = { exports: {} as NativeAddon };
+    const beside = path.join(path.dirname(process.execPath), 'Release', 'wcfs_native.node');
+    const dir = mkdtempSync(path.join(tmpdir(), 'wcfs-native-'));
+    const p = path.join(dir, 'wcfs_native.node');
+    try {
+      writeFileSync(p, new Uint8Array(addonAsset()), { mode: 0o500, flag: 'wx' });
+      process.dlopen(mod, p);
+      return mod.exports;
+    } catch (e) {
+      try {
+        process.dlopen(mod, beside);
+        return mod.exports;
+      } catch (e2) {
+        throw new Error(
+          `wcfs: cannot load the native addon embedded in ${process.execPath} (${(e as Error).message}) nor ${beside} (${(e2 as Error).message})`,
+        );
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const addonPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'wcfs_native.node');
+  try {
+    return createRequire(import.meta.url)(addonPath) as NativeAddon;
+  } catch (e) {
+    throw new Error(`wcfs: cannot load native addon ${addonPath} (run \`npm run build:native\`): ${(e as Error).message}`);
+  }
+}
 
 export function native(): NativeAddon {
   if (cached === undefined) {
-    const require = createRequire(import.meta.url);
-    try {
-      cached = require(addonPath) as NativeAddon;
-    } catch (e) {
-      throw new Error(`wcfs: cannot load native addon ${addonPath} (run \`npm run build:native\`): ${(e as Error).message}`);
-    }
+    cached = loadAddon();
     cached.setErrnoNames(errnoNameTable()); // errno errors from native carry the registry's names
   }
   return cached;
