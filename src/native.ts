@@ -56,18 +56,28 @@ export interface NativeAddon extends NativeTestHooks {
   /**
    * Client side of one watch link (native/client*.cc): owns watchFd, the head-file fds handed
    * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
-   * src/client/conn.ts — use that.
+   * src/client/conn.ts — use that. appRequests: an application's link (src/client/watchlink.ts):
+   * server requests come as 'request' events for replyRequest, the pinner stays idle.
    */
-  ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean, maxBufferLength?: number) => NativeClientConn;
+  ClientConn: new (
+    watchFd: number,
+    mountpoint: string,
+    onEvent: NativeClientEvent,
+    debug?: boolean,
+    maxBufferLength?: number,
+    appRequests?: boolean,
+  ) => NativeClientConn;
 }
 
 /**
  * Events of a NativeClientConn, on the JS thread:
  *   'reply' id text — the server's reply to request id; 'linkdown' id why — request id failed;
- *   'down' 0 why — the conn was poisoned (pinner failure; mappings already efaulted);
- *   'closed' 0 err — close() finished ('' = cleanly).
+ *   'down' 0 why — the conn was poisoned (pinner failure; mappings already efaulted), or an
+ *   application's link was closed by the server;
+ *   'closed' 0 err — close() finished ('' = cleanly);
+ *   'request' id text — (appRequests only) the server's request on stream id, for replyRequest.
  */
-export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed', id: number, text: string) => void;
+export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed' | 'request', id: number, text: string) => void;
 
 /** See native/client.cc for the contract of each method. */
 export interface NativeClientConn {
@@ -94,6 +104,10 @@ export interface NativeClientConn {
   /** Starts the close (bye, join threads, close fd); false if already started. */
   close(timeoutMs?: number): boolean;
   fatals(): string[];
+  /** appRequests: answers server request id. Throws {code: 'WCFS_EBADARG'} when none awaits a reply on id. */
+  replyRequest(id: number, msg: string): void;
+  /** Holds Node's event loop open (true) or not: an application waiting for server requests. */
+  keepAlive(on: boolean): void;
 }
 
 /** Options of native FuseSession (defaults in brackets). */
