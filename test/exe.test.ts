@@ -1,10 +1,11 @@
 // build/wcfs, the single executable (scripts/build-exe.mjs), launched the way wendelin.core's
 // launcher launches its server (wcfs/__init__.py _start: `<exe> $WENDELIN_CORE_WCFS_OPTIONS
 // -autoexit <zurl> <mntpt>`, mntpt = /dev/shm/wcfs/<sha1(zurl)>, then polling .wcfs/zurl):
-// the process is named wcfs, its /proc/<pid>/exe is build/wcfs, the mount is ours, and our
+// the process is named wcfs, its /proc/<pid>/exe is the executable (a copy installed elsewhere
+// works: the native addon is inside it), the mount is ours, and our
 // own `wcfs status|stop` inside the same executable recognise it. Needs `npm run build`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { defaultMountpoint, WCFS_SHM } from '../src/control/control.js';
@@ -25,10 +26,10 @@ interface Launched {
 const launched: Launched[] = [];
 const cleanups: Array<() => void> = [];
 
-/** Spawn build/wcfs with argv; wait (≤ 20 s, every 100 ms like _waitmount) until <mnt>/.wcfs/zurl reads zurl. */
-async function launch(argv: string[], zurl: string, mnt: string): Promise<Launched> {
+/** Spawn exe (build/wcfs or a copy) with argv; wait (≤ 20 s, every 100 ms like _waitmount) until <mnt>/.wcfs/zurl reads zurl. */
+async function launch(argv: string[], zurl: string, mnt: string, program = exe): Promise<Launched> {
   await requireFuse();
-  const proc = spawn(exe, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(program, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const l: Launched = { proc, mnt, stderr: () => err, exited: new Promise((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code ?? -1))) };
@@ -80,10 +81,16 @@ describe('build/wcfs', () => {
     expect(bad.stderr).not.toMatch(/Warning/);
   });
 
-  it("launched as wendelin.core's launcher does: comm wcfs, exe build/wcfs, fuse.wcfs mount, .wcfs/zurl; status and fusermount -u", async () => {
+  it("installed into a package dir and launched as wendelin.core's launcher does: comm wcfs, exe, fuse.wcfs mount, .wcfs/zurl; status and fusermount -u", async () => {
     const tmp = makeTmpDir();
     cleanups.push(tmp.cleanup);
     const zurl = 'file://' + copyInto(tmp.dir, zblkPath('py2_pickle1'), 'data.fs');
+    // README: a copy in wendelin.core's package dir (no build/Release/ beside it: the addon
+    // comes from the executable itself)
+    const pkgExe = path.join(tmp.dir, 'wendelin', 'wcfs', 'wcfs');
+    mkdirSync(path.dirname(pkgExe), { recursive: true });
+    copyFileSync(exe, pkgExe);
+    chmodSync(pkgExe, 0o755);
     // _mntpt_4zurl: /dev/shm/wcfs (01777 when it creates it), then the mountpoint
     if (!existsSync(WCFS_SHM)) {
       mkdirSync(WCFS_SHM, { recursive: true });
@@ -93,12 +100,12 @@ describe('build/wcfs', () => {
     mkdirSync(mnt, { recursive: true });
     cleanups.push(() => existsSync(mnt) && findMount(mnt) === undefined && rmdirSync(mnt));
     const options = ['-pintimeout', '5s', '-logtostderr', '-v=1']; // $WENDELIN_CORE_WCFS_OPTIONS
-    const l = await launch([...options, '-autoexit', zurl, mnt], zurl, mnt);
+    const l = await launch([...options, '-autoexit', zurl, mnt], zurl, mnt, pkgExe);
     const fwcfs = openSync(path.join(mnt, '.wcfs', 'zurl'), 'r'); // join keeps it open
     try {
       const pid = l.proc.pid!;
       expect(readFileSync(`/proc/${pid}/comm`, 'utf8')).toBe('wcfs\n');
-      expect(readlinkSync(`/proc/${pid}/exe`)).toBe(exe);
+      expect(readlinkSync(`/proc/${pid}/exe`)).toBe(pkgExe);
       expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(-3, -1)).toEqual([zurl, mnt]); // upstream's stop: last two argv
       const m = findMount(mnt)!;
       expect(m.fstype).toBe('fuse.wcfs');
@@ -106,7 +113,7 @@ describe('build/wcfs', () => {
       expect(readFileSync(path.join(mnt, '.wcfs', 'pintimeout'), 'utf8')).toMatch(/^5(\.0)?\n?$/);
       expect(readFileSync(path.join(mnt, 'head', 'bigfile', '0000000000000001')).length).toBe(8 << 20);
       // our status, run by the same executable (its probes are child processes of build/wcfs)
-      const st = wcfsExe('status', zurl);
+      const st = spawnSync(pkgExe, ['status', zurl], { encoding: 'utf8', timeout: 30_000 });
       expect(st.stdout).toContain(`ok   - server process: pid ${pid}\n`);
       expect(st.stdout).toContain(`ok   - .wcfs/zurl: ${zurl}\n`);
       expect(st.status, st.stdout + st.stderr).toBe(0);
