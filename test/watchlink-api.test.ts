@@ -2,7 +2,7 @@
 // application in its own process, using only that API, watches a file, is pinned when the
 // test reads a block that changed after its watch, acks, and the server proceeds — head/
 // shows the new data, @<rev>/ the old. Needs dist/ (npm test builds first).
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -90,6 +90,39 @@ describe('WatchLink (public API, wcfs/watchlink)', () => {
     expect(closed.after?.code).toBe('WCFS_ELINKDOWN');
     expect(await Promise.race([app.exited, sleep(10_000).then(() => 'still running')])).toBe(0);
     expect(app.msgs).toEqual([]);
+  });
+
+  it('a pending recvReq keeps the application alive until the pin comes', async () => {
+    t = new TDB();
+    await t.open();
+    const f = await t.newFile('f');
+    const at1 = await t.commit([[f, { 0: 0x11 }]]);
+    await t.serve();
+    await t.read(f, 0);
+    const proc = spawn(process.execPath, [path.join(repoRoot, 'test', 'helpers', 'watchlink-once.mjs'), t.srv.mnt, hex16(f), hex16(at1)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    app = new App(proc);
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    const lines = async (n: number) => {
+      const t0 = Date.now();
+      while (out.split('\n').length <= n) {
+        if (Date.now() - t0 > 10_000) throw new Error(`watchlink-once: ${JSON.stringify(out)}`);
+        await sleep(20);
+      }
+      return out
+        .split('\n')
+        .slice(0, n)
+        .map((l) => JSON.parse(l) as Msg);
+    };
+    expect(await lines(1)).toEqual([{ watch: 'ok' }]);
+    await sleep(300); // without the link holding the event loop the app would exit here (unsettled await: 13)
+    await t.commit([[f, { 0: 0x44 }]]);
+    const head = await readFile(t.srv.at(`head/bigfile/${hex16(f)}`));
+    expect(head.subarray(0, BS).every((x) => x === 0x44)).toBe(true);
+    expect(await lines(3)).toEqual([{ watch: 'ok' }, { req: `pin ${hex16(f)} #0 @${hex16(at1)}` }, { closed: true }]);
+    expect(await Promise.race([app.exited, sleep(10_000).then(() => 'still running')])).toBe(0);
   });
 
   it("the server's error reply comes back as the reply text", async () => {
