@@ -72,13 +72,16 @@ const wcfsExe = (...args: string[]) => spawnSync(exe, args, { encoding: 'utf8', 
 describe('build/wcfs', () => {
   it('is a single executable: our CLI and Go-style usage without node', () => {
     expect(existsSync(exe)).toBe(true);
-    const help = wcfsExe('--help');
-    expect(help.status).toBe(0);
-    expect(help.stdout).toMatch(/Usage: wcfs \[options\] \[command\]/);
+    const ours = wcfsExe('--help');
+    expect(ours.status).toBe(0);
+    expect(ours.stdout).toMatch(/Usage: wcfs \[options\] \[command\]/);
     const bad = wcfsExe('-bogus', 'file:///x.fs', '/nonexistent');
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/^flag provided but not defined: -bogus\nUsage: wcfs \[OPTIONS\] zurl mntpt\n/);
     expect(bad.stderr).not.toMatch(/Warning/);
+    const help = wcfsExe('-autoexit', '-help');
+    expect(help.status).toBe(0);
+    expect(help.stderr).toMatch(/^Usage: wcfs \[OPTIONS\] zurl mntpt\n[^]*\n {2}-pintimeout duration\n/);
   });
 
   it("installed into a package dir and launched as wendelin.core's launcher does: comm wcfs, exe, fuse.wcfs mount, .wcfs/zurl; status and fusermount -u", async () => {
