@@ -175,11 +175,15 @@ describe('isUpstreamArgv: which front-end', () => {
     ['zodb', 'info', 'x'],
     ['zodb', 'cat', 'x', '1', '-3'],
     ['help', 'serve'],
+    ['statu', 'x'], // a mistyped command: commander says so
   ];
   for (const a of ours) it(`ours: ${a.join(' ')}`, () => expect(isUpstreamArgv(a)).toBe(false));
   const theirs: string[][] = [
     ['-autoexit', 'z', 'm'],
-    ['z', 'm'],
+    ['file:///d/data.fs', 'm'],
+    ['zeo://h:1', 'm'],
+    ['/d/data.fs', 'm'],
+    ['./data.fs', 'm'],
     ['serve', '-autoexit', 'z', 'm'],
     ['serve', '--autoexit', 'z', 'm'],
     ['serve', 'z', 'm', '-v=1'],

@@ -44,7 +44,7 @@ const OUR_COMMANDS = new Set(['serve', 'stop', 'status', 'zodb', 'help']);
 /**
  * Whether args (argv after the program) are for upstream's front-end:
  *   - flags first: `-autoexit …`, `--pintimeout=1m …` (anything but -h / --help);
- *   - two arguments, the first not one of our commands: `<zurl> <mntpt>`;
+ *   - two arguments, the first a URL or a path: `<zurl> <mntpt>`;
  *   - `serve` with an option our `wcfs serve` does not have, up to `--`: a single-dash long
  *     flag (`-autoexit`, `-v=1`, `-pintimeout`) or a double-dash one that is not ours
  *     (`--autoexit`, `--trace.fuse`).
@@ -53,7 +53,7 @@ export function isUpstreamArgv(args: readonly string[]): boolean {
   const a0 = args[0];
   if (a0 === undefined) return false;
   if (a0.startsWith('-') && a0 !== '-h' && a0 !== '--help') return true;
-  if (args.length === 2 && !OUR_COMMANDS.has(a0)) return true;
+  if (args.length === 2 && !OUR_COMMANDS.has(a0) && /^(?:[a-z][a-z0-9+.-]*:|\.{0,2}\/)/i.test(a0)) return true; // a URL or a path, not a mistyped command
   if (a0 !== 'serve') return false;
   for (const a of args.slice(1)) {
     if (a === '--') break;
