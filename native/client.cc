@@ -3,10 +3,15 @@
 // See client.h for the threads and invariants, src/client/conn.ts for the whole design.
 //
 // ClientConn (JS thread only; every method is synchronous and quick — no FUSE IO):
-//   new ClientConn(watchFd, mountpoint, onEvent, debug, maxBufferLength)  owns watchFd and
-//        starts rx/pinner/tx. onEvent(kind, id, text) runs on the JS thread:
+//   new ClientConn(watchFd, mountpoint, onEvent, debug, maxBufferLength, appRequests)  owns
+//        watchFd and starts rx/pinner/tx. onEvent(kind, id, text) runs on the JS thread:
 //          'reply'    id, reply text            'linkdown' id, why (request failed)
 //          'down'     0, why (poisoned)         'closed'   0, error text or ''
+//          'request'  id, server request text (appRequests only: answer with replyRequest)
+//   replyRequest(id, msg)                      appRequests: answer server request id; throws
+//                                              when none awaits a reply on id
+//   keepAlive(on)                              hold Node's event loop open (an application
+//                                              waiting for server requests) or not
 //   request(msg) → id                          throws {code:'WCFS_ELINKDOWN'}
 //   fileAdd(foid: bigint, headFd, blksize, size) → fileId   (takes ownership of headFd)
 //                                              throws {code:'WCFS_EBUSY'} if foid is open
@@ -111,8 +116,12 @@ void CallJs(Napi::Env env, Napi::Function fn, ConnCore* core, Event* ev) {
     case Event::CLOSED:
       kind = "closed";
       break;
+    case Event::REQUEST:
+      kind = "request";
+      break;
   }
-  if (ev->kind != Event::DOWN && core->jsRefs > 0 && --core->jsRefs == 0) core->tsfn.Unref(env);
+  if (ev->kind != Event::DOWN && ev->kind != Event::REQUEST && core->jsRefs > 0 && --core->jsRefs == 0)
+    core->tsfn.Unref(env);
   if (ev->kind == Event::CLOSED) {
     // no thread emits after CLOSED (all joined, or leaked and muted here)
     {
@@ -182,6 +191,8 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
                            InstanceMethod("down", &ClientConn::Down),
                            InstanceMethod("close", &ClientConn::Close),
                            InstanceMethod("fatals", &ClientConn::Fatals),
+                           InstanceMethod("replyRequest", &ClientConn::ReplyRequest),
+                           InstanceMethod("keepAlive", &ClientConn::KeepAlive),
                        });
   }
 
@@ -198,6 +209,7 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     // Node's limit for an external buffer: past it napi_create_external_arraybuffer fails
     // (and frees through the finalizer, which node-addon-api frees again): refuse earlier
     if (info.Length() > 4 && info[4].IsNumber()) maxLen_ = uint64_t(info[4].As<Napi::Number>().DoubleValue());
+    c->appRequests = info.Length() > 5 && info[5].ToBoolean().Value();
     c->tsfn = Tsfn::New(env, info[2].As<Napi::Function>(), "wcfs-client", 0, 1, c.get(), TsfnFinalize,
                         new std::shared_ptr<ConnCore>(c));
     c->tsfn.Unref(env);  // an idle conn does not keep Node alive; requests ref it
@@ -208,6 +220,7 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
 
  private:
   std::shared_ptr<ConnCore> core_;
+  bool held_ = false;                    // keepAlive(true): one of jsRefs
   uint64_t maxLen_ = uint64_t(1) << 32;  // Node 20: buffer.constants.MAX_LENGTH
 
   void jsRef(Napi::Env env) {
@@ -467,6 +480,35 @@ class ClientConn : public Napi::ObjectWrap<ClientConn> {
     jsRef(env);
     core_->startClose(ms);
     return Napi::Boolean::New(env, true);
+  }
+
+  Napi::Value ReplyRequest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t id = ToU64(env, info[0], "id");
+    std::string msg = info[1].ToString().Utf8Value();
+    if (msg.find('\n') != std::string::npos) throw Napi::Error::New(env, "replyRequest: message contains LF");
+    if (!core_->appRequests) throw Napi::Error::New(env, "replyRequest: not an application's link");
+    std::string err = core_->replyRequest(id, msg);
+    if (!err.empty()) ThrowCode(env, "WCFS_EBADARG", err);
+    return env.Undefined();
+  }
+
+  Napi::Value KeepAlive(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    bool on = info.Length() > 0 && info[0].ToBoolean().Value();
+    bool off;
+    {
+      std::lock_guard<std::mutex> lk(core_->emitMu);
+      off = core_->emitOff;  // the TSFN is released: nothing to hold
+    }
+    if (on && !held_ && !off) {
+      held_ = true;
+      jsRef(env);
+    } else if (!on && held_) {
+      held_ = false;
+      if (core_->jsRefs > 0 && --core_->jsRefs == 0 && !off) core_->tsfn.Unref(env);
+    }
+    return env.Undefined();
   }
 
   Napi::Value Fatals(const Napi::CallbackInfo& info) {

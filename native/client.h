@@ -112,8 +112,8 @@ struct Mapping {
 
 // Events for the JS thread (through the TSFN).
 struct Event {
-  enum Kind { REPLY, LINKDOWN, DOWN, CLOSED } kind;
-  uint64_t id = 0;  // REPLY/LINKDOWN: request stream id
+  enum Kind { REPLY, LINKDOWN, DOWN, CLOSED, REQUEST } kind;
+  uint64_t id = 0;  // REPLY/LINKDOWN: request stream id; REQUEST: the server's (even) stream id
   std::string text;
 };
 
@@ -126,6 +126,10 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   std::string mnt;                  // mountpoint (the pinner opens <mnt>/@<rev>/bigfile/<foid>)
   std::string name;                 // for messages: "wlink<fd>"
   bool debug = false;
+  // Set before start(), then read-only. A link for an application (src/client/watchlink.ts):
+  // server requests go to JS as REQUEST events and JS answers them (replyRequest) instead of
+  // the pinner; no files or mappings. The link threads, framing and close are the same.
+  bool appRequests = false;
 
   // ---- emitMu: the TSFN may be called (emitOff: released or environment gone) ----
   std::mutex emitMu;
@@ -199,11 +203,12 @@ struct ConnCore : std::enable_shared_from_this<ConnCore> {
   ~ConnCore();
 
   // client_wlink.cc
-  void start();                                                // JS thread, once
-  uint64_t request(const std::string& msg, std::string* err);  // JS thread
-  void startClose(unsigned timeoutMs);                         // JS thread: closer thread → CLOSED event
-  void emit(Event* ev);                                        // any thread
-  void poison(const std::string& why);                         // any thread but with mu NOT held
+  void start();                                                       // JS thread, once
+  uint64_t request(const std::string& msg, std::string* err);         // JS thread
+  std::string replyRequest(uint64_t stream, const std::string& msg);  // JS thread, appRequests: "" or the error
+  void startClose(unsigned timeoutMs);                                // JS thread: closer thread → CLOSED event
+  void emit(Event* ev);                                               // any thread
+  void poison(const std::string& why);                                // any thread but with mu NOT held
   bool efaultForPoison();  // poison without telling JS (the caller emits DOWN): true if first; mu NOT held
   std::vector<std::string> fatals();
 

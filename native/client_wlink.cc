@@ -7,7 +7,8 @@
 //                  a reply nobody waits for is a protocol error (link down)
 //      even        server request (pin) → pinQ, unbounded: rx never waits for the pinner, so a
 //                  reply queued behind many pins is always read (hazard H1); or handled by
-//                  rx itself when the pinner is idle (2)
+//                  rx itself when the pinner is idle (2). On an application's link
+//                  (appRequests) → REQUEST event instead: JS answers with replyRequest.
 //    On exit (EOF, error, interrupt): linkDown, every waiting request fails ("link is down"),
 //    pinQ is closed.
 // 2) pinner thread: pops pinQ, handles one pin at a time (pinOne: handlePin, then "ack"/"nak",
@@ -221,6 +222,11 @@ void ConnCore::rxMain() {
     }
     std::unique_lock<std::mutex> lk(qMu);
     if (!accepted.insert(stream).second) return "wcfs sent request on already used stream " + std::to_string(stream);
+    if (appRequests) {
+      lk.unlock();
+      emit(new Event{Event::REQUEST, stream, std::move(msg)});
+      return "";
+    }
     if (pinQ.empty() && !pinBusy && !pinFailed) {
       // nothing queued and the pinner idle: handle it here (no wake-up of the pinner; a
       // pin never waits for anything rx would have to read: handlePin)
@@ -385,7 +391,11 @@ void ConnCore::pinMain() {
       std::lock_guard<std::mutex> lk(mu);
       isClosing = closing;
     }
-    if (!isClosing) {
+    if (!isClosing && appRequests) {
+      // an application's link: no pinner to fail, no mappings; the application is told
+      const std::string e = !why.empty() ? "link closed by wcfs: " + why : eof ? "link closed by wcfs" : "link is down";
+      if (efaultForPoison()) emit(new Event{Event::DOWN, 0, e});
+    } else if (!isClosing) {
       const std::string e = !why.empty() ? "link closed by wcfs: " + why : eof ? "unexpected EOF" : "link is down";
       // "error:": the server closed the link and says why; no kill follows
       if (pinnerFail(e, why.empty() || why.rfind("fatal:", 0) == 0)) emit(new Event{Event::DOWN, 0, "pinner: " + e});
@@ -622,6 +632,16 @@ uint64_t ConnCore::request(const std::string& msg, std::string* err) {
   }
   enqueueTx(std::to_string(id) + " " + msg + "\n", id);
   return id;
+}
+
+// JS thread, appRequests: the reply to server request `stream` (accepted, not answered yet).
+std::string ConnCore::replyRequest(uint64_t stream, const std::string& msg) {
+  {
+    std::lock_guard<std::mutex> lk(qMu);
+    if (accepted.erase(stream) == 0) return "no server request awaits a reply on stream " + std::to_string(stream);
+  }
+  enqueueTx(std::to_string(stream) + " " + msg + "\n", 0);
+  return "";
 }
 
 std::vector<std::string> ConnCore::fatals() {

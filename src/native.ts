@@ -3,8 +3,11 @@
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { errnoNameTable } from './errors.js';
+import { addonAsset, inSingleExecutable } from './util/sea.js';
 
 export interface NativeAddon extends NativeTestHooks {
   version(): string;
@@ -53,18 +56,28 @@ export interface NativeAddon extends NativeTestHooks {
   /**
    * Client side of one watch link (native/client*.cc): owns watchFd, the head-file fds handed
    * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
-   * src/client/conn.ts — use that.
+   * src/client/conn.ts — use that. appRequests: an application's link (src/client/watchlink.ts):
+   * server requests come as 'request' events for replyRequest, the pinner stays idle.
    */
-  ClientConn: new (watchFd: number, mountpoint: string, onEvent: NativeClientEvent, debug?: boolean, maxBufferLength?: number) => NativeClientConn;
+  ClientConn: new (
+    watchFd: number,
+    mountpoint: string,
+    onEvent: NativeClientEvent,
+    debug?: boolean,
+    maxBufferLength?: number,
+    appRequests?: boolean,
+  ) => NativeClientConn;
 }
 
 /**
  * Events of a NativeClientConn, on the JS thread:
  *   'reply' id text — the server's reply to request id; 'linkdown' id why — request id failed;
- *   'down' 0 why — the conn was poisoned (pinner failure; mappings already efaulted);
- *   'closed' 0 err — close() finished ('' = cleanly).
+ *   'down' 0 why — the conn was poisoned (pinner failure; mappings already efaulted), or an
+ *   application's link was closed by the server;
+ *   'closed' 0 err — close() finished ('' = cleanly);
+ *   'request' id text — (appRequests only) the server's request on stream id, for replyRequest.
  */
-export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed', id: number, text: string) => void;
+export type NativeClientEvent = (kind: 'reply' | 'linkdown' | 'down' | 'closed' | 'request', id: number, text: string) => void;
 
 /** See native/client.cc for the contract of each method. */
 export interface NativeClientConn {
@@ -91,6 +104,10 @@ export interface NativeClientConn {
   /** Starts the close (bye, join threads, close fd); false if already started. */
   close(timeoutMs?: number): boolean;
   fatals(): string[];
+  /** appRequests: answers server request id. Throws {code: 'WCFS_EBADARG'} when none awaits a reply on id. */
+  replyRequest(id: number, msg: string): void;
+  /** Holds Node's event loop open (true) or not: an application waiting for server requests. */
+  keepAlive(on: boolean): void;
 }
 
 /** Options of native FuseSession (defaults in brackets). */
@@ -194,20 +211,49 @@ export interface NativeTestHooks {
 /** See NativeTestHooks.clientParseLine. rev null = @head. */
 export type NativeParsedLine = { error: string } | { stream: bigint; msg: Buffer; pin?: { foid: bigint; blk: number; rev: bigint | null }; pinError?: string };
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-// src/native.ts and dist/native.js both sit one level below the package root.
-const addonPath = path.resolve(here, '..', 'build', 'Release', 'wcfs_native.node');
-
 let cached: NativeAddon | undefined;
+
+/**
+ * The addon: build/Release/wcfs_native.node beside dist/ (src/native.ts and dist/native.js both
+ * sit one level below the package root); inside the single executable (src/util/sea.ts) the
+ * copy embedded in it, written to a private temporary directory, loaded, and removed again
+ * (the loaded library stays mapped); if that fails (a noexec tmpdir), Release/wcfs_native.node
+ * beside the executable (build/wcfs and build/Release/ of one build).
+ */
+function loadAddon(): NativeAddon {
+  if (inSingleExecutable()) {
+    const mod = { exports: {} as NativeAddon };
+    const beside = path.join(path.dirname(process.execPath), 'Release', 'wcfs_native.node');
+    const dir = mkdtempSync(path.join(tmpdir(), 'wcfs-native-'));
+    const p = path.join(dir, 'wcfs_native.node');
+    try {
+      writeFileSync(p, new Uint8Array(addonAsset()), { mode: 0o500, flag: 'wx' });
+      process.dlopen(mod, p);
+      return mod.exports;
+    } catch (e) {
+      try {
+        process.dlopen(mod, beside);
+        return mod.exports;
+      } catch (e2) {
+        throw new Error(
+          `wcfs: cannot load the native addon embedded in ${process.execPath} (${(e as Error).message}) nor ${beside} (${(e2 as Error).message})`,
+        );
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const addonPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'wcfs_native.node');
+  try {
+    return createRequire(import.meta.url)(addonPath) as NativeAddon;
+  } catch (e) {
+    throw new Error(`wcfs: cannot load native addon ${addonPath} (run \`npm run build:native\`): ${(e as Error).message}`);
+  }
+}
 
 export function native(): NativeAddon {
   if (cached === undefined) {
-    const require = createRequire(import.meta.url);
-    try {
-      cached = require(addonPath) as NativeAddon;
-    } catch (e) {
-      throw new Error(`wcfs: cannot load native addon ${addonPath} (run \`npm run build:native\`): ${(e as Error).message}`);
-    }
+    cached = loadAddon();
     cached.setErrnoNames(errnoNameTable()); // errno errors from native carry the registry's names
   }
   return cached;

@@ -6,6 +6,8 @@
 //   wcfs serve [opts] <zurl> [<mountpoint>]        serve a database (foreground)
 //   wcfs stop <zurl|mountpoint>                    robust stop
 //   wcfs status <zurl|mountpoint>                  health check (exit 1 on failure)
+//   wcfs [Go-style flags] <zurl> <mntpt>           upstream's command line (src/cli/upstream.ts)
+//   wcfs serve [Go-style flags] <zurl> [<mntpt>]   the same
 //
 // Every failure prints "wcfs: <message>" on stderr and exits with code 1; messages carry
 // context (which file, which oid, which revision).
@@ -14,8 +16,21 @@ import { Command, CommanderError } from 'commander';
 import { say, writeStderr } from '../util/log.js';
 import { serve, statusCmd, stopCmd } from './serve.js';
 import { zodbCat, zodbDemo, zodbInfo } from './zodb.js';
+import { isUpstreamArgv, upstreamMain } from './upstream.js';
+import { PROBE_CMD, runProbe } from '../control/control.js';
 
 export async function main(argv: string[]): Promise<void> {
+  const args = argv.slice(2);
+  if (args[0] === PROBE_CMD) return runProbe(args.slice(1)); // status's probes in build/wcfs (control.ts 6)
+  if (isUpstreamArgv(args)) {
+    try {
+      await upstreamMain(args);
+    } catch (e) {
+      say((e as Error).message);
+      process.exitCode = 1;
+    }
+    return;
+  }
   const program = new Command();
   program.name('wcfs').description('isolating FUSE file cache for ZODB ZBigFiles').exitOverride().configureOutput({ writeErr: writeStderr });
 

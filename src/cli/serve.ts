@@ -28,6 +28,10 @@ export interface ServeOptions {
   gcInterval?: string;
   untrackInterval?: string;
   shareWith?: string;
+  /** .wcfs/debug/ (upstream's -debug; src/cli/upstream.ts). */
+  debugFiles?: boolean;
+  /** Key file clients must present (upstream's -authkeyfile; src/cli/upstream.ts). */
+  authKeyFile?: string;
 }
 
 /** `group:NAME` or `group:GID` → the gid (the group must exist either way). */
@@ -74,8 +78,13 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
 
   let failed = false;
   let srv: WcfsServer;
+  // debugFiles and authKeyFile: server options of the .wcfs/debug/ and multi-user work
+  const extra: { debugFiles?: boolean; authKeyFile?: string } = {};
+  if (opts.debugFiles) extra.debugFiles = true;
+  if (opts.authKeyFile !== undefined) extra.authKeyFile = opts.authKeyFile;
   try {
     srv = await WcfsServer.start({
+      ...extra,
       zurl,
       mountpoint: mnt,
       pinTimeout,

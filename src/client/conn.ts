@@ -184,7 +184,7 @@ export class Conn {
     if (this.fileTab.get(fh.foid) === fh) this.fileTab.delete(fh.foid);
   }
 
-  private onEvent(kind: 'reply' | 'linkdown' | 'down' | 'closed', id: number, text: string): void {
+  private onEvent(kind: 'reply' | 'linkdown' | 'down' | 'closed' | 'request', id: number, text: string): void {
     switch (kind) {
       case 'reply':
       case 'linkdown': {

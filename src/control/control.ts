@@ -34,6 +34,7 @@
 // time out (a child stuck in a FUSE request of a stopped server may not even be killable).
 
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -57,11 +58,14 @@ import { BadArgumentError, isCode, WcfsError, type WcfsCode } from '../errors.js
 import { abortConnection, findMount, fuseOwner, unmountPath, type MountEntry } from '../fuse/mountinfo.js';
 import { sleep, withTimeout } from '../util/async.js';
 import { processAlive } from '../util/proc.js';
+import { inSingleExecutable } from '../util/sea.js';
 
 export const WCFS_SHM = '/dev/shm/wcfs';
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** bin/wcfs.js of this package. */
 export const WCFS_BIN = path.resolve(here, '..', '..', 'bin', 'wcfs.js');
+/** How to run `wcfs …` again: node bin/wcfs.js, or the single executable itself (build/wcfs). */
+const selfArgv = (): string[] => (inSingleExecutable() ? [] : [WCFS_BIN]);
 
 // ---- 1) mountpoint of a zurl ----
 
@@ -338,7 +342,7 @@ export async function start(zurlArg: string, opts: StartOptions = {}): Promise<S
     .split(/\s+/)
     .filter(Boolean)
     .concat(opts.args ?? []);
-  const child = spawn(process.execPath, [WCFS_BIN, 'serve', ...args, zurl, mnt], {
+  const child = spawn(process.execPath, [...selfArgv(), 'serve', ...args, zurl, mnt], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
   });
@@ -471,6 +475,9 @@ function notMounted(target: string, t: Target): string {
   return `${t.zurl}: not mounted (mountpoint ${t.mnt})`;
 }
 
+/** bin/wcfs.js, or an executable named wcfs (build/wcfs). */
+const isWcfsProgram = (a: string): boolean => a.endsWith('wcfs.js') || path.basename(a) === 'wcfs';
+
 /**
  * Pids of the `wcfs serve` processes serving mnt: a wcfs CLI process holding /dev/fuse whose
  * serve arguments name mnt — the mountpoint argument resolved against the process's working
@@ -482,9 +489,12 @@ export function findServerPids(mnt: string): number[] {
     if (!/^\d+$/.test(d)) continue;
     try {
       const argv = readFileSync(`/proc/${d}/cmdline`, 'latin1').split('\0').filter(Boolean);
+      const cwd = readlinkSync(`/proc/${d}/cwd`);
       const i = argv.indexOf('serve');
-      if (i < 0 || !argv.slice(0, i).some((a) => a.endsWith('wcfs.js') || a.endsWith('/wcfs'))) continue;
-      if (serveMountpoint(argv.slice(i + 1), readlinkSync(`/proc/${d}/cwd`)) !== mnt) continue;
+      const ours = i >= 0 && argv.slice(0, i).some(isWcfsProgram) && serveMountpoint(argv.slice(i + 1), cwd) === mnt;
+      // upstream's command line (src/cli/upstream.ts): `wcfs [flags] [serve] [flags] <zurl> <mntpt>`
+      const theirs = argv.length >= 3 && argv.slice(0, 2).some(isWcfsProgram) && path.resolve(cwd, argv[argv.length - 1]!) === mnt;
+      if (!ours && !theirs) continue;
       const fds = readdirSync(`/proc/${d}/fd`);
       if (fds.some((fd) => safeReadlink(`/proc/${d}/fd/${fd}`) === '/dev/fuse')) out.push(Number(d));
     } catch {
@@ -610,15 +620,52 @@ export interface StatusLine {
 }
 
 /**
- * Probe `code` (node -e, argv[1] = mnt) in a child process. After timeoutMs it answers
+ * status's probes, each run in a child process: `node -e` with the function's source, or in
+ * the single executable (which runs no -e) `build/wcfs <PROBE_CMD> <name> <mnt>` (runProbe).
+ * Self-contained: they use only their arguments.
+ */
+const PROBES: Record<string, (fs: typeof import('node:fs'), mnt: string) => string> = {
+  stat: (fs, mnt) => 'dev ' + fs.statSync(mnt).dev,
+  '.wcfs/zurl': (fs, mnt) => fs.readFileSync(mnt + '/.wcfs/zurl', 'utf8'),
+  '.wcfs/stats': (fs, mnt) =>
+    fs
+      .readFileSync(mnt + '/.wcfs/stats', 'utf8')
+      .trim()
+      .replace(/\s*\n/g, ', '),
+};
+
+/** The internal command of the single executable that runs one of PROBES (src/cli/main.ts). */
+export const PROBE_CMD = '__wcfs_probe';
+
+/** `wcfs __wcfs_probe <name> <mnt>`: one probe, its answer on stdout; a failure "Error: …" on stderr, exit 1. */
+export function runProbe(args: string[]): void {
+  const fn = PROBES[args[0] ?? ''];
+  if (fn === undefined || args[1] === undefined) {
+    process.stderr.write(`Error: ${PROBE_CMD}: want <${Object.keys(PROBES).join('|')}> <mountpoint>\n`);
+    process.exitCode = 2;
+    return;
+  }
+  try {
+    process.stdout.write(fn(fs, args[1]));
+  } catch (e) {
+    process.stderr.write(`Error: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
+
+/**
+ * Probe `what` (one of PROBES) in a child process. After timeoutMs it answers
  * "hung" without waiting for the child: one stuck in a FUSE request of a stopped server may
  * not die even from SIGKILL until the server answers or the connection is aborted (a request
  * the server has read is waited for uninterruptibly). The child is SIGKILLed, unreferenced
  * and its pipes closed, so it dies on its own later and never keeps this process alive.
  */
-function probeIn(mnt: string, what: string, code: string, timeoutMs: number): Promise<StatusLine & { hung?: boolean }> {
+function probeIn(mnt: string, what: string, timeoutMs: number): Promise<StatusLine & { hung?: boolean }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-e', code, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = inSingleExecutable()
+      ? [PROBE_CMD, what, mnt]
+      : ['-e', `process.stdout.write((${PROBES[what]!.toString()})(require('fs'), process.argv[1]))`, mnt];
+    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -655,18 +702,14 @@ export async function status(target: string, timeoutMs = 5000): Promise<StatusLi
   out.push({ ok: m.fstype === 'fuse.wcfs', text: `mount entry: ${mnt} (${m.fstype}, source ${m.source}, uid ${fuseOwner(m) ?? '?'})` });
   const pids = findServerPids(mnt);
   out.push({ ok: pids.length === 1, text: pids.length ? `server process: pid ${pids.join(',')}` : 'server process: not found' });
-  const probes: Array<[string, string]> = [
-    ['stat', `const s=require('fs').statSync(process.argv[1]); process.stdout.write('dev '+s.dev)`],
-    ['.wcfs/zurl', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/zurl','utf8'))`],
-    ['.wcfs/stats', `process.stdout.write(require('fs').readFileSync(process.argv[1]+'/.wcfs/stats','utf8').trim().replace(/\\s*\\n/g,', '))`],
-  ];
-  for (const [what, code] of probes) {
-    const r = await probeIn(mnt, what, code, timeoutMs);
+  const probes = Object.keys(PROBES);
+  for (const what of probes) {
+    const r = await probeIn(mnt, what, timeoutMs);
     if (what === '.wcfs/zurl' && r.ok && m.source !== r.text.slice('.wcfs/zurl: '.length)) r.ok = false;
     out.push({ ok: r.ok, text: r.text });
     if (r.hung) {
       // every further probe would hang as well
-      for (const [rest] of probes.slice(probes.findIndex(([w]) => w === what) + 1)) out.push({ ok: false, text: `${rest}: not tried (mount hung)` });
+      for (const rest of probes.slice(probes.indexOf(what) + 1)) out.push({ ok: false, text: `${rest}: not tried (mount hung)` });
       break;
     }
   }
