@@ -22,7 +22,8 @@ import { PROBE_CMD, runProbe } from '../control/control.js';
 export async function main(argv: string[]): Promise<void> {
   const args = argv.slice(2);
   if (args[0] === PROBE_CMD) return runProbe(args.slice(1)); // status's probes in build/wcfs (control.ts 6)
-  if (isUpstreamArgv(args)) {
+  const program = buildProgram();
+  if (isUpstreamArgv(args, serveOptionFlags(program))) {
     try {
       await upstreamMain(args);
     } catch (e) {
@@ -31,6 +32,28 @@ export async function main(argv: string[]): Promise<void> {
     }
     return;
   }
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      process.exitCode = e.exitCode;
+      return;
+    }
+    say((e as Error).message);
+    process.exitCode = 1;
+  }
+}
+
+/** The flags our `wcfs serve` takes (with -h/--help): any other makes a command line upstream's. */
+export function serveOptionFlags(program: Command = buildProgram()): Set<string> {
+  const serve = program.commands.find((c) => c.name() === 'serve')!;
+  const flags = new Set(['--help', '-h']);
+  for (const o of serve.options) for (const f of [o.long, o.short]) if (f) flags.add(f);
+  return flags;
+}
+
+/** Our CLI (commander). */
+export function buildProgram(): Command {
   const program = new Command();
   program.name('wcfs').description('isolating FUSE file cache for ZODB ZBigFiles').exitOverride().configureOutput({ writeErr: writeStderr });
 
@@ -78,15 +101,5 @@ export async function main(argv: string[]): Promise<void> {
     .description('check a server (each probe in a child process with a timeout)')
     .argument('<target>', 'zurl or mountpoint')
     .action(async (t: string) => statusCmd(t));
-
-  try {
-    await program.parseAsync(argv);
-  } catch (e) {
-    if (e instanceof CommanderError) {
-      process.exitCode = e.exitCode;
-      return;
-    }
-    say((e as Error).message);
-    process.exitCode = 1;
-  }
+  return program;
 }

@@ -37,19 +37,18 @@ export const UPSTREAM_FLAGS: Readonly<Record<string, FlagDef>> = {
   log_backtrace_at: { kind: 'string', usage: 'when logging hits line file:N, emit a stack trace (accepted, ignored)' },
 };
 
-/** Our CLI's `serve` options (main.ts): a command line using any other option is upstream's. */
-const OUR_SERVE_OPTS = new Set(['--pintimeout', '--debug', '--auto-exit', '--poll-ms', '--gc-interval', '--untrack-interval', '--help', '-h']);
 const OUR_COMMANDS = new Set(['serve', 'stop', 'status', 'zodb', 'help']);
 
 /**
  * Whether args (argv after the program) are for upstream's front-end:
  *   - flags first: `-autoexit …`, `--pintimeout=1m …` (anything but -h / --help);
  *   - two arguments, the first a URL or a path: `<zurl> <mntpt>`;
- *   - `serve` with an option our `wcfs serve` does not have, up to `--`: a single-dash long
+ *   - `serve` with an option our `wcfs serve` does not have (ourServeOpts: main.ts
+ *     serveOptionFlags, from the commander definition), up to `--`: a single-dash long
  *     flag (`-autoexit`, `-v=1`, `-pintimeout`) or a double-dash one that is not ours
  *     (`--autoexit`, `--trace.fuse`).
  */
-export function isUpstreamArgv(args: readonly string[]): boolean {
+export function isUpstreamArgv(args: readonly string[], ourServeOpts: ReadonlySet<string>): boolean {
   const a0 = args[0];
   if (a0 === undefined) return false;
   if (a0.startsWith('-') && a0 !== '-h' && a0 !== '--help') return true;
@@ -58,7 +57,7 @@ export function isUpstreamArgv(args: readonly string[]): boolean {
   for (const a of args.slice(1)) {
     if (a === '--') break;
     if (!a.startsWith('-') || a === '-') continue;
-    if (!OUR_SERVE_OPTS.has(a.replace(/=.*$/s, ''))) return true;
+    if (!ourServeOpts.has(a.replace(/=.*$/s, ''))) return true;
   }
   return false;
 }
