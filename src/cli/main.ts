@@ -51,6 +51,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
     .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')
     .option('--untrack-interval <seconds>', 'forget the history of head blocks no longer in the page cache this often', '60')
+    .option('--authkeyfile <path>', 'only processes that authenticate with the key in this file may open files (.wcfs/auth)')
     .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));
   program
     .command('stop')

@@ -22,6 +22,8 @@ export interface ServeOptions {
   pollMs?: string;
   gcInterval?: string;
   untrackInterval?: string;
+  /** Require authentication with the key in this file (.wcfs/auth). */
+  authkeyfile?: string;
 }
 
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
@@ -62,6 +64,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       storagePollMs: pollMs,
       gcIntervalMs: gcInterval * 1000,
       untrackIntervalMs: untrackInterval * 1000,
+      authKeyFile: opts.authkeyfile === undefined ? undefined : path.resolve(opts.authkeyfile),
       onFatal: () => (failed = true),
     });
   } catch (e) {

@@ -381,9 +381,13 @@ const registry = new Map<string, WcfsHandle>();
 /**
  * Find the server of zurl, or start one (autostart, default: $WENDELIN_CORE_WCFS_AUTOSTART
  * or yes). A crashed server's dead mount is cleaned up first. Joining again in the same
- * process returns the same handle.
+ * process returns the same handle. A server started here gets `--authkeyfile` when
+ * opts.authKeyFile is given (the client authenticates: src/client/wcfs.ts).
  */
-export async function join(zurlArg: string, opts: { autostart?: boolean; mountpoint?: string; args?: string[] } = {}): Promise<WcfsHandle> {
+export async function join(
+  zurlArg: string,
+  opts: { autostart?: boolean; mountpoint?: string; args?: string[]; authKeyFile?: string } = {},
+): Promise<WcfsHandle> {
   const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
   const have = registry.get(mnt);
@@ -401,7 +405,8 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
   let r = await openOurs();
   if (!('fh' in r)) {
     if (!autostart) throw new WcfsError('WCFS_ENOTRUNNING', `wcfs: join ${zurl}: server not running`);
-    await start(zurl, { mountpoint: mnt, args: ['--auto-exit', ...(opts.args ?? [])] });
+    const auth = opts.authKeyFile === undefined ? [] : ['--authkeyfile', path.resolve(opts.authKeyFile)];
+    await start(zurl, { mountpoint: mnt, args: ['--auto-exit', ...auth, ...(opts.args ?? [])] });
     r = await openOurs();
     if (!('fh' in r)) throw new WcfsError('WCFS_ESTART', `wcfs: join ${zurl}: server started but not answering (${r.state})`);
   }
@@ -473,7 +478,7 @@ export function findServerPids(mnt: string): number[] {
 }
 
 /** Options of `wcfs serve` that take a value (src/cli/main.ts). */
-const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval', '--untrack-interval']);
+const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval', '--untrack-interval', '--authkeyfile']);
 
 /** The mountpoint `wcfs serve <args>` run in cwd serves (undefined: not a serve command line). */
 export function serveMountpoint(args: string[], cwd: string): string | undefined {
