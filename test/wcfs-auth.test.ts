@@ -380,7 +380,6 @@ describe('client library', () => {
 
   it('a forked child (no exec) holding the inherited link is refused; its parent is not', async () => {
     const out = await runProcess(python(), [path.join(repoRoot, 'test', 'helpers', 'auth-fork.py'), mnt(), keyFile], process.env);
-    // the child blocks on stdin, which is 'ignore' (/dev/null) here: it exits at once
     const lines = out
       .trim()
       .split('\n')
@@ -418,7 +417,7 @@ describe('pid reuse', () => {
   it('a process given the pid of an exited authenticated process is not authenticated', async () => {
     // P authenticates and forks C, which inherits P's link and keeps it open (so the link —
     // bound to P — stays up); P exits; a new process is made to get P's pid.
-    const p = spawn(python(), [path.join(repoRoot, 'test', 'helpers', 'auth-fork.py'), mnt(), keyFile], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const p = spawn(python(), [path.join(repoRoot, 'test', 'helpers', 'auth-fork.py'), mnt(), keyFile, 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     let childPid: number | undefined;
@@ -438,8 +437,9 @@ describe('pid reuse', () => {
       expect(again.pid).toBe(p.pid);
       expect((await exitOf(again)).code).toBe(3); // EACCES
     } finally {
-      p.stdin!.end(); // C exits, closing the link
+      childPid ??= (/"child": "\w+", "pid": (\d+)/.exec(out) ?? [])[1] === undefined ? undefined : Number(/"child": "\w+", "pid": (\d+)/.exec(out)![1]);
       if (childPid !== undefined) {
+        process.kill(childPid, 'SIGTERM'); // C exits, closing the link
         for (let i = 0; i < 200 && existsSync(`/proc/${childPid}`); i++) await new Promise((r) => setTimeout(r, 10));
       }
     }

@@ -1,13 +1,15 @@
 # A process of the authentication tests (test/wcfs-auth.test.ts) that speaks .wcfs/auth
 # itself and forks without exec:
-#   argv: <mountpoint> <keyfile>
+#   argv: <mountpoint> <keyfile> [hold]
 # The parent authenticates, checks it may open head/at, forks; the child (which inherits the
-# authenticated link's fd) tries head/at itself and reports; the parent reports, then exits,
-# leaving the child holding the link open until its stdin closes. Output, one JSON line each:
+# authenticated link's fd) tries head/at itself and reports; the parent reports, then exits.
+# With `hold` the child then keeps the link open until SIGTERM (the test kills it by pid),
+# else it exits. Output, one JSON line each:
 #   {"parent": "ok"|errno, "pid": <parent pid>}   {"child": "ok"|errno, "pid": <child pid>}
-import errno, json, os, sys
+import errno, json, os, signal, sys
 
 mnt, keyfile = sys.argv[1], sys.argv[2]
+hold = sys.argv[3:] == ['hold']
 key = open(keyfile, 'rb').read().rstrip(b'\r\n')
 
 
@@ -36,7 +38,8 @@ if pid == 0:
     os.close(r)
     say({'child': try_open(at), 'pid': os.getpid()})
     os.close(w)  # the parent may go now
-    sys.stdin.read()  # hold the inherited link open until the test closes our stdin
+    while hold:
+        signal.pause()  # SIGTERM ends us
     os._exit(0)
 os.close(w)
 os.read(r, 1)  # EOF once the child has reported

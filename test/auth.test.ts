@@ -1,0 +1,226 @@
+// The authentication rules without a mount (src/server/auth.ts, src/util/authkey.ts): the
+// "who may open what" table, the AuthTable over a fake Identity — which, unlike the kernel,
+// hands out a pid number again at will — its bounds, the .wcfs/auth request grammar, and the
+// key-file rules. What only the kernel shows (FUSE caller ids, real pid reuse, fork) is in
+// test/wcfs-auth.test.ts.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { isCode } from '../src/errors.js';
+import { FuseError } from '../src/fuse/errors.js';
+import { errno } from '../src/fuse/kernel.js';
+import { AuthTable, MAX_LINKS, MAX_LINKS_PER_PROC, OPEN_RULES, parseAuthRequest, procIdentity, type Identity, type ProcId } from '../src/server/auth.js';
+import { ProcessGoneError } from '../src/util/proc.js';
+import { readAuthKey } from '../src/util/authkey.js';
+
+const KEY = 'k3y';
+
+/** Processes by pid number; a thread id is its process's pid. exit() then spawn() reuses a pid. */
+class FakeIds implements Identity {
+  readonly selfPid = 1;
+  private readonly live = new Map<number, { start: bigint; exited: boolean }>();
+  private nextStart = 100n;
+  holds = 0;
+  spawn(pid: number): ProcId {
+    const p = { start: this.nextStart++, exited: false };
+    this.live.set(pid, p);
+    return { pid, start: p.start };
+  }
+  exit(pid: number): void {
+    const p = this.live.get(pid)!;
+    p.exited = true;
+    this.live.delete(pid);
+  }
+  whoIs(tid: number): ProcId {
+    const p = this.live.get(tid);
+    if (p === undefined) throw new ProcessGoneError(tid, 'no such thread');
+    return { pid: tid, start: p.start };
+  }
+  hold(id: ProcId) {
+    const p = this.live.get(id.pid)!;
+    this.holds++;
+    return { exited: () => p.exited, close: () => void this.holds-- };
+  }
+}
+
+describe('OPEN_RULES', () => {
+  it('only .wcfs/zurl and .wcfs/auth are open to anyone', () => {
+    expect(OPEN_RULES).toEqual({
+      zurl: 'anyone',
+      auth: 'anyone',
+      pintimeout: 'authenticated',
+      stats: 'authenticated',
+      at: 'authenticated',
+      watch: 'authenticated',
+      bigfile: 'authenticated',
+    });
+  });
+});
+
+describe('AuthTable', () => {
+  it('a link authenticates the process that sends the key; the server itself is always allowed', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    ids.spawn(1);
+    ids.spawn(10);
+    expect(tab.mayOpen('at', 1)).toBe(true); // ourselves
+    expect(tab.mayOpen('zurl', 10)).toBe(true);
+    expect(tab.mayOpen('at', 10)).toBe(false);
+    const s = tab.linkOpen(10);
+    expect(tab.authenticate(s, 10, 'wrong')).toEqual({ ok: false, why: 'invalid key', pid: 10 });
+    expect(tab.mayOpen('bigfile', 10)).toBe(false);
+    expect(tab.authenticate(s, 10, KEY)).toEqual({ ok: true });
+    expect(tab.mayOpen('bigfile', 10)).toBe(true);
+    expect(tab.authenticate(s, 10, KEY)).toEqual({ ok: true }); // again on the same link: no change
+    tab.linkReleased(s);
+    expect(tab.mayOpen('bigfile', 10)).toBe(false);
+    expect(tab.sizes()).toEqual({ procs: 0, links: 0 });
+    expect(ids.holds).toBe(0);
+  });
+
+  it('revoked when the last of its links goes down (down, then release of the other)', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    ids.spawn(10);
+    const a = tab.linkOpen(10);
+    const b = tab.linkOpen(10);
+    tab.authenticate(a, 10, KEY);
+    tab.authenticate(b, 10, KEY);
+    tab.linkDown(a); // bye
+    expect(tab.isAuthenticated(10)).toBe(true);
+    tab.linkReleased(b);
+    expect(tab.isAuthenticated(10)).toBe(false);
+    tab.linkReleased(a);
+    expect(tab.sizes()).toEqual({ procs: 0, links: 0 });
+    expect(ids.holds).toBe(0);
+  });
+
+  it('one process per link: another process with the key on it is refused', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    ids.spawn(10);
+    ids.spawn(11);
+    const s = tab.linkOpen(10);
+    expect(tab.authenticate(s, 10, KEY).ok).toBe(true);
+    expect(tab.authenticate(s, 11, KEY)).toEqual({ ok: false, why: 'link in use by another process', pid: 11 });
+    expect(tab.isAuthenticated(11)).toBe(false);
+  });
+
+  it('pid reuse: a new process with an authenticated process’s pid is not authenticated', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    ids.spawn(10);
+    const s = tab.linkOpen(10);
+    tab.authenticate(s, 10, KEY);
+    ids.exit(10); // the link stays open (a child inherited it)
+    ids.spawn(10); // same pid, later start time
+    expect(tab.isAuthenticated(10)).toBe(false);
+    tab.linkReleased(s);
+  });
+
+  it('pid reuse within one start-time tick: the held handle (pidfd) says the old one exited', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    const id = ids.spawn(10);
+    const s = tab.linkOpen(10);
+    tab.authenticate(s, 10, KEY);
+    ids.exit(10);
+    // a process with the same pid and the same start time: only the handle tells them apart
+    (ids as unknown as { live: Map<number, { start: bigint; exited: boolean }> }).live.set(10, { start: id.start, exited: false });
+    expect(tab.isAuthenticated(10)).toBe(false);
+    expect(tab.sizes().procs).toBe(0); // dropped, its handle closed
+    expect(ids.holds).toBe(0);
+    tab.linkReleased(s); // later release of the link: nothing left to undo
+    expect(tab.sizes()).toEqual({ procs: 0, links: 0 });
+  });
+
+  it('bounds: links per process (EMFILE), links in all (ENFILE); others keep being served', () => {
+    const ids = new FakeIds();
+    const tab = new AuthTable(KEY, ids);
+    ids.spawn(10);
+    const mine = Array.from({ length: MAX_LINKS_PER_PROC }, () => tab.linkOpen(10));
+    expect(() => tab.linkOpen(10)).toThrow(FuseError);
+    try {
+      tab.linkOpen(10);
+    } catch (e) {
+      expect((e as FuseError).errno).toBe(errno.EMFILE);
+    }
+    tab.linkReleased(mine.pop()!);
+    mine.push(tab.linkOpen(10));
+    // fill the table from many processes
+    const others = [];
+    for (let pid = 1000; tab.sizes().links < MAX_LINKS; pid++) {
+      ids.spawn(pid);
+      others.push(tab.linkOpen(pid));
+    }
+    ids.spawn(5);
+    let err: unknown;
+    try {
+      tab.linkOpen(5);
+    } catch (e) {
+      err = e;
+    }
+    expect((err as FuseError).errno).toBe(errno.ENFILE);
+    // an authenticated process stays authenticated meanwhile
+    expect(tab.authenticate(mine[0]!, 10, KEY).ok).toBe(true);
+    expect(tab.isAuthenticated(10)).toBe(true);
+    tab.linkReleased(others.pop()!);
+    expect(() => tab.linkOpen(5)).not.toThrow();
+  });
+
+  it('the real identity: this process, by its threads’ ids; a gone thread is nobody', () => {
+    const me = procIdentity.whoIs(process.pid);
+    expect(me.pid).toBe(process.pid);
+    expect(typeof me.start).toBe('bigint');
+    expect(() => procIdentity.whoIs(0x3fffffff)).toThrow(ProcessGoneError);
+    const h = procIdentity.hold(me, process.pid);
+    expect(h.exited()).toBe(false);
+    h.close();
+    expect(() => procIdentity.hold({ pid: process.pid, start: me.start + 1n }, process.pid)).toThrow(ProcessGoneError);
+  });
+});
+
+describe('parseAuthRequest', () => {
+  it('auth, bye, anything else', () => {
+    expect(parseAuthRequest('auth abc def')).toEqual({ kind: 'auth', key: 'abc def' });
+    expect(parseAuthRequest('auth')).toEqual({ kind: 'auth', key: '' });
+    expect(parseAuthRequest('bye')).toEqual({ kind: 'bye' });
+    expect(parseAuthRequest('authx')).toEqual({ kind: 'unknown' });
+    expect(parseAuthRequest('watch 0000000000000001 -')).toEqual({ kind: 'unknown' });
+  });
+});
+
+describe('readAuthKey', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'wcfs-authkey-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, text: string) => {
+    const p = path.join(dir, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const fails = (p: string, what: string) => {
+    let err: unknown;
+    try {
+      readAuthKey(p);
+    } catch (e) {
+      err = e;
+    }
+    expect(isCode(err, 'WCFS_EAUTHKEY')).toBe(true);
+    expect((err as Error).message).toContain(p);
+    expect((err as Error).message).toContain(what);
+    expect((err as Error).message).not.toContain('s3cret');
+  };
+  it('the text without its line end', () => {
+    expect(readAuthKey(file('a', 's3cret\n'))).toBe('s3cret');
+    expect(readAuthKey(file('b', 's3cret'))).toBe('s3cret');
+    expect(readAuthKey(file('c', 's3cret\r\n'))).toBe('s3cret');
+  });
+  it('missing, empty, several lines, too long: WCFS_EAUTHKEY naming the file', () => {
+    fails(path.join(dir, 'none'), 'ENOENT');
+    fails(file('e', ''), 'empty');
+    fails(file('f', '\n\n'), 'empty');
+    fails(file('g', 's3cret\nmore\n'), 'more than one line');
+    fails(file('h', 'x'.repeat(2000)), 'longer than');
+  });
+});
