@@ -2,11 +2,18 @@
 // "who may open what" table, the AuthTable over a fake Identity — which, unlike the kernel,
 // hands out a pid number again at will — its bounds, the .wcfs/auth request grammar, and the
 // key-file rules. What only the kernel shows (FUSE caller ids, real pid reuse, fork) is in
-// test/wcfs-auth.test.ts.
+// test/wcfs-auth.test.ts. The server's wiring (the OPEN check, .wcfs/auth links, the writer's
+// thread id reaching the table) is driven through its FUSE handlers against a fake kernel.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { RequestContext } from '../src/fuse/fs.js';
+import { WcfsServer, type Kernel } from '../src/server/server.js';
+import { openStorage } from '../src/zodb/open.js';
+import type { IWritableStorage } from '../src/zodb/storage.js';
+import { ensureRoot } from '../src/zodb/zbigfile.js';
+import { makeTmpDir } from './helpers/tmp.js';
 import { isCode } from '../src/errors.js';
 import { FuseError } from '../src/fuse/errors.js';
 import { errno } from '../src/fuse/kernel.js';
@@ -222,5 +229,66 @@ describe('readAuthKey', () => {
     fails(file('f', '\n\n'), 'empty');
     fails(file('g', 's3cret\nmore\n'), 'more than one line');
     fails(file('h', 'x'.repeat(2000)), 'longer than');
+  });
+});
+
+describe('the server without a mount (WcfsServer.serve, fake kernel and identity)', () => {
+  it('OPEN is checked; .wcfs/auth authenticates the writer; RELEASE and pid reuse revoke', async () => {
+    const tmp = makeTmpDir('wcfs-auth-');
+    const dbPath = path.join(tmp.dir, 'data.fs');
+    const db = (await openStorage(dbPath, { create: true })) as IWritableStorage;
+    await ensureRoot(db);
+    await db.close();
+    const keyFile = path.join(tmp.dir, 'key');
+    writeFileSync(keyFile, KEY + '\n');
+    const kernel: Kernel = {
+      notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => Buffer.alloc(0) },
+      blockCache: { put: () => true, drop: () => true, served: () => 0 },
+      isClosed: false,
+      residency: async () => new Uint8Array(0),
+    };
+    // the link takes a real pidfd of its opener, so "processes" here are this one's pid
+    const ids = new FakeIds();
+    const me = process.pid;
+    ids.spawn(me);
+    const storage = await openStorage(dbPath, { readOnly: true });
+    const srv = WcfsServer.serve({ zurl: dbPath, mountpoint: '/nonexistent', log: () => {}, authKeyFile: keyFile, authIdentity: ids }, storage, kernel);
+    try {
+      const ctx: RequestContext = { signal: new AbortController().signal, interrupted: false };
+      const hdr = { id: 1, uid: 0, gid: 0, pid: me };
+      const lookup = async (parent: number, name: string) => (await srv.lookup({ ...hdr, op: 'LOOKUP', nodeid: parent, name }, ctx)).nodeid;
+      const head = await lookup(1, 'head');
+      const at = await lookup(head, 'at');
+      const auth = await lookup(await lookup(1, '.wcfs'), 'auth');
+      const openAt = () => srv.open({ ...hdr, op: 'OPEN', nodeid: at, flags: 0 });
+      const refused = () => {
+        try {
+          openAt();
+        } catch (e) {
+          return (e as FuseError).errno;
+        }
+        return 0;
+      };
+      expect(refused()).toBe(errno.EACCES);
+      const { fh } = srv.open({ ...hdr, op: 'OPEN', nodeid: auth, flags: 2 });
+      srv.write({ ...hdr, op: 'WRITE', nodeid: auth, fh: fh!, offset: 0, data: Buffer.from(`1 auth ${KEY}\n`), size: 0, flags: 0 });
+      const reply = await srv.read({ ...hdr, op: 'READ', nodeid: auth, fh: fh!, offset: 0, size: 100, flags: 0 }, ctx);
+      expect(Buffer.from(reply).toString()).toBe('1 ok\n');
+      expect(refused()).toBe(0);
+      // the same pid, a later process (start time): refused while the link is still open
+      ids.exit(me);
+      ids.spawn(me);
+      expect(refused()).toBe(errno.EACCES);
+      srv.write({ ...hdr, op: 'WRITE', nodeid: auth, fh: fh!, offset: 0, data: Buffer.from(`3 auth ${KEY}\n`), size: 0, flags: 0 });
+      expect(Buffer.from(await srv.read({ ...hdr, op: 'READ', nodeid: auth, fh: fh!, offset: 0, size: 100, flags: 0 }, ctx)).toString()).toBe(
+        '3 error invalid authentication key\n', // the link authenticated the old process
+      );
+      srv.release({ ...hdr, op: 'RELEASE', nodeid: auth, fh: fh!, flags: 0 });
+      expect(srv.auth!.sizes()).toEqual({ procs: 0, links: 0 });
+      expect(ids.holds).toBe(0);
+    } finally {
+      await srv.stop();
+      tmp.cleanup();
+    }
   });
 });

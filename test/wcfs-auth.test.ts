@@ -292,6 +292,14 @@ describe('.wcfs/auth protocol', () => {
   });
 });
 
+describe('wcfs status', () => {
+  it('an authenticating server is healthy though .wcfs/stats is refused to the probe', async () => {
+    const out = await runProcess(process.execPath, [wcfsBin, 'status', mnt()], process.env);
+    expect(out).toContain('ok   - .wcfs/stats: not shown: the server requires authentication (EACCES)');
+    expect(out).not.toContain('fail');
+  });
+});
+
 describe('key file at start', () => {
   const serveWith = (kf: string) =>
     new Promise<{ rc: number | null; stderr: string; mnt: string }>((resolve) => {
