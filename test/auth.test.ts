@@ -7,6 +7,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import createDebug from 'debug';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
 import { WcfsServer, type Kernel } from '../src/server/server.js';
@@ -21,7 +22,7 @@ import { AuthTable, MAX_LINKS, MAX_LINKS_PER_PROC, OPEN_RULES, parseAuthRequest,
 import { ProcessGoneError } from '../src/util/proc.js';
 import { readAuthKey } from '../src/util/authkey.js';
 
-const KEY = 'k3y';
+const KEY = 'k3y-0123456789';
 
 /** Processes by pid number; a thread id is its process's pid. exit() then spawn() reuses a pid. */
 class FakeIds implements Identity {
@@ -252,7 +253,17 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
     const me = process.pid;
     ids.spawn(me);
     const storage = await openStorage(dbPath, { readOnly: true });
-    const srv = WcfsServer.serve({ zurl: dbPath, mountpoint: '/nonexistent', log: () => {}, authKeyFile: keyFile, authIdentity: ids }, storage, kernel);
+    const logged: string[] = [];
+    const srv = WcfsServer.serve(
+      { zurl: dbPath, mountpoint: '/nonexistent', log: (l) => logged.push(l), authKeyFile: keyFile, authIdentity: ids },
+      storage,
+      kernel,
+    );
+    // traces too: the key must appear in neither
+    const wasEnabled = createDebug.disable();
+    createDebug.enable('wcfs:*');
+    const debugLog = createDebug.log;
+    createDebug.log = (...a: unknown[]) => logged.push(a.map(String).join(' '));
     try {
       const ctx: RequestContext = { signal: new AbortController().signal, interrupted: false };
       const hdr = { id: 1, uid: 0, gid: 0, pid: me };
@@ -286,7 +297,19 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
       srv.release({ ...hdr, op: 'RELEASE', nodeid: auth, fh: fh!, flags: 0 });
       expect(srv.auth!.sizes()).toEqual({ procs: 0, links: 0 });
       expect(ids.holds).toBe(0);
+      // a bad frame carrying the key: the reply quotes it back to its sender, logs do not
+      const bad = srv.open({ ...hdr, op: 'OPEN', nodeid: auth, flags: 2 }).fh!;
+      srv.write({ ...hdr, op: 'WRITE', nodeid: auth, fh: bad, offset: 0, data: Buffer.from(`x auth ${KEY}\n`), size: 0, flags: 0 });
+      expect(Buffer.from(await srv.read({ ...hdr, op: 'READ', nodeid: auth, fh: bad, offset: 0, size: 100, flags: 0 }, ctx)).toString()).toBe(
+        `0 error: invalid frame: "x auth ${KEY}\\n" (invalid stream)\n`,
+      );
+      srv.release({ ...hdr, op: 'RELEASE', nodeid: auth, fh: bad, flags: 0 });
+      expect(logged.some((l) => l.includes('auth …'))).toBe(true); // the traces were on
+      expect(logged.some((l) => l.includes('serve rx: invalid frame: "…" (invalid stream)'))).toBe(true);
+      expect(logged.filter((l) => l.includes(KEY))).toEqual([]);
     } finally {
+      createDebug.log = debugLog;
+      createDebug.enable(wasEnabled);
       await srv.stop();
       tmp.cleanup();
     }

@@ -245,6 +245,14 @@ export function parseAuthRequest(msg: string): AuthRequest | { kind: 'bye' } {
   return { kind: 'unknown' };
 }
 
+/**
+ * Peer text of .wcfs/auth for logs and traces: the key of an `auth` request, and any quoted
+ * peer text (a bad frame's quote may hold a key), replaced by `…`.
+ */
+export function redactAuth(text: string): string {
+  return text.replace(/^auth .*/s, 'auth …').replace(/"(?:[^"\\]|\\.)*"/g, '"…"');
+}
+
 export const AUTH_OK = 'ok';
 export const AUTH_INVALID = 'error invalid authentication key';
 export const AUTH_UNKNOWN = 'error unknown command';

@@ -86,7 +86,7 @@ import { Reads } from './reads.js';
 import { INO_ROOT, Tree, TTL, type FsNode } from './tree.js';
 import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
-import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, type AuthRequest, type AuthSlot, type Identity } from './auth.js';
+import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, redactAuth, type AuthRequest, type AuthSlot, type Identity } from './auth.js';
 import { readAuthKey } from '../util/authkey.js';
 
 const debug = createDebug('wcfs:server');
@@ -464,6 +464,7 @@ export class WcfsServer implements FileSystem {
       link = WatchLink.open<AuthRequest>(id, req.pid, {
         name: 'alink',
         parse: parseAuthRequest,
+        redact: redactAuth,
         request: (l, stream, r, tid) => this.authRequest(l, slot, stream, r, tid),
         down: () => auth.linkDown(slot),
         log: this.log,

@@ -97,6 +97,11 @@ export interface LinkHandlers<R = WatchRequest> {
   log?(line: string): void;
   /** What the link calls itself in messages ["wlink"]. */
   readonly name?: string;
+  /**
+   * Peer text as it may appear in logs and traces [as is]: .wcfs/auth hides keys (a request,
+   * or a quoted bad frame, may carry one). Replies to the peer itself are not redacted.
+   */
+  redact?(text: string): string;
 }
 
 export class WatchLink<R = WatchRequest> {
@@ -295,10 +300,10 @@ export class WatchLink<R = WatchRequest> {
     // frames still waiting for room are never sent (B3): their senders are told "done"
     for (const t of this.txWait.splice(0)) t.done();
     if (control !== undefined && !this.eof) {
-      debug('%s: > 0 %s', this, control);
+      debug('%s: > 0 %s', this, this.redact(control));
       void this.queue(0n, control, true);
     }
-    if (why !== undefined && control === undefined) debug('%s: down: %s', this, why);
+    if (why !== undefined && control === undefined) debug('%s: down: %s', this, this.redact(why));
     this.eof = true; // readers get EOF once the queue (the control line) is drained
     this.wakeReaders();
     this.handlers.down(this, reason === undefined ? undefined : down, npending);
@@ -309,7 +314,7 @@ export class WatchLink<R = WatchRequest> {
 
   /** Queue a frame (B3: admitted now if tx has room or `force`, else when it has). */
   private queue(stream: bigint, msg: string, force = false): Promise<void> {
-    debug('%s: > %d %s', this, stream, msg);
+    debug('%s: > %d %s', this, stream, this.redact(msg));
     return new Promise<void>((resolve) => {
       const t: TxItem = { bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve };
       if (force || (this.txWait.length === 0 && this.txBytes < TX_MAX)) this.admit(t);
@@ -347,6 +352,10 @@ export class WatchLink<R = WatchRequest> {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
+  private redact(text: string): string {
+    return this.handlers.redact ? this.handlers.redact(text) : text;
+  }
+
   private log(line: string): void {
     (this.handlers.log ?? logLine)(line);
   }
@@ -358,7 +367,7 @@ export class WatchLink<R = WatchRequest> {
   }
 
   private protocolError(text: string): void {
-    this.log(`wcfs: ${this}: serve rx: ${text}`);
+    this.log(`wcfs: ${this}: serve rx: ${this.redact(text)}`);
     this.shutdown(text, `error: ${text}`);
   }
 
@@ -375,7 +384,7 @@ export class WatchLink<R = WatchRequest> {
       const p = this.pending.get(stream);
       // rtt: from right after the request's own debug line to here (the reply's line excluded)
       if (debug.enabled)
-        debug('%s: < %d %s%s', this, stream, msg, p?.sentNs ? ` (rtt ${(Number(process.hrtime.bigint() - p.sentNs) / 1e3).toFixed(1)} us)` : '');
+        debug('%s: < %d %s%s', this, stream, this.redact(msg), p?.sentNs ? ` (rtt ${(Number(process.hrtime.bigint() - p.sentNs) / 1e3).toFixed(1)} us)` : '');
       if (p === undefined) {
         this.protocolError(`${stream}: reply on unexpected stream`);
         return;
@@ -384,7 +393,7 @@ export class WatchLink<R = WatchRequest> {
       p.resolve(msg);
       return;
     }
-    debug('%s: < %d %s', this, stream, msg);
+    debug('%s: < %d %s', this, stream, this.redact(msg));
     if (this.inflight >= MAX_INFLIGHT) {
       this.protocolError(`${stream}: too many requests in flight (${MAX_INFLIGHT})`);
       return;
