@@ -177,6 +177,19 @@ describe('AuthTable', () => {
     expect(() => tab.linkOpen(5)).not.toThrow();
   });
 
+  it('a caller the server cannot see (pid 0 from another pid namespace) gets ESRCH, and is not authenticated', () => {
+    const tab = new AuthTable(KEY, new FakeIds());
+    let err: unknown;
+    try {
+      tab.linkOpen(0);
+    } catch (e) {
+      err = e;
+    }
+    expect((err as FuseError).errno).toBe(errno.ESRCH);
+    expect(tab.mayOpen('at', 0)).toBe(false);
+    expect(tab.mayOpen('zurl', 0)).toBe(true);
+  });
+
   it('the real identity: this process, by its threads’ ids; a gone thread is nobody', () => {
     const me = procIdentity.whoIs(process.pid);
     expect(me.pid).toBe(process.pid);

@@ -157,9 +157,18 @@ export class AuthTable {
     return true;
   }
 
-  /** OPEN of .wcfs/auth by thread `tid`: throws FuseError ENFILE / EMFILE past the bounds. */
+  /**
+   * OPEN of .wcfs/auth by thread `tid`: throws FuseError ENFILE / EMFILE past the bounds,
+   * ESRCH for a caller we cannot see (gone, or in a pid namespace the server does not see:
+   * the kernel then says pid 0).
+   */
   linkOpen(tid: number): AuthSlot {
-    const opener = procKey(this.ids.whoIs(tid));
+    let opener: string;
+    try {
+      opener = procKey(this.ids.whoIs(tid));
+    } catch (e) {
+      throw new FuseError(errno.ESRCH, `.wcfs/auth: pid ${tid}: ${(e as Error).message}`, { cause: e });
+    }
     if (this.nlinks >= MAX_LINKS) {
       this.dropExited();
       if (this.nlinks >= MAX_LINKS) throw new FuseError(errno.ENFILE, `.wcfs/auth: ${MAX_LINKS} links open already`);
