@@ -67,6 +67,9 @@ export type WcfsCode =
   // server (src/server/)
   | 'WCFS_EEPOCH' // a ZBigFile changed blksize/blktab: not supported
   | 'WCFS_EPACKED' // a revision older than the pack boundary: its history was packed away
+  // authentication (src/util/authkey.ts, src/server/auth.ts, src/client/wcfs.ts)
+  | 'WCFS_EAUTHKEY' // the authentication key file is missing, unreadable, empty or malformed
+  | 'WCFS_EAUTH' // the server refused our authentication (join)
   // control path (src/control/)
   | 'WCFS_EUNSAFE' // a mountpoint or log fails the shared-directory rules
   | 'WCFS_ELOG' // the server log cannot be opened

@@ -112,8 +112,8 @@ describe("parseUpstreamArgv: upstream's command line → our serve", () => {
     ['-debug=false', ['-debug=false', Z, M], { mnt: M, opts: {} }],
     ['-trace.fuse', ['-trace.fuse', Z, M], { mnt: M, opts: {}, ns: 'wcfs:fuse' }],
     ['-d (old -trace.fuse)', ['-d', Z, M], { mnt: M, opts: {}, ns: 'wcfs:fuse' }],
-    ['-authkeyfile=PATH', ['-authkeyfile=/k/key', Z, M], { mnt: M, opts: { authKeyFile: '/k/key' } }],
-    ['-authkeyfile PATH', ['-authkeyfile', '/k/key', Z, M], { mnt: M, opts: { authKeyFile: '/k/key' } }],
+    ['-authkeyfile=PATH', ['-authkeyfile=/k/key', Z, M], { mnt: M, opts: { authkeyfile: '/k/key' } }],
+    ['-authkeyfile PATH', ['-authkeyfile', '/k/key', Z, M], { mnt: M, opts: { authkeyfile: '/k/key' } }],
     ['upstream test suite: -debug -logtostderr', ['-debug', '-logtostderr', Z, M], { mnt: M, opts: { debugFiles: true } }],
     [
       'glog: ignored',

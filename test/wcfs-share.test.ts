@@ -123,10 +123,10 @@ describe('wcfs serve --share-with group:NAME', () => {
     const euid = process.geteuid!();
     for (const d of dirs) expect(statSync(d), d).toMatchObject({ uid: euid, gid, mode: 0o040000 | SHARE_MODES.dir });
     for (const p of files) {
-      const mode = 0o100000 | (p.endsWith('/head/watch') ? SHARE_MODES.watch : SHARE_MODES.file);
+      const mode = 0o100000 | (p.endsWith('/head/watch') ? SHARE_MODES.link : SHARE_MODES.file);
       expect(statSync(p), p).toMatchObject({ uid: euid, gid, mode });
     }
-    expect(SHARE_MODES).toEqual({ dir: 0o550, file: 0o440, watch: 0o660 });
+    expect(SHARE_MODES).toEqual({ dir: 0o550, file: 0o440, link: 0o660 });
     const m = findMount(t.srv.mnt)!;
     expect(m.superOptions, 'mount options').toMatch(/allow_other/);
     expect(m.superOptions).toMatch(/default_permissions/);
@@ -208,6 +208,36 @@ describe('wcfs serve --share-with group:NAME', () => {
       (e: Error) => e.message,
     );
     expect(opened, 'the outsider cannot open head/watch').toMatch(/wlink child exited 1/);
+  }, 60_000);
+});
+
+describe('--share-with and --authkeyfile together', () => {
+  it('.wcfs/auth is group-writable: a member holding the key joins and reads; without it, EACCES', async () => {
+    const t = new TDB();
+    t.pinTimeout = PINTIMEOUT;
+    tdbs.push(t);
+    chmodSync(t.dir, 0o755);
+    const key = path.join(t.dir, 'key');
+    writeFileSync(key, 'a shared secret\n');
+    chownSync(key, 0, gid);
+    chmodSync(key, 0o440); // members may read the key; the outsider may not
+    t.serveArgs = ['--share-with', `group:${GROUP}`, '--authkeyfile', key];
+    await t.open();
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1 }]]);
+    await t.serve();
+    expect(statSync(t.srv.at('.wcfs/auth')), '.wcfs/auth').toMatchObject({ uid: process.geteuid!(), gid, mode: 0o100000 | SHARE_MODES.link });
+    const client = async (kf: string | undefined) => {
+      const env = { ...process.env };
+      if (kf === undefined) delete env.WENDELIN_CORE_WCFS_AUTHKEYFILE;
+      else env.WENDELIN_CORE_WCFS_AUTHKEYFILE = kf;
+      const cmd = [...as(MEMBER), process.execPath, path.join(repoRoot, 'test', 'helpers', 'auth-client.mjs'), 'join', t.srv.zurl, t.srv.mnt];
+      return JSON.parse((await run(cmd[0]!, cmd.slice(1), { env, timeout: 20_000 })).stdout) as Record<string, string>;
+    };
+    // >>> a member with the key: authenticated while joined, refused again once closed
+    expect(await client(key)).toMatchObject({ join: 'ok', at: 'ok', atClosed: 'EACCES' });
+    // >>> a member without it: joined (zurl is open to all) but refused
+    expect(await client(undefined)).toMatchObject({ join: 'ok', at: 'EACCES' });
   }, 60_000);
 });
 

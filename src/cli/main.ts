@@ -90,6 +90,7 @@ export function buildProgram(): Command {
     .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')
     .option('--untrack-interval <seconds>', 'forget the history of head blocks no longer in the page cache this often', '60')
     .option('--share-with <group:NAME>', 'let members of group NAME (or group:GID) use the mount (allow_other; see README)')
+    .option('--authkeyfile <path>', 'only processes that authenticate with the key in this file may open files (.wcfs/auth)')
     .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));
   program
     .command('stop')

@@ -30,8 +30,8 @@ export interface ServeOptions {
   shareWith?: string;
   /** .wcfs/debug/ (upstream's -debug; src/cli/upstream.ts). */
   debugFiles?: boolean;
-  /** Key file clients must present (upstream's -authkeyfile; src/cli/upstream.ts). */
-  authKeyFile?: string;
+  /** Require authentication with the key in this file (.wcfs/auth; upstream's -authkeyfile). */
+  authkeyfile?: string;
 }
 
 /** `group:NAME` or `group:GID` → the gid (the group must exist either way). */
@@ -78,10 +78,9 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
 
   let failed = false;
   let srv: WcfsServer;
-  // debugFiles and authKeyFile: server options of the .wcfs/debug/ and multi-user work
-  const extra: { debugFiles?: boolean; authKeyFile?: string } = {};
+  // debugFiles: the server option of .wcfs/debug/ (the drop-in work)
+  const extra: { debugFiles?: boolean } = {};
   if (opts.debugFiles) extra.debugFiles = true;
-  if (opts.authKeyFile !== undefined) extra.authKeyFile = opts.authKeyFile;
   try {
     srv = await WcfsServer.start({
       ...extra,
@@ -93,6 +92,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       gcIntervalMs: gcInterval * 1000,
       untrackIntervalMs: untrackInterval * 1000,
       shareWithGid,
+      authKeyFile: opts.authkeyfile === undefined ? undefined : path.resolve(opts.authkeyfile),
       onFatal: () => (failed = true),
     });
   } catch (e) {

@@ -10,7 +10,7 @@
 //   -pintimeout <duration>  → pin timeout (Go duration: 30s, 100ms, 1m30s) [30s]
 //   -debug                  → debugFiles: .wcfs/debug/ (upstream: "debugging features")
 //   -trace.fuse (-d)        → the wcfs:fuse trace namespace (every FUSE request)
-//   -authkeyfile <path>     → authKeyFile (multi-user authentication, wcfs-server.md §7)
+//   -authkeyfile <path>     → authkeyfile (multi-user authentication, wcfs-server.md §7)
 //   glog's -v=N             → trace namespaces: 1 commits (wcfs:server*), ≥2 all but wcfs:fuse
 //   glog's -logtostderr, -alsologtostderr, -stderrthreshold, -log_dir, -vmodule,
 //   -log_backtrace_at       → accepted and ignored: we always log to stderr
@@ -102,7 +102,7 @@ export function parseUpstreamArgv(args: readonly string[], prog = 'wcfs'): Upstr
   if (typeof pt === 'number') opts.pintimeout = String(pt / 1e9); // seconds; serve() refuses ≤ 0
   if (f.get('debug') === true) opts.debugFiles = true;
   const key = f.get('authkeyfile');
-  if (typeof key === 'string') opts.authKeyFile = key;
+  if (typeof key === 'string') opts.authkeyfile = key;
   const ns: string[] = [];
   const v = f.get('v');
   const traceFuse = f.get('trace.fuse') === true || f.get('d') === true;

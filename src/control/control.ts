@@ -407,9 +407,13 @@ const registry = new Map<string, WcfsHandle>();
 /**
  * Find the server of zurl, or start one (autostart, default: $WENDELIN_CORE_WCFS_AUTOSTART
  * or yes). A crashed server's dead mount is cleaned up first. Joining again in the same
- * process returns the same handle.
+ * process returns the same handle. A server started here gets `--authkeyfile` when
+ * opts.authKeyFile is given (the client authenticates: src/client/wcfs.ts).
  */
-export async function join(zurlArg: string, opts: { autostart?: boolean; mountpoint?: string; args?: string[] } = {}): Promise<WcfsHandle> {
+export async function join(
+  zurlArg: string,
+  opts: { autostart?: boolean; mountpoint?: string; args?: string[]; authKeyFile?: string } = {},
+): Promise<WcfsHandle> {
   const zurl = normalizeZurl(zurlArg);
   const mnt = opts.mountpoint ?? defaultMountpoint(zurl);
   const have = registry.get(mnt);
@@ -427,7 +431,8 @@ export async function join(zurlArg: string, opts: { autostart?: boolean; mountpo
   let r = await openOurs();
   if (!('fh' in r)) {
     if (!autostart) throw new WcfsError('WCFS_ENOTRUNNING', `wcfs: join ${zurl}: server not running`);
-    await start(zurl, { mountpoint: mnt, args: ['--auto-exit', ...(opts.args ?? [])] });
+    const auth = opts.authKeyFile === undefined ? [] : ['--authkeyfile', path.resolve(opts.authKeyFile)];
+    await start(zurl, { mountpoint: mnt, args: ['--auto-exit', ...auth, ...(opts.args ?? [])] });
     r = await openOurs();
     if (!('fh' in r)) throw new WcfsError('WCFS_ESTART', `wcfs: join ${zurl}: server started but not answering (${r.state})`);
   }
@@ -505,7 +510,7 @@ export function findServerPids(mnt: string): number[] {
 }
 
 /** Options of `wcfs serve` that take a value (src/cli/main.ts). */
-const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval', '--untrack-interval']);
+const SERVE_VALUE_OPTS = new Set(['--pintimeout', '--poll-ms', '--gc-interval', '--untrack-interval', '--authkeyfile']);
 
 /** The mountpoint `wcfs serve <args>` run in cwd serves (undefined: not a serve command line). */
 export function serveMountpoint(args: string[], cwd: string): string | undefined {
@@ -627,11 +632,18 @@ export interface StatusLine {
 const PROBES: Record<string, (fs: typeof import('node:fs'), mnt: string) => string> = {
   stat: (fs, mnt) => 'dev ' + fs.statSync(mnt).dev,
   '.wcfs/zurl': (fs, mnt) => fs.readFileSync(mnt + '/.wcfs/zurl', 'utf8'),
-  '.wcfs/stats': (fs, mnt) =>
-    fs
-      .readFileSync(mnt + '/.wcfs/stats', 'utf8')
-      .trim()
-      .replace(/\s*\n/g, ', '),
+  '.wcfs/stats': (fs, mnt) => {
+    try {
+      return fs
+        .readFileSync(mnt + '/.wcfs/stats', 'utf8')
+        .trim()
+        .replace(/\s*\n/g, ', ');
+    } catch (e) {
+      // a server with --authkeyfile refuses .wcfs/stats to us (not authenticated): it answered
+      if ((e as NodeJS.ErrnoException).code !== 'EACCES') throw e;
+      return 'not shown: the server requires authentication (EACCES)';
+    }
+  },
 };
 
 /** The internal command of the single executable that runs one of PROBES (src/cli/main.ts). */

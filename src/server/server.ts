@@ -19,6 +19,8 @@
 //    ΔFtail (probe, invalidate, then untrack what nothing tracked again meanwhile: I1).
 // Head state (head.ts): headMu, its UploadGate, head revision, head files, ΔFtail, head/at.
 // Isolation (isolation.ts): watches and pins, over the watch links (wlink.ts).
+// Authentication (auth.ts, with --authkeyfile): .wcfs/auth links, and the check of every OPEN
+// against auth.ts OPEN_RULES (open() below — the one place; READs need an open handle).
 //
 // Invariants (each kept by the file named):
 //   I1 (ΔFtail) a head block may be in the page cache ⇒ it is tracked (reads.ts 2b: tracked
@@ -84,6 +86,8 @@ import { Reads } from './reads.js';
 import { INO_ROOT, Tree, TTL, type FsNode } from './tree.js';
 import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
+import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, redactAuth, type AuthRequest, type AuthSlot, type Identity } from './auth.js';
+import { readAuthKey } from '../util/authkey.js';
 
 const debug = createDebug('wcfs:server');
 
@@ -113,6 +117,13 @@ export interface ServerOptions {
   shareWithGid?: number;
   /** Extra FUSE mount options. */
   mount?: Partial<MountOptions>;
+  /**
+   * Require authentication (auth.ts): the key is read from this file at start (missing,
+   * unreadable or empty: WCFS_EAUTHKEY); .wcfs/auth appears only then.
+   */
+  authKeyFile?: string;
+  /** Who sends requests (tests: a fake; default /proc + pidfds). */
+  authIdentity?: Identity;
   /** Warnings and errors [stderr]. */
   log?: (line: string) => void;
   /** Called once on a fatal error, after the FUSE connection was aborted. */
@@ -195,6 +206,9 @@ export class WcfsServer implements FileSystem {
 
   /** Open head/watch handles by fh (until RELEASE); a closed link still answers EOF. */
   private readonly links = new Map<number, WatchLink>();
+  /** Authentication, when on; open .wcfs/auth handles by fh (until RELEASE). */
+  readonly auth: AuthTable | undefined;
+  private readonly authLinks = new Map<number, { link: WatchLink<AuthRequest>; slot: AuthSlot }>();
   private nextLinkId = 1;
   /** ZBigFiles whose warnings were logged (fileWarnings). */
   private readonly warnedFiles = new Set<Oid>();
@@ -211,8 +225,9 @@ export class WcfsServer implements FileSystem {
   private lastUntrack = Date.now();
   private resolveDone!: () => void;
 
-  private constructor(opts: ServerOptions, storage: IStorage) {
+  private constructor(opts: ServerOptions, storage: IStorage, authKey: string | undefined) {
     this.opts = opts;
+    this.auth = authKey === undefined ? undefined : new AuthTable(authKey, opts.authIdentity);
     this.zurl = opts.zurl;
     this.mountpoint = opts.mountpoint;
     this.pinTimeout = opts.pinTimeout ?? 30;
@@ -240,8 +255,9 @@ export class WcfsServer implements FileSystem {
 
   /** Open the database, mount, start following commits (wcfs-server.md §3.3). */
   static async start(opts: ServerOptions): Promise<WcfsServer> {
+    const authKey = opts.authKeyFile === undefined ? undefined : readAuthKey(opts.authKeyFile);
     const storage = await openStorage(opts.zurl, { readOnly: true, fs1: opts.storagePollMs !== undefined ? { pollMs: opts.storagePollMs } : {} });
-    const srv = new WcfsServer(opts, storage);
+    const srv = new WcfsServer(opts, storage, authKey);
     try {
       srv.session = await FuseSession.mount(opts.mountpoint, srv, {
         fsname: opts.zurl,
@@ -267,7 +283,7 @@ export class WcfsServer implements FileSystem {
    * handlers directly). stop() ends it.
    */
   static serve(opts: ServerOptions, storage: IStorage, kernel: Kernel): WcfsServer {
-    const srv = new WcfsServer(opts, storage);
+    const srv = new WcfsServer(opts, storage, opts.authKeyFile === undefined ? undefined : readAuthKey(opts.authKeyFile));
     srv.run(kernel);
     return srv;
   }
@@ -294,6 +310,21 @@ export class WcfsServer implements FileSystem {
           this.links.delete(req.fh);
         },
       },
+      auth:
+        this.auth === undefined
+          ? undefined
+          : {
+              open: (req) => this.openAuth(req),
+              read: (req, ctx) => this.authLink(req.fh).read(req.size, ctx.signal, req.pid),
+              write: (req) => this.authLink(req.fh).write(req.data, req.pid),
+              release: (req) => {
+                const a = this.authLinks.get(req.fh);
+                if (a === undefined) return;
+                this.authLinks.delete(req.fh);
+                a.link.release();
+                this.auth!.linkReleased(a.slot);
+              },
+            },
       opened: () => this.opened(),
       closed: () => this.closed1(),
       fileWarnings: (view) => this.fileWarnings(view),
@@ -366,6 +397,10 @@ export class WcfsServer implements FileSystem {
   open(req: OpenIn): OpenOut {
     const nd = this.tree.node(req.nodeid);
     if (nd.open === undefined) throw (req.flags & 3) !== 0 ? new FuseError(errno.EROFS, 'read-only filesystem') : new FuseError(errno.EISDIR);
+    if (this.auth !== undefined && nd.kind !== undefined && !this.auth.mayOpen(nd.kind, req.pid)) {
+      debug('open of %s (inode %d) by pid %d: not authenticated', nd.kind, nd.ino, req.pid);
+      throw new FuseError(errno.EACCES, `open of ${nd.kind}: pid ${req.pid} is not authenticated`);
+    }
     return nd.open(req);
   }
 
@@ -418,6 +453,62 @@ export class WcfsServer implements FileSystem {
     this.opened();
     debug('wlink %d: open by pid %d (%s)', id, req.pid, link.proc);
     return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
+  }
+
+  // ---- .wcfs/auth (auth.ts) ----
+
+  private openAuth(req: OpenIn): OpenOut {
+    const auth = this.auth!;
+    let slot: AuthSlot;
+    try {
+      slot = auth.linkOpen(req.pid);
+    } catch (e) {
+      this.warn(`.wcfs/auth: open by pid ${req.pid} refused: ${(e as Error).message}`);
+      throw e;
+    }
+    const id = this.nextLinkId++;
+    let link: WatchLink<AuthRequest>;
+    try {
+      link = WatchLink.open<AuthRequest>(id, req.pid, {
+        name: 'alink',
+        parse: parseAuthRequest,
+        redact: redactAuth,
+        request: (l, stream, r, tid) => this.authRequest(l, slot, stream, r, tid),
+        down: () => auth.linkDown(slot),
+        log: this.log,
+      });
+    } catch (e) {
+      auth.linkReleased(slot);
+      throw e;
+    }
+    this.authLinks.set(id, { link, slot });
+    this.opened();
+    debug('alink %d: open by pid %d', id, req.pid);
+    return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
+  }
+
+  private authRequest(l: WatchLink<AuthRequest>, slot: AuthSlot, stream: bigint, r: AuthRequest, tid: number): Promise<void> {
+    if (r.kind === 'unknown') return l.send(0n, AUTH_UNKNOWN);
+    let res;
+    try {
+      res = this.auth!.authenticate(slot, tid, r.key);
+    } catch (e) {
+      // the writer is blocked in our WRITE, so alive: only a /proc or pidfd failure gets here
+      this.warn(`${l}: authentication by thread ${tid}: ${(e as Error).message}`);
+      return l.send(stream, AUTH_INVALID);
+    }
+    if (res.ok) {
+      debug('%s: pid of thread %d authenticated', l, tid);
+      return l.send(stream, AUTH_OK);
+    }
+    this.warn(`${l}: authentication by pid ${res.pid} failed: ${res.why}`);
+    return l.send(stream, AUTH_INVALID);
+  }
+
+  private authLink(fh: number): WatchLink<AuthRequest> {
+    const a = this.authLinks.get(fh);
+    if (a === undefined) throw new FuseError(errno.EBADF);
+    return a.link;
   }
 
   private link(fh: number): WatchLink {
@@ -501,6 +592,7 @@ export class WcfsServer implements FileSystem {
     this.unsubPacked?.();
     for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
+    for (const a of this.authLinks.values()) a.link.shutdown('server stopped');
     await this.storage.close().catch(() => {});
     debug('stopped');
     this.resolveDone();

@@ -3,6 +3,7 @@
 //
 //   / [1]  head/ [2]  head/bigfile/ [3]  head/at [4]  head/watch [5]
 //          .wcfs/ [6]  .wcfs/zurl [7]  .wcfs/pintimeout [8]  .wcfs/stats [9]
+//          .wcfs/auth [10]                                   only with --authkeyfile
 //          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup
 //
 // Each kind of node is a small object with the operations it supports (go-fuse's per-op node
@@ -20,7 +21,7 @@
 //   Inode numbers are never reused: a late FORGET cannot hit a new node.
 //   Shared with a group (TreeHost.share, `serve --share-with`): every attribute the kernel
 //   gets (LOOKUP and GETATTR both go through Tree.attr) is owned by (server euid, the group)
-//   with SHARE_MODES — directories 0550, head/watch 0660, every other file 0440 — and the
+//   with SHARE_MODES — directories 0550, head/watch and .wcfs/auth 0660, every other file 0440 — and the
 //   kernel checks them (default_permissions). Unshared: the nodes' own attributes, as ever.
 
 import createDebug from 'debug';
@@ -36,6 +37,7 @@ import { ZBigFileView } from '../zodb/zbigfile.js';
 import { BigFile } from './bigfile.js';
 import { BlockPool } from './loads.js';
 import type { Head } from './head.js';
+import type { NodeKind } from './auth.js';
 
 const debug = createDebug('wcfs:server');
 
@@ -48,6 +50,7 @@ const INO_WCFS = 6;
 const INO_ZURL = 7;
 const INO_PINTIMEOUT = 8;
 const INO_STATS = 9;
+const INO_AUTH = 10;
 const INO_FIRST_DYNAMIC = 16;
 
 export const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
@@ -59,6 +62,8 @@ export interface FsNode {
   attr(): Attr;
   /** The @rev view the node belongs to (FORGET and RELEASE collect it). */
   readonly rev?: Tid | null;
+  /** What an OPEN of it is checked against (auth.ts OPEN_RULES); directories have none. */
+  readonly kind?: NodeKind;
   lookup?(name: string, ctx: RequestContext): Promise<FsNode> | FsNode;
   readdir?(): DirEntry[];
   open?(req: OpenIn): OpenOut;
@@ -80,6 +85,8 @@ export interface TreeHost {
   readBigfile(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array>;
   /** head/watch: a file handle is a watch link (wlink.ts). */
   readonly watch: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
+  /** .wcfs/auth, when authentication is on (auth.ts): a file handle is an auth link. */
+  readonly auth?: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
   /** A file was opened / released (auto-exit). */
   opened(): void;
   closed(): void;
@@ -90,7 +97,8 @@ export interface TreeHost {
 }
 
 /** Permission bits of a shared mount: owner and group only, nothing for others. */
-export const SHARE_MODES = { dir: 0o550, file: 0o440, watch: 0o660 } as const;
+/** --share-with modes: links (files clients write: head/watch, .wcfs/auth) are group-writable. */
+export const SHARE_MODES = { dir: 0o550, file: 0o440, link: 0o660 } as const;
 
 interface RevView {
   rev: Tid;
@@ -130,17 +138,20 @@ export class Tree {
       readdir: () => [regEnt('at', INO_HEAD_AT), regEnt('watch', INO_HEAD_WATCH), dirEnt('bigfile', INO_HEAD_BIGFILE)],
     });
     add(new BigfileDir(this, INO_HEAD_BIGFILE, null));
-    add(new SmallFile(INO_HEAD_AT, () => Buffer.from(hex16(h.head.publishedAt)), true, h));
-    add({ ino: INO_HEAD_WATCH, attr: () => ({ ino: INO_HEAD_WATCH, mode: S_IFREG | 0o644, size: 0 }), ...h.watch });
+    add(new SmallFile(INO_HEAD_AT, 'at', () => Buffer.from(hex16(h.head.publishedAt)), true, h));
+    add({ ino: INO_HEAD_WATCH, kind: 'watch', attr: () => ({ ino: INO_HEAD_WATCH, mode: S_IFREG | 0o644, size: 0 }), ...h.watch });
+    const wcfsNames: Record<string, number> = { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS };
+    if (h.auth !== undefined) wcfsNames.auth = INO_AUTH;
     add({
       ino: INO_WCFS,
       attr: () => dirAttr(INO_WCFS),
-      lookup: (name) => this.child(name, { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS }),
-      readdir: () => [regEnt('zurl', INO_ZURL), regEnt('pintimeout', INO_PINTIMEOUT), regEnt('stats', INO_STATS)],
+      lookup: (name) => this.child(name, wcfsNames),
+      readdir: () => Object.entries(wcfsNames).map(([name, ino]) => regEnt(name, ino)),
     });
-    add(new SmallFile(INO_ZURL, () => Buffer.from(h.zurl), false, h));
-    add(new SmallFile(INO_PINTIMEOUT, () => Buffer.from(h.pinTimeout.toFixed(1)), false, h));
-    add(new SmallFile(INO_STATS, () => Buffer.from(h.statsText()), true, h));
+    add(new SmallFile(INO_ZURL, 'zurl', () => Buffer.from(h.zurl), false, h));
+    add(new SmallFile(INO_PINTIMEOUT, 'pintimeout', () => Buffer.from(h.pinTimeout.toFixed(1)), false, h));
+    add(new SmallFile(INO_STATS, 'stats', () => Buffer.from(h.statsText()), true, h));
+    if (h.auth !== undefined) add({ ino: INO_AUTH, kind: 'auth', attr: () => ({ ino: INO_AUTH, mode: S_IFREG | 0o644, size: 0 }), ...h.auth });
   }
 
   node(ino: number): FsNode {
@@ -167,7 +178,7 @@ export class Tree {
     const sh = this.host.share;
     if (sh === undefined) return a;
     const type = a.mode & S_IFMT;
-    const perm = type === S_IFDIR ? SHARE_MODES.dir : nd.ino === INO_HEAD_WATCH ? SHARE_MODES.watch : SHARE_MODES.file;
+    const perm = type === S_IFDIR ? SHARE_MODES.dir : nd.kind === 'watch' || nd.kind === 'auth' ? SHARE_MODES.link : SHARE_MODES.file;
     return { ...a, mode: type | perm, uid: sh.uid, gid: sh.gid };
   }
 
@@ -385,6 +396,7 @@ class BigfileDir implements FsNode {
 /** <view>/bigfile/<oid>: one BigFile. */
 class BigFileNode implements FsNode {
   readonly ino: number;
+  readonly kind = 'bigfile';
   readonly rev: Tid | null;
 
   constructor(
@@ -424,6 +436,7 @@ class BigFileNode implements FsNode {
 class SmallFile implements FsNode {
   constructor(
     readonly ino: number,
+    readonly kind: NodeKind,
     private readonly content: () => Uint8Array,
     /** Served with direct I/O: the content changes (head/at, stats). */
     private readonly direct: boolean,

@@ -1,5 +1,7 @@
 // Server side of one head/watch open ("watch link", wcfs-server.md §2.2, §2.3, §2.10): a
 // bidirectional line channel over a FUSE stream file (FOPEN_STREAM|NONSEEKABLE|DIRECT_IO).
+// The same framing, bounds and EOF rules serve .wcfs/auth (auth.ts): a link is generic in its
+// request grammar (handlers.parse; head/watch's is the default).
 //
 //   client write(2) → WRITE → rx buffer → complete lines:
 //        odd stream  → a client request (watch/bye) → handlers.request, not awaited, so acks
@@ -70,23 +72,39 @@ interface Pending {
   sentNs?: bigint;
 }
 
-export interface LinkHandlers {
+/** A client request of head/watch (bye is handled by the link itself). */
+export type WatchRequest = Extract<ClientRequest, { kind: 'watch' }>;
+
+export interface LinkHandlers<R = WatchRequest> {
   /**
-   * A parsed client request on odd `stream` (watch; bye is handled here). Resolves once its
+   * The request grammar of odd-stream messages [head/watch's, parseClientRequest]: returns
+   * the request or bye; throws an Error whose message is sent back as `error <message>`.
+   * Another stream file with the same framing (.wcfs/auth, auth.ts) brings its own.
+   */
+  parse?(msg: string): R | { kind: 'bye' };
+  /**
+   * A parsed client request on odd `stream`, written by thread `tid`. Resolves once its
    * reply was read by the client or the link is down (B2 counts it in flight until then).
    */
-  request(link: WatchLink, stream: bigint, req: Extract<ClientRequest, { kind: 'watch' }>): Promise<void>;
+  request(link: WatchLink<R>, stream: bigint, req: R, tid: number): Promise<void>;
   /**
    * The link went down. `pendingRequests` = requests of ours that were in flight; `down` is
    * undefined for bye, else the error our requests failed with: `why` = protocol error, EOF
    * without bye, …; `cause` = the error shutdown() was given (a PinError for a failed pin).
    */
-  down(link: WatchLink, down: LinkDownError | undefined, pendingRequests: number): void;
+  down(link: WatchLink<R>, down: LinkDownError | undefined, pendingRequests: number): void;
   /** Where the link's warnings go: the server's log (default: stderr). */
   log?(line: string): void;
+  /** What the link calls itself in messages ["wlink"]. */
+  readonly name?: string;
+  /**
+   * Peer text as it may appear in logs and traces [as is]: .wcfs/auth hides keys (a request,
+   * or a quoted bad frame, may carry one). Replies to the peer itself are not redacted.
+   */
+  redact?(text: string): string;
 }
 
-export class WatchLink {
+export class WatchLink<R = WatchRequest> {
   /** Bytes of the incomplete line received so far (B1: rxLen ≤ MAX_LINE). */
   private rx: Buffer[] = [];
   private rxLen = 0;
@@ -112,7 +130,7 @@ export class WatchLink {
     readonly id: number,
     /** The opener's process; the link takes over this hold. */
     proc: ProcessRef,
-    private readonly handlers: LinkHandlers,
+    private readonly handlers: LinkHandlers<R>,
   ) {
     this.client = proc;
   }
@@ -121,16 +139,16 @@ export class WatchLink {
    * A link for the OPEN of head/watch by thread `tid` (the OPEN's pid field). Throws
    * FuseError(ESRCH) when the opener's process is gone.
    */
-  static open(id: number, tid: number, handlers: LinkHandlers): WatchLink {
+  static open<R = WatchRequest>(id: number, tid: number, handlers: LinkHandlers<R>): WatchLink<R> {
     let proc: ProcessRef;
     try {
       proc = ProcessRef.open(tid);
     } catch (e) {
-      const msg = `wlink ${id}: open of head/watch refused: ${(e as Error).message}`;
+      const msg = `${handlers.name ?? 'wlink'} ${id}: open refused: ${(e as Error).message}`;
       (handlers.log ?? logLine)(`wcfs: ${msg}`);
       throw new FuseError(e instanceof ProcessGoneError ? errno.ESRCH : errno.EIO, msg);
     }
-    return new WatchLink(id, proc, handlers);
+    return new WatchLink<R>(id, proc, handlers);
   }
 
   get down(): boolean {
@@ -145,7 +163,7 @@ export class WatchLink {
   }
 
   toString(): string {
-    return `wlink ${this.id} (pid${this.client?.pid ?? '?'})`;
+    return `${this.handlers.name ?? 'wlink'} ${this.id} (pid${this.client?.pid ?? '?'})`;
   }
 
   // ---- client side of the pipe (FUSE handlers) ----
@@ -174,7 +192,7 @@ export class WatchLink {
       this.rx = [];
       this.rxLen = 0;
       off = end;
-      this.handleLine(line);
+      this.handleLine(line, tid);
     }
     if (this.isDown) {
       this.rx = [];
@@ -282,10 +300,10 @@ export class WatchLink {
     // frames still waiting for room are never sent (B3): their senders are told "done"
     for (const t of this.txWait.splice(0)) t.done();
     if (control !== undefined && !this.eof) {
-      debug('%s: > 0 %s', this, control);
+      debug('%s: > 0 %s', this, this.redact(control));
       void this.queue(0n, control, true);
     }
-    if (why !== undefined && control === undefined) debug('%s: down: %s', this, why);
+    if (why !== undefined && control === undefined) debug('%s: down: %s', this, this.redact(why));
     this.eof = true; // readers get EOF once the queue (the control line) is drained
     this.wakeReaders();
     this.handlers.down(this, reason === undefined ? undefined : down, npending);
@@ -296,7 +314,7 @@ export class WatchLink {
 
   /** Queue a frame (B3: admitted now if tx has room or `force`, else when it has). */
   private queue(stream: bigint, msg: string, force = false): Promise<void> {
-    debug('%s: > %d %s', this, stream, msg);
+    debug('%s: > %d %s', this, stream, this.redact(msg));
     return new Promise<void>((resolve) => {
       const t: TxItem = { bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve };
       if (force || (this.txWait.length === 0 && this.txBytes < TX_MAX)) this.admit(t);
@@ -334,6 +352,10 @@ export class WatchLink {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
+  private redact(text: string): string {
+    return this.handlers.redact ? this.handlers.redact(text) : text;
+  }
+
   private log(line: string): void {
     (this.handlers.log ?? logLine)(line);
   }
@@ -345,11 +367,11 @@ export class WatchLink {
   }
 
   private protocolError(text: string): void {
-    this.log(`wcfs: ${this}: serve rx: ${text}`);
+    this.log(`wcfs: ${this}: serve rx: ${this.redact(text)}`);
     this.shutdown(text, `error: ${text}`);
   }
 
-  private handleLine(line: string): void {
+  private handleLine(line: string, tid: number): void {
     let stream: bigint;
     let msg: string;
     try {
@@ -362,7 +384,7 @@ export class WatchLink {
       const p = this.pending.get(stream);
       // rtt: from right after the request's own debug line to here (the reply's line excluded)
       if (debug.enabled)
-        debug('%s: < %d %s%s', this, stream, msg, p?.sentNs ? ` (rtt ${(Number(process.hrtime.bigint() - p.sentNs) / 1e3).toFixed(1)} us)` : '');
+        debug('%s: < %d %s%s', this, stream, this.redact(msg), p?.sentNs ? ` (rtt ${(Number(process.hrtime.bigint() - p.sentNs) / 1e3).toFixed(1)} us)` : '');
       if (p === undefined) {
         this.protocolError(`${stream}: reply on unexpected stream`);
         return;
@@ -371,23 +393,23 @@ export class WatchLink {
       p.resolve(msg);
       return;
     }
-    debug('%s: < %d %s', this, stream, msg);
+    debug('%s: < %d %s', this, stream, this.redact(msg));
     if (this.inflight >= MAX_INFLIGHT) {
       this.protocolError(`${stream}: too many requests in flight (${MAX_INFLIGHT})`);
       return;
     }
-    let req: ClientRequest;
+    let req: R | { kind: 'bye' };
     try {
-      req = parseClientRequest(msg);
+      req = this.handlers.parse ? this.handlers.parse(msg) : (parseClientRequest(msg) as R | { kind: 'bye' });
     } catch (e) {
       this.track(this.send(stream, `error ${(e as Error).message}`));
       return;
     }
-    if (req.kind === 'bye') {
+    if ((req as { kind?: unknown }).kind === 'bye') {
       this.shutdown(undefined);
       return;
     }
-    this.track(this.handlers.request(this, stream, req));
+    this.track(this.handlers.request(this, stream, req as R, tid));
   }
 
   /** B2: a client request is in flight until `done` (its reply read, or the link down). */

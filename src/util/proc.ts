@@ -39,7 +39,7 @@ export class ProcessGoneError extends WcfsError {
 }
 
 /** Thread-group id (the process's pid) of thread `tid`, from /proc; undefined when gone. */
-function tgidOf(tid: number): number | undefined {
+export function tgidOf(tid: number): number | undefined {
   let st: string;
   try {
     st = readFileSync(`/proc/${tid}/status`, 'latin1');
@@ -48,6 +48,23 @@ function tgidOf(tid: number): number | undefined {
   }
   const m = /^Tgid:\s*(\d+)$/m.exec(st);
   return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Start time of process `pid` (field 22 of /proc/<pid>/stat: clock ticks after boot);
+ * undefined when gone. With the pid it names one process for the life of the system.
+ */
+export function startTimeOf(pid: number): bigint | undefined {
+  let st: string;
+  try {
+    st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // fields after the command (which may hold spaces and parens): state is field 3
+  const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+  const v = f[22 - 3];
+  return v !== undefined && /^\d+$/.test(v) ? BigInt(v) : undefined;
 }
 
 export class ProcessRef {
