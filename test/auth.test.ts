@@ -327,4 +327,51 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
       tmp.cleanup();
     }
   });
+
+  it('a server that is not root lets only its own uid open head/watch (it could not kill another uid failing a pin)', async () => {
+    const tmp = makeTmpDir('wcfs-watchuid-');
+    const dbPath = path.join(tmp.dir, 'data.fs');
+    const db = (await openStorage(dbPath, { create: true })) as IWritableStorage;
+    await ensureRoot(db);
+    await db.close();
+    const kernel: Kernel = {
+      notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => Buffer.alloc(0) },
+      blockCache: { put: () => true, drop: () => true, served: () => 0 },
+      isClosed: false,
+      residency: async () => new Uint8Array(0),
+    };
+    const logged: string[] = [];
+    const open = async (euid: number) => {
+      const storage = await openStorage(dbPath, { readOnly: true }); // stop() closes it
+      const srv = WcfsServer.serve({ zurl: dbPath, mountpoint: '/nonexistent', log: (l) => logged.push(l), euid }, storage, kernel);
+      return {
+        srv,
+        try: async (uid: number) => {
+          const ctx: RequestContext = { signal: new AbortController().signal, interrupted: false };
+          const hdr = { id: 1, uid, gid: 0, pid: process.pid };
+          const head = (await srv.lookup({ ...hdr, op: 'LOOKUP', nodeid: 1, name: 'head' }, ctx)).nodeid;
+          const watch = (await srv.lookup({ ...hdr, op: 'LOOKUP', nodeid: head, name: 'watch' }, ctx)).nodeid;
+          try {
+            const { fh } = srv.open({ ...hdr, op: 'OPEN', nodeid: watch, flags: 2 });
+            srv.release({ ...hdr, op: 'RELEASE', nodeid: watch, fh: fh!, flags: 0 });
+            return 0;
+          } catch (e) {
+            return (e as FuseError).errno;
+          }
+        },
+      };
+    };
+    try {
+      const user = await open(1234);
+      expect(await user.try(1234), 'its own uid').toBe(0);
+      expect(await user.try(5678), 'another uid').toBe(errno.EACCES);
+      expect(logged.join('\n')).toMatch(/head\/watch: open by pid \d+ \(uid 5678\) refused: this server \(uid 1234\) could not kill it/);
+      await user.srv.stop();
+      const root = await open(0);
+      expect(await root.try(5678), 'root serves every uid').toBe(0);
+      await root.srv.stop();
+    } finally {
+      tmp.cleanup();
+    }
+  });
 });

@@ -124,6 +124,8 @@ export interface ServerOptions {
   authKeyFile?: string;
   /** Who sends requests (tests: a fake; default /proc + pidfds). */
   authIdentity?: Identity;
+  /** Our effective uid (tests: another; default process.geteuid()): see open(). */
+  euid?: number;
   /** Warnings and errors [stderr]. */
   log?: (line: string) => void;
   /** Called once on a fatal error, after the FUSE connection was aborted. */
@@ -168,6 +170,8 @@ export class WcfsServer implements FileSystem {
   readonly zurl: string;
   readonly mountpoint: string;
   readonly pinTimeout: number;
+  /** Our effective uid (ServerOptions.euid). */
+  private readonly euid: number;
   /** The mount (start); undefined when served against a fake kernel (serve). */
   session!: FuseSession;
   /** Resolves when the filesystem stops being served (unmounted or fatal). */
@@ -231,6 +235,7 @@ export class WcfsServer implements FileSystem {
     this.zurl = opts.zurl;
     this.mountpoint = opts.mountpoint;
     this.pinTimeout = opts.pinTimeout ?? 30;
+    this.euid = opts.euid ?? process.geteuid?.() ?? 0;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? logLine;
     this.storage = storage;
@@ -400,6 +405,14 @@ export class WcfsServer implements FileSystem {
     if (this.auth !== undefined && nd.kind !== undefined && !this.auth.mayOpen(nd.kind, req.pid)) {
       debug('open of %s (inode %d) by pid %d: not authenticated', nd.kind, nd.ino, req.pid);
       throw new FuseError(errno.EACCES, `open of ${nd.kind}: pid ${req.pid} is not authenticated`);
+    }
+    // Every watcher can be killed (Isolation): a server that is not root can signal only its
+    // own uid's processes, so only they may watch (a shared mount lets other uids reach it).
+    if (nd.kind === 'watch' && this.euid !== 0 && req.uid !== this.euid) {
+      this.warn(
+        `head/watch: open by pid ${req.pid} (uid ${req.uid}) refused: this server (uid ${this.euid}) could not kill it should it fail a pin — run a shared server as root`,
+      );
+      throw new FuseError(errno.EACCES, `open of head/watch: uid ${req.uid} is not the server's (${this.euid}), which is not root`);
     }
     return nd.open(req);
   }
