@@ -45,9 +45,9 @@ function dropCache(path: string, off: number, len: number): void {
 }
 
 /** A database with one file (`before` committed first), served with short sweep intervals. */
-async function served(before?: Record<number, number>): Promise<{ t: TDB; foid: bigint }> {
+async function served(before?: Record<number, number>, gcS = GC_S): Promise<{ t: TDB; foid: bigint }> {
   const t = new TDB();
-  t.serveArgs = ['--gc-interval', String(GC_S), '--untrack-interval', String(GC_S)];
+  t.serveArgs = ['--gc-interval', String(gcS), '--untrack-interval', String(GC_S)];
   try {
     await t.open();
     const foid = await t.newFile('gc');
@@ -132,7 +132,8 @@ describe('@rev views are forgotten when unused', () => {
 
 describe('head blocks no longer cached are untracked (server step 5)', () => {
   it('dropped blocks leave ΔFtail, cached ones stay; commits and reads after that keep isolation exact', async () => {
-    const { t, foid } = await served({ 0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 8 });
+    // the view sweep far away: untracking runs on its own interval (it ran only at view sweeps)
+    const { t, foid } = await served({ 0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 8 }, 3600);
     try {
       const f = hex16(foid);
       const headPath = t.srv.at(`head/bigfile/${f}`);

@@ -15,7 +15,7 @@
 // 4) Failure: a change of a tracked ZBigFile object itself, or any failure of the storage
 //    watch or of an invalidation, is fatal: the server logs it, aborts the FUSE connection
 //    (clients get ENOTCONN — never stale data) and reports onFatal.
-// 5) Untrack (untrack.ts): every gcInterval, head blocks the kernel no longer caches leave
+// 5) Untrack (untrack.ts): every untrackInterval, head blocks the kernel no longer caches leave
 //    ΔFtail (probe, invalidate, then untrack what nothing tracked again meanwhile: I1).
 // Head state (head.ts): headMu, its UploadGate, head revision, head files, ΔFtail, head/at.
 // Isolation (isolation.ts): watches and pins, over the watch links (wlink.ts).
@@ -102,10 +102,7 @@ export interface ServerOptions {
   autoExitDelayMs?: number;
   /** How often idle @rev/ views are dropped from the kernel's caches (so collected) [10 s]. */
   gcIntervalMs?: number;
-  /**
-   * How often head blocks the kernel no longer caches are untracked (step 5) [60 s]; checked
-   * at each gcInterval sweep.
-   */
+  /** How often head blocks the kernel no longer caches are untracked (step 5) [60 s]. */
   untrackIntervalMs?: number;
   /** Storage options (tests poll faster). */
   storagePollMs?: number;
@@ -224,9 +221,10 @@ export class WcfsServer implements FileSystem {
   private autoExitTimer: NodeJS.Timeout | undefined;
   private readonly gcIntervalMs: number;
   private gcTimer: NodeJS.Timeout | undefined;
-  private sweeping = false;
-  /** Date.now() of the last untrack pass (step 5). */
-  private lastUntrack = Date.now();
+  private untrackTimer: NodeJS.Timeout | undefined;
+  /** The view and untrack sweeps run one at a time, in this chain; at most one of each queued. */
+  private sweeps: Promise<void> = Promise.resolve();
+  private readonly sweepQueued = new Set<'views' | 'untrack'>();
   private resolveDone!: () => void;
 
   private constructor(opts: ServerOptions, storage: IStorage, authKey: string | undefined) {
@@ -359,8 +357,10 @@ export class WcfsServer implements FileSystem {
     });
     void this.commits.serve(this.watch);
     if (this.opts.autoExit) this.armAutoExit(10_000);
-    this.gcTimer = setInterval(() => void this.sweep(), this.gcIntervalMs);
+    this.gcTimer = setInterval(() => this.sweep('views'), this.gcIntervalMs);
     this.gcTimer.unref();
+    this.untrackTimer = setInterval(() => this.sweep('untrack'), this.opts.untrackIntervalMs ?? 60_000);
+    this.untrackTimer.unref();
   }
 
   /** Unmount (clients holding files open make a plain unmount fail: lazy then). */
@@ -559,21 +559,24 @@ export class WcfsServer implements FileSystem {
 
   // ---- sweep ----
 
-  /** Every gcInterval, one at a time: idle @rev/ views (tree.ts, I7), then untracking (step 5). */
-  private async sweep(): Promise<void> {
-    if (this.sweeping || this.stopping) return;
-    this.sweeping = true;
-    try {
-      await this.tree.sweepViews(this.gcIntervalMs, () => this.stopping);
-      if (Date.now() - this.lastUntrack >= (this.opts.untrackIntervalMs ?? 60_000)) {
-        this.lastUntrack = Date.now();
-        await this.untracker.sweep(() => this.stopping);
+  /**
+   * Every gcInterval: idle @rev/ views (tree.ts, I7); every untrackInterval: untracking (step
+   * 5). One sweep at a time; a sweep whose turn comes while the same one is still queued is
+   * skipped.
+   */
+  private sweep(kind: 'views' | 'untrack'): void {
+    if (this.stopping || this.sweepQueued.has(kind)) return;
+    this.sweepQueued.add(kind);
+    this.sweeps = this.sweeps.then(async () => {
+      this.sweepQueued.delete(kind);
+      if (this.stopping) return;
+      try {
+        if (kind === 'views') await this.tree.sweepViews(this.gcIntervalMs, () => this.stopping);
+        else await this.untracker.sweep(() => this.stopping);
+      } catch (e) {
+        if (!this.stopping) this.warn(`sweep (${kind}): ${(e as Error).message}`);
       }
-    } catch (e) {
-      if (!this.stopping) this.warn(`sweep: ${(e as Error).message}`);
-    } finally {
-      this.sweeping = false;
-    }
+    });
   }
 
   // ---- 4) failure, shutdown ----
@@ -601,6 +604,7 @@ export class WcfsServer implements FileSystem {
     this.stopping = true;
     if (this.autoExitTimer) clearTimeout(this.autoExitTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
+    if (this.untrackTimer) clearInterval(this.untrackTimer);
     this.watch?.close();
     this.unsubPacked?.();
     for (const l of this.links.values()) l.shutdown('server stopped');
