@@ -421,8 +421,8 @@ describe('watch setup: pins', () => {
 
 describe('watch setup: errors', () => {
   // [request (message), reply on its stream]; `prefix:` = the reply must start with it (the
-  // "too far" text is matched up to "; " as upstream's tests do: its "δt" goes out latin1-encoded
-  // by WatchLink.queue, i.e. as the byte 0xb4 — see the report of this test's commit)
+  // "too far" text is matched up to "; " as upstream's tests do; its "δt = <Go duration>" tail,
+  // UTF-8 encoded as upstream sends it, is checked in wcfs-dropin.test.ts)
   const cases: Array<[string, () => string, () => string]> = [
     ['at before tail', () => `watch ${F} @${x(t0)}`, () => `prefix:error setup watch f<${F}> @${x(t0)}: too far away back from head/at (@${x(t3)}); `],
     [

@@ -63,6 +63,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       gcIntervalMs: gcInterval * 1000,
       untrackIntervalMs: untrackInterval * 1000,
       onFatal: () => (failed = true),
+      debugFiles: opts.debug === true, // .wcfs/debug/ (zhead), as upstream's -debug
     });
   } catch (e) {
     if (created) removeMountpoint(mnt);

@@ -34,8 +34,8 @@
 
 import createDebug from 'debug';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
-import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
-import { formatPin, goQuote } from '../watchlink/wire.js';
+import { epochMicrosToTid, hex16, tidToEpochMicros, type Oid, type Tid } from '../zodb/ids.js';
+import { formatPin, goDuration, goQuote } from '../watchlink/wire.js';
 import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
 import { sleep } from '../util/async.js';
@@ -153,8 +153,8 @@ export class Isolation {
       const tail = h.deltaFtail.tail();
       if (at < tail) {
         const head = h.headAt();
-        const δt = (tidToDate(head).getTime() - tidToDate(at).getTime()) / 1000;
-        throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${δt}s`);
+        const δt = BigInt(tidToEpochMicros(head) - tidToEpochMicros(at)) * 1000n; // as upstream: Go duration of the µs-rounded times
+        throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${goDuration(δt)}`);
       }
       const byFile = this.linkWatches.get(link);
       if (byFile === undefined) throw new LinkDownError('link is down', '');
@@ -375,7 +375,7 @@ export class Isolation {
    */
   revCut(): Tid {
     const head = this.host.headAt();
-    let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));
+    let cut = epochMicrosToTid(tidToEpochMicros(head) - 60_000_000);
     const minAt = this.minWatchAt();
     if (minAt !== undefined && minAt < cut) cut = minAt;
     const packedTo = this.host.packedTo();

@@ -10,7 +10,7 @@
 // 2) Reads (reads.ts): READ of a bigfile, and the upload of each loaded block into the page
 //    cache (outside the READ, through the UploadGate for head).
 // 3) Commits (commit.ts): one batch of storage commit events at a time — 3a headMu W: ΔFtail,
-//    old data, new head (Head.advance); 3b no lock: store old data into @<oldHead>,
+//    old data, new head (Head.advance); 3b no lock: store old data into @<BlkRevAt(blk, oldHead)>,
 //    invalidate; 3c publish head/at (Head.publish).
 // 4) Failure: a change of a tracked ZBigFile object itself, or any failure of the storage
 //    watch or of an invalidation, is fatal: the server logs it, aborts the FUSE connection
@@ -77,6 +77,7 @@ import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { IStorage, StorageWatch } from '../zodb/storage.js';
 import type { ZBigFileView } from '../zodb/zbigfile.js';
+import type { BigFile } from './bigfile.js';
 import { Commits } from './commit.js';
 import { Head } from './head.js';
 import { Isolation } from './isolation.js';
@@ -84,8 +85,17 @@ import { Reads } from './reads.js';
 import { INO_ROOT, Tree, TTL, type FsNode } from './tree.js';
 import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
+import { ZHeadStreams } from './zhead.js';
 
 const debug = createDebug('wcfs:server');
+
+/**
+ * Commit processing creates no @<rev>/ view to store old data into (commit.ts 3b) while this
+ * many views exist: the sweep collects idle views every gcInterval, and a fast writer must not
+ * create them faster than that without bound. Over the cap, the old data is dropped (clients
+ * pinned there load it from the database).
+ */
+export const MAX_VIEWS_FOR_STORE = 64;
 
 export interface ServerOptions {
   /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
@@ -111,6 +121,8 @@ export interface ServerOptions {
   log?: (line: string) => void;
   /** Called once on a fatal error, after the FUSE connection was aborted. */
   onFatal?: (err: Error) => void;
+  /** Expose .wcfs/debug/ (zhead: a line per processed commit; zhead.ts) — upstream's `-debug`. */
+  debugFiles?: boolean;
 }
 
 /** The kernel's caches as the server uses them (a FuseSession once mounted; a fake in tests). */
@@ -180,6 +192,8 @@ export class WcfsServer implements FileSystem {
   private readonly log: (line: string) => void;
   private readonly opts: ServerOptions;
   private readonly isolation: Isolation;
+  /** .wcfs/debug/zhead readers (debugFiles only). */
+  private readonly zhead: ZHeadStreams | undefined;
   // set by run(), once the kernel is there
   kernel!: Kernel;
   private tree!: Tree;
@@ -212,6 +226,7 @@ export class WcfsServer implements FileSystem {
     this.pinTimeout = opts.pinTimeout ?? 30;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? logLine;
+    this.zhead = opts.debugFiles ? new ZHeadStreams({ stats: this.stats, log: (l) => this.log(l) }) : undefined;
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.head = new Head(storage.head(), this.loader);
@@ -287,6 +302,18 @@ export class WcfsServer implements FileSystem {
           this.links.delete(req.fh);
         },
       },
+      zhead:
+        this.zhead === undefined
+          ? undefined
+          : {
+              open: (req) => {
+                const fh = this.zhead!.open(req.pid);
+                this.opened();
+                return { fh, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
+              },
+              read: (req, ctx) => this.zhead!.read(req.fh, req.size, ctx.signal),
+              release: (req) => this.zhead!.release(req.fh),
+            },
       opened: () => this.opened(),
       closed: () => this.closed1(),
       fileWarnings: (view) => this.fileWarnings(view),
@@ -297,8 +324,9 @@ export class WcfsServer implements FileSystem {
       get notifier() {
         return kernel.notifier;
       },
-      revFile: (rev, foid) => this.tree.revFile(rev, foid),
+      revFileKnown: (rev, foid) => this.revFileKnown(rev, foid),
       revCut: () => this.isolation.revCut(),
+      processed: (tids) => this.zhead?.publish(tids),
       fatal: (e) => this.fatal(e),
       get failed() {
         return srv.fatalErr;
@@ -418,6 +446,34 @@ export class WcfsServer implements FileSystem {
     return link;
   }
 
+  /**
+   * @<rev>/bigfile/<oid> with an inode the kernel knows (commit.ts 3b stores into it): if the
+   * kernel holds no lookup of it, the path is opened through our own mount on a native thread
+   * (Kernel.residency of nothing: open, close) — the LOOKUPs it makes are answered here
+   * meanwhile, as upstream's lockRevFile does. Undefined when it cannot be had.
+   */
+  private async revFileKnown(rev: Tid, foid: Oid): Promise<BigFile | undefined> {
+    const have = this.tree.revFile(rev, foid);
+    if (have !== undefined && have.nlookup > 0) {
+      this.tree.touch(rev);
+      return have;
+    }
+    if (this.stopping || this.kernel.isClosed) return undefined;
+    if (!this.tree.hasView(rev) && this.tree.sizes().views >= MAX_VIEWS_FOR_STORE) {
+      debug('store @%s/%s: %d views exist, none is created for a store', hex16(rev), hex16(foid), MAX_VIEWS_FOR_STORE);
+      return undefined;
+    }
+    const rel = `@${hex16(rev)}/bigfile/${hex16(foid)}`;
+    try {
+      await this.kernel.residency(rel, 0, 0);
+    } catch (e) {
+      debug('store: lookup %s: %s', rel, (e as Error).message);
+      return undefined;
+    }
+    const f = this.tree.revFile(rev, foid);
+    return f !== undefined && f.nlookup > 0 ? f : undefined;
+  }
+
   // ---- pack (notes.md, Server "Pack while serving") ----
 
   /**
@@ -493,6 +549,7 @@ export class WcfsServer implements FileSystem {
     this.unsubPacked?.();
     for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
+    this.zhead?.close();
     await this.storage.close().catch(() => {});
     debug('stopped');
     this.resolveDone();

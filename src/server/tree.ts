@@ -3,6 +3,7 @@
 //
 //   / [1]  head/ [2]  head/bigfile/ [3]  head/at [4]  head/watch [5]
 //          .wcfs/ [6]  .wcfs/zurl [7]  .wcfs/pintimeout [8]  .wcfs/stats [9]
+//          .wcfs/debug/ [14]  .wcfs/debug/zhead [15]              only with debugFiles (zhead.ts)
 //          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup
 //
 // Each kind of node is a small object with the operations it supports (go-fuse's per-op node
@@ -44,6 +45,8 @@ const INO_WCFS = 6;
 const INO_ZURL = 7;
 const INO_PINTIMEOUT = 8;
 const INO_STATS = 9;
+const INO_DEBUG = 14;
+const INO_ZHEAD = 15;
 const INO_FIRST_DYNAMIC = 16;
 
 export const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
@@ -76,6 +79,8 @@ export interface TreeHost {
   readBigfile(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array>;
   /** head/watch: a file handle is a watch link (wlink.ts). */
   readonly watch: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
+  /** .wcfs/debug/zhead: a file handle is a reader of processed commits (zhead.ts); with it, .wcfs/debug/ exists. */
+  readonly zhead?: Pick<FsNode, 'open' | 'read' | 'release'>;
   /** A file was opened / released (auto-exit). */
   opened(): void;
   closed(): void;
@@ -123,11 +128,22 @@ export class Tree {
     add(new BigfileDir(this, INO_HEAD_BIGFILE, null));
     add(new SmallFile(INO_HEAD_AT, () => Buffer.from(hex16(h.head.publishedAt)), true, h));
     add({ ino: INO_HEAD_WATCH, attr: () => ({ ino: INO_HEAD_WATCH, mode: S_IFREG | 0o644, size: 0 }), ...h.watch });
+    const wcfsNames: Record<string, number> = { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS };
+    if (h.zhead !== undefined) {
+      wcfsNames.debug = INO_DEBUG;
+      add({
+        ino: INO_DEBUG,
+        attr: () => dirAttr(INO_DEBUG),
+        lookup: (name) => this.child(name, { zhead: INO_ZHEAD }),
+        readdir: () => [regEnt('zhead', INO_ZHEAD)],
+      });
+      add({ ino: INO_ZHEAD, attr: () => ({ ino: INO_ZHEAD, mode: S_IFREG | 0o644, size: 0 }), ...h.zhead });
+    }
     add({
       ino: INO_WCFS,
       attr: () => dirAttr(INO_WCFS),
-      lookup: (name) => this.child(name, { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS }),
-      readdir: () => [regEnt('zurl', INO_ZURL), regEnt('pintimeout', INO_PINTIMEOUT), regEnt('stats', INO_STATS)],
+      lookup: (name) => this.child(name, wcfsNames),
+      readdir: () => Object.entries(wcfsNames).map(([n, ino]) => (ino === INO_DEBUG ? dirEnt(n, ino) : regEnt(n, ino))),
     });
     add(new SmallFile(INO_ZURL, () => Buffer.from(h.zurl), false, h));
     add(new SmallFile(INO_PINTIMEOUT, () => Buffer.from(h.pinTimeout.toFixed(1)), false, h));
@@ -167,6 +183,10 @@ export class Tree {
   /** @<rev>/bigfile/<oid> if that view and file exist now. */
   revFile(rev: Tid, foid: Oid): BigFile | undefined {
     return this.views.get(rev)?.files.get(foid);
+  }
+
+  hasView(rev: Tid): boolean {
+    return this.views.has(rev);
   }
 
   /** Files of view rev (null = head). */
