@@ -14,12 +14,16 @@
 // Invariant: stats.ZHeadLink = number of readers open and not dropped.
 
 import createDebug from 'debug';
+import { tgidOf } from '../util/proc.js';
 import { hex16, type Tid } from '../zodb/ids.js';
 
 const debug = createDebug('wcfs:server:zhead');
 
-/** Lines a reader may have unread before it is dropped (17 bytes each). */
-export const ZHEAD_BUF_LINES = 1024;
+/**
+ * Lines a reader may have unread before it is dropped (17 bytes each). Upstream's harness
+ * reads each line right after its commit: it never has more than one unread.
+ */
+export const ZHEAD_BUF_LINES = 256;
 
 const EMPTY = new Uint8Array(0);
 
@@ -45,8 +49,9 @@ export class ZHeadStreams {
 
   constructor(private readonly host: ZHeadHost) {}
 
-  /** OPEN: a new reader; it sees the commits processed from now on. */
-  open(pid: number): number {
+  /** OPEN by thread `tid` (the FUSE header's pid): a new reader; it sees the commits processed from now on. */
+  open(tid: number): number {
+    const pid = tgidOf(tid) ?? tid; // the process, for the log line if it is dropped
     const r: Reader = { fh: this.nextFh++, pid, buf: [], lines: 0, dropped: false, wake: [] };
     this.readers.set(r.fh, r);
     this.host.stats.ZHeadLink++;

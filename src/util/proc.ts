@@ -39,7 +39,7 @@ export class ProcessGoneError extends WcfsError {
 }
 
 /** Thread-group id (the process's pid) of thread `tid`, from /proc; undefined when gone. */
-function tgidOf(tid: number): number | undefined {
+export function tgidOf(tid: number): number | undefined {
   let st: string;
   try {
     st = readFileSync(`/proc/${tid}/status`, 'latin1');
