@@ -269,7 +269,13 @@ describe('commit processing against a fake kernel', () => {
     const tid = await t.commit({ 1: 21 });
     await t.published(tid);
     const old = tree(t).revFile(at0, t.foid)!.ino;
-    expect(t.k.take()).toEqual([`drop ${head} ${BS}`, `probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`, `store ${old} ${BS}+${BS} =2`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
+    expect(t.k.take()).toEqual([
+      `drop ${head} ${BS}`,
+      `probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`,
+      `store ${old} ${BS}+${BS} =2`,
+      `inval ${head} ${BS}+${BS}`,
+      `inval-attr ${head}`,
+    ]);
     expect((await t.read(head, BS, 4096))[0]).toBe(21);
   });
 

@@ -255,7 +255,7 @@ const strNs = (s: string): bigint => {
   return (BigInt(Date.UTC(n[0]!, n[1]! - 1, n[2]!, n[3]!, n[4]!, n[5]!)) * 1000n + BigInt(n[6]!)) * 1000n;
 };
 
-describe("test_wcfs_basic, in our words (items 3, 4): data, mtimes and the page cache after each commit", () => {
+describe('test_wcfs_basic, in our words (items 3, 4): data, mtimes and the page cache after each commit', () => {
   it('no isolation: changed blocks leave head; the old data is in @<BlkRevAt(blk, oldHead)>, looked up by the server itself', async () => {
     const dir = tmpDir();
     const d = await freshDb(dir);

@@ -39,7 +39,7 @@ export function goQuote(s: string): string {
   if (s.length > QUOTE_MAX) return goQuote(s.slice(0, QUOTE_MAX)) + '...';
   const b = Buffer.from(s, 'latin1');
   let out = '"';
-  for (let i = 0; i < b.length; ) {
+  for (let i = 0; i < b.length;) {
     const [r, n] = decodeRune(b, i);
     i += n;
     if (r < 0) out += '\\x' + (-r - 1).toString(16).padStart(2, '0');
