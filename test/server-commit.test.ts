@@ -18,7 +18,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
 import type { Notifier } from '../src/fuse/notifier.js';
 import type { BlockCache } from '../src/fuse/session.js';
-import { MAX_VIEWS_FOR_STORE, WcfsServer, type Kernel } from '../src/server/server.js';
+import { MAX_VIEWS_FOR_STORE, STORE_LOOKUP_TIMEOUT_MS, WcfsServer, type Kernel } from '../src/server/server.js';
 import type { BigFile } from '../src/server/bigfile.js';
 import type { BlockPool } from '../src/server/loads.js';
 import { sleep } from '../src/util/async.js';
@@ -208,6 +208,24 @@ describe('commit processing against a fake kernel', () => {
     expect(ev.indexOf(`store ${f0} 0+${BS} =1`)).toBeLessThan(ev.indexOf(`inval ${head} 0+${BS}`));
     expect(ev.indexOf(`store ${f1} ${BS}+${BS} =3`)).toBeLessThan(ev.indexOf(`inval ${head} ${BS}+${BS}`));
   });
+
+  it(`a lookup for a store that hangs holds head/at back no longer than STORE_LOOKUP_TIMEOUT_MS (${STORE_LOOKUP_TIMEOUT_MS} ms): the old data is dropped`, async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 0, 4096))[0]).toBe(1);
+    let release!: () => void;
+    t.k.holdResidency = new Promise((r) => (release = r)); // the kernel's LOOKUP does not come
+    t.k.take();
+
+    // >>> commit δ(#0): the probe of @at0 hangs; head/at moves anyway, nothing stored
+    const tid = await t.commit({ 0: 8 });
+    await t.published(tid);
+    const ev = t.k.take();
+    expect(ev.filter((e) => e.startsWith('store'))).toEqual([]);
+    expect(ev).toContain(`inval ${head} 0+${BS}`);
+    release();
+  }, 20_000);
 
   it(`no @<rev> view is created for a store while ${MAX_VIEWS_FOR_STORE} views exist (the old data is dropped)`, async () => {
     const t = await served();

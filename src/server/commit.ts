@@ -232,7 +232,9 @@ export class Commits {
         debug('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
       }
     }
-    if (old !== undefined && old.length === bs) {
+    // (a block with data cached is tracked — server.ts I1 — so ΔFtail knows its revision;
+    // checked anyway: for an untracked block blkRevAt answers the tail, which may be wrong)
+    if (old !== undefined && old.length === bs && this.host.head.deltaFtail.trackGen(f.foid, blk) !== undefined) {
       try {
         const rev = await this.host.head.deltaFtail.blkRevAt(f.foid, blk, oldHead);
         if (rev >= packedTo) return { f, blk, old, rev, release }; // below: @<rev> is refused, nowhere to keep it

@@ -71,6 +71,7 @@ import {
 } from '../fuse/kernel.js';
 import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
+import { withTimeout } from '../util/async.js';
 import { logLine } from '../util/log.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
@@ -96,6 +97,14 @@ const debug = createDebug('wcfs:server');
  * pinned there load it from the database).
  */
 export const MAX_VIEWS_FOR_STORE = 64;
+
+/**
+ * How long commit processing waits for its own lookup of an @<rev> file (revFileKnown). It
+ * normally takes milliseconds; it can wait longer only when the root directory's lock is
+ * queued behind a LOOKUP of a revision ahead of head (which waits for this very commit, up
+ * to the pin timeout) — then the old data is dropped rather than head/at held back.
+ */
+export const STORE_LOOKUP_TIMEOUT_MS = 2000;
 
 export interface ServerOptions {
   /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
@@ -465,7 +474,7 @@ export class WcfsServer implements FileSystem {
     }
     const rel = `@${hex16(rev)}/bigfile/${hex16(foid)}`;
     try {
-      await this.kernel.residency(rel, 0, 0);
+      await withTimeout(this.kernel.residency(rel, 0, 0), STORE_LOOKUP_TIMEOUT_MS, rel); // the open goes on (bounded by the pin timeout)
     } catch (e) {
       debug('store: lookup %s: %s', rel, (e as Error).message);
       return undefined;
