@@ -209,6 +209,28 @@ describe('commit processing against a fake kernel', () => {
     expect(ev.indexOf(`store ${f1} ${BS}+${BS} =3`)).toBeLessThan(ev.indexOf(`inval ${head} ${BS}+${BS}`));
   });
 
+  it("nothing is stored past the end of the @<rev> file (the kernel would grow it): a hole's old zeros whose revision is the tail, where the file was shorter", async () => {
+    const t = await served(); // at0: #0 #1 (2 blocks) = the history tail
+    const at0 = t.srv.head.publishedAt;
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const t1 = await t.commit({ 3: 4 }); // #2 is a hole now
+    await t.published(t1);
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 2 * BS, 4096))[0]).toBe(0);
+    t.k.take();
+
+    // >>> commit δ(#2): its old data (zeros) belongs to @at0 (BlkRevAt = tail), 2 blocks long
+    const tid = await t.commit({ 2: 9 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([
+      `drop ${head} ${2 * BS}`,
+      `probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`,
+      `inval ${head} ${2 * BS}+${BS}`,
+      `inval-attr ${head}`,
+    ]);
+    expect(tree(t).revFile(at0, t.foid)!.size).toBe(2 * BS);
+  });
+
   it(`a lookup for a store that hangs holds head/at back no longer than STORE_LOOKUP_TIMEOUT_MS (${STORE_LOOKUP_TIMEOUT_MS} ms): the old data is dropped`, async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));

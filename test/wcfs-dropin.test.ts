@@ -328,4 +328,27 @@ describe('test_wcfs_basic, in our words (items 3, 4): data, mtimes and the page 
     await d.db.close();
     await srv.stop();
   }, 120_000);
+
+  it('hole → data (test_wcfs_basic_hole2zblk): only that block leaves head; its old zeros belong to the tail, where the file is empty — nothing stored', async () => {
+    const dir = tmpDir();
+    const d = await freshDb(dir);
+    const srv = await startServer(d.path, { dir, args: ['--gc-interval', '120'] });
+    const foid = hex16(d.foid);
+    const F = srv.at(`head/bigfile/${foid}`);
+    const t1 = await d.commit({ 2: 'c1' });
+    await srv.waitHead(hex16(t1));
+    await expectData(F, ['', '', 'c1']);
+    await cacheBecomes(F, [1, 1, 1], 'head @t1 after read');
+
+    // >>> commit @t2: block 1, a hole until now
+    const t2 = await d.commit({ 1: 'b2' });
+    await srv.waitHead(hex16(t2));
+    expectResidency(await pages(F, 3), blocks([1, 0, 1]), 'head @t2');
+    await expectData(F, ['', 'b2', 'c1']);
+    // BlkRevAt(1, t1) = at0 (the tail): @at0 was looked up for the store, but its file is empty
+    expect((await stat(srv.at(`@${hex16(d.at0)}/bigfile/${foid}`))).size).toBe(0);
+    expect(await readdir(srv.mnt)).not.toContain(`@${hex16(t1)}`);
+    await d.db.close();
+    await srv.stop();
+  }, 60_000);
 });
