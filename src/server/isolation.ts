@@ -273,7 +273,7 @@ export class Isolation {
       debug('%s: %s', w.link, what);
       try {
         const reply = await w.link.request(msg, h.pinTimeoutMs);
-        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${goQuote(reply)}`);
+        if (reply !== 'ack') throw new WrongReplyError(`expect "ack"; got ${goQuote(reply)}`); // upstream's text
         debug('%s: %s: ack', w.link, what);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {
@@ -344,7 +344,7 @@ export class Isolation {
       }
     }
     debug('%s: %s (%s): killing', proc, reason, kind);
-    h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
+    h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${goDuration(BigInt(Math.round(T * 1e6)))}: ${reason}`);
     h.log(`wcfs: ${proc}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
     h.log(`wcfs: ${proc}:    (see "Protection against slow or faulty clients" in notes.md)`);
     const t0 = Date.now();
