@@ -251,7 +251,7 @@ export class Commits {
     if (nv.blksize !== f.view.blksize || nv.blktab !== f.view.blktab) {
       throw new WcfsError(
         'WCFS_EEPOCH',
-        `ZBigFile ${hex16(f.foid)} changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
+        `ZBigFile<${hex16(f.foid)}> changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
       );
     }
   }
