@@ -237,7 +237,9 @@ export class Commits {
     if (old !== undefined && old.length === bs && this.host.head.deltaFtail.trackGen(f.foid, blk) !== undefined) {
       try {
         const rev = await this.host.head.deltaFtail.blkRevAt(f.foid, blk, oldHead);
-        if (rev >= packedTo) return { f, blk, old, rev, release }; // below: @<rev> is refused, nowhere to keep it
+        // below packedTo: @<rev> is refused, nowhere to keep it; above oldHead: the history
+        // was cut past oldHead (a pack), rev is not the block's revision as of oldHead
+        if (rev >= packedTo && rev <= oldHead) return { f, blk, old, rev, release };
       } catch (err) {
         debug('blkRevAt %s #%d @%s: %s', hex16(f.foid), blk, hex16(oldHead), (err as Error).message); // as upstream: only slows @rev reads
       }
