@@ -185,6 +185,63 @@ describe('reply texts (item 2)', () => {
     for (const [s, want] of table) expect(goQuote(s), JSON.stringify(s)).toBe(want);
   });
 
+  it("live: every reply and control text of upstream's wire protocol, byte for byte", async () => {
+    const dir = tmpDir();
+    const d = await freshDb(dir);
+    const t1 = await d.commit({ 0: 'a' });
+    const srv = await startServer(d.path, { dir }); // history tail = t1
+    const t2 = await d.commit({ 0: 'b' });
+    await srv.waitHead(hex16(t2));
+    const txn = new WriteTxn(d.db);
+    const g = createZBigFile(txn, BS); // a second file, created @t3
+    const t3 = await txn.commit();
+    await srv.waitHead(hex16(t3));
+    const F = hex16(d.foid);
+    const G = hex16(g);
+    const fh = await open(srv.at(`head/bigfile/${F}`), 'r');
+    const gh = await open(srv.at(`head/bigfile/${G}`), 'r');
+    const utf8 = (s: string) => Buffer.from(s, 'latin1').toString('utf8');
+    const wl = await TWatchLink.open(srv.at('head/watch'));
+    try {
+      // [request, reply] on one link, in order (upstream: wcfs.go parseWatch, setupWatch; wcfs_test.py)
+      const table: Array<[string, string]> = [
+        ['bla bla', 'error bad watch: not a watch request: "bla bla"'],
+        ['watch', 'error bad watch: not a watch request: "watch"'],
+        ['watch a b c', 'error bad watch: expected 2 arguments, got 3'],
+        [`watch ${F}`, 'error bad watch: expected 2 arguments, got 1'],
+        [`watch zzzzzzzzzzzzzzzz @${hex16(t2)}`, 'error bad watch: invalid oid'],
+        [`watch ${F} @head`, 'error bad watch: invalid at'],
+        [`watch 000000000000dead @${hex16(t2)}`, `error setup watch f<000000000000dead> @${hex16(t2)}: file not yet known to wcfs or is not a ZBigFile`],
+        [
+          `watch ${F} @${hex16(t1 - (1n << 32n))}`,
+          `error setup watch f<${F}> @${hex16(t1 - (1n << 32n))}: too far away back from head/at (@${hex16(t3)}); δt = ${goDuration(BigInt(tidToEpochMicros(t3) - tidToEpochMicros(t1 - (1n << 32n))) * 1000n)}`,
+        ],
+        [`watch ${G} @${hex16(t2)}`, `error setup watch f<${G}> @${hex16(t2)}: file epoch detected @${hex16(t3)} in between (at,head=@${hex16(t3)}]`],
+        [`watch ${F} @${hex16(t2)}`, 'ok'],
+        [`watch ${F} @${hex16(t1)}`, `error setup watch f<${F}> @${hex16(t1)}: going back in history is forbidden`],
+        [`watch ${F} -`, 'ok'],
+      ];
+      for (const [req, want] of table) expect(utf8(await wl.request(req)), req).toBe(want);
+      // a reply nobody asked for: the link ends with an error on stream 0
+      wl.send('2 ack\n');
+      expect(await wl.untilEOF()).toEqual(['0 error: 2: reply on unexpected stream']);
+    } finally {
+      await wl.close();
+    }
+    const wl2 = await TWatchLink.open(srv.at('head/watch'));
+    try {
+      // not a frame: the same, quoted as Go's %q
+      wl2.send('zzz hello\n');
+      expect(await wl2.untilEOF()).toEqual(['0 error: invalid frame: "zzz hello\\n" (invalid stream)']);
+    } finally {
+      await wl2.close();
+    }
+    await fh.close();
+    await gh.close();
+    await d.db.close();
+    await srv.stop();
+  }, 60_000);
+
   it('live: "too far away back" carries δt = <Go duration>, UTF-8 encoded; a request with UTF-8 in it is quoted back as is', async () => {
     const dir = tmpDir();
     const d = await freshDb(dir);
