@@ -82,10 +82,18 @@ class FakeKernel implements Kernel {
   holdResidency: Promise<void> | undefined;
   /** The kernel's LOOKUPs of the path a probe opens (served() sends them to the server). */
   lookupPath: ((rel: string) => Promise<void>) | undefined;
+  /** Probes in flight now, and at most. */
+  probing = 0;
+  maxProbing = 0;
   async residency(rel: string, off: number, len: number): Promise<Uint8Array> {
     this.events.push(`probe ${rel}`);
-    if (this.holdResidency) await this.holdResidency;
-    await this.lookupPath?.(rel);
+    this.maxProbing = Math.max(this.maxProbing, ++this.probing);
+    try {
+      if (this.holdResidency) await this.holdResidency;
+      await this.lookupPath?.(rel);
+    } finally {
+      this.probing--;
+    }
     const first = Math.floor(off / 4096);
     const out = new Uint8Array(Math.ceil((off + len) / 4096) - first);
     for (const p of this.resident.get(rel) ?? []) if (p >= first && p - first < out.length) out[p - first] = 1;
@@ -248,6 +256,31 @@ describe('commit processing against a fake kernel', () => {
     expect(ev).toContain(`inval ${head} 0+${BS}`);
     release();
   }, 20_000);
+
+  it('at most 8 lookups for stores at a time; the others wait their turn and are done too', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const revs: Tid[] = [];
+    for (let i = 2; i < 12; i++) revs.push(await t.commit({ [i]: i })); // block i last changed @revs[i-2]
+    await t.published(revs[revs.length - 1]!);
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entries stay
+    for (let i = 2; i < 12; i++) expect((await t.read(head, i * BS, 4096))[0]).toBe(i);
+    let release!: () => void;
+    t.k.holdResidency = new Promise((r) => (release = r));
+    t.k.take();
+
+    // >>> commit δ(#2..#11): 10 @<rev> files to look up, held
+    const tid = await t.commit(Object.fromEntries([...Array(10).keys()].map((k) => [k + 2, 100 + k])));
+    await t.until(() => t.k.probing === 8);
+    await sleep(20);
+    expect(t.k.probing).toBe(8);
+    release();
+    await t.published(tid);
+    expect(t.k.maxProbing).toBe(8);
+    // <<< every block's old data went to its own @<rev>
+    const stores = t.k.take().filter((e) => e.startsWith('store'));
+    expect(stores.sort()).toEqual(revs.map((r, k) => `store ${tree(t).revFile(r, t.foid)!.ino} ${(k + 2) * BS}+${BS} =${k + 2}`).sort());
+  });
 
   it(`no @<rev> view is created for a store while ${MAX_VIEWS_FOR_STORE} views exist (the old data is dropped)`, async () => {
     const t = await served();

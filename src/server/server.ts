@@ -106,6 +106,9 @@ export const MAX_VIEWS_FOR_STORE = 64;
  */
 export const STORE_LOOKUP_TIMEOUT_MS = 2000;
 
+/** At most this many of those lookups at a time (each is a native thread: pagecache.ts). */
+const STORE_LOOKUPS_MAX = 8;
+
 export interface ServerOptions {
   /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
   zurl: string;
@@ -227,6 +230,9 @@ export class WcfsServer implements FileSystem {
   /** Date.now() of the last untrack pass (step 5). */
   private lastUntrack = Date.now();
   private resolveDone!: () => void;
+  /** revFileKnown's lookups through the mount in flight, and those waiting for a turn. */
+  private storeLookups = 0;
+  private storeLookupQ: Array<() => void> = [];
 
   private constructor(opts: ServerOptions, storage: IStorage) {
     this.opts = opts;
@@ -473,11 +479,17 @@ export class WcfsServer implements FileSystem {
       return undefined;
     }
     const rel = `@${hex16(rev)}/bigfile/${hex16(foid)}`;
+    if (this.storeLookups >= STORE_LOOKUPS_MAX) await new Promise<void>((r) => this.storeLookupQ.push(r)); // handed a slot
+    else this.storeLookups++;
     try {
       await withTimeout(this.kernel.residency(rel, 0, 0), STORE_LOOKUP_TIMEOUT_MS, rel); // the open goes on (bounded by the pin timeout)
     } catch (e) {
       debug('store: lookup %s: %s', rel, (e as Error).message);
       return undefined;
+    } finally {
+      const next = this.storeLookupQ.shift();
+      if (next !== undefined) next(); // the slot goes to the next one
+      else this.storeLookups--;
     }
     const f = this.tree.revFile(rev, foid);
     return f !== undefined && f.nlookup > 0 ? f : undefined;
