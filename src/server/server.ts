@@ -479,7 +479,8 @@ export class WcfsServer implements FileSystem {
       return undefined;
     }
     const rel = `@${hex16(rev)}/bigfile/${hex16(foid)}`;
-    if (this.storeLookups >= STORE_LOOKUPS_MAX) await new Promise<void>((r) => this.storeLookupQ.push(r)); // handed a slot
+    if (this.storeLookups >= STORE_LOOKUPS_MAX)
+      await new Promise<void>((r) => this.storeLookupQ.push(r)); // handed a slot
     else this.storeLookups++;
     try {
       await withTimeout(this.kernel.residency(rel, 0, 0), STORE_LOOKUP_TIMEOUT_MS, rel); // the open goes on (bounded by the pin timeout)
@@ -488,7 +489,8 @@ export class WcfsServer implements FileSystem {
       return undefined;
     } finally {
       const next = this.storeLookupQ.shift();
-      if (next !== undefined) next(); // the slot goes to the next one
+      if (next !== undefined)
+        next(); // the slot goes to the next one
       else this.storeLookups--;
     }
     const f = this.tree.revFile(rev, foid);
