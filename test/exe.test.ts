@@ -5,7 +5,7 @@
 // works: the native addon is inside it), the mount is ours, and our
 // own `wcfs status|stop` inside the same executable recognise it. Needs `npm run build`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { defaultMountpoint, WCFS_SHM } from '../src/control/control.js';
@@ -102,7 +102,7 @@ describe('build/wcfs', () => {
     const mnt = defaultMountpoint(zurl);
     mkdirSync(mnt, { recursive: true });
     cleanups.push(() => existsSync(mnt) && findMount(mnt) === undefined && rmdirSync(mnt));
-    const options = ['-pintimeout', '5s', '-logtostderr', '-v=1']; // $WENDELIN_CORE_WCFS_OPTIONS
+    const options = ['-pintimeout', '5s', '-logtostderr', '-v=1', '-debug']; // $WENDELIN_CORE_WCFS_OPTIONS (upstream's test harness adds -debug)
     const l = await launch([...options, '-autoexit', zurl, mnt], zurl, mnt, pkgExe);
     const fwcfs = openSync(path.join(mnt, '.wcfs', 'zurl'), 'r'); // join keeps it open
     try {
@@ -115,6 +115,7 @@ describe('build/wcfs', () => {
       expect(m.source).toBe(zurl);
       expect(readFileSync(path.join(mnt, '.wcfs', 'pintimeout'), 'utf8')).toMatch(/^5(\.0)?\n?$/);
       expect(readFileSync(path.join(mnt, 'head', 'bigfile', '0000000000000001')).length).toBe(8 << 20);
+      expect(readdirSync(path.join(mnt, '.wcfs', 'debug'))).toEqual(['zhead']); // -debug
       // our status, run by the same executable (its probes are child processes of build/wcfs)
       const st = spawnSync(pkgExe, ['status', zurl], { encoding: 'utf8', timeout: 30_000 });
       expect(st.stdout).toContain(`ok   - server process: pid ${pid}\n`);

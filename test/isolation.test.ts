@@ -421,8 +421,8 @@ describe('watch setup: pins', () => {
 
 describe('watch setup: errors', () => {
   // [request (message), reply on its stream]; `prefix:` = the reply must start with it (the
-  // "too far" text is matched up to "; " as upstream's tests do: its "δt" goes out latin1-encoded
-  // by WatchLink.queue, i.e. as the byte 0xb4 — see the report of this test's commit)
+  // "too far" text is matched up to "; " as upstream's tests do; its "δt = <Go duration>" tail,
+  // UTF-8 encoded as upstream sends it, is checked in wcfs-dropin.test.ts)
   const cases: Array<[string, () => string, () => string]> = [
     ['at before tail', () => `watch ${F} @${x(t0)}`, () => `prefix:error setup watch f<${F}> @${x(t0)}: too far away back from head/at (@${x(t3)}); `],
     [
@@ -516,7 +516,7 @@ describe('reads pin watchers', () => {
     await bad.expectPins(f, { 0: t2 }); // and never answers
     await read; // resolves (never throws), after the bad pin's timeout and the kill
     await bad.settled();
-    expect(await bad.rest()).toEqual([`0 fatal: pin #0 @${x(t2)}: timeout (0.3s)`]);
+    expect(await bad.rest()).toEqual([`0 fatal: pin #0 @${x(t2)}: sendReq: waiting for reply: context deadline exceeded`]);
     expect(bad.proc.signals).toEqual(['SIGBUS']);
     expect(good.proc.signals).toEqual([]);
     expect(good.link.down).toBe(false);
@@ -542,7 +542,7 @@ describe('a client that does not answer pins right: the kill decision', () => {
     /** Lines the server logs (in this order, among others). */
     logs?: () => string[];
   }
-  const fatalTimeout = /^0 fatal: pin #[013] @[0-9a-f]{16}: timeout \(0\.3s\)$/;
+  const fatalTimeout = /^0 fatal: pin #[013] @[0-9a-f]{16}: sendReq: waiting for reply: context deadline exceeded$/; // upstream's text
   const cases: Case[] = [
     { what: 'acks every pin → ok, nobody is hurt', client: (c, p) => c.ack(p), lines: () => ['1 ok'], down: false, signals: [], pinkill: 0 },
     {
@@ -551,12 +551,12 @@ describe('a client that does not answer pins right: the kill decision', () => {
         c.ack(p, [1]);
         c.send(`${p.get(1)} nak: mmap failed`);
       },
-      lines: () => [`0 fatal: pin #1 @${x(t1)}: expected reply "ack", got "nak: mmap failed"`],
+      lines: () => [`0 fatal: pin #1 @${x(t1)}: expect "ack"; got "nak: mmap failed"`],
       down: true,
       signals: ['SIGBUS'],
       pinkill: 1,
       logs: () => [
-        `wcfs: pid4242: client failed to handle pin notification correctly and timely in 0.3s: pin #1 @${x(t1)}: expected reply "ack", got "nak: mmap failed"`,
+        `wcfs: pid4242: client failed to handle pin notification correctly and timely in 300ms: pin #1 @${x(t1)}: expect "ack"; got "nak: mmap failed"`,
         'wcfs: pid4242: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed',
         'wcfs: pid4242: <- SIGBUS',
         'wcfs: pid4242: terminated',
@@ -568,7 +568,7 @@ describe('a client that does not answer pins right: the kill decision', () => {
         c.ack(p, [0]);
         c.send(`${p.get(0)} ack `);
       },
-      lines: () => [`0 fatal: pin #0 @${x(t1)}: expected reply "ack", got "ack "`],
+      lines: () => [`0 fatal: pin #0 @${x(t1)}: expect "ack"; got "ack "`],
       down: true,
       signals: ['SIGBUS'],
       pinkill: 1,

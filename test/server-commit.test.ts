@@ -4,9 +4,11 @@
 //
 //   - a head READ registers its block in the fast path only after the load (and tracking);
 //   - commit: a changed block leaves the fast path before its page-cache invalidation; the
-//     old data goes to @<oldHead> only when that file is looked up — from the loaded entry,
-//     else RETRIEVEd — and is stored before head's copy is invalidated; head/at moves only
-//     after every invalidation (server.ts I5);
+//     old data — from the loaded entry, else RETRIEVEd — goes to @<BlkRevAt(blk, oldHead)>
+//     (upstream's rule: where pinned clients map it, not @<oldHead>), which the server makes
+//     the kernel look up when nobody had (a probe through the mount; here the fake kernel
+//     looks the path up), unless MAX_VIEWS_FOR_STORE views exist; it is stored before head's
+//     copy is invalidated; head/at moves only after every invalidation (server.ts I5);
 //   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
 //     nothing; it is then answered from the new head (server.ts I2, I3);
 //   - block buffers are reused (loads.ts L4) only once nobody uses them: not under a
@@ -16,7 +18,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
 import type { Notifier } from '../src/fuse/notifier.js';
 import type { BlockCache } from '../src/fuse/session.js';
-import { WcfsServer, type Kernel } from '../src/server/server.js';
+import { MAX_VIEWS_FOR_STORE, STORE_LOOKUP_TIMEOUT_MS, WcfsServer, type Kernel } from '../src/server/server.js';
 import type { BigFile } from '../src/server/bigfile.js';
 import type { BlockPool } from '../src/server/loads.js';
 import { sleep } from '../src/util/async.js';
@@ -78,9 +80,20 @@ class FakeKernel implements Kernel {
   /** rel path → indexes of the pages residency() reports cached; holdResidency delays it. */
   readonly resident = new Map<string, Set<number>>();
   holdResidency: Promise<void> | undefined;
+  /** The kernel's LOOKUPs of the path a probe opens (served() sends them to the server). */
+  lookupPath: ((rel: string) => Promise<void>) | undefined;
+  /** Probes in flight now, and at most. */
+  probing = 0;
+  maxProbing = 0;
   async residency(rel: string, off: number, len: number): Promise<Uint8Array> {
     this.events.push(`probe ${rel}`);
-    if (this.holdResidency) await this.holdResidency;
+    this.maxProbing = Math.max(this.maxProbing, ++this.probing);
+    try {
+      if (this.holdResidency) await this.holdResidency;
+      await this.lookupPath?.(rel);
+    } finally {
+      this.probing--;
+    }
     const first = Math.floor(off / 4096);
     const out = new Uint8Array(Math.ceil((off + len) / 4096) - first);
     for (const p of this.resident.get(rel) ?? []) if (p >= first && p - first < out.length) out[p - first] = 1;
@@ -165,13 +178,132 @@ async function served(): Promise<Served> {
       }
     },
   };
+  k.lookupPath = async (rel) => void (await s.lookup(...rel.split('/')));
   return s;
 }
 
+const tree = (t: Served) => (t.srv as unknown as { tree: { pool: BlockPool; revFile(rev: Tid, foid: Oid): BigFile | undefined } }).tree;
+
 describe('commit processing against a fake kernel', () => {
-  it('READ registers after the load; a commit drops the block before it invalidates; no @oldHead store when not looked up', async () => {
+  it('old data goes to @<BlkRevAt(blk, oldHead)>: a block unchanged since the tail to @<tail>, not to @<oldHead> though that one is looked up', async () => {
+    const t = await served();
+    const at0 = t.srv.head.publishedAt; // the history tail
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const t1 = await t.commit({ 1: 3 });
+    await t.published(t1);
+    // >>> READ #0 and #1 whole; their uploads end; the kernel has them
+    expect((await t.read(head, 0, 2 * BS))[BS]).toBe(3);
+    await t.until(() => t.k.events.includes(`drop ${head} 0`) && t.k.events.includes(`drop ${head} ${BS}`));
+    t.k.cached.set(
+      head,
+      new Map([
+        [0, new Uint8Array(BS).fill(1)],
+        [BS, new Uint8Array(BS).fill(3)],
+      ]),
+    );
+    const f1 = await t.lookup('@' + hex16(t1), 'bigfile', hex16(t.foid)); // @<oldHead>, looked up
+    t.k.take();
+
+    // >>> commit δ(#0, #1) @t2: #0 last changed ≤ at0 → @at0 (probed: nobody had it);
+    //     #1 changed @t1 → @t1 (known: no probe)
+    const t2 = await t.commit({ 0: 4, 1: 5 });
+    await t.published(t2);
+    const f0 = tree(t).revFile(at0, t.foid)!.ino;
+    const ev = t.k.take();
+    expect(ev.filter((e) => e.startsWith('probe'))).toEqual([`probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`]);
+    expect(ev.filter((e) => e.startsWith('store')).sort()).toEqual([`store ${f0} 0+${BS} =1`, `store ${f1} ${BS}+${BS} =3`].sort());
+    // every store before the invalidation of its head block
+    expect(ev.indexOf(`store ${f0} 0+${BS} =1`)).toBeLessThan(ev.indexOf(`inval ${head} 0+${BS}`));
+    expect(ev.indexOf(`store ${f1} ${BS}+${BS} =3`)).toBeLessThan(ev.indexOf(`inval ${head} ${BS}+${BS}`));
+  });
+
+  it("nothing is stored past the end of the @<rev> file (the kernel would grow it): a hole's old zeros whose revision is the tail, where the file was shorter", async () => {
+    const t = await served(); // at0: #0 #1 (2 blocks) = the history tail
+    const at0 = t.srv.head.publishedAt;
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const t1 = await t.commit({ 3: 4 }); // #2 is a hole now
+    await t.published(t1);
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 2 * BS, 4096))[0]).toBe(0);
+    t.k.take();
+
+    // >>> commit δ(#2): its old data (zeros) belongs to @at0 (BlkRevAt = tail), 2 blocks long
+    const tid = await t.commit({ 2: 9 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([
+      `drop ${head} ${2 * BS}`,
+      `probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`,
+      `inval ${head} ${2 * BS}+${BS}`,
+      `inval-attr ${head}`,
+    ]);
+    expect(tree(t).revFile(at0, t.foid)!.size).toBe(2 * BS);
+  });
+
+  it(`a lookup for a store that hangs holds head/at back no longer than STORE_LOOKUP_TIMEOUT_MS (${STORE_LOOKUP_TIMEOUT_MS} ms): the old data is dropped`, async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 0, 4096))[0]).toBe(1);
+    let release!: () => void;
+    t.k.holdResidency = new Promise((r) => (release = r)); // the kernel's LOOKUP does not come
+    t.k.take();
+
+    // >>> commit δ(#0): the probe of @at0 hangs; head/at moves anyway, nothing stored
+    const tid = await t.commit({ 0: 8 });
+    await t.published(tid);
+    const ev = t.k.take();
+    expect(ev.filter((e) => e.startsWith('store'))).toEqual([]);
+    expect(ev).toContain(`inval ${head} 0+${BS}`);
+    release();
+  }, 20_000);
+
+  it('at most 8 lookups for stores at a time; the others wait their turn and are done too', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const revs: Tid[] = [];
+    for (let i = 2; i < 12; i++) revs.push(await t.commit({ [i]: i })); // block i last changed @revs[i-2]
+    await t.published(revs[revs.length - 1]!);
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entries stay
+    for (let i = 2; i < 12; i++) expect((await t.read(head, i * BS, 4096))[0]).toBe(i);
+    let release!: () => void;
+    t.k.holdResidency = new Promise((r) => (release = r));
+    t.k.take();
+
+    // >>> commit δ(#2..#11): 10 @<rev> files to look up, held
+    const tid = await t.commit(Object.fromEntries([...Array(10).keys()].map((k) => [k + 2, 100 + k])));
+    await t.until(() => t.k.probing === 8);
+    await sleep(20);
+    expect(t.k.probing).toBe(8);
+    release();
+    await t.published(tid);
+    expect(t.k.maxProbing).toBe(8);
+    // <<< every block's old data went to its own @<rev>
+    const stores = t.k.take().filter((e) => e.startsWith('store'));
+    expect(stores.sort()).toEqual(revs.map((r, k) => `store ${tree(t).revFile(r, t.foid)!.ino} ${(k + 2) * BS}+${BS} =${k + 2}`).sort());
+  });
+
+  it(`no @<rev> view is created for a store while ${MAX_VIEWS_FOR_STORE} views exist (the old data is dropped)`, async () => {
+    const t = await served();
+    const at0 = t.srv.head.publishedAt;
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    for (let i = 1; i <= MAX_VIEWS_FOR_STORE; i++) await t.lookup('@' + hex16(at0 - BigInt(i)));
+    (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {}; // the entry stays
+    expect((await t.read(head, 0, 4096))[0]).toBe(1);
+    t.k.take();
+
+    // >>> commit δ(#0): @at0 would be a new view, over the cap: no probe, no store
+    const tid = await t.commit({ 0: 7 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`drop ${head} 0`, `inval ${head} 0+${BS}`, `inval-attr ${head}`]);
+    expect(tree(t).revFile(at0, t.foid)).toBeUndefined();
+    expect(t.srv.statsText()).toMatch(new RegExp(`RevHead\t: ${MAX_VIEWS_FOR_STORE}\n`));
+  });
+
+  it('READ registers after the load; a commit drops the block before it invalidates; the old data goes to @<BlkRevAt>, looked up by the server when nobody had', async () => {
+    const t = await served();
+    const at0 = t.srv.head.publishedAt;
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const rel0 = `@${hex16(at0)}/bigfile/${hex16(t.foid)}`;
     // keep the loaded entry (no upload, which would end it): the commit must take it
     (t.srv as unknown as { reads: { uploadHead: () => Promise<void> } }).reads.uploadHead = async () => {};
     t.k.take();
@@ -180,10 +312,14 @@ describe('commit processing against a fake kernel', () => {
     expect((await t.read(head, 0, 4096))[0]).toBe(1);
     expect(t.k.take()).toEqual([`put ${head} 0+${BS} =1`]);
 
-    // >>> commit δ(#0): out of the fast path, then invalidated, then the attributes; nothing stored
+    // >>> commit δ(#0): out of the fast path (its loaded entry taken: no RETRIEVE); #0 last
+    //     changed at or before at0 (the history tail) → @at0, unknown to the kernel: probed
+    //     (the kernel looks it up), stored, then head invalidated, then the attributes
+    expect(tree(t).revFile(at0, t.foid)).toBeUndefined();
     const tid = await t.commit({ 0: 10 });
     await t.published(tid);
-    expect(t.k.take()).toEqual([`drop ${head} 0`, `inval ${head} 0+${BS}`, `inval-attr ${head}`]);
+    const old = tree(t).revFile(at0, t.foid)!.ino;
+    expect(t.k.take()).toEqual([`drop ${head} 0`, `probe ${rel0}`, `store ${old} 0+${BS} =1`, `inval ${head} 0+${BS}`, `inval-attr ${head}`]);
 
     // <<< the next READ loads the new data
     expect((await t.read(head, 0, 4096))[0]).toBe(10);
@@ -201,13 +337,22 @@ describe('commit processing against a fake kernel', () => {
     expect(t.k.take().sort()).toEqual([`put ${head} 0+${BS} =1`, `put ${head} ${BS}+${BS} =2`]);
 
     // >>> commit δ(#1): the prefetched block leaves the fast path before it is invalidated
+    //     (its data kept in @<at0>, the history tail)
+    const at0 = t.srv.head.publishedAt;
     const tid = await t.commit({ 1: 21 });
     await t.published(tid);
-    expect(t.k.take()).toEqual([`drop ${head} ${BS}`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
+    const old = tree(t).revFile(at0, t.foid)!.ino;
+    expect(t.k.take()).toEqual([
+      `drop ${head} ${BS}`,
+      `probe @${hex16(at0)}/bigfile/${hex16(t.foid)}`,
+      `store ${old} ${BS}+${BS} =2`,
+      `inval ${head} ${BS}+${BS}`,
+      `inval-attr ${head}`,
+    ]);
     expect((await t.read(head, BS, 4096))[0]).toBe(21);
   });
 
-  it('old data goes to @<oldHead> before head is invalidated, and head/at moves only after', async () => {
+  it('old data goes to @<oldHead> (the block changed there) before head is invalidated, and head/at moves only after', async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));
     const at0 = t.srv.head.publishedAt;
@@ -285,11 +430,11 @@ describe('untracking (step 5) against a fake kernel', () => {
     expect(tracked(t)).toEqual([0]);
     expect(t.srv.statsText().match(/TrackedBlk\t: (\d+)/)?.[1]).toBe('1');
 
-    // >>> commit δ(#0, #1): only the tracked #0 is invalidated (#1 cannot be cached)
+    // >>> commit δ(#0, #1): only the tracked #0 is RETRIEVEd (nothing: no store) and invalidated (#1 cannot be cached)
     t.k.onInval = undefined;
     const tid = await t.commit({ 0: 10, 1: 11 });
     await t.published(tid);
-    expect(t.k.take()).toEqual([`inval ${head} 0+${BS}`, `inval-attr ${head}`]);
+    expect(t.k.take()).toEqual([`retrieve ${head} 0+${BS}`, `inval ${head} 0+${BS}`, `inval-attr ${head}`]);
     // <<< #1 read again: the new data, tracked again
     expect((await t.read(head, BS, 4096))[0]).toBe(11);
     expect(tracked(t)).toEqual([0, 1]);
@@ -349,7 +494,6 @@ describe('block buffer pool (loads.ts L4) against a fake kernel', () => {
     for (const [blk, v] of Object.entries(blocks)) await setBlock(txn, t.foid, Number(blk), new Uint8Array(100).fill(v), { format: 'ZBlk0' });
     return txn.commit();
   };
-  const tree = (t: Served) => (t.srv as unknown as { tree: { pool: BlockPool; revFile(rev: Tid, foid: Oid): BigFile | undefined } }).tree;
   /** Hold the loads of blk in f until the returned function is called. */
   const holdLoad = (f: BigFile, blk: number): (() => void) => {
     let release!: () => void;
@@ -392,7 +536,7 @@ describe('block buffer pool (loads.ts L4) against a fake kernel', () => {
     expect(d[BS]).toBe(2);
   });
 
-  it("a commit's old data stays the taken buffer's until it is stored into @<oldHead>", async () => {
+  it("a commit's old data stays the taken buffer's until it is stored into @<oldHead> (#0 changed there)", async () => {
     const t = await served();
     const at0 = await commitShort(t, { 0: 5, 1: 7, 2: 8 });
     await t.published(at0);

@@ -1,6 +1,7 @@
 // Live database: our writer commits to the database wcfs serves. head/at advances; changed
 // blocks read new data and leave head's page cache; unchanged blocks stay cached (mincore on
-// an mmap), also across a size change; the old data lands in @<old head>'s cache.
+// an mmap), also across a size change; the old data lands in @<BlkRevAt(blk, old head)>'s
+// cache (here @<old head>: the history tail; wcfs-dropin.test.ts has the general case).
 // A change of the ZBigFile object itself switches the filesystem to EIO mode.
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
@@ -86,7 +87,8 @@ describe('live commits', () => {
     );
     expectResidency(await pages(F, nblk), blocks(Array(nblk).fill(1)), 'head after read');
 
-    // keep @<head0> looked up and open: commit processing stores old data there
+    // @<head0> is where block 3's old data belongs (BlkRevAt(3, head0) = the history tail,
+    // head0): commit processing stores it there (it would look the file up itself; here open)
     const oldF = srv.at(`@${head0}/bigfile/${hex16(FOID)}`);
     const oldFh = await open(oldF, 'r');
     expectResidency(await pages(oldF, nblk), blocks(Array(nblk).fill(0)), '@head0 before');

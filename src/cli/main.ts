@@ -84,7 +84,7 @@ export function buildProgram(): Command {
     .argument('<zurl>', 'database URL: file:///path/data.fs, a path, or zeo://host:port')
     .argument('[mountpoint]', 'default: /dev/shm/wcfs/<sha1(zurl)>')
     .option('--pintimeout <seconds>', 'how long a client may take to answer a pin', '30')
-    .option('--debug', 'trace to stderr (DEBUG=wcfs:*)')
+    .option('--debug', 'trace to stderr (DEBUG=wcfs:*) and expose .wcfs/debug/ (zhead)')
     .option('--auto-exit', 'exit when no file has been open for a while (joined servers)')
     .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
     .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')

@@ -78,12 +78,8 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
 
   let failed = false;
   let srv: WcfsServer;
-  // debugFiles: the server option of .wcfs/debug/ (the drop-in work)
-  const extra: { debugFiles?: boolean } = {};
-  if (opts.debugFiles) extra.debugFiles = true;
   try {
     srv = await WcfsServer.start({
-      ...extra,
       zurl,
       mountpoint: mnt,
       pinTimeout,
@@ -94,6 +90,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       shareWithGid,
       authKeyFile: opts.authkeyfile === undefined ? undefined : path.resolve(opts.authkeyfile),
       onFatal: () => (failed = true),
+      debugFiles: opts.debug === true || opts.debugFiles === true, // .wcfs/debug/ (zhead): ours --debug, upstream's -debug
     });
   } catch (e) {
     if (created) removeMountpoint(mnt);

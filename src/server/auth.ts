@@ -43,7 +43,7 @@ import { errno } from '../fuse/kernel.js';
 import { ProcessGoneError, ProcessRef, startTimeOf, tgidOf } from '../util/proc.js';
 
 /** Kinds of openable nodes (directories are always allowed). */
-export type NodeKind = 'zurl' | 'auth' | 'pintimeout' | 'stats' | 'at' | 'watch' | 'bigfile';
+export type NodeKind = 'zurl' | 'auth' | 'pintimeout' | 'stats' | 'at' | 'watch' | 'bigfile' | 'zhead';
 
 /** Who may open a node of each kind when authentication is on. */
 export const OPEN_RULES: Readonly<Record<NodeKind, 'anyone' | 'authenticated'>> = {
@@ -54,6 +54,7 @@ export const OPEN_RULES: Readonly<Record<NodeKind, 'anyone' | 'authenticated'>> 
   at: 'authenticated',
   watch: 'authenticated',
   bigfile: 'authenticated', // head/bigfile/<oid> and @<rev>/bigfile/<oid>
+  zhead: 'authenticated', // .wcfs/debug/zhead (with debugFiles): the commits' tids
 };
 
 export const MAX_LINKS = 1024;

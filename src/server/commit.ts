@@ -4,13 +4,24 @@
 //
 // 3a headMu exclusive, uploads paused and drained (UploadGate): δF = ΔFtail.update(δZ) per
 //    commit, in order; for each block of a head file changed in the batch take the old data
-//    out of its BlockLoads (or RETRIEVE it from the kernel, which locks no page) if
-//    @<oldHead>/bigfile/<oid> is known to the kernel; compute new sizes; then, in one
+//    out of its BlockLoads (or RETRIEVE it from the kernel, which locks no page) and the
+//    revision it belongs to, rev = BlkRevAt(blk, oldHead); compute new sizes; then, in one
 //    synchronous step, advance the head (Head.advance: I2). Unlock.
-// 3b no lock: store the old data into @<oldHead>/bigfile/<oid>, invalidate every changed block
-//    in head's page cache, and the attributes of every touched file.
+// 3b no lock: store the old data of each block into @<rev>/bigfile/<oid> — where clients
+//    pinned to it will map it (isolation.ts pins to BlkRevAt(blk, at)) — making the kernel
+//    look that file up first if it does not know it (CommitsHost.revFileKnown: a lookup
+//    through our own mount, on a native thread); then invalidate every changed block in
+//    head's page cache, and the attributes of every touched file.
 // 3c publish: head/at shows the new head, head waiters (watch requests, @rev lookups ahead of
-//    head) wake (Head.publish: I5).
+//    head) wake (Head.publish: I5); then .wcfs/debug/zhead readers get a line per commit.
+//
+// The store is what upstream does (wcfs.go invalidateBlk): the data is exactly @<rev>'s —
+// the block did not change in (rev, oldHead] — so it may go into that file's page cache.
+// It is an optimisation only: a failed store or lookup is logged (debug) and dropped. Memory:
+// the page cache is the kernel's to reclaim; the @rev views such lookups create are collected
+// as any other (tree.ts I7, sweep), and no new view is created for a store while
+// MAX_VIEWS_FOR_STORE views exist (server.ts revFileKnown) — a fast writer cannot pile them
+// up between sweeps.
 //
 // Why no READ is answered from stale data natively (the fast path, loads.ts): 3a drops every
 // changed block's entry before 3b invalidates it; the drop waits for fast replies in flight,
@@ -47,9 +58,10 @@ const MAX_BATCH = 256; // commit events processed in one pass
 export interface BlockInval {
   f: BigFile;
   blk: number;
-  /** The block's data as of oldHead, to store into @<oldHead>/bigfile/<oid> (revFile). */
+  /** The block's data as of oldHead, to store into @<rev>/bigfile/<oid>. */
   old?: Uint8Array;
-  revFile?: BigFile;
+  /** BlkRevAt(blk, oldHead): the last revision ≤ oldHead that changed the block (or the history tail). */
+  rev?: Tid;
   /** Call once done with old (it may be a pooled buffer taken from BlockLoads: loads.ts L4). */
   release?: () => void;
 }
@@ -64,10 +76,15 @@ export interface CommitsHost {
   readonly head: Head;
   readonly loader: ObjectLoader;
   readonly notifier: Notifier;
-  /** @<rev>/bigfile/<oid> if that view and file exist now. */
-  revFile(rev: Tid, foid: bigint): BigFile | undefined;
+  /**
+   * @<rev>/bigfile/<oid>, known to the kernel (looked up through the mount if it was not);
+   * undefined when that cannot be (packed, over the view cap, lookup failed). Not under headMu.
+   */
+  revFileKnown(rev: Tid, foid: bigint): Promise<BigFile | undefined>;
   /** Lower bound of the ΔFtail history still needed (isolation.ts revCut). */
   revCut(): Tid;
+  /** After 3c: these commits are processed (.wcfs/debug/zhead, zhead.ts). Must not wait. */
+  processed?(tids: readonly Tid[]): void;
   fatal(err: Error): void;
   readonly failed: Error | undefined;
 }
@@ -128,7 +145,8 @@ export class Commits {
       head.uploads.unlockExclusive();
     }
     try {
-      await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b)));
+      const known = new Map<string, Promise<BigFile | undefined>>(); // one lookup per @rev file
+      await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b, known)));
       await Promise.all(plan.touched.map((f) => this.invalAttr(f)));
     } catch (e) {
       this.host.fatal(e as Error);
@@ -136,6 +154,7 @@ export class Commits {
     }
     const tid = evs[evs.length - 1]!.tid;
     head.publish(tid);
+    this.host.processed?.(evs.map((e) => e.tid));
     debug('head @%s (%d commits; δF: %d files, %d blocks)', hex16(tid), evs.length, plan.touched.length, plan.blocks.length);
   }
 
@@ -186,7 +205,7 @@ export class Commits {
       }
     }
     const takes: Promise<BlockInval>[] = [];
-    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead));
+    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead, head.packedTo));
     const blocks = await Promise.all(takes);
     head.advance(newHead, sizes, lastChange); // I2
     head.deltaFtail.forgetPast(this.host.revCut());
@@ -196,20 +215,16 @@ export class Commits {
   /**
    * One changed block: out of its BlockLoads and the fast path (the uploader must not store
    * stale data, nor the fast path serve it; the drop waits for fast replies in flight), and
-   * its old data when @<oldHead> has the file looked up (taken from BlockLoads: released in
-   * 3b once stored). RETRIEVE takes no page lock.
+   * its old data — taken from BlockLoads (released in 3b once stored), else RETRIEVEd (takes
+   * no page lock) — with rev = BlkRevAt(blk, oldHead). Only a full block is kept (less: the
+   * kernel already evicted some, so memory is short — upstream's rule).
    */
-  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid): Promise<BlockInval> {
+  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid, packedTo: Tid): Promise<BlockInval> {
     const bs = f.blksize;
     let old: Uint8Array | undefined;
     let release: (() => void) | undefined;
     const e = f.loads.get(blk);
     if (e !== undefined) ({ data: old, release } = f.loads.take(blk, e));
-    const revFile = this.host.revFile(oldHead, f.foid);
-    if (revFile === undefined || revFile.nlookup === 0) {
-      release?.();
-      return { f, blk };
-    }
     if (old === undefined) {
       try {
         old = await this.host.notifier.retrieve(f.ino, blk * bs, bs);
@@ -217,7 +232,18 @@ export class Commits {
         debug('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
       }
     }
-    if (old !== undefined && old.length === bs) return { f, blk, old, revFile, release };
+    // (a block with data cached is tracked — server.ts I1 — so ΔFtail knows its revision;
+    // checked anyway: for an untracked block blkRevAt answers the tail, which may be wrong)
+    if (old !== undefined && old.length === bs && this.host.head.deltaFtail.trackGen(f.foid, blk) !== undefined) {
+      try {
+        const rev = await this.host.head.deltaFtail.blkRevAt(f.foid, blk, oldHead);
+        // below packedTo: @<rev> is refused, nowhere to keep it; above oldHead: the history
+        // was cut past oldHead (a pack), rev is not the block's revision as of oldHead
+        if (rev >= packedTo && rev <= oldHead) return { f, blk, old, rev, release };
+      } catch (err) {
+        debug('blkRevAt %s #%d @%s: %s', hex16(f.foid), blk, hex16(oldHead), (err as Error).message); // as upstream: only slows @rev reads
+      }
+    }
     release?.();
     return { f, blk };
   }
@@ -227,22 +253,30 @@ export class Commits {
     if (nv.blksize !== f.view.blksize || nv.blktab !== f.view.blktab) {
       throw new WcfsError(
         'WCFS_EEPOCH',
-        `ZBigFile ${hex16(f.foid)} changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
+        `ZBigFile<${hex16(f.foid)}> changed @${hex16(tid)} (blksize ${f.view.blksize}→${nv.blksize}, blktab ${hex16(f.view.blktab)}→${hex16(nv.blktab)}): not supported`,
       );
     }
   }
 
   // ---- 3b ----
 
-  /** One block: keep the old data for @<oldHead>, then drop the block from head's cache. */
-  private async invalidateBlock(b: BlockInval): Promise<void> {
+  /** One block: keep the old data in @<rev>, then drop the block from head's cache. */
+  private async invalidateBlock(b: BlockInval, known: Map<string, Promise<BigFile | undefined>>): Promise<void> {
     const bs = b.f.blksize;
     const off = b.blk * bs;
-    if (b.old !== undefined && b.revFile !== undefined) {
+    if (b.old !== undefined && b.rev !== undefined) {
+      const rev = b.rev;
       try {
-        await this.host.notifier.store(b.revFile.ino, off, b.old);
+        const key = `${hex16(rev)}/${hex16(b.f.foid)}`;
+        let p = known.get(key);
+        if (p === undefined) known.set(key, (p = this.host.revFileKnown(rev, b.f.foid)));
+        const rf = await p;
+        // @<rev> may be shorter (the block is past its end there: its clients see zeros) —
+        // a store past the end would make the kernel grow the file
+        const n = rf === undefined ? 0 : Math.min(bs, rf.size - off);
+        if (n > 0) await this.host.notifier.store(rf!.ino, off, n === bs ? b.old : b.old.subarray(0, n));
       } catch (err) {
-        debug('store @%s/%s #%d: %s', hex16(b.revFile.rev!), hex16(b.f.foid), b.blk, (err as Error).message);
+        debug('store @%s/%s #%d: %s', hex16(rev), hex16(b.f.foid), b.blk, (err as Error).message);
       } finally {
         b.release?.();
       }

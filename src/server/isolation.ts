@@ -34,8 +34,8 @@
 
 import createDebug from 'debug';
 import type { DeltaFtail } from '../deltatail/deltaFtail.js';
-import { dateToTid, hex16, tidToDate, type Oid, type Tid } from '../zodb/ids.js';
-import { formatPin, goQuote } from '../watchlink/wire.js';
+import { epochMicrosToTid, hex16, tidToEpochMicros, type Oid, type Tid } from '../zodb/ids.js';
+import { formatPin, goDuration, goQuote } from '../watchlink/wire.js';
 import type { BigFile } from './bigfile.js';
 import { RWMutex } from './lock.js';
 import { sleep } from '../util/async.js';
@@ -153,8 +153,8 @@ export class Isolation {
       const tail = h.deltaFtail.tail();
       if (at < tail) {
         const head = h.headAt();
-        const δt = (tidToDate(head).getTime() - tidToDate(at).getTime()) / 1000;
-        throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${δt}s`);
+        const δt = BigInt(tidToEpochMicros(head) - tidToEpochMicros(at)) * 1000n; // as upstream: Go duration of the µs-rounded times
+        throw new Error(`too far away back from head/at (@${hex16(head)}); δt = ${goDuration(δt)}`);
       }
       const byFile = this.linkWatches.get(link);
       if (byFile === undefined) throw new LinkDownError('link is down', '');
@@ -273,7 +273,7 @@ export class Isolation {
       debug('%s: %s', w.link, what);
       try {
         const reply = await w.link.request(msg, h.pinTimeoutMs);
-        if (reply !== 'ack') throw new WrongReplyError(`expected reply "ack", got ${goQuote(reply)}`);
+        if (reply !== 'ack') throw new WrongReplyError(`expect "ack"; got ${goQuote(reply)}`); // upstream's text
         debug('%s: %s: ack', w.link, what);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {
@@ -344,7 +344,7 @@ export class Isolation {
       }
     }
     debug('%s: %s (%s): killing', proc, reason, kind);
-    h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${(T / 1000).toFixed(1)}s: ${reason}`);
+    h.log(`wcfs: ${proc}: client failed to handle pin notification correctly and timely in ${goDuration(BigInt(Math.round(T * 1e6)))}: ${reason}`);
     h.log(`wcfs: ${proc}: -> killing it because else 1) all other clients will be blocked, and 2) isolation cannot be guaranteed`);
     h.log(`wcfs: ${proc}:    (see "Protection against slow or faulty clients" in notes.md)`);
     const t0 = Date.now();
@@ -375,7 +375,7 @@ export class Isolation {
    */
   revCut(): Tid {
     const head = this.host.headAt();
-    let cut = dateToTid(new Date(tidToDate(head).getTime() - 60_000));
+    let cut = epochMicrosToTid(tidToEpochMicros(head) - 60_000_000);
     const minAt = this.minWatchAt();
     if (minAt !== undefined && minAt < cut) cut = minAt;
     const packedTo = this.host.packedTo();

@@ -10,7 +10,7 @@
 // 2) Reads (reads.ts): READ of a bigfile, and the upload of each loaded block into the page
 //    cache (outside the READ, through the UploadGate for head).
 // 3) Commits (commit.ts): one batch of storage commit events at a time — 3a headMu W: ΔFtail,
-//    old data, new head (Head.advance); 3b no lock: store old data into @<oldHead>,
+//    old data, new head (Head.advance); 3b no lock: store old data into @<BlkRevAt(blk, oldHead)>,
 //    invalidate; 3c publish head/at (Head.publish).
 // 4) Failure: a change of a tracked ZBigFile object itself, or any failure of the storage
 //    watch or of an invalidation, is fatal: the server logs it, aborts the FUSE connection
@@ -73,12 +73,14 @@ import {
 } from '../fuse/kernel.js';
 import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
+import { withTimeout } from '../util/async.js';
 import { logLine } from '../util/log.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
 import type { IStorage, StorageWatch } from '../zodb/storage.js';
 import type { ZBigFileView } from '../zodb/zbigfile.js';
+import type { BigFile } from './bigfile.js';
 import { Commits } from './commit.js';
 import { Head } from './head.js';
 import { Isolation } from './isolation.js';
@@ -88,8 +90,28 @@ import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
 import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, redactAuth, type AuthRequest, type AuthSlot, type Identity } from './auth.js';
 import { readAuthKey } from '../util/authkey.js';
+import { ZHeadStreams } from './zhead.js';
 
 const debug = createDebug('wcfs:server');
+
+/**
+ * Commit processing creates no @<rev>/ view to store old data into (commit.ts 3b) while this
+ * many views exist: the sweep collects idle views every gcInterval, and a fast writer must not
+ * create them faster than that without bound. Over the cap, the old data is dropped (clients
+ * pinned there load it from the database).
+ */
+export const MAX_VIEWS_FOR_STORE = 64;
+
+/**
+ * How long commit processing waits for its own lookup of an @<rev> file (revFileKnown). It
+ * normally takes milliseconds; it can wait longer only when the root directory's lock is
+ * queued behind a LOOKUP of a revision ahead of head (which waits for this very commit, up
+ * to the pin timeout) — then the old data is dropped rather than head/at held back.
+ */
+export const STORE_LOOKUP_TIMEOUT_MS = 2000;
+
+/** At most this many of those lookups at a time (each is a native thread: pagecache.ts). */
+const STORE_LOOKUPS_MAX = 8;
 
 export interface ServerOptions {
   /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
@@ -127,6 +149,8 @@ export interface ServerOptions {
   log?: (line: string) => void;
   /** Called once on a fatal error, after the FUSE connection was aborted. */
   onFatal?: (err: Error) => void;
+  /** Expose .wcfs/debug/ (zhead: a line per processed commit; zhead.ts) — upstream's `-debug`. */
+  debugFiles?: boolean;
 }
 
 /** The kernel's caches as the server uses them (a FuseSession once mounted; a fake in tests). */
@@ -198,6 +222,8 @@ export class WcfsServer implements FileSystem {
   private readonly log: (line: string) => void;
   private readonly opts: ServerOptions;
   private readonly isolation: Isolation;
+  /** .wcfs/debug/zhead readers (debugFiles only). */
+  private readonly zhead: ZHeadStreams | undefined;
   // set by run(), once the kernel is there
   kernel!: Kernel;
   private tree!: Tree;
@@ -226,6 +252,9 @@ export class WcfsServer implements FileSystem {
   private sweeps: Promise<void> = Promise.resolve();
   private readonly sweepQueued = new Set<'views' | 'untrack'>();
   private resolveDone!: () => void;
+  /** revFileKnown's lookups through the mount in flight, and those waiting for a turn. */
+  private storeLookups = 0;
+  private storeLookupQ: Array<() => void> = [];
 
   private constructor(opts: ServerOptions, storage: IStorage, authKey: string | undefined) {
     this.opts = opts;
@@ -236,6 +265,7 @@ export class WcfsServer implements FileSystem {
     this.euid = opts.euid ?? process.geteuid?.() ?? 0;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? logLine;
+    this.zhead = opts.debugFiles ? new ZHeadStreams({ stats: this.stats, log: (l) => this.log(l) }) : undefined;
     this.storage = storage;
     this.loader = new StorageLoader(storage);
     this.head = new Head(storage.head(), this.loader);
@@ -328,6 +358,18 @@ export class WcfsServer implements FileSystem {
                 this.auth!.linkReleased(a.slot);
               },
             },
+      zhead:
+        this.zhead === undefined
+          ? undefined
+          : {
+              open: (req) => {
+                const fh = this.zhead!.open(req.pid);
+                this.opened();
+                return { fh, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
+              },
+              read: (req, ctx) => this.zhead!.read(req.fh, req.size, ctx.signal),
+              release: (req) => this.zhead!.release(req.fh),
+            },
       opened: () => this.opened(),
       closed: () => this.closed1(),
       fileWarnings: (view) => this.fileWarnings(view),
@@ -339,8 +381,9 @@ export class WcfsServer implements FileSystem {
       get notifier() {
         return kernel.notifier;
       },
-      revFile: (rev, foid) => this.tree.revFile(rev, foid),
+      revFileKnown: (rev, foid) => this.revFileKnown(rev, foid),
       revCut: () => this.isolation.revCut(),
+      processed: (tids) => this.zhead?.publish(tids),
       fatal: (e) => this.fatal(e),
       get failed() {
         return srv.fatalErr;
@@ -530,6 +573,42 @@ export class WcfsServer implements FileSystem {
     return link;
   }
 
+  /**
+   * @<rev>/bigfile/<oid> with an inode the kernel knows (commit.ts 3b stores into it): if the
+   * kernel holds no lookup of it, the path is opened through our own mount on a native thread
+   * (Kernel.residency of nothing: open, close) — the LOOKUPs it makes are answered here
+   * meanwhile, as upstream's lockRevFile does. Undefined when it cannot be had.
+   */
+  private async revFileKnown(rev: Tid, foid: Oid): Promise<BigFile | undefined> {
+    const have = this.tree.revFile(rev, foid);
+    if (have !== undefined && have.nlookup > 0) {
+      this.tree.touch(rev);
+      return have;
+    }
+    if (this.stopping || this.kernel.isClosed) return undefined;
+    if (!this.tree.hasView(rev) && this.tree.sizes().views >= MAX_VIEWS_FOR_STORE) {
+      debug('store @%s/%s: %d views exist, none is created for a store', hex16(rev), hex16(foid), MAX_VIEWS_FOR_STORE);
+      return undefined;
+    }
+    const rel = `@${hex16(rev)}/bigfile/${hex16(foid)}`;
+    if (this.storeLookups >= STORE_LOOKUPS_MAX)
+      await new Promise<void>((r) => this.storeLookupQ.push(r)); // handed a slot
+    else this.storeLookups++;
+    try {
+      await withTimeout(this.kernel.residency(rel, 0, 0), STORE_LOOKUP_TIMEOUT_MS, rel); // the open goes on (bounded by the pin timeout)
+    } catch (e) {
+      debug('store: lookup %s: %s', rel, (e as Error).message);
+      return undefined;
+    } finally {
+      const next = this.storeLookupQ.shift();
+      if (next !== undefined)
+        next(); // the slot goes to the next one
+      else this.storeLookups--;
+    }
+    const f = this.tree.revFile(rev, foid);
+    return f !== undefined && f.nlookup > 0 ? f : undefined;
+  }
+
   // ---- pack (notes.md, Server "Pack while serving") ----
 
   /**
@@ -610,6 +689,7 @@ export class WcfsServer implements FileSystem {
     for (const l of this.links.values()) l.shutdown('server stopped');
     this.links.clear();
     for (const a of this.authLinks.values()) a.link.shutdown('server stopped');
+    this.zhead?.close();
     await this.storage.close().catch(() => {});
     debug('stopped');
     this.resolveDone();

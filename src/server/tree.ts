@@ -4,6 +4,7 @@
 //   / [1]  head/ [2]  head/bigfile/ [3]  head/at [4]  head/watch [5]
 //          .wcfs/ [6]  .wcfs/zurl [7]  .wcfs/pintimeout [8]  .wcfs/stats [9]
 //          .wcfs/auth [10]                                   only with --authkeyfile
+//          .wcfs/debug/ [14]  .wcfs/debug/zhead [15]              only with debugFiles (zhead.ts)
 //          @<rev>/ , @<rev>/bigfile/ , */bigfile/<oid>      created on lookup
 //
 // Each kind of node is a small object with the operations it supports (go-fuse's per-op node
@@ -51,6 +52,8 @@ const INO_ZURL = 7;
 const INO_PINTIMEOUT = 8;
 const INO_STATS = 9;
 const INO_AUTH = 10;
+const INO_DEBUG = 14;
+const INO_ZHEAD = 15;
 const INO_FIRST_DYNAMIC = 16;
 
 export const TTL = 1; // entry and attr timeout, seconds (upstream: go-fuse defaults)
@@ -87,6 +90,8 @@ export interface TreeHost {
   readonly watch: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
   /** .wcfs/auth, when authentication is on (auth.ts): a file handle is an auth link. */
   readonly auth?: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
+  /** .wcfs/debug/zhead: a file handle is a reader of processed commits (zhead.ts); with it, .wcfs/debug/ exists. */
+  readonly zhead?: Pick<FsNode, 'open' | 'read' | 'release'>;
   /** A file was opened / released (auto-exit). */
   opened(): void;
   closed(): void;
@@ -142,11 +147,21 @@ export class Tree {
     add({ ino: INO_HEAD_WATCH, kind: 'watch', attr: () => ({ ino: INO_HEAD_WATCH, mode: S_IFREG | 0o644, size: 0 }), ...h.watch });
     const wcfsNames: Record<string, number> = { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS };
     if (h.auth !== undefined) wcfsNames.auth = INO_AUTH;
+    if (h.zhead !== undefined) {
+      wcfsNames.debug = INO_DEBUG;
+      add({
+        ino: INO_DEBUG,
+        attr: () => dirAttr(INO_DEBUG),
+        lookup: (name) => this.child(name, { zhead: INO_ZHEAD }),
+        readdir: () => [regEnt('zhead', INO_ZHEAD)],
+      });
+      add({ ino: INO_ZHEAD, kind: 'zhead', attr: () => ({ ino: INO_ZHEAD, mode: S_IFREG | 0o644, size: 0 }), ...h.zhead });
+    }
     add({
       ino: INO_WCFS,
       attr: () => dirAttr(INO_WCFS),
       lookup: (name) => this.child(name, wcfsNames),
-      readdir: () => Object.entries(wcfsNames).map(([name, ino]) => regEnt(name, ino)),
+      readdir: () => Object.entries(wcfsNames).map(([n, ino]) => (ino === INO_DEBUG ? dirEnt(n, ino) : regEnt(n, ino))),
     });
     add(new SmallFile(INO_ZURL, 'zurl', () => Buffer.from(h.zurl), false, h));
     add(new SmallFile(INO_PINTIMEOUT, 'pintimeout', () => Buffer.from(h.pinTimeout.toFixed(1)), false, h));
@@ -197,6 +212,10 @@ export class Tree {
   /** @<rev>/bigfile/<oid> if that view and file exist now. */
   revFile(rev: Tid, foid: Oid): BigFile | undefined {
     return this.views.get(rev)?.files.get(foid);
+  }
+
+  hasView(rev: Tid): boolean {
+    return this.views.has(rev);
   }
 
   /** Files of view rev (null = head). */

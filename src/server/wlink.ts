@@ -316,7 +316,7 @@ export class WatchLink<R = WatchRequest> {
   private queue(stream: bigint, msg: string, force = false): Promise<void> {
     debug('%s: > %d %s', this, stream, this.redact(msg));
     return new Promise<void>((resolve) => {
-      const t: TxItem = { bytes: Buffer.from(formatFrame(stream, msg), 'latin1'), off: 0, done: resolve };
+      const t: TxItem = { bytes: Buffer.from(formatFrame(stream, msg), 'utf8'), off: 0, done: resolve };
       if (force || (this.txWait.length === 0 && this.txBytes < TX_MAX)) this.admit(t);
       else this.txWait.push(t);
     });

@@ -19,10 +19,13 @@ export class LinkDownError extends WcfsError {
   }
 }
 
-/** No reply (or the frame was not even read) within the deadline. */
+/**
+ * No reply (or the frame was not even read) within the deadline. The text is upstream's (Go's
+ * context error under sendReq's contexts): it ends up in the `fatal:` line to the client.
+ */
 export class LinkTimeoutError extends WcfsError {
-  constructor(ms: number) {
-    super('WCFS_ETIMEDOUT', `timeout (${(ms / 1000).toFixed(1)}s)`);
+  constructor(readonly ms: number) {
+    super('WCFS_ETIMEDOUT', 'sendReq: waiting for reply: context deadline exceeded');
   }
 }
 

@@ -28,24 +28,82 @@ const U64_MAX = 0xffffffffffffffffn;
 export const QUOTE_MAX = 100;
 
 /**
- * Go's %q of a string, as upstream error texts quote it (ASCII subset is what matters) — of
- * its first QUOTE_MAX characters only, `...` after the quote marking the cut (peer input is
- * untrusted: a reply must not grow with it).
+ * Go's %q (strconv.Quote) of a peer's bytes, as upstream error texts quote them: `s` holds
+ * bytes (a latin1 string, as lines are read); they are taken as UTF-8 — a valid printable
+ * rune stays itself, an invalid byte is `\xNN`, other runes \a \b \f \n \r \t \v, `\xNN`
+ * (ASCII), `\uNNNN` or `\UNNNNNNNN`. The result is text (sent UTF-8 encoded, as Go sends it).
+ * Only the first QUOTE_MAX bytes are quoted, `...` after the quote marking the cut (peer input
+ * is untrusted: a reply must not grow with it).
  */
 export function goQuote(s: string): string {
   if (s.length > QUOTE_MAX) return goQuote(s.slice(0, QUOTE_MAX)) + '...';
+  const b = Buffer.from(s, 'latin1');
   let out = '"';
-  for (const ch of s) {
-    const c = ch.codePointAt(0)!;
-    if (ch === '"') out += '\\"';
-    else if (ch === '\\') out += '\\\\';
-    else if (ch === '\n') out += '\\n';
-    else if (ch === '\t') out += '\\t';
-    else if (ch === '\r') out += '\\r';
-    else if (c < 0x20 || c === 0x7f) out += '\\x' + c.toString(16).padStart(2, '0');
-    else out += ch;
+  for (let i = 0; i < b.length;) {
+    const [r, n] = decodeRune(b, i);
+    i += n;
+    if (r < 0) out += '\\x' + (-r - 1).toString(16).padStart(2, '0');
+    else out += quoteRune(r);
   }
   return out + '"';
+}
+
+const NAMED_ESC: Record<number, string> = { 7: '\\a', 8: '\\b', 9: '\\t', 10: '\\n', 11: '\\v', 12: '\\f', 13: '\\r', 0x22: '\\"', 0x5c: '\\\\' };
+
+function quoteRune(r: number): string {
+  const named = NAMED_ESC[r];
+  if (named !== undefined) return named;
+  const ch = String.fromCodePoint(r);
+  if (r === 0x20 || (r > 0x20 && r < 0x7f) || (r >= 0x80 && /[\p{L}\p{M}\p{N}\p{P}\p{S}]/u.test(ch))) return ch; // strconv.IsPrint
+  if (r < 0x80) return '\\x' + r.toString(16).padStart(2, '0');
+  if (r < 0x10000) return '\\u' + r.toString(16).padStart(4, '0');
+  return '\\U' + r.toString(16).padStart(8, '0');
+}
+
+/** One UTF-8 rune at b[i]: [rune, bytes], or [-(byte+1), 1] for an invalid byte (Go's RuneError rule). */
+function decodeRune(b: Buffer, i: number): [number, number] {
+  const c = b[i]!;
+  if (c < 0x80) return [c, 1];
+  const bad: [number, number] = [-(c + 1), 1];
+  const n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+  if (n === 0 || i + n > b.length) return bad;
+  let r = c & (0xff >> (n + 1));
+  for (let k = 1; k < n; k++) {
+    const d = b[i + k]!;
+    if ((d & 0xc0) !== 0x80) return bad;
+    r = (r << 6) | (d & 0x3f);
+  }
+  const min = n === 2 ? 0x80 : n === 3 ? 0x800 : 0x10000;
+  if (r < min || r > 0x10ffff || (r >= 0xd800 && r <= 0xdfff)) return bad; // overlong, too big, surrogate
+  return [r, n];
+}
+
+/**
+ * Go's time.Duration.String() of ns nanoseconds, as upstream prints durations in error texts
+ * (`δt = 1m30.000001s`): "0s"; under a second in ns, µs or ms with a trimmed fraction; else
+ * [<h>h][<m>m]<s>[.<frac>]s.
+ */
+export function goDuration(ns: bigint): string {
+  if (ns === 0n) return '0s';
+  const neg = ns < 0n;
+  let u = neg ? -ns : ns;
+  const frac = (v: bigint, digits: number) => {
+    const p = 10n ** BigInt(digits);
+    const f = (v % p).toString().padStart(digits, '0').replace(/0+$/, '');
+    return (v / p).toString() + (f === '' ? '' : '.' + f);
+  };
+  let out: string;
+  if (u < 1000n) out = `${u}ns`;
+  else if (u < 1_000_000n) out = frac(u, 3) + 'µs';
+  else if (u < 1_000_000_000n) out = frac(u, 6) + 'ms';
+  else {
+    const h = u / 3_600_000_000_000n;
+    u -= h * 3_600_000_000_000n;
+    const m = u / 60_000_000_000n;
+    u -= m * 60_000_000_000n;
+    out = (h > 0n ? `${h}h` : '') + (h > 0n || m > 0n ? `${m}m` : '') + frac(u, 9) + 's';
+  }
+  return neg ? '-' + out : out;
 }
 
 /** Parse one line (with its trailing \n). Throws an Error (upstream's text where it has one) on a bad frame. */

@@ -107,6 +107,12 @@ export function tidToEpochMicros(tid: Tid): number {
   return Date.UTC(f.year, f.month - 1, f.day, f.hour, f.minute) * 1000 + tidMicroseconds(tid);
 }
 
+/** The TimeStamp of a wall time in µs since the Unix epoch (inverse of tidToEpochMicros up to the rounding). */
+export function epochMicrosToTid(us: number): Tid {
+  const ms = Math.floor(us / 1000);
+  return dateToTid(new Date(ms), (us - ms * 1000) / 1000);
+}
+
 /** Wall time of a tid (millisecond precision: the µs-rounded time, sub-ms part dropped). */
 export function tidToDate(tid: Tid): Date {
   return new Date(Math.floor(tidToEpochMicros(tid) / 1000));
