@@ -62,6 +62,7 @@ describe('OPEN_RULES', () => {
       at: 'authenticated',
       watch: 'authenticated',
       bigfile: 'authenticated',
+      zhead: 'authenticated',
     });
   });
 });

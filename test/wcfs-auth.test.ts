@@ -38,7 +38,7 @@ beforeAll(async () => {
   key = randomBytes(32).toString('hex');
   keyFile = path.join(t.dir, 'authkey');
   writeFileSync(keyFile, key + '\n', { mode: 0o600 });
-  t.serveArgs = ['--authkeyfile', keyFile];
+  t.serveArgs = ['--authkeyfile', keyFile, '--debug']; // --debug: .wcfs/debug/zhead too (and every trace: the key must not be in them)
   await t.serve();
 }, 60_000);
 
@@ -53,7 +53,7 @@ const rev = () => hex16(t.head());
 
 // ---- the permission table ----
 
-type Kind = 'read' | 'rdwr';
+type Kind = 'read' | 'rdwr' | 'stream';
 /** Upstream's rows (wcfs_auth_test.py PATH_MAP) and ours: path, how it is opened. */
 const ROWS = (): Array<[string, Kind]> => [
   ['.wcfs/zurl', 'read'],
@@ -64,6 +64,7 @@ const ROWS = (): Array<[string, Kind]> => [
   ['head/watch', 'rdwr'],
   [`head/bigfile/${hex16(foid)}`, 'read'],
   [`@${rev()}/bigfile/${hex16(foid)}`, 'read'],
+  ['.wcfs/debug/zhead', 'stream'],
 ];
 
 const code = (e: unknown) => (e as NodeJS.ErrnoException).code ?? String(e);
@@ -77,12 +78,12 @@ async function probe(rel: string, kind: Kind): Promise<string> {
   );
   let f: FileHandle;
   try {
-    f = await open(p, kind === 'read' ? fsc.O_RDONLY : fsc.O_RDWR);
+    f = await open(p, kind === 'rdwr' ? fsc.O_RDWR : fsc.O_RDONLY);
   } catch (e) {
     return `stat:${st} open:${code(e)}`;
   }
   try {
-    if (kind === 'rdwr') return `stat:${st} open:ok`; // stream files: a read would wait for a message
+    if (kind !== 'read') return `stat:${st} open:ok`; // stream files: a read would wait for a message
     const r = await f.read(Buffer.alloc(1), 0, 1, 0).then(
       ({ bytesRead }) => (bytesRead === 1 ? 'ok' : 'EOF'),
       (e) => code(e),
@@ -108,6 +109,7 @@ const UNAUTHENTICATED = {
   'head/watch': 'stat:ok open:EACCES',
   'head/bigfile/<oid>': 'stat:ok open:EACCES',
   '@<rev>/bigfile/<oid>': 'stat:ok open:EACCES',
+  '.wcfs/debug/zhead': 'stat:ok open:EACCES',
 };
 const AUTHENTICATED = {
   '.wcfs/zurl': 'stat:ok open:ok read:ok',
@@ -118,6 +120,7 @@ const AUTHENTICATED = {
   'head/watch': 'stat:ok open:ok',
   'head/bigfile/<oid>': 'stat:ok open:ok read:ok',
   '@<rev>/bigfile/<oid>': 'stat:ok open:ok read:ok',
+  '.wcfs/debug/zhead': 'stat:ok open:ok',
 };
 
 // ---- a raw .wcfs/auth link of this process ----
@@ -172,7 +175,7 @@ describe('permission table', () => {
   it('unauthenticated: only .wcfs/zurl and .wcfs/auth open; every lookup works', async () => {
     expect(await table()).toEqual(UNAUTHENTICATED);
     // lookups and listings are never refused
-    expect((await readdir(path.join(mnt(), '.wcfs'))).sort()).toEqual(['auth', 'pintimeout', 'stats', 'zurl']);
+    expect((await readdir(path.join(mnt(), '.wcfs'))).sort()).toEqual(['auth', 'debug', 'pintimeout', 'stats', 'zurl']);
     expect(await readdir(path.join(mnt(), 'head', 'bigfile'))).toContain(hex16(foid));
   });
 
