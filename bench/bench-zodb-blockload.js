@@ -7,7 +7,7 @@
 // number of bytes from the same file (page cache warm). ratio = wcfs / baseline.
 // "pooled" rows pass a reused output buffer: on this VM the page faults of a fresh 2 MiB
 // buffer cost about as much as reading it. The ZBlk1 load is split into its two parts — the
-// chunktab range walk (btree/, not decoded-node cached yet) and the 512 chunk records (index
+// chunktab range walk (btree/, nodes from the decoded-node cache) and the 512 chunk records (index
 // lookup + header + zdataFast + copy into the block) — so what bounds it is visible. "before"
 // = issue 11's table; goal and verdict per row.
 import { mkdtempSync, openSync, readSync, closeSync, rmSync, statSync } from 'node:fs';

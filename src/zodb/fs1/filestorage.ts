@@ -495,7 +495,7 @@ export class FileStorage implements IStorage, ICommitter {
       const plen = dv.getUint32(pos + 34) * 2 ** 32 + dv.getUint32(pos + 38);
       const dpos = pos + DATA_HEADER_SIZE;
       if (tid <= at && vlen === 0 && plen > 0 && plen <= MAX_POS && prev < pos && tloc < pos && dpos + plen <= limit) {
-        return { data: m.subarray(dpos, dpos + plen), serial: tid, where: `${this.path} @${pos}` };
+        return new MappedLoad(m.subarray(dpos, dpos + plen), tid, this.path, pos);
       }
     }
     // as in loadSync: a committed record is followed by ≥ 9 bytes below limit, so HDR_BP bytes
@@ -521,7 +521,7 @@ export class FileStorage implements IStorage, ICommitter {
     if (dpos + h.plen > limit) {
       throw new CorruptError(this.path, h.pos, `record of ${h.plen} bytes runs past the committed end @${limit}`);
     }
-    return { data: m.subarray(dpos, dpos + h.plen), serial, where: `${this.path} @${h.pos}` };
+    return new MappedLoad(m.subarray(dpos, dpos + h.plen), serial, this.path, h.pos);
   }
 
   /**
@@ -1123,4 +1123,21 @@ function encodeExtension(ext: CommitRequest['extension']): Uint8Array {
     d.set(k, pv);
   }
   return encodePickle(d, 3);
+}
+
+/**
+ * A loadTransient result: `where` is formatted only when asked (an error message) — the
+ * number → text conversion was a measurable part of a ZBlk1 chunk's load (notes.md §8).
+ */
+class MappedLoad implements LoadResult {
+  constructor(
+    readonly data: Uint8Array,
+    readonly serial: Tid,
+    private readonly path: string,
+    private readonly pos: number,
+  ) {}
+
+  get where(): string {
+    return `${this.path} @${this.pos}`;
+  }
 }
