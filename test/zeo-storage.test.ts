@@ -1,16 +1,18 @@
 // The ZEO driver (src/zodb/zeo/) against a real runzeo from the project virtualenv, in both
 // encodings: every loadBefore answer shape, commits (own events, ConflictError, deletion,
 // empty transactions), watches fed by another client's commits, pipelined loads, iteration
-// equal to FileStorage's own, a load that waits across a server restart, and the gap rules.
+// equal to FileStorage's own, a load that waits across a server restart, the gap rules, and
+// the bound of a lagging watch (catch-up from the ring, or ZeoGapError past it).
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { isCode } from '../src/errors.js';
-import type { Oid, Tid } from '../src/zodb/ids.js';
+import { hex16, type Oid, type Tid } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
 import type { CommitEvent, IWritableStorage, StorageWatch } from '../src/zodb/storage.js';
 import { ZeoStorage } from '../src/zodb/zeo/zeostorage.js';
+import type { WatchQueue } from '../src/zodb/watchq.js';
 import { startZeo, stopAllZeo, type ZeoEncoding, type ZeoServer } from './helpers/zeo.js';
 import { seedOr } from './helpers/fuzz.js';
 import { rng } from '../src/util/rng.js';
@@ -196,6 +198,49 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       expect(err).toMatchObject({ code: 'WCFS_EZEOGAP' });
       expect((err as Error).message).toContain(`zeo 127.0.0.1:${port}`);
       await expect(r.load(a, r.head())).rejects.toMatchObject({ code: 'WCFS_EZEOGAP' });
+    });
+
+    it('a watch that lags queues at most its bound, then catches up from the ring: every commit once, in order (watchq Q1)', { timeout: 60_000 }, async () => {
+      await start();
+      const w = await zopen(zeo.zurl);
+      const r = await zopen(zeo.zurl, { readOnly: true, watchLimits: { maxEvents: 4, maxOids: 64 } });
+      const slow = r.watch() as WatchQueue; // not consumed while the commits go in
+      const fast = r.watch();
+      const fastGot = take(fast, 30);
+      // >>> 30 commits while the slow watch is not read: 4 queued, the rest left in the ring
+      const a = w.newOid();
+      const tids: Tid[] = [];
+      for (let i = 0; i < 30; i++) tids.push(await w.commit({ records: [{ oid: a, data: rec(`a${i}`), oldSerial: tids.at(-1) ?? 0n }] }));
+      expect(await r.sync()).toBe(tids.at(-1));
+      expect(slow.spilling).toBe(true);
+      expect(slow.ready()).toBe(4);
+      expect((await fastGot).map((e) => e.tid)).toEqual(tids); // a consumer that keeps up is not affected
+      // >>> the slow watch gets every commit once, in order, then live ones as usual
+      expect((await take(slow, 30)).map((e) => e.tid)).toEqual(tids);
+      const live = await w.commit({ records: [{ oid: a, data: rec('live'), oldSerial: tids.at(-1)! }] });
+      expect(await take(slow, 1)).toEqual([{ tid: live, oids: [a] }]);
+    });
+
+    it('a watch that lags past the ring fails with ZeoGapError after what it had queued; others go on', { timeout: 60_000 }, async () => {
+      await start();
+      const w = await zopen(zeo.zurl);
+      const r = await zopen(zeo.zurl, { readOnly: true, history: { maxEvents: 8, maxOids: 1000 }, watchLimits: { maxEvents: 4, maxOids: 64 } });
+      const slow = r.watch();
+      const fast = r.watch();
+      const fastGot = take(fast, 20);
+      const a = w.newOid();
+      const tids: Tid[] = [];
+      for (let i = 0; i < 20; i++) tids.push(await w.commit({ records: [{ oid: a, data: rec(`a${i}`), oldSerial: tids.at(-1) ?? 0n }] }));
+      await r.sync();
+      // >>> 4 queued; the catch-up from t4 needs t5…, but the ring keeps t13…t20 only
+      expect((await take(slow, 4)).map((e) => e.tid)).toEqual(tids.slice(0, 4));
+      const err = await take(slow, 1).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'WCFS_EZEOGAP' });
+      expect((err as Error).message).toContain(`catch-up after @${hex16(tids[3]!)}`);
+      expect((await fastGot).map((e) => e.tid)).toEqual(tids);
+      // >>> the storage itself is fine: a new watch from a tid in the ring replays from it
+      expect((await take(r.watch(tids[15]), 4)).map((e) => e.tid)).toEqual(tids.slice(16, 20));
+      await expect(take(r.watch(tids[3]), 1)).rejects.toMatchObject({ code: 'WCFS_EZEOGAP' });
     });
 
     it('reads during a long outage fail after reconnectWaitMs with WCFS_EZEOCONN', { timeout: 30_000 }, async () => {

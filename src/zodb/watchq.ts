@@ -1,17 +1,19 @@
 // WatchQueue: one StorageWatch as every driver hands it out — an optional replay of history
 // (a lazy, synchronous iterator the driver supplies), then live events the driver pushes.
 //
-// Bounded when the driver can read its history back (`spill`: FileStorage, whose file is the
-// buffer): a consumer that lags a fast writer by more than maxEvents events or maxOids oids
-// stops queuing; pushes are dropped (they are in the storage); once the queue drains, the
-// driver replays (last queued, its head then] and live events queue after that replay.
+// Bounded by construction: every driver says how it reads its history back (`spill`:
+// FileStorage from its file, ZEO from its bounded ring of recent events). A consumer that lags
+// a fast writer by more than maxEvents events or maxOids oids stops queuing; pushes are
+// dropped (they are in the storage's history); once the queue drains, the driver replays
+// (last queued, its head then] — or fails the watch when its history no longer reaches that
+// far back — and live events queue after that replay.
 //
 // Invariants:
 //   delivers tid > from, exactly once, in the order pushed (the driver pushes in tid order,
 //   live events above every replayed tid); a fatal error (fail) is thrown to the iteration
 //   after the events queued before it; end/close drop what is queued; at most one pending
 //   next() per watch.
-//   Q1 with spill: |queue| ≤ maxEvents and its oids ≤ maxOids (or one event); while spilled,
+//   Q1 |queue| ≤ maxEvents and its oids ≤ maxOids (or one event); while spilled,
 //      every event pushed has a tid the driver's catch-up replay will read (it is published
 //      before it is pushed, and the replay ends at the head as of when it starts).
 
@@ -49,14 +51,13 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
    * @param from    deliver only tid > from
    * @param replay  history to deliver first (a lazy, synchronous reader of the file), or null
    * @param onClose called once when the watch ends (close(), error or end())
-   * @param spill   how the driver reads back what a lagging consumer missed (Q1); without
-   *                it the queue is unbounded (ZEO: its history is only in memory)
+   * @param spill   how the driver reads back what a lagging consumer missed (Q1)
    */
   constructor(
     readonly from: Tid,
     private replay: Iterator<CommitEvent> | null,
     private readonly onClose: (w: WatchQueue) => void,
-    private readonly spill?: Spill,
+    private readonly spill: Spill,
     private readonly limits: WatchQueueLimits = WATCH_QUEUE_LIMITS,
   ) {}
 
@@ -77,7 +78,7 @@ export class WatchQueue implements StorageWatch, AsyncIterator<CommitEvent> {
       return;
     }
     const q = this.queue;
-    if (this.spill !== undefined && q.length > 0 && (q.length >= this.limits.maxEvents || this.queuedOids + ev.oids.length > this.limits.maxOids)) {
+    if (q.length > 0 && (q.length >= this.limits.maxEvents || this.queuedOids + ev.oids.length > this.limits.maxOids)) {
       this.spilled = this.spill(q[q.length - 1]!.tid);
       return;
     }

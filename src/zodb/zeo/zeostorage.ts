@@ -2,7 +2,8 @@
 // commit events, iteration and commits against a ZEO server, across reconnects.
 //
 // Owns: the live connection (one at a time), the head the watches have been told, the watches,
-// a bounded ring of recent commit events (replays for watch(from < head)), the reconnect loop,
+// a bounded ring of recent commit events (the history that watch(from < head) and a lagging
+// watch's catch-up replay read: watchq.ts Q1), the reconnect loop,
 // the pool of new oids, the commit lock.
 //
 // Overview:
@@ -27,7 +28,9 @@
 //     increasing tid order, each exactly once, none while a gap is being recovered;
 //   ready ⇒ conn registered and every transaction ≤ the server's at0 delivered;
 //   fatal ≠ null ⇒ no reconnect, every watch failed with it, every load/commit throws it;
-//   |ring| ≤ RING_MAX events and its oids total ≤ RING_OIDS_MAX; a connection being set up
+//   |ring| ≤ history.maxEvents events and its oids total ≤ history.maxOids (or one event);
+//     every event with tid > ringStart is in it; a watch's queue is bounded too (watchq.ts Q1:
+//     a watch lagging past the ring fails with ZeoGapError); a connection being set up
 //     holds ≤ maxRecoveryBuffer pushed events (one more fails that attempt: temporary, retried).
 //
 // Errors: ZeoConnError (temporary), ZeoProtoError / ZeoGapError (fatal), ZeoRemoteError,
@@ -37,7 +40,7 @@ import createDebug from 'debug';
 import { BadArgumentError, ClosedError, ConflictError, NoDataError, NoObjectError } from '../errors.js';
 import { hex16, MAX_TID, type Oid, type Tid } from '../ids.js';
 import type { CommitEvent, CommitRequest, ICommitter, IStorage, LoadResult, StorageWatch, TxnRecord } from '../storage.js';
-import { WatchQueue } from '../watchq.js';
+import { WatchQueue, type WatchQueueLimits } from '../watchq.js';
 import { bytesId, describe, encodeZeoPickle, idBytes, ZDict, ZFloat, ZTuple, type ZValue } from './codec.js';
 import { addrText, ZeoConn, type ZeoAddr, type ZeoConnOptions } from './conn.js';
 import { ZeoConnError, ZeoGapError, ZeoProtoError, ZeoRemoteError } from './errors.js';
@@ -46,8 +49,8 @@ import { logLine } from '../../util/log.js';
 
 const trace = createDebug('wcfs:zeo');
 
-const RING_MAX = 4096;
-const RING_OIDS_MAX = 1 << 20;
+/** The ring's default bounds (ZeoOptions.history). */
+const RING_LIMITS: WatchQueueLimits = { maxEvents: 4096, maxOids: 1 << 20 };
 const OID_BATCH_LOW = 256; // refill the pool in the background below this
 const BUFFER_MAX = 100_000; // default maxRecoveryBuffer
 const POSKEYERROR = 'ZODB.POSException.POSKeyError';
@@ -64,6 +67,10 @@ export interface ZeoOptions extends Omit<ZeoConnOptions, 'onPush' | 'onClose' | 
   maxRecoveryBuffer?: number;
   /** Where warnings go (connection lost / back). Default stderr. */
   log?: (line: string) => void;
+  /** Bounds of the ring of recent events (all the history watches can replay). Default 4096 events, 2²⁰ oids. */
+  history?: WatchQueueLimits;
+  /** Bounds of each watch's queue (watchq.ts Q1). Default WATCH_QUEUE_LIMITS. */
+  watchLimits?: WatchQueueLimits;
 }
 
 /** A parsed zeo:// URL. */
@@ -298,7 +305,8 @@ export class ZeoStorage implements IStorage, ICommitter {
     this.headTid = ev.tid;
     this.ring.push(ev);
     this.ringOids += ev.oids.length;
-    while (this.ring.length > RING_MAX || (this.ringOids > RING_OIDS_MAX && this.ring.length > 1)) {
+    const { maxEvents, maxOids } = this.opts.history ?? RING_LIMITS;
+    while (this.ring.length > maxEvents || (this.ringOids > maxOids && this.ring.length > 1)) {
       const old = this.ring.shift()!;
       this.ringOids -= old.oids.length;
       this.ringStart = old.tid;
@@ -320,13 +328,30 @@ export class ZeoStorage implements IStorage, ICommitter {
     const start = from ?? this.headTid;
     let replay: Iterator<CommitEvent> | null = null;
     let gap: Error | null = null;
-    if (start < this.ringStart)
-      gap = new ZeoGapError(this.addr, `watch from @${hex16(start)}: older than this driver's history (it starts after @${hex16(this.ringStart)})`);
-    else if (start < this.headTid) replay = this.ring.filter((e) => e.tid > start).values();
-    const w = new WatchQueue(start, replay, (x) => this.watches.delete(x));
+    try {
+      if (start < this.headTid) replay = this.history(start, `watch from @${hex16(start)}`);
+    } catch (e) {
+      gap = e as Error;
+    }
+    // Q1: a watch that lags stops queuing; its catch-up replay reads the ring (deliver puts an
+    // event there before pushing it), or fails once the ring has moved past what it last took
+    const spill = (after: Tid) => () => this.history(after, `watch catch-up after @${hex16(after)} (the consumer lagged)`);
+    const w = new WatchQueue(start, replay, (x) => this.watches.delete(x), spill, this.opts.watchLimits);
     if (this.fatal !== null || gap !== null) w.fail(this.fatal ?? gap);
     else this.watches.add(w);
     return w;
+  }
+
+  /** The ring's events with tid > after, up to the head now; ZeoGapError when it starts later. */
+  private history(after: Tid, what: string): Iterator<CommitEvent> {
+    if (this.fatal !== null) throw this.fatal;
+    if (after < this.ringStart) {
+      throw new ZeoGapError(
+        this.addr,
+        `${what}: older than this driver's history (it keeps the last ${(this.opts.history ?? RING_LIMITS).maxEvents} transactions, from after @${hex16(this.ringStart)})`,
+      );
+    }
+    return this.ring.filter((e) => e.tid > after).values();
   }
 
   // ---- 4) loads ----
