@@ -344,7 +344,11 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
     const logged: string[] = [];
     const open = async (euid: number) => {
       const storage = await openStorage(dbPath, { readOnly: true }); // stop() closes it
-      const srv = WcfsServer.serve({ zurl: dbPath, mountpoint: '/nonexistent', log: (l) => logged.push(l), euid }, storage, kernel);
+      const srv = WcfsServer.serve(
+        { zurl: dbPath, mountpoint: '/nonexistent', log: (l) => logged.push(l), euid, clientWarnLimit: { burst: 3, windowMs: 60_000 } },
+        storage,
+        kernel,
+      );
       return {
         srv,
         try: async (uid: number) => {
@@ -367,7 +371,13 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
       expect(await user.try(1234), 'its own uid').toBe(0);
       expect(await user.try(5678), 'another uid').toBe(errno.EACCES);
       expect(logged.join('\n')).toMatch(/head\/watch: open by pid \d+ \(uid 5678\) refused: this server \(uid 1234\) could not kill it/);
+      // >>> an outsider opening in a loop cannot flood the log: 3 lines, then one summary
+      for (let i = 0; i < 19; i++) expect(await user.try(5678)).toBe(errno.EACCES);
+      const refusals = () => logged.filter((l) => /head\/watch: open by pid \d+ \(uid 5678\) refused/.test(l)).length;
+      expect(refusals()).toBe(3);
       await user.srv.stop();
+      expect(refusals()).toBe(3);
+      expect(logged.at(-1)).toMatch(/head\/watch: open by another uid refused: 17 more such warnings suppressed \(at most 3 per 60 s are logged\)$/);
       const root = await open(0);
       expect(await root.try(5678), 'root serves every uid').toBe(0);
       await root.srv.stop();

@@ -74,7 +74,7 @@ import {
 import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
 import { withTimeout } from '../util/async.js';
-import { logLine } from '../util/log.js';
+import { LogLimiter, logLine } from '../util/log.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
@@ -147,6 +147,8 @@ export interface ServerOptions {
   euid?: number;
   /** Warnings and errors [stderr]. */
   log?: (line: string) => void;
+  /** Bound of the warnings a client can cause at will, per kind [10 per 60 s] (LogLimiter). */
+  clientWarnLimit?: { burst: number; windowMs: number };
   /** Called once on a fatal error, after the FUSE connection was aborted. */
   onFatal?: (err: Error) => void;
   /** Expose .wcfs/debug/ (zhead: a line per processed commit; zhead.ts) — upstream's `-debug`. */
@@ -220,6 +222,8 @@ export class WcfsServer implements FileSystem {
   };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
+  /** Warnings a client can cause at will (refused opens, bad keys): bounded per kind. */
+  private readonly clientWarn: LogLimiter;
   private readonly opts: ServerOptions;
   private readonly isolation: Isolation;
   /** .wcfs/debug/zhead readers (debugFiles only). */
@@ -265,6 +269,8 @@ export class WcfsServer implements FileSystem {
     this.euid = opts.euid ?? process.geteuid?.() ?? 0;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? logLine;
+    const lim = opts.clientWarnLimit ?? { burst: 10, windowMs: 60_000 };
+    this.clientWarn = new LogLimiter((msg) => this.warn(msg), lim.burst, lim.windowMs);
     this.zhead = opts.debugFiles ? new ZHeadStreams({ stats: this.stats, log: (l) => this.log(l) }) : undefined;
     this.storage = storage;
     this.loader = new StorageLoader(storage);
@@ -452,7 +458,8 @@ export class WcfsServer implements FileSystem {
     // Every watcher can be killed (Isolation): a server that is not root can signal only its
     // own uid's processes, so only they may watch (a shared mount lets other uids reach it).
     if (nd.kind === 'watch' && this.euid !== 0 && req.uid !== this.euid) {
-      this.warn(
+      this.clientWarn.line(
+        'head/watch: open by another uid refused',
         `head/watch: open by pid ${req.pid} (uid ${req.uid}) refused: this server (uid ${this.euid}) could not kill it should it fail a pin — run a shared server as root`,
       );
       throw new FuseError(errno.EACCES, `open of head/watch: uid ${req.uid} is not the server's (${this.euid}), which is not root`);
@@ -519,7 +526,7 @@ export class WcfsServer implements FileSystem {
     try {
       slot = auth.linkOpen(req.pid);
     } catch (e) {
-      this.warn(`.wcfs/auth: open by pid ${req.pid} refused: ${(e as Error).message}`);
+      this.clientWarn.line('.wcfs/auth: open refused', `.wcfs/auth: open by pid ${req.pid} refused: ${(e as Error).message}`);
       throw e;
     }
     const id = this.nextLinkId++;
@@ -557,7 +564,7 @@ export class WcfsServer implements FileSystem {
       debug('%s: pid of thread %d authenticated', l, tid);
       return l.send(stream, AUTH_OK);
     }
-    this.warn(`${l}: authentication by pid ${res.pid} failed: ${res.why}`);
+    this.clientWarn.line('.wcfs/auth: authentication failed', `${l}: authentication by pid ${res.pid} failed: ${res.why}`);
     return l.send(stream, AUTH_INVALID);
   }
 
@@ -690,6 +697,7 @@ export class WcfsServer implements FileSystem {
     this.links.clear();
     for (const a of this.authLinks.values()) a.link.shutdown('server stopped');
     this.zhead?.close();
+    this.clientWarn.close();
     await this.storage.close().catch(() => {});
     debug('stopped');
     this.resolveDone();
