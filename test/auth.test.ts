@@ -10,11 +10,12 @@ import path from 'node:path';
 import createDebug from 'debug';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
-import { WcfsServer, type Kernel } from '../src/server/server.js';
+import { WcfsServer } from '../src/server/server.js';
 import { openStorage } from '../src/zodb/open.js';
 import type { IWritableStorage } from '../src/zodb/storage.js';
 import { ensureRoot } from '../src/zodb/zbigfile.js';
 import { makeTmpDir } from './helpers/tmp.js';
+import { nullKernel } from './helpers/seam.js';
 import { isCode } from '../src/errors.js';
 import { FuseError } from '../src/fuse/errors.js';
 import { errno } from '../src/fuse/kernel.js';
@@ -256,12 +257,7 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
     await db.close();
     const keyFile = path.join(tmp.dir, 'key');
     writeFileSync(keyFile, KEY + '\n');
-    const kernel: Kernel = {
-      notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => Buffer.alloc(0) },
-      blockCache: { put: () => true, drop: () => true, served: () => 0 },
-      isClosed: false,
-      residency: async () => new Uint8Array(0),
-    };
+    const kernel = nullKernel();
     // the link takes a real pidfd of its opener, so "processes" here are this one's pid
     const ids = new FakeIds();
     const me = process.pid;
@@ -335,12 +331,7 @@ describe('the server without a mount (WcfsServer.serve, fake kernel and identity
     const db = (await openStorage(dbPath, { create: true })) as IWritableStorage;
     await ensureRoot(db);
     await db.close();
-    const kernel: Kernel = {
-      notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => Buffer.alloc(0) },
-      blockCache: { put: () => true, drop: () => true, served: () => 0 },
-      isClosed: false,
-      residency: async () => new Uint8Array(0),
-    };
+    const kernel = nullKernel();
     const logged: string[] = [];
     const open = async (euid: number) => {
       const storage = await openStorage(dbPath, { readOnly: true }); // stop() closes it

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import type { Writable } from 'node:stream';
-import { ProcessGoneError, ProcessRef } from '../src/util/proc.js';
+import { isOwnThread, ProcessGoneError, ProcessRef } from '../src/util/proc.js';
 import { exitOf, spawnWithPid } from './helpers/pidreuse.js';
 import { sleep } from './helpers/mount.js';
 
@@ -110,5 +110,23 @@ describe('ProcessRef', () => {
     expect(ref.closed).toBe(true);
     expect(() => ref.exited()).toThrow(/after close/);
     expect(() => ref.signal('SIGKILL')).toThrow(/after close/);
+  });
+});
+
+describe('isOwnThread', () => {
+  it('every thread of this process (the main one and the others: libuv, V8) is ours; another process, or a gone pid, is not', async () => {
+    const tids = readdirSync('/proc/self/task').map(Number);
+    expect(tids.length).toBeGreaterThan(1); // Node runs helper threads
+    for (const t of tids) expect(isOwnThread(t), `thread ${t}`).toBe(true);
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      expect(isOwnThread(child.pid!)).toBe(false);
+      expect(isOwnThread(process.ppid)).toBe(false);
+    } finally {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
+    expect(isOwnThread(0)).toBe(false);
+    expect(isOwnThread(-1)).toBe(false);
   });
 });

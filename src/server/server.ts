@@ -75,6 +75,7 @@ import type { Notifier } from '../fuse/notifier.js';
 import { FuseSession, type BlockCache, type MountOptions } from '../fuse/session.js';
 import { withTimeout } from '../util/async.js';
 import { LogLimiter, logLine } from '../util/log.js';
+import { isOwnThread } from '../util/proc.js';
 import { StorageLoader, type ObjectLoader } from '../zodb/db.js';
 import { hex16, type Oid, type Tid } from '../zodb/ids.js';
 import { openStorage } from '../zodb/open.js';
@@ -112,6 +113,9 @@ export const STORE_LOOKUP_TIMEOUT_MS = 2000;
 
 /** At most this many of those lookups at a time (each is a native thread: pagecache.ts). */
 const STORE_LOOKUPS_MAX = 8;
+
+/** The fh of a regular file this process opened through its own mount (not counted for auto-exit). */
+const OWN_FH = 2 ** 52;
 
 export interface ServerOptions {
   /** The database URL as given by the user: shown in .wcfs/zurl and as the mount source. */
@@ -370,14 +374,11 @@ export class WcfsServer implements FileSystem {
           : {
               open: (req) => {
                 const fh = this.zhead!.open(req.pid);
-                this.opened();
                 return { fh, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
               },
               read: (req, ctx) => this.zhead!.read(req.fh, req.size, ctx.signal),
               release: (req) => this.zhead!.release(req.fh),
             },
-      opened: () => this.opened(),
-      closed: () => this.closed1(),
       fileWarnings: (view) => this.fileWarnings(view),
       share: this.opts.shareWithGid === undefined ? undefined : { uid: process.geteuid?.() ?? 0, gid: this.opts.shareWithGid },
     });
@@ -464,12 +465,17 @@ export class WcfsServer implements FileSystem {
       );
       throw new FuseError(errno.EACCES, `open of head/watch: uid ${req.uid} is not the server's (${this.euid}), which is not root`);
     }
-    return nd.open(req);
+    const out = nd.open(req);
+    // the server's own opens (commit's @<rev> lookups, the start-up probe) do not keep an
+    // auto-exiting server alive, nor restart its delay: their fh says so at RELEASE
+    if (this.opts.autoExit && out.fh === 0 && isOwnThread(req.pid)) return { ...out, fh: OWN_FH };
+    this.opened();
+    return out;
   }
 
   release(req: ReleaseIn): void {
     this.tree.maybeNode(req.nodeid)?.release?.(req);
-    this.closed1();
+    if (req.fh !== OWN_FH) this.closed1();
   }
 
   async read(req: ReadIn, ctx: RequestContext): Promise<Uint8Array> {
@@ -513,7 +519,6 @@ export class WcfsServer implements FileSystem {
     this.isolation.linkOpened(link);
     this.links.set(id, link);
     this.stats.WatchLink++;
-    this.opened();
     debug('wlink %d: open by pid %d (%s)', id, req.pid, link.proc);
     return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
   }
@@ -545,7 +550,6 @@ export class WcfsServer implements FileSystem {
       throw e;
     }
     this.authLinks.set(id, { link, slot });
-    this.opened();
     debug('alink %d: open by pid %d', id, req.pid);
     return { fh: id, openFlags: FOPEN_STREAM | FOPEN_NONSEEKABLE | FOPEN_DIRECT_IO };
   }
@@ -724,6 +728,7 @@ export class WcfsServer implements FileSystem {
 
   // ---- auto-exit ----
 
+  /** Files open by anyone but this process (auto-exit). */
   private opened(): void {
     this.openCount++;
     if (this.autoExitTimer) {

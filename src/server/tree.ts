@@ -92,9 +92,6 @@ export interface TreeHost {
   readonly auth?: Pick<FsNode, 'open' | 'read' | 'write' | 'release'>;
   /** .wcfs/debug/zhead: a file handle is a reader of processed commits (zhead.ts); with it, .wcfs/debug/ exists. */
   readonly zhead?: Pick<FsNode, 'open' | 'read' | 'release'>;
-  /** A file was opened / released (auto-exit). */
-  opened(): void;
-  closed(): void;
   /** A ZBigFile view was opened: the host reports its warnings (once per file). */
   fileWarnings?(view: ZBigFileView): void;
   /** Owner of every node when shared with a group (`serve --share-with`); absent: private mount. */
@@ -143,7 +140,7 @@ export class Tree {
       readdir: () => [regEnt('at', INO_HEAD_AT), regEnt('watch', INO_HEAD_WATCH), dirEnt('bigfile', INO_HEAD_BIGFILE)],
     });
     add(new BigfileDir(this, INO_HEAD_BIGFILE, null));
-    add(new SmallFile(INO_HEAD_AT, 'at', () => Buffer.from(hex16(h.head.publishedAt)), true, h));
+    add(new SmallFile(INO_HEAD_AT, 'at', () => Buffer.from(hex16(h.head.publishedAt)), true));
     add({ ino: INO_HEAD_WATCH, kind: 'watch', attr: () => ({ ino: INO_HEAD_WATCH, mode: S_IFREG | 0o644, size: 0 }), ...h.watch });
     const wcfsNames: Record<string, number> = { zurl: INO_ZURL, pintimeout: INO_PINTIMEOUT, stats: INO_STATS };
     if (h.auth !== undefined) wcfsNames.auth = INO_AUTH;
@@ -163,9 +160,9 @@ export class Tree {
       lookup: (name) => this.child(name, wcfsNames),
       readdir: () => Object.entries(wcfsNames).map(([n, ino]) => (ino === INO_DEBUG ? dirEnt(n, ino) : regEnt(n, ino))),
     });
-    add(new SmallFile(INO_ZURL, 'zurl', () => Buffer.from(h.zurl), false, h));
-    add(new SmallFile(INO_PINTIMEOUT, 'pintimeout', () => Buffer.from(h.pinTimeout.toFixed(1)), false, h));
-    add(new SmallFile(INO_STATS, 'stats', () => Buffer.from(h.statsText()), true, h));
+    add(new SmallFile(INO_ZURL, 'zurl', () => Buffer.from(h.zurl), false));
+    add(new SmallFile(INO_PINTIMEOUT, 'pintimeout', () => Buffer.from(h.pinTimeout.toFixed(1)), false));
+    add(new SmallFile(INO_STATS, 'stats', () => Buffer.from(h.statsText()), true));
     if (h.auth !== undefined) add({ ino: INO_AUTH, kind: 'auth', attr: () => ({ ino: INO_AUTH, mode: S_IFREG | 0o644, size: 0 }), ...h.auth });
   }
 
@@ -437,7 +434,6 @@ class BigFileNode implements FsNode {
     if ((req.flags & 3) !== 0) throw new FuseError(errno.EROFS, 'read-only filesystem');
     this.file.nopen++;
     if (this.rev !== null) this.tree.touch(this.rev);
-    this.host.opened();
     return { fh: 0, openFlags: FOPEN_KEEP_CACHE };
   }
 
@@ -459,7 +455,6 @@ class SmallFile implements FsNode {
     private readonly content: () => Uint8Array,
     /** Served with direct I/O: the content changes (head/at, stats). */
     private readonly direct: boolean,
-    private readonly host: TreeHost,
   ) {}
 
   attr(): Attr {
@@ -468,7 +463,6 @@ class SmallFile implements FsNode {
 
   open(req: OpenIn): OpenOut {
     if ((req.flags & 3) !== 0) throw new FuseError(errno.EROFS, 'read-only filesystem');
-    this.host.opened();
     return { fh: 0, openFlags: this.direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE };
   }
 

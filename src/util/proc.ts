@@ -12,7 +12,7 @@
 //   - every syscall on the fd happens while fd ≥ 0 (never on a closed, possibly reused, fd
 //     number): a ref used after its last close() throws.
 
-import { closeSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { constants } from 'node:os';
 import { WcfsError } from '../errors.js';
 import { native } from '../native.js';
@@ -36,6 +36,11 @@ export class ProcessGoneError extends WcfsError {
   constructor(tid: number, why: string) {
     super('WCFS_ESRCH', `pid${tid}: process is gone (${why})`);
   }
+}
+
+/** Is `tid` (a FUSE request's pid: the calling thread) one of this process's threads? One stat. */
+export function isOwnThread(tid: number): boolean {
+  return tid === process.pid || (tid > 0 && existsSync(`/proc/self/task/${tid}`));
 }
 
 /** Thread-group id (the process's pid) of thread `tid`, from /proc; undefined when gone. */
