@@ -3,14 +3,19 @@
 // races on demand: pins during setup and in bulk, a pin for a block in the zero region
 // before a resync grows the file (H2), a mapping that starts past the old EOF (H3), pins
 // for files just closed (H6), a reply queued behind many pins (H1), garbage, EOF, a server
-// that never closes the link.
+// that never closes the link; and a seeded random run of the rx loop's framing (pins cut at
+// random, bad input between lines).
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { closeSync, constants as fsc, mkdirSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { WCFS, type Conn } from '../src/client/index.js';
-import { FakeWcfs, assertRangeFaults, PAGE } from './helpers/client.js';
+import { FakeWcfs, assertRangeFaults, PAGE, SIGSEGV } from './helpers/client.js';
 import { sleep } from './helpers/mount.js';
+import { seedOr } from './helpers/fuzz.js';
+import { native } from '../src/native.js';
+import { rng } from '../src/util/rng.js';
+import { hex16 } from '../src/zodb/ids.js';
 
 const F = 0x1n; // foid
 const G = 0x2n;
@@ -334,5 +339,102 @@ describe('client against a scripted watch link', { timeout: 20_000 }, () => {
     await expect(r).rejects.toThrow(/going back in history is forbidden/);
     assertRangeFaults(m.bytes, 0, PAGE);
     await expect(conn.open(F)).rejects.toThrow(/connection closed/);
+  });
+});
+
+// The native rx loop's framing (client_wlink.cc 1): pins cut into random pieces, each piece
+// its own write(2) — lines split anywhere, several lines in one read — then, in half of the
+// rounds, one bad input between two lines. The line parser alone is fuzzed in
+// wire-fuzz.test.ts; this is the loop around it, on a real socket.
+describe(`client rx framing: seeded random pieces and bad input (seed ${seedOr(13)})`, { timeout: 120_000 }, () => {
+  const BAD: Array<[string, string]> = [
+    ['a line that is no message', 'x pin\n'],
+    ['NUL bytes', '\0\0\0\n'],
+    ['a reply nobody asked for', '7 ok\n'],
+    ['a line longer than the bound, never ended', 'y'.repeat(70 * 1024)],
+    ['a bad pin', '2 pin zzz\n'],
+    ['invalid UTF-8 in a pin', '2 pin \xff\xfe #0 @head\n'],
+  ];
+
+  const streams = (n: number) => Array.from({ length: n }, (_, i) => 2 + 2 * i);
+  /** The streams of the next n lines, each `<stream> ack`, sorted. */
+  async function acks(fk: FakeWcfs, n: number): Promise<number[]> {
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const l = await fk.next();
+      expect(l).toMatch(/^\d+ ack$/);
+      out.push(Number(l.split(' ')[0]));
+    }
+    return out.sort((a, b) => a - b);
+  }
+
+  /** The mapping's first byte faults now (the conn was poisoned): polled up to 3 s. */
+  async function faultsSoon(bytes: Uint8Array): Promise<boolean> {
+    for (let i = 0; i < 300; i++) {
+      if (native().clientProbe(bytes, [0], 'raw').values[0] === -SIGSEGV) return true;
+      await sleep(10);
+    }
+    return false;
+  }
+
+  it('every pin acked once, the mapping as the last pin of each block says; bad input poisons the conn, never crashes it', async () => {
+    const R = rng(seedOr(13));
+    for (let round = 0; round < 24; round++) {
+      const { fk, conn } = await setup();
+      const o = conn.open(F);
+      await fk.serveReq('ok');
+      const fh = await o;
+      const m = fh.mmap(0, 3);
+      // >>> K pins of #0..#2 @5 or @head (unpin), on streams 2, 4, …
+      const K = 1 + Math.floor(R() * 24);
+      const want = new Map<number, bigint>();
+      let text = '';
+      for (let i = 0; i < K; i++) {
+        const blk = Math.floor(R() * 3);
+        const rev = R() < 0.6 ? 5n : null;
+        text += `${2 + 2 * i} pin ${hex16(F)} #${blk} @${rev === null ? 'head' : hex16(rev)}\n`;
+        if (rev === null) want.delete(blk);
+        else want.set(blk, rev);
+      }
+      const bad = round % 2 === 1 ? BAD[Math.floor(R() * BAD.length)]! : undefined;
+      const badAt = Math.floor(R() * (K + 1)); // after this many pins
+      if (bad !== undefined) {
+        const cut = text.split('\n').slice(0, badAt).join('\n').length + (badAt > 0 ? 1 : 0);
+        text = text.slice(0, cut) + bad[1] + text.slice(cut);
+      }
+      const bytes = Buffer.from(text, 'latin1');
+      for (let p = 0; p < bytes.length;) {
+        const n = 1 + Math.floor(R() * (R() < 0.2 ? 4000 : 40));
+        await new Promise<void>((res) => fk.sock.write(bytes.subarray(p, p + n), () => res()));
+        p += n;
+      }
+      const what = `round ${round}: ${K} pins${bad ? `, then ${bad[0]} after ${badAt}` : ''}`;
+      if (bad === undefined) {
+        // >>> one ack per pin (by stream: a pin that closed an @rev file is replied by the
+        // pinner, so a later pin's ack may overtake it); nothing else; the mapping follows the
+        // last pins
+        expect(await acks(fk, K), what).toEqual(streams(K));
+        await sleep(20);
+        expect(fk.lines, what).toEqual([]);
+        expect([...fh.pinned()].sort(), what).toEqual([...want].sort());
+        expect(firsts(m.bytes, 3), what).toEqual([0, 1, 2].map((b) => (want.has(b) ? 0x50 : 0xa0) + b));
+        expect(conn.native.down(), what).toBe(null);
+      } else {
+        // >>> the pins before it are acked; then the conn is poisoned: the mapping faults
+        expect(await faultsSoon(m.bytes), what).toBe(true);
+        assertRangeFaults(m.bytes, 0, 3 * PAGE);
+        await sleep(20);
+        const got = fk.lines.splice(0);
+        const acked = got.filter((l) => / ack$/.test(l)).map((l) => Number(l.split(' ')[0]));
+        expect(
+          acked.sort((a, b) => a - b),
+          what,
+        ).toEqual(streams(badAt));
+        for (const l of got) expect(l, what).toMatch(/^(\d+ ack|\d+ nak: .*|\d+ watch 0000000000000001 -|\d+ bye)$/);
+      }
+      fk.serveAll();
+      await conn.close();
+      fk.close();
+    }
   });
 });
