@@ -10,7 +10,7 @@
 // and every decision: this only says how far the bytes are good, and where to look next.
 //
 //   fs1Scan(buf: Uint8Array, bufPos: number, size: number, st: Float64Array(ST_N),
-//           tids: BigUint64Array(2), out: Float64Array(3 * cap)) → number of updates
+//           tids: BigUint64Array(2 | 4), out: Float64Array(3 * cap)) → number of updates
 //
 // buf holds file bytes [bufPos, bufPos + buf.length); size = the file size the scan is bound
 // by (as the JS scanner's SeqReader). State st (in/out) and tids (in/out), see ST_* below:
@@ -24,8 +24,13 @@
 //     report — a bad header or record, status 'c', a txn past `size` — or that is not
 //     checkable here; st[ST_DIRTY] says whether records of that txn were already returned),
 //     END (st[ST_TOP] == size: nothing follows).
+//   With 4 tids (in): tids[2] = maxTid — a txn with a bigger tid is not walked (STOP before
+//     it: a pack switch indexes the packed file only up to the head it serves); (in/out)
+//     tids[3] = tid of the last complete txn with status 'p' (the pack boundary), unchanged
+//     when none was walked in this call.
 //   st[ST_TOP] = end of the last complete txn, tids[0] = its tid (prev tid of the order check),
 //     st[ST_HAVEPREV] = 0 while the order check has no previous tid (JS: headTid 0n ⇒ -1n),
+//     st[ST_PTXN] = whether the txn being walked (st[ST_INTXN]) has status 'p';
 //     st[ST_TXNS] += number of txns completed; st[ST_HDRS] = number of txn and data record
 //     headers decoded in this call (how dense buf was: the caller sizes its next read by it).
 //
@@ -54,7 +59,7 @@ namespace {
 constexpr uint64_t kTxnHeader = 23, kDataHeader = 42, kTrailer = 8, kBackpointer = 8, kFileHeader = 4;
 constexpr uint64_t kMaxPos = (uint64_t(1) << 48) - 1;
 
-enum State { ST_POS, ST_INTXN, ST_TPOS, ST_TLEN, ST_DIRTY, ST_TOP, ST_TXNS, ST_REASON, ST_HAVEPREV, ST_HDRS, ST_N };
+enum State { ST_POS, ST_INTXN, ST_TPOS, ST_TLEN, ST_DIRTY, ST_TOP, ST_TXNS, ST_REASON, ST_HAVEPREV, ST_HDRS, ST_PTXN, ST_N };
 enum Reason { MORE = 0, STOP = 1, END = 2 };
 
 inline uint64_t be64(const uint8_t* p) {
@@ -120,6 +125,9 @@ struct Walk {
   // state (ST_*)
   uint64_t pos = 0, tpos = 0, tlen = 0, top = 0, txns = 0, hdrs = 0, tid = 0, prevTid = 0;
   bool inTxn = false, dirty = false, havePrev = false;
+  // tids[2], tids[3] (see the header); ST_PTXN: the txn being walked has status 'p'
+  uint64_t maxTid = UINT64_MAX, lastPacked = 0;
+  bool packedTxn = false;
 
   bool has(uint64_t p, uint64_t len) const { return p >= bpos && p + len <= bend; }
   const uint8_t* at(uint64_t p) const { return b + (p - bpos); }
@@ -165,7 +173,9 @@ struct Walk {
         if (havePrev && ttid <= prevTid) return STOP;
         if (status == 'c') return STOP;               // JS: inprogress
         if (pos + tl + kTrailer > size) return STOP;  // JS: partial
+        if (ttid > maxTid) return STOP;               // past the walk's bound: the caller's
         hdrs++;
+        packedTxn = status == 'p';
         inTxn = true;
         tpos = pos;
         tlen = tl;
@@ -204,6 +214,7 @@ struct Walk {
       txns++;
       havePrev = tid != 0;  // JS: prevTid = headTid === 0n ? -1n : headTid
       prevTid = tid;
+      if (packedTxn) lastPacked = tid;
     }
   }
 };
@@ -243,8 +254,11 @@ Napi::Value Fs1Scan(const Napi::CallbackInfo& info) {
   w.dirty = stp[ST_DIRTY] != 0;
   w.top = uint64_t(stp[ST_TOP]);
   w.havePrev = stp[ST_HAVEPREV] != 0;
+  w.packedTxn = stp[ST_PTXN] != 0;
   w.prevTid = tp[0];
   w.tid = tp[1];
+  const bool bounded = tids.ElementLength() >= 4;
+  if (bounded) w.maxTid = tp[2], w.lastPacked = tp[3];
   const Reason r = w.run();
   stp[ST_POS] = double(w.pos);
   stp[ST_INTXN] = w.inTxn ? 1 : 0;
@@ -256,8 +270,10 @@ Napi::Value Fs1Scan(const Napi::CallbackInfo& info) {
   stp[ST_REASON] = double(r);
   stp[ST_HAVEPREV] = w.havePrev ? 1 : 0;
   stp[ST_HDRS] = double(w.hdrs);
+  stp[ST_PTXN] = w.packedTxn ? 1 : 0;
   tp[0] = w.prevTid;
   tp[1] = w.tid;
+  if (bounded) tp[3] = w.lastPacked;
   return Napi::Number::New(env, double(w.n));
 }
 

@@ -270,3 +270,87 @@ describe('pack while following', () => {
     expect(String(c.error)).toMatch(/storage replaced by an invalid FileStorage/);
   });
 });
+
+describe('pack switch in slices', () => {
+  const small = { min: 4096, max: 4096, sparse: 4096 };
+  async function sliced(f: string): Promise<FileStorage> {
+    const s = await FileStorage.open(f, { readOnly: true, pollMs: 60_000, garbageMs: 10000, warn: () => {}, nativeScan: small, switchSliceMs: 0 });
+    open.push(s);
+    return s;
+  }
+
+  it('the event loop runs while the packed file is indexed: loads are served from the old file, nothing is published before the switch', async () => {
+    const dir = tmp.make();
+    const f = copyFixture(historyFs, dir, { name: 'Data.fs' });
+    const r = await sliced(f);
+    const head = r.head();
+    const oids = r.indexEntries().map(([oid]) => oid);
+    const want = await r.load(oids[0]!, head);
+    const packs: Tid[] = [];
+    r.onPacked((p) => packs.push(p));
+    const { file, packedTo } = packedCopy(f, dir, 4);
+    fs.renameSync(f, f + '.old');
+    fs.renameSync(file, f);
+    // >>> the switch starts; while it walks, loads go on (the old file is still open)
+    const synced = r.sync();
+    let turns = 0;
+    while (packs.length === 0) {
+      const got = await r.load(oids[0]!, head);
+      expect(Buffer.compare(got.data, want.data)).toBe(0);
+      await new Promise<void>((res) => setImmediate(res));
+      turns++;
+    }
+    expect(turns, 'the switch took several turns of the event loop').toBeGreaterThan(10);
+    expect(await synced).toBe(head);
+    expect(packs).toEqual([packedTo]); // the boundary from the native walk, across 4 KiB windows
+    expect(r.packedTo()).toBe(packedTo);
+    fs.rmSync(f + '.old');
+    expect(Buffer.compare((await r.load(oids[0]!, head)).data, want.data)).toBe(0);
+  });
+
+  it('close during the switch: it stops, its file is closed, no pack is reported', async () => {
+    const dir = tmp.make();
+    const f = copyFixture(historyFs, dir, { name: 'Data.fs' });
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const before = fds();
+    const r = await sliced(f);
+    let packed = false;
+    r.onPacked(() => (packed = true));
+    const { file } = packedCopy(f, dir, 4);
+    fs.renameSync(f, f + '.old');
+    fs.renameSync(file, f);
+    const synced = r.sync().catch((e: unknown) => e);
+    await new Promise<void>((res) => setImmediate(res)); // the walk is under way
+    await r.close();
+    open.splice(open.indexOf(r), 1);
+    await synced;
+    expect(packed).toBe(false);
+    expect(fds()).toBe(before);
+  });
+
+  it('the native walk stops at our head: txns after it in the packed file are followed as commits, not indexed by the switch', async () => {
+    const dir = tmp.make();
+    const f = copyFixture(historyFs, dir, { name: 'Data.fs' });
+    const r = await sliced(f);
+    const head = r.head();
+    const c = new Collector(r.watch());
+    // >>> the packed file gets a commit our follower has not seen, before it is renamed in
+    const { file, packedTo } = packedCopy(f, dir, 4);
+    const p = new WriterProc();
+    await p.call({ op: 'open', path: file });
+    const cm = (await p.call({ op: 'commit', records: [{ oid: '0000000000000000', data: 'in the packed file' }] })) as { op: string; tid: string };
+    await p.call({ op: 'close' });
+    fs.rmSync(file + '.index', { force: true });
+    fs.rmSync(file + '.lock', { force: true });
+    fs.renameSync(f, f + '.old');
+    fs.renameSync(file, f);
+    expect(hex16(await r.sync())).toBe(cm.tid);
+    expect(r.packedTo()).toBe(packedTo);
+    await waitFor(() => c.events.length > 0 || c.ended, 5000, 'the commit after the pack');
+    expect(c.events.map((e) => hex16(e.tid))).toEqual([cm.tid]);
+    expect(Buffer.from((await r.load(0n, r.head())).data).toString()).toBe('in the packed file');
+    expect(Buffer.from((await r.load(0n, head)).data).toString()).not.toBe('in the packed file');
+    c.w.close();
+    await c.done;
+  });
+});

@@ -15,7 +15,8 @@
 //                  no syscall, a random record one 8 KiB pread.
 //   3) iterate   — forward walk of committed txns with records and resolved backpointers.
 //   4) follow    — read-only opens: checkTail() on follower wake-ups and on sync(); every
-//                  committed txn past topPos is indexed, published and sent to the watches.
+//                  committed txn past topPos is indexed, published and sent to the watches;
+//                  a replaced file (a pack) is indexed in slices and switched to (switchToPacked).
 //   5) commit    — writers: build the txn in memory, write it with status 'c', fsync, flip the
 //                  status to ' ', fsync, publish (zodb.md §2.7). Serialized by commitMu.
 //   6) close     — stop following, end watches, save `.index` (writers), close fd, unlock.
@@ -25,14 +26,17 @@
 //   index[oid] = position of oid's newest record below topPos (deleted objects included).
 //   recent: per oid, the positions of a suffix of its records below topPos (recent.ts R1).
 //   head = tid of the txn ending at topPos (0n for an empty storage).
-//   Only publish() changes index/topPos/head, synchronously, so every synchronous read sees
-//   one consistent state; nothing at or past topPos is read by load/iterate.
+//   Only publish() and a pack switch change index/topPos/head (the switch: index and topPos
+//   of the new file, same head), each synchronously, so every synchronous read sees one
+//   consistent state; nothing at or past topPos is read by load/iterate. While a switch is
+//   under way (switching ≠ null) nothing is published.
 //   A reader never writes Data.fs or .index; a writer holds the flock on Data.fs.lock for its
 //   whole life (exactly like zc.lockfile), so no other process appends while it runs, and it
 //   does not follow the file.
 //
 // Concurrency (one JS thread; async sections are the only interleavings):
-//   commitMu serializes commit() and close(); load/iterate steps/checkTail are synchronous.
+//   commitMu serializes commit() and close(); load/iterate steps/checkTail are synchronous;
+//   a pack switch's walk yields between slices (loads go on, from the old file).
 //   Lock order: commitMu > (synchronous sections).
 //
 // Notes: positions are numbers (< 2⁴⁸ by the .index format); oids/tids are bigint.
@@ -71,7 +75,7 @@ import {
 } from './format.js';
 import { FsIndex, IndexFormatError, decodeIndexFile, encodeIndexFile } from './fsindex.js';
 import { DEFAULT_RECENT_RECORDS, RecentRecords } from './recent.js';
-import { nativeRebuild, type ScanWindows } from './nativescan.js';
+import { nativeRebuild, nativeWalkSliced, type ScanWindows } from './nativescan.js';
 import { RecordReader, SeqReader, decodeRecordAt, preadFull, readDataHeader, readFresh, readTxnBefore, scanTxn, type ScanRec, type ScanStep } from './scan.js';
 
 /** Records at least this big are served from an mmap of the file (see FileStorage.mapped). */
@@ -123,6 +127,8 @@ export interface FileStorageOptions {
    * Default true; false forces the JS scanner, window sizes force small windows (tests).
    */
   nativeScan?: boolean | ScanWindows;
+  /** How long a pack switch's index walk runs between turns of the event loop (ms). Default 5. */
+  switchSliceMs?: number;
   /** Test hooks. */
   hooks?: {
     /** Called in commit after the status-'c' txn is durable and before its status flips. */
@@ -154,6 +160,8 @@ export class FileStorage implements IStorage, ICommitter {
   // follower state (read-only opens) — touched by watch()/unwatch(), checkTail(), close()
   private follower: Follower | null = null;
   private readonly watches = new Set<WatchQueue>();
+  /** A pack switch under way (switchToPacked): checkTail waits for it, sync() and close() await it. */
+  private switching: Promise<void> | null = null;
   /** Set once following hit an unrecoverable condition; sync()/watch() report it. */
   private fatal: Error | null = null;
   /** When an incomplete tail was first seen at size tailSize (0 = none pending). */
@@ -448,7 +456,11 @@ export class FileStorage implements IStorage, ICommitter {
 
   async sync(): Promise<Tid> {
     this.checkOpen('sync');
-    if (this.readOnly) this.checkTail();
+    if (this.readOnly) {
+      this.checkTail();
+      // a pack switch under way: what was committed before this call is in the new file
+      while (this.switching !== null) await this.switching;
+    }
     if (this.fatal !== null) throw this.fatal;
     return this.headTid;
   }
@@ -730,7 +742,7 @@ export class FileStorage implements IStorage, ICommitter {
    * Synchronous, so it runs atomically with respect to loads.
    */
   private checkTail(): void {
-    if (this.closed || this.fatal !== null || !this.readOnly) return;
+    if (this.closing || this.closed || this.fatal !== null || !this.readOnly || this.switching !== null) return;
     let size = -1;
     try {
       const st = fs.fstatSync(this.fd);
@@ -758,8 +770,17 @@ export class FileStorage implements IStorage, ICommitter {
         // to the old file (a pack holds the commit lock until the rename, so that is all of
         // it), then continue on the new one.
         this.publishCommitted(new SeqReader(this.fd, size));
-        this.reopenPacked();
-        size = fs.fstatSync(this.fd).size;
+        this.switching = this.switchToPacked().then(
+          () => {
+            this.switching = null;
+            this.checkTail(); // the txns committed to the new file after our head
+          },
+          (e: unknown) => {
+            this.switching = null;
+            this.setFatal(e as Error);
+          },
+        );
+        return;
       }
       const r = new SeqReader(this.fd, size);
       for (;;) {
@@ -811,9 +832,15 @@ export class FileStorage implements IStorage, ICommitter {
    * and never adds a txn; it may drop old ones) — index it up to there and switch to it in
    * one synchronous step. Anything else is fatal (StorageChangedError). Txns after our head
    * (committed after the pack) are left to the normal tail check.
+   *
+   * The index is built in slices (the native walk, then the JS scanner for what it leaves),
+   * with the event loop running between them: loads and the server's requests go on meanwhile,
+   * from the old file, which stays open and holds everything up to our head. Nothing is
+   * published until the switch (checkTail waits for it). Closing meanwhile ends it unswitched.
    */
-  private reopenPacked(): void {
+  private async switchToPacked(): Promise<void> {
     const head = this.headTid;
+    const gone = () => this.closing || this.closed || this.fatal !== null;
     let fd = -1;
     try {
       try {
@@ -823,7 +850,7 @@ export class FileStorage implements IStorage, ICommitter {
       }
       const st = fs.fstatSync(fd);
       if (!st.isFile()) throw new StorageChangedError(this.path, 'storage replaced by something that is not a regular file');
-      const index = new FsIndex();
+      let index = new FsIndex();
       let pos = FILE_HEADER_SIZE;
       let prev: Tid = -1n;
       let packed: Tid = 0n;
@@ -831,17 +858,36 @@ export class FileStorage implements IStorage, ICommitter {
       try {
         const mb = new Uint8Array(FILE_HEADER_SIZE);
         decodeMagic(mb.subarray(0, preadFull(fd, mb, 0, FILE_HEADER_SIZE, 0)), this.path);
+        const ns = this.opts.nativeScan ?? true;
+        if (ns !== false) {
+          const r = await nativeWalkSliced(fd, st.size, FILE_HEADER_SIZE, index, {
+            maxTid: head,
+            windows: ns === true ? undefined : ns,
+            sliceMs: this.opts.switchSliceMs,
+            cancelled: gone,
+          });
+          if (gone()) return;
+          if (r.dirty) {
+            index = new FsIndex(); // a txn it did not finish: the JS scanner starts over and says why
+          } else if (r.txns > 0) {
+            pos = r.topPos;
+            prev = r.headTid;
+            packed = r.lastPacked;
+            found = prev === head;
+          }
+        }
         const r = new SeqReader(fd, st.size);
-        for (;;) {
+        for (let n = 1; !found; n++) {
           const step = scanTxn(r, pos, prev, this.path);
           if (step.kind !== 'txn' || step.txn.tid > head) break;
           for (const d of step.recs) index.set(d.oid, d.pos);
           if (step.txn.status === 'p') packed = step.txn.tid;
           prev = step.txn.tid;
           pos = txnEnd(step.txn);
-          if (prev === head) {
-            found = true;
-            break;
+          found = prev === head;
+          if (n % 1024 === 0) {
+            await new Promise<void>((res) => setImmediate(res));
+            if (gone()) return;
           }
         }
       } catch (e) {
@@ -1007,6 +1053,8 @@ export class FileStorage implements IStorage, ICommitter {
       }
       for (const w of [...this.watches]) w.end();
       this.watches.clear();
+      // a pack switch under way sees `closing` at its next slice and closes its own fd
+      while (this.switching !== null) await this.switching;
       if (!this.readOnly) {
         try {
           this.saveIndex();
