@@ -14,7 +14,7 @@ import { StorageLoader, WriteTxn } from '../src/zodb/db.js';
 import { ObjectFormatError } from '../src/zodb/errors.js';
 import type { Oid, Tid } from '../src/zodb/ids.js';
 import type { IStorage } from '../src/zodb/storage.js';
-import { PersistentRef } from '../src/zodb/pickle/index.js';
+import { PersistentRef, type PyValue } from '../src/zodb/pickle/index.js';
 import { rng } from '../src/util/rng.js';
 import {
   KEY_MAX,
@@ -151,8 +151,8 @@ describe('NodeCache', () => {
     const c = new NodeCache(1 << 20);
     const n = c.put(bucketNode(1n, 1n, 3));
     if (n.kind !== 'bucket') throw new Error('bucket expected');
-    expect(() => n.bucket.keys.push(9n)).toThrow(TypeError);
-    expect(() => n.bucket.values.splice(0, 1)).toThrow(TypeError);
+    expect(() => (n.bucket.keys as bigint[]).push(9n)).toThrow(TypeError); // readonly by type too
+    expect(() => (n.bucket.values as PyValue[]).splice(0, 1)).toThrow(TypeError);
     expect(() => ((n as { serial: Tid }).serial = 2n)).toThrow(TypeError);
   });
 });

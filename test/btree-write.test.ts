@@ -11,6 +11,8 @@ import {
   btreeMaxKey,
   btreeSet,
   bucketClass,
+  decodeBucketState,
+  decodeTreeState,
   treeClass,
   type BTreeWriteOptions,
 } from '../src/zodb/btree/index.js';
@@ -418,5 +420,48 @@ describe("btree writer: ZODB's degenerate tree", () => {
       const { r } = await shapeAt(db, root, at);
       expect(r.buckets.flatMap((b) => b.keys)).toEqual([...model].sort((a, b) => (a < b ? -1 : 1)));
     }
+  });
+});
+
+describe('btree writer: decoded states are shared, never changed', () => {
+  it('a pending node decoded once per state object; operations that change it leave earlier decodings as they were', async () => {
+    const { root } = await newTree();
+    const txn = db.txn();
+    for (let k = 1; k <= 70; k++) await btreeSet(txn, root, BigInt(k), val(k)); // a root with two buckets
+    const st1 = (await txn.loadObject(root)).state;
+    const t1 = decodeTreeState(root, 'LO', st1);
+    expect(decodeTreeState(root, 'LO', st1), 'the same state: one decoding').toBe(t1);
+    if (t1.form !== 'normal') throw new Error('a normal tree expected');
+    const b0 = t1.children[0]!.oid;
+    const sb = (await txn.loadObject(b0)).state;
+    const b1 = decodeBucketState(b0, 'LO', sb);
+    const keys1 = [...b1.keys];
+    const seps1 = [...t1.keys];
+    // >>> inserts into that bucket (and splits under the root): new states, new decodings
+    for (let k = 1000; k <= 1100; k++) await btreeSet(txn, root, BigInt(-k), val(k));
+    for (let k = 1; k <= 30; k++) await btreeDelete(txn, root, BigInt(k));
+    expect([...b1.keys], 'the old decoding of the bucket').toEqual(keys1);
+    expect([...t1.keys], 'the old decoding of the root').toEqual(seps1);
+    expect(decodeTreeState(root, 'LO', (await txn.loadObject(root)).state)).not.toBe(t1);
+    // and the tree is what the operations made it
+    const at = await txn.commit();
+    const got: bigint[] = [];
+    const { r } = await shapeAt(db, root, at);
+    for (const b of r.buckets) got.push(...b.keys);
+    const want = [...Array.from({ length: 101 }, (_, i) => BigInt(-1100 + i)), ...Array.from({ length: 40 }, (_, i) => BigInt(31 + i))];
+    expect(got).toEqual(want);
+  });
+
+  it('a transaction loads each committed object from the storage once (a setBlock per block reloaded its ZBigFile each time)', async () => {
+    const { root } = await newTree();
+    let loads = 0;
+    const load = db.st.load.bind(db.st);
+    db.st.load = (oid, at) => {
+      if (oid === root) loads++;
+      return load(oid, at);
+    };
+    const txn = db.txn();
+    for (let k = 1; k <= 5; k++) await btreeGet(txn, root, BigInt(k), txn.at);
+    expect(loads).toBe(1);
   });
 });

@@ -106,11 +106,19 @@ export interface TxnMetaInput {
   extension?: CommitRequest['extension'];
 }
 
+/**
+ * How many objects a WriteTxn keeps as it loaded them (a setBlock per block reloads its
+ * ZBigFile each time: one pread each before).
+ */
+const LOADED_MAX = 1024;
+
 export class WriteTxn implements ObjectLoader {
   readonly at: Tid;
   private readonly pending = new Map<Oid, Pending>();
   private readonly created = new Set<Oid>();
   private readonly readSerial = new Map<Oid, Tid>();
+  /** Objects loaded from the storage as of `at` (immutable there): the last LOADED_MAX, oldest out first. */
+  private readonly loaded = new Map<Oid, LoadedObject>();
   private done = false;
 
   constructor(
@@ -124,8 +132,12 @@ export class WriteTxn implements ObjectLoader {
   async loadObject(oid: Oid, _at?: Tid): Promise<LoadedObject> {
     const p = this.pending.get(oid);
     if (p !== undefined) return { oid, klass: p.klass, state: p.state, serial: p.base };
+    const known = this.loaded.get(oid);
+    if (known !== undefined) return known;
     const obj = await loadObject(this.storage, oid, this.at);
     this.readSerial.set(oid, obj.serial);
+    if (this.loaded.size >= LOADED_MAX) this.loaded.delete(this.loaded.keys().next().value!);
+    this.loaded.set(oid, obj);
     return obj;
   }
 

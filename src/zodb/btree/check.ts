@@ -24,8 +24,8 @@ import { KEY_MAX, KEY_MIN, familyOf, type BTreeFamily, type NodeKind } from './f
 import { MAX_DEPTH, checkBucketCov, checkSeparatorsCov, childCov, loadNode } from './read.js';
 
 export type NodeShape =
-  | { kind: 'tree'; oid: Oid; serial: Tid; lo: bigint; hi: bigint; seps: bigint[]; children: NodeShape[]; empty: boolean }
-  | { kind: 'bucket'; oid: Oid | null; serial: Tid; lo: bigint; hi: bigint; keys: bigint[]; values: PyValue[] };
+  | { kind: 'tree'; oid: Oid; serial: Tid; lo: bigint; hi: bigint; seps: readonly bigint[]; children: NodeShape[]; empty: boolean }
+  | { kind: 'bucket'; oid: Oid | null; serial: Tid; lo: bigint; hi: bigint; keys: readonly bigint[]; values: readonly PyValue[] };
 
 export interface BTreeCheckResult {
   family: BTreeFamily;

@@ -141,12 +141,12 @@ class Operation {
     let n: WNode;
     if (fk.kind === 'bucket') {
       const b = decodeBucketState(oid, fk.family, obj.state);
-      n = new WBucket(oid, b.keys, b.values, b.next);
+      n = new WBucket(oid, [...b.keys], [...b.values], b.next);
     } else {
       const t = decodeTreeState(oid, fk.family, obj.state);
       if (t.form === 'empty') n = new WTree(oid, [], [], null);
       else if (t.form === 'embedded') {
-        const b = new WBucket(null, t.bucket.keys, t.bucket.values, null);
+        const b = new WBucket(null, [...t.bucket.keys], [...t.bucket.values], null);
         n = new WTree(oid, [0n], [b], b);
       } else n = new WTree(oid, [0n, ...t.keys], [...t.children], t.firstbucket);
     }
