@@ -72,7 +72,7 @@ describe('join, crash, restart', () => {
     expect(pids2).toHaveLength(1);
     expect(pids2[0]).not.toBe(pids[0]);
     const st2 = cli('status', zurl);
-    expect(st2.stdout, st2.stderr).not.toMatch(/fail/);
+    expect(st2.stdout, st2.stderr).not.toMatch(/^fail /m);
     expect(st2.status).toBe(0);
     await wc2.close();
 

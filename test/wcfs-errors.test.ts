@@ -93,6 +93,9 @@ describe('tree', () => {
       'ReadFast',
       'ReadJS',
       'ReadLoad',
+      'AuthLink',
+      'AuthProc',
+      'authfail',
     ]);
   });
 });

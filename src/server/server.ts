@@ -191,6 +191,10 @@ export interface Stats {
   ReadFast: number;
   ReadJS: number;
   ReadLoad: number;
+  /** Open .wcfs/auth links, processes the auth table holds (exited ones leave it lazily), failed authentications in all (--authkeyfile; 0 without). */
+  AuthLink: number;
+  AuthProc: number;
+  authfail: number;
 }
 
 export class WcfsServer implements FileSystem {
@@ -223,6 +227,9 @@ export class WcfsServer implements FileSystem {
     ReadFast: 0,
     ReadJS: 0,
     ReadLoad: 0,
+    AuthLink: 0,
+    AuthProc: 0,
+    authfail: 0,
   };
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
@@ -561,6 +568,7 @@ export class WcfsServer implements FileSystem {
       res = this.auth!.authenticate(slot, tid, r.key);
     } catch (e) {
       // the writer is blocked in our WRITE, so alive: only a /proc or pidfd failure gets here
+      this.stats.authfail++;
       this.warn(`${l}: authentication by thread ${tid}: ${(e as Error).message}`);
       return l.send(stream, AUTH_INVALID);
     }
@@ -568,6 +576,7 @@ export class WcfsServer implements FileSystem {
       debug('%s: pid of thread %d authenticated', l, tid);
       return l.send(stream, AUTH_OK);
     }
+    this.stats.authfail++;
     this.clientWarn.line('.wcfs/auth: authentication failed', `${l}: authentication by pid ${res.pid} failed: ${res.why}`);
     return l.send(stream, AUTH_INVALID);
   }
@@ -764,6 +773,11 @@ export class WcfsServer implements FileSystem {
     this.stats.TrackedBlk = δ.trackedBlocks;
     this.stats.History = δ.history;
     this.stats.ReadFast = this.kernel.blockCache.served();
+    if (this.auth !== undefined) {
+      const a = this.auth.sizes();
+      this.stats.AuthLink = a.links;
+      this.stats.AuthProc = a.procs;
+    }
     return Object.entries(this.stats)
       .map(([k, v]) => `${k}\t: ${v}\n`)
       .join('');
