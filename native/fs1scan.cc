@@ -59,7 +59,20 @@ namespace {
 constexpr uint64_t kTxnHeader = 23, kDataHeader = 42, kTrailer = 8, kBackpointer = 8, kFileHeader = 4;
 constexpr uint64_t kMaxPos = (uint64_t(1) << 48) - 1;
 
-enum State { ST_POS, ST_INTXN, ST_TPOS, ST_TLEN, ST_DIRTY, ST_TOP, ST_TXNS, ST_REASON, ST_HAVEPREV, ST_HDRS, ST_PTXN, ST_N };
+enum State {
+  ST_POS,
+  ST_INTXN,
+  ST_TPOS,
+  ST_TLEN,
+  ST_DIRTY,
+  ST_TOP,
+  ST_TXNS,
+  ST_REASON,
+  ST_HAVEPREV,
+  ST_HDRS,
+  ST_PTXN,
+  ST_N
+};
 enum Reason { MORE = 0, STOP = 1, END = 2 };
 
 inline uint64_t be64(const uint8_t* p) {

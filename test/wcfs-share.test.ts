@@ -335,7 +335,7 @@ describe('start-up errors', () => {
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => p.kill('SIGKILL'), 20_000);
     return new Promise((resolve) =>
-      p.on('exit', (code) => {
+      p.on('close', (code) => {
         clearTimeout(timer);
         resolve({ code, stderr });
       }),

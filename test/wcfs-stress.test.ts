@@ -38,7 +38,8 @@ function spawnPy(what: string, args: string[]): Child {
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | string>((resolve) => proc.on('exit', (code, sig) => resolve(sig ?? code ?? -1)));
+  // 'close', not 'exit': exit can come before the last of stdout (a reader's "reads N" line)
+  const exited = new Promise<number | string>((resolve) => proc.on('close', (code, sig) => resolve(sig ?? code ?? -1)));
   const c = { what, proc, out: () => out, exited };
   children.add(c);
   void exited.then(() => children.delete(c));
