@@ -52,8 +52,18 @@ export type TreeState =
 // operation of the transaction decodes again (a setBlock per block), is decoded once: 32k
 // in-order inserts in one transaction spent ~40% of their time re-decoding the root. Weak:
 // an entry goes with its state. Shared results are readonly by type.
-const decodedBuckets = new WeakMap<object, { family: BTreeFamily; b: BucketState }>();
-const decodedTrees = new WeakMap<object, { family: BTreeFamily; t: TreeState }>();
+type Decoded<T> = WeakMap<object, { family: BTreeFamily; v: T }>;
+const decodedBuckets: Decoded<BucketState> = new WeakMap();
+const decodedTrees: Decoded<TreeState> = new WeakMap();
+
+/** decode() of `state`, once per state object and family. */
+function shared<T>(table: Decoded<T>, family: BTreeFamily, state: Tuple, decode: () => T): T {
+  const known = table.get(state);
+  if (known !== undefined && known.family === family) return known.v;
+  const v = decode();
+  table.set(state, { family, v });
+  return v;
+}
 
 function bad(oid: Oid | undefined, what: string, detail: string): ObjectFormatError {
   return new ObjectFormatError(oid, `${what}: ${detail}`);
@@ -100,11 +110,7 @@ export function decodeBucketState(oid: Oid | undefined, family: BTreeFamily, sta
   if (!(state instanceof Tuple) || (state.length !== 1 && state.length !== 2)) {
     throw bad(oid, what, `expect (items,) or (items, next), got ${pyTypeName(state)}`);
   }
-  const known = decodedBuckets.get(state);
-  if (known !== undefined && known.family === family) return known.b;
-  const b = decodeBucket(oid, family, state, what);
-  decodedBuckets.set(state, { family, b });
-  return b;
+  return shared(decodedBuckets, family, state, () => decodeBucket(oid, family, state, what));
 }
 
 function decodeBucket(oid: Oid | undefined, family: BTreeFamily, state: Tuple, what: string): BucketState {
@@ -132,11 +138,7 @@ export function decodeTreeState(oid: Oid | undefined, family: BTreeFamily, state
   if (!(state instanceof Tuple) || (state.length !== 1 && state.length !== 2)) {
     throw bad(oid, what, `expect None, ((bucket,),) or (children, firstbucket), got ${pyTypeName(state)}`);
   }
-  const known = decodedTrees.get(state);
-  if (known !== undefined && known.family === family) return known.t;
-  const t = decodeTree(oid, family, state, what);
-  decodedTrees.set(state, { family, t });
-  return t;
+  return shared(decodedTrees, family, state, () => decodeTree(oid, family, state, what));
 }
 
 function decodeTree(oid: Oid | undefined, family: BTreeFamily, state: Tuple, what: string): TreeState {
