@@ -416,6 +416,22 @@ describe('client library', () => {
     expect(lines.find((l) => 'parent' in l)).toMatchObject({ parent: 'ok' });
   });
 
+  it('exec keeps the process: authenticated while the link survives the exec, refused once the exec closed it', async () => {
+    const run = async (mode: string) =>
+      JSON.parse(await runProcess(python(), [path.join(repoRoot, 'test', 'helpers', 'auth-exec.py'), mnt(), keyFile, mode], process.env)) as Record<
+        string,
+        unknown
+      >;
+    const inherit = await run('inherit');
+    expect(inherit.pid).toBe(inherit.before); // the same process
+    expect(inherit).toMatchObject({ first: 'ok', last: 'ok' });
+    // the close at exec reaches the server as RELEASE, which the kernel sends after the
+    // exec: the first open may still pass, refusal follows
+    const cloexec = await run('cloexec');
+    expect(cloexec.pid).toBe(cloexec.before);
+    expect(cloexec.last).toBe('EACCES');
+  });
+
   it('an autostarted server gets the key file', async () => {
     const dir = tmpDir('wcfs-auth-auto-');
     extraDirs.push(dir);
