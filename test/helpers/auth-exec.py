@@ -5,19 +5,13 @@
 # `cloexec`: the exec closes it (Python's default for os.open). The exec'd program tries
 # head/at, until it gets EACCES or for 2 s, and prints one JSON line:
 #   {"first": "ok"|errno, "last": "ok"|errno, "pid": <pid>, "before": <pid before exec>}
-import errno, json, os, sys
+import json, os, sys
+
+from authprobe import try_open
 
 if sys.argv[1] == '--probe':
     import time
     at, before = sys.argv[2], int(sys.argv[3])
-
-    def try_open(p):
-        try:
-            os.close(os.open(p, os.O_RDONLY))
-            return 'ok'
-        except OSError as e:
-            return errno.errorcode.get(e.errno, str(e.errno))
-
     first = last = try_open(at)
     deadline = time.monotonic() + 2
     while last == 'ok' and time.monotonic() < deadline:

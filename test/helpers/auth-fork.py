@@ -6,19 +6,13 @@
 # With `hold` the child then keeps the link open until SIGTERM (the test kills it by pid),
 # else it exits. Output, one JSON line each:
 #   {"parent": "ok"|errno, "pid": <parent pid>}   {"child": "ok"|errno, "pid": <child pid>}
-import errno, json, os, signal, sys
+import json, os, signal, sys
+
+from authprobe import try_open
 
 mnt, keyfile = sys.argv[1], sys.argv[2]
 hold = sys.argv[3:] == ['hold']
 key = open(keyfile, 'rb').read().rstrip(b'\r\n')
-
-
-def try_open(p):
-    try:
-        os.close(os.open(p, os.O_RDONLY))
-        return 'ok'
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
 
 
 def say(d):
