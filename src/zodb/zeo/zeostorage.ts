@@ -120,6 +120,7 @@ export class ZeoStorage implements IStorage, ICommitter {
   private headTid: Tid;
   private readonly watches = new Set<WatchQueue>();
   private readonly ring: CommitEvent[] = [];
+  private readonly ringLimits: WatchQueueLimits;
   private ringOids = 0;
   /** Every event with tid > ringStart is in the ring (ringStart = head at open, then the last one dropped). */
   private ringStart: Tid = 0n;
@@ -143,6 +144,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     this.addr = addrText(zu.addr);
     this.headTid = at0;
     this.log = opts.log ?? logLine;
+    this.ringLimits = opts.history ?? RING_LIMITS;
     this.newLive();
   }
 
@@ -305,7 +307,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     this.headTid = ev.tid;
     this.ring.push(ev);
     this.ringOids += ev.oids.length;
-    const { maxEvents, maxOids } = this.opts.history ?? RING_LIMITS;
+    const { maxEvents, maxOids } = this.ringLimits;
     while (this.ring.length > maxEvents || (this.ringOids > maxOids && this.ring.length > 1)) {
       const old = this.ring.shift()!;
       this.ringOids -= old.oids.length;
@@ -348,7 +350,7 @@ export class ZeoStorage implements IStorage, ICommitter {
     if (after < this.ringStart) {
       throw new ZeoGapError(
         this.addr,
-        `${what}: older than this driver's history (it keeps the last ${(this.opts.history ?? RING_LIMITS).maxEvents} transactions, from after @${hex16(this.ringStart)})`,
+        `${what}: older than this driver's history (its last transactions, at most ${this.ringLimits.maxEvents}: from after @${hex16(this.ringStart)})`,
       );
     }
     return this.ring.filter((e) => e.tid > after).values();
