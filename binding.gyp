@@ -10,6 +10,8 @@
         "native/fuse.cc",
         "native/mincore.cc",
         "native/fs1scan.cc",
+        "native/fs1views.cc",
+        "native/zdata.cc",
         "native/client.cc",
         "native/client_mmap.cc",
         "native/client_wlink.cc",

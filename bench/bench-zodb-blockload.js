@@ -8,14 +8,17 @@
 // "pooled" rows pass a reused output buffer: on this VM the page faults of a fresh 2 MiB
 // buffer cost about as much as reading it. The ZBlk1 load is split into its two parts — the
 // chunktab range walk (btree/, nodes from the decoded-node cache) and the 512 chunk records (index
-// lookup + header + zdataFast + copy into the block) — so what bounds it is visible. "before"
+// lookups, then one native call for the headers — FileStorage.loadTransientMany — and one for
+// the ZData parse and copy into the block — zdataGather), plus the copy alone (one 2 MiB
+// TypedArray.set: what any assembly costs at least) — so what bounds it is visible. "before"
 // = issue 11's table; goal and verdict per row.
 import { mkdtempSync, openSync, readSync, closeSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { openStorage } from '../dist/zodb/open.js';
 import { StorageLoader, WriteTxn } from '../dist/zodb/db.js';
-import { ZBigFileView, createZBigFile, ensureRoot, setBlock, zdataFast } from '../dist/zodb/zbigfile.js';
+import { ZBigFileView, createZBigFile, ensureRoot, setBlock } from '../dist/zodb/zbigfile.js';
+import { native } from '../dist/native.js';
 import { btreeGet, btreeRange } from '../dist/zodb/btree/index.js';
 
 const BLK = 2 * 1024 * 1024;
@@ -121,10 +124,27 @@ async function main() {
     },
     15,
   );
+  const oids = new BigUint64Array(512);
+  const offs = new Float64Array(512);
+  const ranges = new Float64Array(1024);
+  const stop = new Float64Array(1);
   const zc = await measure(
     ' part: 512 chunk records + copy',
     async () => {
-      for (const cs of chunks) for (const [off, oid] of cs) out.set(zdataFast(loader.loadRecordTransient(oid, at).data), off);
+      for (const cs of chunks) {
+        cs.forEach(([off, oid], i) => ((oids[i] = oid), (offs[i] = off)));
+        const src = s.loadTransientMany(oids, cs.length, at, ranges);
+        stop[0] = 0;
+        if (native().zdataGather(src, ranges, offs, 0, cs.length, out, stop) !== cs.length) throw new Error('bench: a chunk left the batch');
+      }
+    },
+    15,
+  );
+  const src2 = new Uint8Array(BLK);
+  const zcopy = await measure(
+    ' part: the 2 MiB copy alone',
+    async () => {
+      for (let i = 0; i < NBLK; i++) out.set(src2);
     },
     15,
   );
@@ -149,6 +169,7 @@ async function main() {
     [z1p, '0.24', '≥ 0.8', (r) => (r >= 0.8 ? '✓' : '✗')],
     [zr, '', '', () => ''],
     [zc, '', '', () => ''],
+    [zcopy, '', '', () => ''],
   ];
   console.log('what                              MB/s    µs/2MiB-block  ratio  before  goal   verdict');
   for (const [r, before, goal, verdict] of rows) {

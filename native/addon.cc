@@ -65,6 +65,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFuse(env, exports);
   InitMincore(env, exports);
   InitFs1Scan(env, exports);
+  InitFs1Views(env, exports);
+  InitZData(env, exports);
   InitClient(env, exports);
   InitTestHooks(env, exports);
   return exports;

@@ -19,6 +19,8 @@ void InitPidfd(Napi::Env env, Napi::Object exports);      // pidfd.cc
 void InitFuse(Napi::Env env, Napi::Object exports);       // fuse.cc
 void InitMincore(Napi::Env env, Napi::Object exports);    // mincore.cc
 void InitFs1Scan(Napi::Env env, Napi::Object exports);    // fs1scan.cc: FileStorage index-rebuild scanner
+void InitFs1Views(Napi::Env env, Napi::Object exports);   // fs1views.cc: batched data-record lookups
+void InitZData(Napi::Env env, Napi::Object exports);      // zdata.cc: ZBlk1 chunk assembly
 void InitClient(Napi::Env env, Napi::Object exports);     // client.cc (+ client_mmap.cc, client_wlink.cc)
 void InitTestHooks(Napi::Env env, Napi::Object exports);  // test_hooks.cc: test-only entry points
 

@@ -54,6 +54,22 @@ export interface NativeAddon extends NativeTestHooks {
   fs1Scan(buf: Uint8Array, bufPos: number, size: number, st: Float64Array, tids: BigUint64Array, out: Float64Array): number;
 
   /**
+   * Batched FileStorage data-record lookups (native/fs1views.cc, used by
+   * FileStorage.loadTransientMany): in, ranges[2i] = the position a load of oids[i] as of `at`
+   * starts from (-1: none); out, ranges[2i..2i+1] = the record's data [start, end) in map, or
+   * -1, -1 where the general load path must decide. Returns how many were resolved. Pure.
+   */
+  fs1DataViews(map: Uint8Array, limit: number, at: bigint, oids: BigUint64Array, n: number, ranges: Float64Array): number;
+
+  /**
+   * ZBlk1 assembly (native/zdata.cc, used by zbigfile.ts): copies the chunk bytes of the ZData
+   * records src[ranges[2k], ranges[2k+1]) to out[offs[k]] for k = from…, zeroing the gap before
+   * each; returns the first k not taken (a layout zdataFast does not know, an overlap, a chunk
+   * past out, no range) and leaves the end of the last chunk copied in stop[0]. Pure.
+   */
+  zdataGather(src: Uint8Array, ranges: Float64Array, offs: Float64Array, from: number, n: number, out: Uint8Array, stop: Float64Array): number;
+
+  /**
    * Client side of one watch link (native/client*.cc): owns watchFd, the head-file fds handed
    * in by fileAdd, all mappings, and three threads (rx, pinner, tx). Wrapped by
    * src/client/conn.ts — use that. appRequests: an application's link (src/client/watchlink.ts):

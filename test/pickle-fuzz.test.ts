@@ -29,6 +29,7 @@ import {
 import { decodeLong } from '../src/zodb/pickle/decode.js';
 import { PickleError } from '../src/zodb/errors.js';
 import { zdataFast } from '../src/zodb/zbigfile.js';
+import { native } from '../src/native.js';
 import { fcParams } from './helpers/fuzz.js';
 
 const bytes = (...parts: Array<number | string | Uint8Array>): Uint8Array =>
@@ -40,6 +41,17 @@ const le32 = (n: number) => {
   b.writeUInt32LE(n >>> 0);
   return b;
 };
+
+/**
+ * The native ZData parser (native/zdata.cc zdataGather, one chunk) on src[0, n): the chunk
+ * bytes it copies, or undefined when it does not take the record. It must agree with zdataFast.
+ */
+function zdataNative(src: Uint8Array, n: number): Uint8Array | undefined {
+  const out = new Uint8Array(n);
+  const stop = new Float64Array(1);
+  const i = native().zdataGather(src, Float64Array.of(0, n), new Float64Array(1), 0, 1, out, stop);
+  return i === 1 ? out.subarray(0, stop[0]) : undefined;
+}
 
 /** Run every decoder entry point on `b`: a value, or PickleError with an offset inside b. */
 function decodeAll(b: Uint8Array): Array<unknown> {
@@ -368,6 +380,7 @@ describe('pickle: properties', () => {
         const view = bytes(rec, post).subarray(0, rec.length);
         const fast = zdataFast(view);
         expect(zdataFast(Uint8Array.from(rec))).toEqual(fast);
+        expect(zdataNative(view, rec.length)).toEqual(fast);
         if (fast === undefined) return;
         const r = decodeRecord(view);
         expect(r.klass).toEqual(new Global('wendelin.bigfile.file_zodb', 'ZData'));
@@ -418,6 +431,7 @@ describe('pickle: properties', () => {
         const view = bytes(r, post).subarray(0, r.length);
         const fast = zdataFast(view);
         expect(zdataFast(Uint8Array.from(r))).toEqual(fast);
+        expect(zdataNative(view, r.length)).toEqual(fast);
         if (fast === undefined) return;
         taken++;
         const d = decodeRecord(view); // throws if zdataFast accepted what the decoder refuses

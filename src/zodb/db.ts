@@ -36,6 +36,8 @@ export interface ObjectLoader {
   loadObjectTransient?(oid: Oid, at: Tid): LoadedObject;
   /** Optional: the raw record, transient as above (for format-specific fast paths). */
   loadRecordTransient?(oid: Oid, at: Tid): LoadResult;
+  /** Optional: many raw records at once, transient as above (IStorage.loadTransientMany). */
+  loadRecordsTransient?(oids: BigUint64Array, n: number, at: Tid, ranges: Float64Array): Uint8Array | undefined;
   /** Optional: the raw committed record, the caller's to keep (IStorage.load). */
   loadRecord?(oid: Oid, at: Tid): Promise<LoadResult>;
   /**
@@ -72,6 +74,7 @@ export interface StorageLoaderOptions {
 export class StorageLoader implements ObjectLoader {
   readonly loadObjectTransient?: (oid: Oid, at: Tid) => LoadedObject;
   readonly loadRecordTransient?: (oid: Oid, at: Tid) => LoadResult;
+  readonly loadRecordsTransient?: (oids: BigUint64Array, n: number, at: Tid, ranges: Float64Array) => Uint8Array | undefined;
   readonly nodeCache?: NodeCache;
   constructor(
     readonly storage: IStorage,
@@ -82,6 +85,7 @@ export class StorageLoader implements ObjectLoader {
       this.loadRecordTransient = lt;
       this.loadObjectTransient = (oid, at) => decodeLoaded(oid, lt(oid, at));
     }
+    this.loadRecordsTransient = storage.loadTransientMany?.bind(storage);
     const bytes = opts.nodeCacheBytes ?? DEFAULT_NODE_CACHE_BYTES;
     if (bytes > 0) this.nodeCache = new NodeCache(bytes, () => storage.head());
   }

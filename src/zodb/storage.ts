@@ -73,6 +73,14 @@ export interface IStorage {
    * the storage (the caller copies what it needs at once).
    */
   loadTransient?(oid: Oid, at: Tid): LoadResult;
+  /**
+   * Optional batched fast path over loadTransient: the data of oids[0, n) as of `at` as ranges
+   * of one buffer — ranges[2i, 2i+1] = [start, end) in the returned buffer, or -1, -1 where
+   * the caller must use loadTransient (anything but the common case, errors included). The
+   * buffer's bytes in those ranges are committed records and never change: it may be used
+   * after further loads, while the caller holds it. undefined: no such buffer now.
+   */
+  loadTransientMany?(oids: BigUint64Array, n: number, at: Tid, ranges: Float64Array): Uint8Array | undefined;
   iterate(tidMin?: Tid, tidMax?: Tid): AsyncIterable<TxnRecord>;
   watch(from?: Tid): StorageWatch;
   /** Largest oid in use (as of head). Optional: a client of a server (ZEO) cannot tell. */

@@ -24,7 +24,7 @@
 // server hands it to READ replies, the fast path and NOTIFY_STORE, which all only read); a
 // write into it faults instead of corrupting every later hole. With `out`, the data is `out`.
 
-import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeRange, btreeSet, type PathNode } from './btree/index.js';
+import { btreeCreate, btreeDelete, btreeGet, btreeItems, btreeMaxKey, btreeRangeEach, btreeSet, type PathNode } from './btree/index.js';
 import { isCode } from '../errors.js';
 import { NotZBigFileError, ObjectFormatError } from './errors.js';
 import { WriteTxn, type ObjectLoader } from './db.js';
@@ -141,17 +141,12 @@ export class ZBigFileView {
     const { value, path } = await btreeGet(this.loader, this.blktab, key, this.at);
     let revMax = this.serial;
     for (const n of path) if (n.serial > revMax) revMax = n.serial;
-    // memory of the block's own: fresh memory is zero already, given or allocated may be dirty
-    const own = (): { data: Uint8Array; dirty: boolean } =>
-      fixed !== undefined
-        ? { data: fixed, dirty: true }
-        : alloc !== undefined
-          ? { data: sized(alloc()), dirty: true }
-          : { data: new Uint8Array(bs), dirty: false };
-    const zeroed = (): Uint8Array => {
-      const o = own();
-      return o.dirty ? o.data.fill(0) : o.data;
-    };
+    // Memory of the block's own, with any content: every byte of it is written below (the
+    // data, and zeros wherever no data lands). Fresh memory is taken uninitialised: malloc
+    // hands back memory it already has, where a zeroed 2 MiB allocation gets fresh pages and
+    // faults on each one (more than the copy costs, bench/bench-zodb-blockload.js).
+    const own = (): Uint8Array => fixed ?? (alloc !== undefined ? sized(alloc()) : uninit(bs));
+    const zeroed = (): Uint8Array => own().fill(0);
     // a hole: the shared zero block (no allocation, no zero-fill); `out` is the caller's own
     if (value === undefined) return { data: fixed !== undefined ? fixed.fill(0) : (zeroBlock(bs) ?? zeroed()), path, zblk: null, revMax };
 
@@ -174,65 +169,141 @@ export class ZBigFileView {
       // can be returned as the view it is.
       if (fixed === undefined && b.length === bs) return { data: b, path, zblk, revMax };
       if (fixed === undefined && b.length === 0) return { data: zeroBlock(bs) ?? zeroed(), path, zblk, revMax };
-      const { data, dirty } = own();
+      const data = own();
       data.set(b);
-      if (dirty) data.fill(0, b.length);
+      data.fill(0, b.length);
       return { data, path, zblk, revMax };
     }
-    // a dirty buffer gets zeros only where no chunk lands
-    const { data, dirty } = own();
-    await this.readZBlk1(value.oid, z.state, data, dirty);
+    const data = own();
+    await this.readZBlk1(value.oid, z.state, data);
     return { data, path, zblk, revMax };
   }
 
   /**
-   * Assemble a ZBlk1's chunks into `out` (blksize bytes). `dirty`: out holds old bytes — every
-   * byte no chunk covers is zeroed here (gaps and trimmed chunk tails), so the block is written
-   * once, not zero-filled first and then copied over.
+   * Assemble a ZBlk1's chunks into `out` (blksize bytes, any content): every byte no chunk
+   * covers is zeroed here (gaps and trimmed chunk tails), so the block is written once, not
+   * zero-filled first and then copied over.
    */
-  private async readZBlk1(zoid: Oid, state: PyValue, out: Uint8Array, dirty: boolean): Promise<void> {
+  private async readZBlk1(zoid: Oid, state: PyValue, out: Uint8Array): Promise<void> {
     const chunktab = state instanceof PersistentRef ? state : undefined;
     if (chunktab === undefined || (chunktab.klass !== null && !chunktab.klass.is('BTrees.IOBTree', 'IOBTree'))) {
       throw new ObjectFormatError(zoid, `ZBlk1: state is ${pyTypeName(state)}, want ref to IOBTree`);
     }
-    const entries = await btreeRange(this.loader, chunktab.oid, this.at);
-    for (const [off, v] of entries) {
-      if (!(v instanceof PersistentRef) || (v.klass !== null && !v.klass.is(MOD, 'ZData'))) {
-        throw new ObjectFormatError(chunktab.oid, `chunk @${off}: expect ZData, got ${pyTypeName(v)}`);
+    const cl = takeChunkList();
+    try {
+      await btreeRangeEach(this.loader, chunktab.oid, this.at, (keys, values, i0, i1) => {
+        for (let i = i0; i < i1; i++) {
+          const off = keys[i]!;
+          const v = values[i]!;
+          if (!(v instanceof PersistentRef) || (v.klass !== null && !v.klass.is(MOD, 'ZData'))) {
+            throw new ObjectFormatError(chunktab.oid, `chunk @${off}: expect ZData, got ${pyTypeName(v)}`);
+          }
+          if (off < 0n) throw new ObjectFormatError(chunktab.oid, `chunk offset ${off} < 0`);
+          cl.push(v.oid, Number(off));
+        }
+      });
+      const n = cl.n;
+      // A loader with a batched transient path (FileStorage: ranges of its mmap) hands over all
+      // the chunk records at once, and native code copies them into the block (native/zdata.cc:
+      // no bigint, view or call per chunk); a chunk it cannot take — and every chunk without
+      // the batch — goes one by one below: through a synchronous transient load copied out at
+      // once, or, for a storage without one, loads issued together (a network overlaps them).
+      const lr = this.loader.loadRecordTransient?.bind(this.loader);
+      const lt = this.loader.loadObjectTransient?.bind(this.loader);
+      const src = this.loader.loadRecordsTransient?.(cl.oids, n, this.at, cl.ranges);
+      const chunks =
+        src !== undefined || lr !== undefined || lt !== undefined
+          ? undefined
+          : await Promise.all(Array.from({ length: n }, (_, i) => this.loader.loadObject(cl.oids[i]!, this.at)));
+      let stop = 0; // end of the previous chunk: chunks must not overlap
+      for (let i = 0; i < n; i++) {
+        if (src !== undefined) {
+          cl.stop[0] = stop;
+          i = native().zdataGather(src, cl.ranges, cl.offs, i, n, out, cl.stop);
+          stop = cl.stop[0]!;
+          if (i === n) break;
+        }
+        const off = cl.offs[i]!;
+        const coid = cl.oids[i]!;
+        // ZData records in every layout ZODB writes are recognised without the pickle machine
+        let b = lr !== undefined ? zdataFast(lr(coid, this.at).data) : undefined;
+        if (b === undefined) {
+          const c = chunks !== undefined ? chunks[i]! : lt !== undefined ? lt(coid, this.at) : await this.loader.loadObject(coid, this.at);
+          if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
+          b = asBytes(c.state);
+          if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
+        }
+        if (off < stop) throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off} overlaps previous chunk ending @${stop}`);
+        if (off + b.length > out.length) {
+          throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off}+${b.length} exceeds blksize ${out.length}`);
+        }
+        if (off > stop) out.fill(0, stop, off);
+        out.set(b, off);
+        stop = off + b.length;
       }
-      if (off < 0n) throw new ObjectFormatError(chunktab.oid, `chunk offset ${off} < 0`);
+      if (stop < out.length) out.fill(0, stop);
+    } finally {
+      giveChunkList(cl);
     }
-    // A loader with a synchronous transient path (FileStorage: views of its mmap) is used chunk
-    // by chunk, each copied out at once: no promise, no allocation per chunk, one copy of each
-    // byte. Otherwise the loads are issued together (a network storage overlaps them).
-    const lr = this.loader.loadRecordTransient?.bind(this.loader);
-    const lt = this.loader.loadObjectTransient?.bind(this.loader);
-    const chunks =
-      lr !== undefined || lt !== undefined
-        ? undefined
-        : await Promise.all(entries.map(([, ref]) => this.loader.loadObject((ref as PersistentRef).oid, this.at)));
-    let stop = 0; // end of the previous chunk: chunks must not overlap
-    for (let i = 0; i < entries.length; i++) {
-      const off = Number(entries[i]![0]);
-      const coid = (entries[i]![1] as PersistentRef).oid;
-      // ZData records in every layout ZODB writes are recognised without the pickle machine
-      let b = lr !== undefined ? zdataFast(lr(coid, this.at).data) : undefined;
-      if (b === undefined) {
-        const c = chunks !== undefined ? chunks[i]! : lt !== undefined ? lt(coid, this.at) : await this.loader.loadObject(coid, this.at);
-        if (!c.klass.is(MOD, 'ZData')) throw new ObjectFormatError(c.oid, `expect ZData, got ${c.klass}`);
-        b = asBytes(c.state);
-        if (b === undefined) throw new ObjectFormatError(c.oid, `ZData: state is ${pyTypeName(c.state)}, want bytes`);
-      }
-      if (off < stop) throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off} overlaps previous chunk ending @${stop}`);
-      if (off + b.length > out.length) {
-        throw new ObjectFormatError(zoid, `ZBlk1: chunk @${off}+${b.length} exceeds blksize ${out.length}`);
-      }
-      if (dirty && off > stop) out.fill(0, stop, off);
-      out.set(b, off);
-      stop = off + b.length;
-    }
-    if (dirty && stop < out.length) out.fill(0, stop);
   }
+}
+
+// ---- ZBlk1 chunk lists ----
+
+/**
+ * A ZBlk1's chunks as the typed arrays native code takes (zdataGather): chunk i is the ZData
+ * oids[i] at offset offs[i], i < n; ranges (2 per chunk) and stop are the gather's scratch.
+ * Invariant: ranges.length = 2 × oids.length = 2 × offs.length ≥ 2n.
+ */
+class ChunkList {
+  n = 0;
+  oids: BigUint64Array;
+  offs: Float64Array;
+  ranges: Float64Array;
+  readonly stop = new Float64Array(1);
+
+  constructor(cap: number) {
+    this.oids = new BigUint64Array(cap);
+    this.offs = new Float64Array(cap);
+    this.ranges = new Float64Array(2 * cap);
+  }
+
+  push(oid: Oid, off: number): void {
+    if (this.n === this.offs.length) {
+      const cap = 2 * this.n;
+      const oids = new BigUint64Array(cap);
+      const offs = new Float64Array(cap);
+      oids.set(this.oids);
+      offs.set(this.offs);
+      this.oids = oids;
+      this.offs = offs;
+      this.ranges = new Float64Array(2 * cap);
+    }
+    this.oids[this.n] = oid;
+    this.offs[this.n] = off;
+    this.n++;
+  }
+}
+/** Chunks per block up to which a list is kept for the next block (wendelin.core writes 512). */
+const CHUNKS_KEEP = 4096;
+/** The kept list; taken while in use, so two assemblies (an await apart) never share one. */
+let spareChunks: ChunkList | undefined;
+
+function takeChunkList(): ChunkList {
+  const cl = spareChunks ?? new ChunkList(512);
+  spareChunks = undefined;
+  cl.n = 0;
+  return cl;
+}
+
+function giveChunkList(cl: ChunkList): void {
+  if (cl.offs.length <= CHUNKS_KEEP) spareChunks = cl;
+}
+
+/** bs bytes of uninitialised memory as a plain Uint8Array (the caller writes every byte). */
+function uninit(bs: number): Uint8Array {
+  const b = Buffer.allocUnsafeSlow(bs);
+  return new Uint8Array(b.buffer, b.byteOffset, bs);
 }
 
 // ---- holes ----

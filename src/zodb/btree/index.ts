@@ -24,7 +24,7 @@ export {
   type NodeKind,
 } from './family.js';
 export { decodeBucketState, decodeTreeState, encodeBucketState, encodeEmbeddedTreeState, encodeTreeState, type BucketState, type TreeState } from './state.js';
-export { btreeGet, btreeItems, btreeMaxKey, btreeRange, loadNode, type LoadedNode, type PathNode } from './read.js';
+export { btreeGet, btreeItems, btreeMaxKey, btreeRange, btreeRangeEach, loadNode, type LoadedNode, type PathNode, type RangeVisit } from './read.js';
 export { DEFAULT_NODE_CACHE_BYTES, NodeCache, approxNodeBytes, type NodeCacheStats } from './cache.js';
 export { btreeCheck, shapeText, type BTreeCheckResult, type NodeShape } from './check.js';
 export { btreeCreate, btreeDelete, btreeSet, type BTreeWriteOptions } from './write.js';

@@ -280,24 +280,42 @@ export async function* btreeItems(loader: ObjectLoader, root: Oid, at: Tid, lo: 
   const stack = [rangeRoot(root)];
   for (let p = stack.pop(); p !== undefined; p = stack.pop()) {
     const items: Array<[bigint, PyValue]> = [];
-    rangeStep(root, p, knownNode(loader, p.oid, at, p.expect) ?? (await loadNode(loader, p.oid, at, p.expect)), lo, hi, stack, items);
+    rangeStep(root, p, knownNode(loader, p.oid, at, p.expect) ?? (await loadNode(loader, p.oid, at, p.expect)), lo, hi, stack, pushTo(items));
     yield* items;
   }
 }
 
 /**
- * All items with lo ≤ key ≤ hi, ascending, as one array. Awaits only for nodes not in the
+ * A range walk's view of one bucket: its items i0 ≤ i < i1 are in range (i0 < i1), in key
+ * order. keys and values are the decoded node's own, shared and read-only: copy what is kept.
+ */
+export type RangeVisit = (keys: readonly bigint[], values: readonly PyValue[], i0: number, i1: number) => void;
+
+/**
+ * The items with lo ≤ key ≤ hi, ascending, bucket by bucket to `visit` — no tuple per item
+ * (a ZBlk1's 512 chunks: notes.md §8 "ZBlk1"). Awaits only for nodes not in the
  * decoded-node cache: a cached walk (a ZBlk1's chunktab, read again) runs without a microtask
  * hop (was a nested async generator per level: ~40% of a cached chunktab walk).
  */
-export async function btreeRange(loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX): Promise<Array<[bigint, PyValue]>> {
-  const out: Array<[bigint, PyValue]> = [];
-  if (lo > hi) return out;
+export async function btreeRangeEach(loader: ObjectLoader, root: Oid, at: Tid, visit: RangeVisit, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX): Promise<void> {
+  if (lo > hi) return;
   const stack = [rangeRoot(root)];
   for (let p = stack.pop(); p !== undefined; p = stack.pop()) {
-    rangeStep(root, p, knownNode(loader, p.oid, at, p.expect) ?? (await loadNode(loader, p.oid, at, p.expect)), lo, hi, stack, out);
+    rangeStep(root, p, knownNode(loader, p.oid, at, p.expect) ?? (await loadNode(loader, p.oid, at, p.expect)), lo, hi, stack, visit);
   }
+}
+
+/** All items with lo ≤ key ≤ hi, ascending, as one array (btreeRangeEach). */
+export async function btreeRange(loader: ObjectLoader, root: Oid, at: Tid, lo: bigint = KEY_MIN, hi: bigint = KEY_MAX): Promise<Array<[bigint, PyValue]>> {
+  const out: Array<[bigint, PyValue]> = [];
+  await btreeRangeEach(loader, root, at, pushTo(out), lo, hi);
   return out;
+}
+
+function pushTo(out: Array<[bigint, PyValue]>): RangeVisit {
+  return (keys, values, i0, i1) => {
+    for (let i = i0; i < i1; i++) out.push([keys[i]!, values[i]!]);
+  };
 }
 
 /** A subtree a range walk has still to visit: its root oid, keycov [clo, chi], expectations. */
@@ -314,11 +332,11 @@ function rangeRoot(root: Oid): RangeTodo {
 }
 
 /**
- * One node `n` of a range walk over [lo, hi] (depth-first, key order): a bucket appends its
- * items in range to `out`; a tree pushes its children whose keycov meets [lo, hi] onto `stack`,
+ * One node `n` of a range walk over [lo, hi] (depth-first, key order): a bucket hands its
+ * items in range to `visit`; a tree pushes its children whose keycov meets [lo, hi] onto `stack`,
  * last child first, so they pop in key order.
  */
-function rangeStep(root: Oid, p: RangeTodo, n: LoadedNode, lo: bigint, hi: bigint, stack: RangeTodo[], out: Array<[bigint, PyValue]>): void {
+function rangeStep(root: Oid, p: RangeTodo, n: LoadedNode, lo: bigint, hi: bigint, stack: RangeTodo[], visit: RangeVisit): void {
   if (p.depth > MAX_DEPTH) throw tooDeep(root);
   let b: BucketState;
   if (n.kind === 'bucket') {
@@ -342,5 +360,9 @@ function rangeStep(root: Oid, p: RangeTodo, n: LoadedNode, lo: bigint, hi: bigin
     b = t.bucket;
     checkBucketCov(p.oid, true, b.keys, p.clo, p.chi);
   }
-  for (let i = bucketIndex(b.keys, lo); i < b.keys.length && b.keys[i]! <= hi; i++) out.push([b.keys[i]!, b.values[i]!]);
+  const k = b.keys;
+  const i0 = bucketIndex(k, lo);
+  // the end: all the rest when the last key is in range (the common case: a whole bucket)
+  const i1 = k.length > 0 && k[k.length - 1]! <= hi ? k.length : bucketIndex(k, hi + 1n);
+  if (i0 < i1) visit(k, b.values, i0, i1);
 }

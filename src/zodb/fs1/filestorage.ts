@@ -489,6 +489,20 @@ export class FileStorage implements IStorage, ICommitter {
     return m === undefined ? this.loadSync(oid, at, true) : this.loadMapped(oid, at, m);
   }
 
+  /**
+   * IStorage.loadTransientMany: loadMapped's common case for many oids in one native call
+   * (native/fs1views.cc: the header checks of the fast case above, no bigint or view per
+   * record); the rest (-1) is left to loadTransient. undefined when the mmap is unavailable.
+   */
+  loadTransientMany(oids: BigUint64Array, n: number, at: Tid, ranges: Float64Array): Uint8Array | undefined {
+    this.checkOpen('load');
+    const m = this.mapBroken ? undefined : this.mapFor(this.topPos);
+    if (m === undefined) return undefined;
+    for (let i = 0; i < n; i++) ranges[2 * i] = this.startPos(oids[i]!, at) ?? -1;
+    native().fs1DataViews(m, this.topPos, at, oids, n, ranges);
+    return m;
+  }
+
   /** loadSync over the mmap `m` (covering [0, topPos)): headers parsed in place, data a view. */
   private loadMapped(oid: Oid, at: Tid, m: Uint8Array): LoadResult {
     const pos = this.startPos(oid, at);
