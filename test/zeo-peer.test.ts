@@ -37,6 +37,7 @@ import { ZeoConn, type ZeoAddr, type ZeoConnOptions } from '../src/zodb/zeo/conn
 import { FrameDecoder, encodeFrame, type ZeoEncoding } from '../src/zodb/zeo/frame.js';
 import { ZeoStorage, type ZeoOptions } from '../src/zodb/zeo/zeostorage.js';
 import { rng } from '../src/util/rng.js';
+import { hex16 } from '../src/zodb/ids.js';
 import { seedOr } from './helpers/fuzz.js';
 import { makeTmpDir } from './helpers/tmp.js';
 
@@ -979,6 +980,24 @@ describe.each(MODES)('reconnect and the gap ($name)', ({ enc, unix }) => {
     ]);
     expect(gcd).toBe(true); // the server's iterator was freed
     expect(f.peers.length).toBe(2); // fatal: no more reconnects
+  });
+
+  it('the last transaction we saw was packed (status p): WCFS_EZEOGAP before the gap is read', { timeout: 5000 }, async () => {
+    // a pack to a time ≥ T2 rewrote T2 and may have dropped, without a trace, transactions
+    // after it that lost all their records: the gap must not be trusted even if it looks whole
+    const db = mkDb(T(4));
+    db.txns = [
+      { tid: T(2), status: 'p', oids: [1n] },
+      { tid: T(4), oids: [2n] },
+    ];
+    const { f, w } = await twoConns(async (p) => {
+      await p.greet();
+      await serve(p, db);
+    });
+    const e = await errOf(next(w));
+    expectCode(e, 'WCFS_EZEOGAP', f);
+    expect((e as Error).message).toContain(`transaction @${hex16(T(2))}, the last one we saw, was packed`);
+    expect(db.starts).toEqual([[T(2), T(2)]]);
   });
 
   it('the history ends before register’s tid: the watch fails WCFS_EZEOGAP', { timeout: 5000 }, async () => {

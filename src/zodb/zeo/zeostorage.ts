@@ -3,7 +3,8 @@
 //
 // Owns: the live connection (one at a time), the head the watches have been told, the watches,
 // a bounded ring of recent commit events (the history that watch(from < head) and a lagging
-// watch's catch-up replay read: watchq.ts Q1), the reconnect loop,
+// watch's catch-up replay read first: watchq.ts Q1; older history is fetched from the
+// server), the reconnect loop,
 // the pool of new oids, the commit lock.
 //
 // Overview:
@@ -30,7 +31,8 @@
 //   fatal ≠ null ⇒ no reconnect, every watch failed with it, every load/commit throws it;
 //   |ring| ≤ history.maxEvents events and its oids total ≤ history.maxOids (or one event);
 //     every event with tid > ringStart is in it; a watch's queue is bounded too (watchq.ts Q1:
-//     a watch lagging past the ring fails with ZeoGapError); a connection being set up
+//     a watch lagging past the ring catches up from the server's iterator_*, in batches, as
+//     exactly as a reconnect's recovery — or fails with ZeoGapError); a connection being set up
 //     holds ≤ maxRecoveryBuffer pushed events (one more fails that attempt: temporary, retried).
 //
 // Errors: ZeoConnError (temporary), ZeoProtoError / ZeoGapError (fatal), ZeoRemoteError,
@@ -40,7 +42,7 @@ import createDebug from 'debug';
 import { BadArgumentError, ClosedError, ConflictError, NoDataError, NoObjectError } from '../errors.js';
 import { hex16, MAX_TID, type Oid, type Tid } from '../ids.js';
 import type { CommitEvent, CommitRequest, ICommitter, IStorage, LoadResult, StorageWatch, TxnRecord } from '../storage.js';
-import { WatchQueue, type WatchQueueLimits } from '../watchq.js';
+import { FetchedReplay, WatchQueue, type Replay, type WatchQueueLimits } from '../watchq.js';
 import { bytesId, describe, encodeZeoPickle, idBytes, ZDict, ZFloat, ZTuple, type ZValue } from './codec.js';
 import { addrText, ZeoConn, type ZeoAddr, type ZeoConnOptions } from './conn.js';
 import { ZeoConnError, ZeoGapError, ZeoProtoError, ZeoRemoteError } from './errors.js';
@@ -52,6 +54,7 @@ const trace = createDebug('wcfs:zeo');
 /** The ring's default bounds (ZeoOptions.history). */
 const RING_LIMITS: WatchQueueLimits = { maxEvents: 4096, maxOids: 1 << 20 };
 const OID_BATCH_LOW = 256; // refill the pool in the background below this
+const FETCH_BATCH = 64; // transactions per batch of a catch-up fetched from the server
 const BUFFER_MAX = 100_000; // default maxRecoveryBuffer
 const POSKEYERROR = 'ZODB.POSException.POSKeyError';
 
@@ -216,16 +219,7 @@ export class ZeoStorage implements IStorage, ICommitter {
 
   /** The transactions in (from, to], one event each; exact or ZeoGapError. */
   private async recover(conn: ZeoConn, from: Tid, to: Tid): Promise<CommitEvent[]> {
-    // the same database: the transaction we saw last is there (ZEO carries no database identity)
-    if (from > 0n) {
-      let found = false;
-      for await (const t of iterateOn(conn, this.addr, from, from)) found ||= t.tid === from;
-      if (!found)
-        throw new ZeoGapError(
-          this.addr,
-          `the server does not have transaction @${hex16(from)}, the last one we saw (not the same database, or its history was packed): missed transactions cannot be recovered one by one`,
-        );
-    }
+    await this.checkSeen(conn, from, 'missed transactions cannot be recovered one by one');
     const out: CommitEvent[] = [];
     for await (const t of iterateOn(conn, this.addr, from + 1n, to)) {
       if (t.status === 'p')
@@ -242,6 +236,26 @@ export class ZeoStorage implements IStorage, ICommitter {
         `the server's history from @${hex16(from)} ends at @${hex16(last)}, not at its last transaction @${hex16(to)}: missed transactions cannot be recovered one by one`,
       );
     return out;
+  }
+
+  /**
+   * Transactions after `tid` (one we delivered) can be read back one by one: the server still
+   * has it, not rewritten by a pack. ZEO carries no database identity, so this is also the
+   * check that it is the same database. And a pack to any time ≥ tid rewrites tid's
+   * transaction (status 'p') or drops it — while the transactions after it up to the pack
+   * time that lost all their records are dropped without a trace: only this check sees those.
+   */
+  private async checkSeen(conn: ZeoConn, tid: Tid, what: string): Promise<void> {
+    if (tid === 0n) return;
+    let status: string | undefined;
+    for await (const t of iterateOn(conn, this.addr, tid, tid)) if (t.tid === tid) status = t.status;
+    if (status === undefined) {
+      throw new ZeoGapError(
+        this.addr,
+        `the server does not have transaction @${hex16(tid)}, the last one we saw (not the same database, or its history was packed): ${what}`,
+      );
+    }
+    if (status === 'p') throw new ZeoGapError(this.addr, `transaction @${hex16(tid)}, the last one we saw, was packed: ${what}`);
   }
 
   /** The connection went away: reconnect (temporary errors) or fail for good. */
@@ -328,7 +342,7 @@ export class ZeoStorage implements IStorage, ICommitter {
 
   watch(from?: Tid): StorageWatch {
     const start = from ?? this.headTid;
-    let replay: Iterator<CommitEvent> | null = null;
+    let replay: Replay | null = null;
     let gap: Error | null = null;
     try {
       if (start < this.headTid) replay = this.history(start, `watch from @${hex16(start)}`);
@@ -336,7 +350,7 @@ export class ZeoStorage implements IStorage, ICommitter {
       gap = e as Error;
     }
     // Q1: a watch that lags stops queuing; its catch-up replay reads the ring (deliver puts an
-    // event there before pushing it), or fails once the ring has moved past what it last took
+    // event there before pushing it) and, for what the ring no longer holds, the server
     const spill = (after: Tid) => () => this.history(after, `watch catch-up after @${hex16(after)} (the consumer lagged)`);
     const w = new WatchQueue(start, replay, (x) => this.watches.delete(x), spill, this.opts.watchLimits);
     if (this.fatal !== null || gap !== null) w.fail(this.fatal ?? gap);
@@ -344,16 +358,57 @@ export class ZeoStorage implements IStorage, ICommitter {
     return w;
   }
 
-  /** The ring's events with tid > after, up to the head now; ZeoGapError when it starts later. */
-  private history(after: Tid, what: string): Iterator<CommitEvent> {
+  /**
+   * The events with tid > after, up to the head now: from the ring, and — for the part before
+   * it — fetched from the server's iterator_* (exact or ZeoGapError, as a reconnect's recovery).
+   */
+  private history(after: Tid, what: string): Replay {
     if (this.fatal !== null) throw this.fatal;
-    if (after < this.ringStart) {
-      throw new ZeoGapError(
-        this.addr,
-        `${what}: older than this driver's history (its last transactions, at most ${this.ringLimits.maxEvents}: from after @${hex16(this.ringStart)})`,
-      );
+    const recent = this.ring.filter((e) => e.tid > after); // taken now: the ring moves on
+    if (after >= this.ringStart) return recent.values();
+    return new FetchedReplay(this.fetchHistory(after, this.ringStart, recent, what));
+  }
+
+  /**
+   * (after, to] from the server, one batch of ≤ FETCH_BATCH transactions at a time, then
+   * `then`. A lost connection is waited out (the driver reconnects as long as it is open) and
+   * the walk resumes after the last transaction handed out; a pack reaching past where the
+   * walk (re)starts (checkSeen), a packed transaction or a history that does not end at `to`
+   * is a ZeoGapError.
+   */
+  private async *fetchHistory(after: Tid, to: Tid, then: CommitEvent[], what: string): AsyncGenerator<CommitEvent[]> {
+    trace('%s: %s: fetching (@%s, @%s] from the server', this.addr, what, hex16(after), hex16(to));
+    let done = after; // the last tid handed out
+    while (done < to) {
+      if (this.closing) return;
+      if (this.fatal !== null) throw this.fatal;
+      const conn = this.conn ?? (await this.liveP).conn;
+      const batch: CommitEvent[] = [];
+      try {
+        await this.checkSeen(conn, done, `${what}: its changes cannot be read back one by one`);
+        for await (const t of iterateOn(conn, this.addr, done + 1n, to)) {
+          if (t.status === 'p') {
+            throw new ZeoGapError(this.addr, `${what}: transaction @${hex16(t.tid)} was packed: its changes cannot be read back one by one`);
+          }
+          batch.push({ tid: t.tid, oids: t.records.map((r) => r.oid) });
+          if (batch.length >= FETCH_BATCH) {
+            yield batch.splice(0);
+            done = t.tid;
+          }
+        }
+        if (batch.length > 0) {
+          done = batch[batch.length - 1]!.tid;
+          yield batch.splice(0);
+        }
+        if (done !== to) {
+          throw new ZeoGapError(this.addr, `${what}: the server's history from @${hex16(after)} ends at @${hex16(done)}, not at @${hex16(to)}`);
+        }
+      } catch (e) {
+        if (!isCode(e, 'WCFS_EZEOCONN') || this.closing) throw e;
+        trace('%s: %s: connection lost at @%s; resuming on the next one', this.addr, what, hex16(done));
+      }
     }
-    return this.ring.filter((e) => e.tid > after).values();
+    if (then.length > 0) yield then;
   }
 
   // ---- 4) loads ----
