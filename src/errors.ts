@@ -46,7 +46,7 @@ export type WcfsCode =
   | 'WCFS_EZEOPROTO' // a ZEO peer violated the protocol (framing, handshake, message shape): fatal
   | 'WCFS_EZEOCONN' // a ZEO connection failed, broke or went silent: temporary, the driver reconnects
   | 'WCFS_EZEOREMOTE' // the ZEO server raised an exception the driver has no class for
-  | 'WCFS_EZEOGAP' // commits missed while disconnected cannot be recovered one by one
+  | 'WCFS_EZEOGAP' // commits missed (while disconnected, or by a lagging watch) cannot be read back one by one
   | 'WCFS_ENOOIDS' // a writer used more new oids than the driver had reserved (ZEO: reserveOids)
   // fuse (src/fuse/errors.ts; WCFS_EMOUNT also from native/fuse.cc)
   | 'WCFS_EFUSE' // answer a FUSE request with an errno

@@ -11,8 +11,9 @@
 //                    the peer stopped answering. The driver reconnects; reads wait (bounded).
 //   ZeoRemoteError (WCFS_EZEOREMOTE) — the server answered a call with an exception the driver
 //                    has no better class for (className + args kept for callers).
-//   ZeoGapError    (WCFS_EZEOGAP)    — fatal for watching: after a reconnect the commits missed
-//                    cannot be recovered transaction by transaction (history packed or gone).
+//   ZeoGapError    (WCFS_EZEOGAP)    — fatal for watching: the commits missed (after a reconnect,
+//                    or by a watch that lagged past the ring) cannot be read back transaction by
+//                    transaction (history packed or gone).
 // Thrown by the pure codecs too (frame.ts, codec.ts: ZeoProtoError without an address).
 
 import { WcfsError } from '../../errors.js';

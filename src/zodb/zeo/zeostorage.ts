@@ -13,8 +13,9 @@
 //                 the connection is "ready"; those with tid ≤ at0 are dropped (zodb.md §4.5).
 //   2) recover  — on a reconnect with at0 > head: the missed transactions one by one through
 //                 the server's iterator_* (getInvalidations merges them, which ΔFtail cannot
-//                 use). Exact or fatal: a packed transaction in the gap, a gap that does not end
-//                 at at0, or a server whose last tid went backwards → ZeoGapError.
+//                 use). Exact or fatal: the transaction we saw last gone or packed (checkSeen), a
+//                 packed transaction in the gap, a gap that does not end at at0, or a server
+//                 whose last tid went backwards → ZeoGapError.
 //   3) follow   — invalidateTransaction(tid, oids) → one CommitEvent per transaction, in order;
 //                 our own commits (the server does not send their invalidation to us) become
 //                 events when tpc_finish's reply is handled, synchronously, in stream order.
