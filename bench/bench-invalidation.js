@@ -18,7 +18,9 @@
 //             is what dropping the pages costs.
 // Baseline (same run): the kernel alone dropping the same cached file with posix_fadvise
 // (DONTNEED), per 2 MiB block; ÷kernel = cached µs/blk ÷ that.
-// No @rev view is open, so no old data is retrieved and stored for it (that path costs more).
+// The old data of each cached block is RETRIEVEd and stored into its @<rev> file, looked up
+// through the mount when the kernel does not know it (upstream's rule, notes.md §8
+// "Invalidation"): that is most of the cached µs/blk.
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {

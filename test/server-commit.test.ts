@@ -61,7 +61,8 @@ class FakeKernel implements Kernel {
     retrieve: async (ino, off, len) => {
       this.events.push(`retrieve ${ino} ${off}+${len}`);
       if (this.holdRetrieve) await this.holdRetrieve;
-      return Buffer.from(this.cached.get(ino)?.get(off) ?? new Uint8Array(0)).subarray(0, len);
+      const got = Buffer.from(this.cached.get(ino)?.get(off) ?? new Uint8Array(0)).subarray(0, len);
+      return got.length > 0 ? [got] : [];
     },
   };
 

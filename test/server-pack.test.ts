@@ -36,7 +36,7 @@ class FakeKernel implements Kernel {
       this.events.push(`inval-entry ${parent} ${name}`);
     },
     store: async () => {},
-    retrieve: async () => Buffer.alloc(0),
+    retrieve: async () => [],
   };
   readonly blockCache: BlockCache = { put: () => true, drop: () => true, served: () => 0 };
   /** Everything cached: the untrack sweep (step 5) leaves every block tracked. */

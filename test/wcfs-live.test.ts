@@ -13,7 +13,9 @@ import { hex16, tidToDate } from '../src/zodb/ids.js';
 import { openStorage } from '../src/zodb/open.js';
 import { PersistentRef, Tuple } from '../src/zodb/pickle/index.js';
 import type { IWritableStorage } from '../src/zodb/storage.js';
-import { ZBIGFILE_CLASS, setBlock } from '../src/zodb/zbigfile.js';
+import { ZBIGFILE_CLASS, createZBigFile, ensureRoot, setBlock } from '../src/zodb/zbigfile.js';
+import { randomFillSync } from 'node:crypto';
+import path from 'node:path';
 import { cacheResidency } from '../src/fuse/pagecache.js';
 import { historyPath } from './helpers/paths.js';
 import { expectResidency } from './helpers/residency.js';
@@ -243,4 +245,46 @@ describe('live commits', () => {
     await s.stop();
     await live.close();
   }, 30_000);
+});
+
+describe('live commits, 2 MiB blocks', () => {
+  it('the old data of a block the kernel had cached reaches @<rev> whole: RETRIEVEd in max_write pieces, stored piece by piece', async () => {
+    const BIG = 2 << 20;
+    const dir = tmpDir();
+    const dbPath = path.join(dir, 'big.fs');
+    await (await openStorage(dbPath, { create: true })).close();
+    const live = await liveDb(dbPath); // WCFS_TEST_DB: the file, or a runzeo over it
+    const s = (await openStorage(live.zurl)) as IWritableStorage;
+    try {
+      await ensureRoot(s);
+      let txn = new WriteTxn(s);
+      const foid = createZBigFile(txn, BIG);
+      const old = randomFillSync(Buffer.alloc(BIG));
+      await setBlock(txn, foid, 0, old, { format: 'ZBlk0' });
+      const t1 = hex16(await txn.commit());
+      const srv = await startServer(live.zurl, { dir });
+      const F = srv.at(`head/bigfile/${hex16(foid)}`);
+      const whole = (r: string) => r === '1'.repeat(BIG / PAGE);
+      const res = async (p: string) => [...(await cacheResidency(p, 0, BIG))].map((x) => String(x & 1)).join('');
+      // >>> the block is read and its upload done: the server keeps no copy of it (BlockLoads
+      // dropped it), so the commit must RETRIEVE it from the kernel — in 1 MiB pieces
+      expect(Buffer.compare(await readFile(F), old)).toBe(0);
+      expect(whole(await until(() => res(F), whole))).toBe(true);
+      await sleep(200);
+      // >>> commit: block 0 rewritten
+      txn = new WriteTxn(s);
+      const now = randomFillSync(Buffer.alloc(BIG));
+      await setBlock(txn, foid, 0, now, { format: 'ZBlk0' });
+      const t2 = hex16(await txn.commit());
+      await srv.waitHead(t2);
+      // >>> @t1 (BlkRevAt(0, t1)) has the whole old block in its cache, each piece in its place
+      const R = srv.at(`@${t1}/bigfile/${hex16(foid)}`);
+      expectResidency(await res(R), '1'.repeat(BIG / PAGE), '@t1 after the commit');
+      expect(Buffer.compare(await readFile(R), old)).toBe(0);
+      expect(Buffer.compare(await readFile(F), now)).toBe(0);
+    } finally {
+      await s.close();
+      await live.close();
+    }
+  });
 });

@@ -4,7 +4,8 @@
 // KernelNotifier hides the kernel's limits: one NOTIFY_RETRIEVE returns at most max_write
 // bytes (1 MiB here: /proc/sys/fs/fuse/max_pages_limit = 256 pages; a 4 MiB request returned
 // 1 MiB in the prototype), so retrieve() asks in max_write pieces, in parallel, and returns
-// the cached prefix. NOTIFY_STORE has no such cap (2 MiB stores were measured fine) and is
+// the cached prefix as those pieces (not joined: a 2 MiB join into fresh memory cost 1.1-1.4
+// ms of page faults here, more than the RETRIEVE — bench-invalidation). NOTIFY_STORE has no such cap (2 MiB stores were measured fine) and is
 // sent whole. Every call runs on a native notify thread and may wait in the kernel for as
 // long as a READ of the same pages is pending — never await one inside a READ handler for
 // those pages (wcfs-server.md §3.5.3: page locks).
@@ -26,10 +27,11 @@ export interface Notifier {
    */
   store(ino: number, off: number, data: Uint8Array): Promise<void>;
   /**
-   * The cached bytes of [off, off+len): the longest cached prefix, possibly empty.
-   * Rejects with errno ENOENT when the kernel doesn't know `ino`.
+   * The cached bytes of [off, off+len): the longest cached prefix, possibly empty, as pieces
+   * in order (their lengths add up to the prefix's). Rejects with errno ENOENT when the kernel
+   * doesn't know `ino`.
    */
-  retrieve(ino: number, off: number, len: number): Promise<Buffer>;
+  retrieve(ino: number, off: number, len: number): Promise<Uint8Array[]>;
 }
 
 export class KernelNotifier implements Notifier {
@@ -54,18 +56,18 @@ export class KernelNotifier implements Notifier {
     if (rc !== 0) throw new NotifyError(-rc, `store ino ${ino} [${off}, +${data.length})`);
   }
 
-  async retrieve(ino: number, off: number, len: number): Promise<Buffer> {
+  async retrieve(ino: number, off: number, len: number): Promise<Uint8Array[]> {
     const chunk = this.retrieveChunk;
     const parts: Promise<Buffer | number>[] = [];
     for (let o = 0; o < len; o += chunk) parts.push(this.nat.notifyRetrieve(ino, off + o, Math.min(chunk, len - o)));
     const got = await Promise.all(parts);
-    const out: Buffer[] = [];
+    const out: Uint8Array[] = [];
     for (let i = 0; i < got.length; i++) {
       const r = got[i]!;
       if (typeof r === 'number') throw new NotifyError(-r, `retrieve ino ${ino} [${off + i * chunk}, +${Math.min(chunk, len - i * chunk)})`);
-      out.push(r);
+      if (r.length > 0) out.push(r);
       if (r.length < Math.min(chunk, len - i * chunk)) break; // the cached prefix ends here
     }
-    return out.length === 1 ? out[0]! : Buffer.concat(out);
+    return out;
   }
 }

@@ -55,11 +55,18 @@ const debug = createDebug('wcfs:server:commit');
 const MAX_BATCH = 256; // commit events processed in one pass
 
 /** 3b's work for one changed head block (from 3a). */
+/** Bytes in all of `pieces`. */
+function piecesLength(pieces: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const p of pieces) n += p.length;
+  return n;
+}
+
 export interface BlockInval {
   f: BigFile;
   blk: number;
-  /** The block's data as of oldHead, to store into @<rev>/bigfile/<oid>. */
-  old?: Uint8Array;
+  /** The block's data as of oldHead (pieces in order, blksize bytes in all), to store into @<rev>/bigfile/<oid>. */
+  old?: Uint8Array[];
   /** BlkRevAt(blk, oldHead): the last revision ≤ oldHead that changed the block (or the history tail). */
   rev?: Tid;
   /** Call once done with old (it may be a pooled buffer taken from BlockLoads: loads.ts L4). */
@@ -221,10 +228,14 @@ export class Commits {
    */
   private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid, packedTo: Tid): Promise<BlockInval> {
     const bs = f.blksize;
-    let old: Uint8Array | undefined;
+    let old: Uint8Array[] | undefined;
     let release: (() => void) | undefined;
     const e = f.loads.get(blk);
-    if (e !== undefined) ({ data: old, release } = f.loads.take(blk, e));
+    if (e !== undefined) {
+      const t = f.loads.take(blk, e);
+      if (t.data !== undefined) old = [t.data];
+      release = t.release;
+    }
     if (old === undefined) {
       try {
         old = await this.host.notifier.retrieve(f.ino, blk * bs, bs);
@@ -234,7 +245,7 @@ export class Commits {
     }
     // (a block with data cached is tracked — server.ts I1 — so ΔFtail knows its revision;
     // checked anyway: for an untracked block blkRevAt answers the tail, which may be wrong)
-    if (old !== undefined && old.length === bs && this.host.head.deltaFtail.trackGen(f.foid, blk) !== undefined) {
+    if (old !== undefined && piecesLength(old) === bs && this.host.head.deltaFtail.trackGen(f.foid, blk) !== undefined) {
       try {
         const rev = await this.host.head.deltaFtail.blkRevAt(f.foid, blk, oldHead);
         // below packedTo: @<rev> is refused, nowhere to keep it; above oldHead: the history
@@ -274,7 +285,11 @@ export class Commits {
         // @<rev> may be shorter (the block is past its end there: its clients see zeros) —
         // a store past the end would make the kernel grow the file
         const n = rf === undefined ? 0 : Math.min(bs, rf.size - off);
-        if (n > 0) await this.host.notifier.store(rf!.ino, off, n === bs ? b.old : b.old.subarray(0, n));
+        // piece by piece (RETRIEVE's max_write pieces: never joined, see notifier.ts)
+        for (let at = 0, i = 0; at < n && i < b.old.length; at += b.old[i]!.length, i++) {
+          const piece = b.old[i]!;
+          await this.host.notifier.store(rf!.ino, off + at, at + piece.length <= n ? piece : piece.subarray(0, n - at));
+        }
       } catch (err) {
         debug('store @%s/%s #%d: %s', hex16(rev), hex16(b.f.foid), b.blk, (err as Error).message);
       } finally {

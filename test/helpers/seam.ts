@@ -6,7 +6,7 @@ import type { Kernel, WcfsServer } from '../../src/server/server.js';
 
 export function nullKernel(): Kernel {
   return {
-    notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => Buffer.alloc(0) },
+    notifier: { invalInode: async () => {}, invalEntry: async () => {}, store: async () => {}, retrieve: async () => [] },
     blockCache: { put: () => true, drop: () => true, served: () => 0 },
     isClosed: false,
     residency: async () => new Uint8Array(0),
