@@ -29,6 +29,19 @@ import time
 PAGE = 4096
 
 
+def runs(b, most=16):
+    """The bytes of b as (byte value x count) runs, at most `most` of them: what a torn page is made of."""
+    out = []
+    i = 0
+    while i < len(b) and len(out) < most:
+        j = i
+        while j < len(b) and b[j] == b[i]:
+            j += 1
+        out.append(f"{b[i]:02x}x{j - i}@{i}")
+        i = j
+    return " ".join(out) + (" ..." if i < len(b) else "")
+
+
 def reader(path, bs, nblk, secs):
     fd = os.open(path, os.O_RDONLY)
     n = 0
@@ -39,7 +52,7 @@ def reader(path, bs, nblk, secs):
         for off in range(0, len(data), PAGE):
             page = data[off:off + PAGE]
             if page.count(page[0]) != len(page):
-                print(f"reader: torn page at offset {off}: {page[:16].hex()}...", flush=True)
+                print(f"reader: torn page at offset {off}: {runs(page)}; read of {len(data)} bytes: {runs(data, 64)}", flush=True)
                 sys.exit(2)
         n += 1
     os.close(fd)
