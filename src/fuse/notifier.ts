@@ -5,10 +5,11 @@
 // bytes (1 MiB here: /proc/sys/fs/fuse/max_pages_limit = 256 pages; a 4 MiB request returned
 // 1 MiB in the prototype), so retrieve() asks in max_write pieces, in parallel, and returns
 // the cached prefix as those pieces (not joined: a 2 MiB join into fresh memory cost 1.1-1.4
-// ms of page faults here, more than the RETRIEVE — bench-invalidation). NOTIFY_STORE has no such cap (2 MiB stores were measured fine) and is
-// sent whole. Every call runs on a native notify thread and may wait in the kernel for as
-// long as a READ of the same pages is pending — never await one inside a READ handler for
-// those pages (wcfs-server.md §3.5.3: page locks).
+// ms of page faults here, more than the RETRIEVE — bench-invalidation). NOTIFY_STORE has no
+// such cap (2 MiB stores were measured fine) and is sent whole. Every call runs on a native
+// notify thread and may wait in the kernel for as long as a READ of the same pages is
+// pending — never await one inside a READ handler for those pages (wcfs-server.md §3.5.3:
+// page locks).
 
 import type { NativeFuseSession } from '../native.js';
 import { NotifyError } from './errors.js';

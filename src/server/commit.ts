@@ -54,7 +54,6 @@ const debug = createDebug('wcfs:server:commit');
 
 const MAX_BATCH = 256; // commit events processed in one pass
 
-/** 3b's work for one changed head block (from 3a). */
 /** Bytes in all of `pieces`. */
 function piecesLength(pieces: readonly Uint8Array[]): number {
   let n = 0;
@@ -62,6 +61,7 @@ function piecesLength(pieces: readonly Uint8Array[]): number {
   return n;
 }
 
+/** 3b's work for one changed head block (from 3a). */
 export interface BlockInval {
   f: BigFile;
   blk: number;
