@@ -47,6 +47,7 @@
 //   - Every read of buf is bounds-checked against buf.length; the capacity of out is checked
 //     (cap ≥ buf.length / 50 + 1 always suffices: a data record is ≥ 50 bytes).
 #include "addon.h"
+#include "fs1format.h"
 
 #include <cstdint>
 #include <algorithm>
@@ -56,8 +57,7 @@
 namespace wcfs {
 namespace {
 
-constexpr uint64_t kTxnHeader = 23, kDataHeader = 42, kTrailer = 8, kBackpointer = 8, kFileHeader = 4;
-constexpr uint64_t kMaxPos = (uint64_t(1) << 48) - 1;
+using namespace fs1;  // the format: fs1format.h
 
 enum State {
   ST_POS,
@@ -74,13 +74,6 @@ enum State {
   ST_N
 };
 enum Reason { MORE = 0, STOP = 1, END = 2 };
-
-inline uint64_t be64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return __builtin_bswap64(v);
-}
-inline uint32_t be16(const uint8_t* p) { return (uint32_t(p[0]) << 8) | p[1]; }
 
 // oid → index in out, for the current call: open addressing, generation-stamped so a call
 // never clears it. One table per thread (the JS thread and workers each have theirs), reached

@@ -19,6 +19,7 @@
 // through prev links, backpointers, a corrupt header) is -1 and the general path takes it.
 // Every read is bounds-checked against limit and map.length.
 #include "addon.h"
+#include "fs1format.h"
 
 #include <cstdint>
 #include <cstring>
@@ -26,14 +27,7 @@
 namespace wcfs {
 namespace {
 
-constexpr uint64_t kDataHeader = 42;
-constexpr uint64_t kMaxPos = (uint64_t(1) << 48) - 1;
-
-inline uint64_t be64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return __builtin_bswap64(v);
-}
+using namespace fs1;  // the format: fs1format.h
 
 Napi::Value Fs1DataViews(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
