@@ -12,7 +12,7 @@ import { cacheResidency, mmapRead } from '../src/fuse/pagecache.js';
 import { errno, FOPEN_KEEP_CACHE, FUSE_CAP } from '../src/fuse/kernel.js';
 import { readMountinfo } from '../src/fuse/mountinfo.js';
 import { clientOk, leftoverMounts, liveChildren, run, teardownAll, withMount, type TestMount } from './helpers/mount.js';
-import { coverage, KiB, MiB, pattern, TestFs, type TFile } from './helpers/fuse-testfs.js';
+import { coverage, KiB, MiB, pattern, ReadGate, TestFs, type TFile } from './helpers/fuse-testfs.js';
 
 const T = 30_000;
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -321,6 +321,32 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
         expect(err).toBeInstanceOf(NotifyError);
         expect((err as NotifyError).errno).toBe(errno.ENOENT);
         expect(fs.readsOf(f.ino).length).toBe(fs.reads.length); // retrieve never READs
+      });
+    },
+    T,
+  );
+
+  test(
+    'retrieve: pages the kernel locked for a READ still unanswered are not data yet: the answer stops before them',
+    async () => {
+      // wcfs keeps a changed block's old data for @<rev> only from a full RETRIEVE (commit.ts
+      // 3a), while READs of that block wait for headMu with their pages locked: a kernel
+      // that returned such pages (uninitialised memory) would put garbage into @<rev>. Linux
+      // checks uptodate since "fuse: limit FUSE_NOTIFY_RETRIEVE to uptodate folios" (2026).
+      const gate = new ReadGate();
+      const f: TFile = { ...bigfile(), read: (req, ctx) => gate.hold(req, ctx, () => f.data.subarray(req.offset, req.offset + req.size)) };
+      const fs = new TestFs([f]);
+      await withMount(fs, {}, async (m) => {
+        // >>> a reader reads 64 KiB at 1 MiB: the kernel locks the pages, sends READ (held)
+        const r = readRange(m, 'big', 1 * MiB, 64 * KiB);
+        await gate.waitHeld(1);
+        const held = gate.held[0]!.req;
+        // >>> RETRIEVE the held range: nothing of it
+        expect(Buffer.concat(await m.session.notifier.retrieve(f.ino, held.offset, held.size)).length).toBe(0);
+        // <<< the READ answered: the reader gets the data, and RETRIEVE gets it too
+        gate.open();
+        expect((await r).sha256).toBe(sha(f.data.subarray(1 * MiB, 1 * MiB + 64 * KiB)));
+        expect(Buffer.concat(await m.session.notifier.retrieve(f.ino, 1 * MiB, 64 * KiB)).equals(f.data.subarray(1 * MiB, 1 * MiB + 64 * KiB))).toBe(true);
       });
     },
     T,

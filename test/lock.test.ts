@@ -1,8 +1,10 @@
-// RWMutex and Event (src/server/lock.ts) without a server: the writer preference commit
-// processing relies on (a waiting writer holds new readers back; the readers it held back are
-// all granted together after it), rlockNested, cancellation of a wait through an AbortSignal
-// (rejects with the signal's reason and leaves the queues consistent), misuse errors. A table
-// of scripts, and a seeded random test against a model of the same rules.
+// RWMutex, UploadGate and Event (src/server/lock.ts) without a server: the writer preference
+// commit processing relies on (a waiting writer holds new readers back; the readers it held
+// back are all granted together after it), rlockNested, cancellation of a wait through an
+// AbortSignal (rejects with the signal's reason and leaves the queues consistent), misuse
+// errors. A table of scripts, and a seeded random test against a model of the same rules.
+// UploadGate: its rules (U1-U3) one by one, and seeded random interleavings of uploads and
+// pausing holders, checked against U1-U3 and for liveness.
 //
 // A script is a list of steps by named actors:
 //   'R a'  a asks for the lock shared        'W a'  a asks for it exclusive
@@ -12,7 +14,7 @@
 // After each step (and all the promise callbacks it set off) the holders are compared with
 // the expected text: 'a:r b:r' (shared holders), 'a:w', or '' (nobody).
 import { describe, expect, it } from 'vitest';
-import { Event, RWMutex } from '../src/server/lock.js';
+import { Event, RWMutex, UploadGate } from '../src/server/lock.js';
 import { rng } from '../src/util/rng.js';
 import { FUZZ_SEED, fcParams } from './helpers/fuzz.js';
 
@@ -345,6 +347,173 @@ describe('RWMutex: random interleavings against a model (seeded)', () => {
         expect(t.holders, where).toBe(m.holders);
         expect({ w: st.waitingWriters, r: st.waitingReaders }, where).toEqual({ w: m.wq.length, r: m.rq.length });
       }
+    }
+  });
+});
+
+describe('UploadGate: single rules', () => {
+  /** A pending enter(): counted once it resolves true. */
+  const enter = (g: UploadGate) => {
+    const st = { counted: false };
+    void g.enter(() => true).then((ok) => (st.counted = ok));
+    return st;
+  };
+
+  it('an upload waits while a holder is inside, and is counted after unlockExclusive', async () => {
+    const g = new UploadGate(new RWMutex());
+    await g.lockExclusive();
+    const u = enter(g);
+    await flush();
+    expect(u.counted).toBe(false);
+    g.unlockExclusive();
+    await flush();
+    expect(u.counted).toBe(true);
+    expect(g.state).toEqual({ pauses: 0, inflight: 1 });
+  });
+
+  it('lockExclusive waits for uploads in flight to leave, without holding the mutex meanwhile (U1)', async () => {
+    const mu = new RWMutex();
+    const g = new UploadGate(mu);
+    const u = enter(g);
+    await flush();
+    expect(u.counted).toBe(true);
+    let locked = false;
+    void g.lockExclusive().then(() => (locked = true));
+    await flush();
+    expect(locked).toBe(false);
+    expect(mu.state.writer).toBe(false); // the upload may need a READ, which needs the mutex
+    g.leave();
+    await flush();
+    expect(locked).toBe(true);
+  });
+
+  it('two holders draining at once both get the lock in turn (they share one drained event)', async () => {
+    const g = new UploadGate(new RWMutex());
+    enter(g);
+    await flush();
+    const got: string[] = [];
+    void g.lockExclusive().then(() => got.push('a'));
+    void g.lockExclusive().then(() => got.push('b'));
+    await flush();
+    expect(got).toEqual([]);
+    g.leave();
+    await flush();
+    expect(got).toEqual(['a']);
+    g.unlockExclusive();
+    await flush();
+    expect(got).toEqual(['a', 'b']);
+    g.unlockExclusive();
+    expect(g.state).toEqual({ pauses: 0, inflight: 0 });
+  });
+
+  it('unlockKeepPaused frees the mutex but keeps uploads out until resume(); another holder ending does not resume them (U3)', async () => {
+    const mu = new RWMutex();
+    const g = new UploadGate(mu);
+    await g.lockExclusive(); // a: commit processing, 3a
+    g.unlockKeepPaused(); //     a: 3b
+    await mu.rlock(); // a READ gets the mutex meanwhile
+    mu.runlock();
+    const u = enter(g);
+    await g.lockExclusive(); // b: another holder (a pack) comes and goes
+    g.unlockExclusive();
+    await flush();
+    expect(u.counted).toBe(false);
+    expect(g.state.pauses).toBe(1);
+    g.resume(); // a: its blocks are invalidated
+    await flush();
+    expect(u.counted).toBe(true);
+  });
+
+  it('misuse: resume without a pause, leave without enter', () => {
+    const g = new UploadGate(new RWMutex());
+    expect(() => g.resume()).toThrow(/resume without a pause/);
+    expect(() => g.leave()).toThrow(/leave without enter/);
+  });
+});
+
+describe('UploadGate: random interleavings of uploads and pausing holders (seeded)', () => {
+  // Uploaders u0-u2 enter and leave; holders h0-h1 lockExclusive, then either unlockExclusive
+  // or unlockKeepPaused … resume. After every step (and the callbacks it set off):
+  //   U1 an upload in flight ⇒ no holder holds the lock;
+  //   U2 pauses = holders waiting, locked, or kept paused; an upload is never counted in a
+  //      step that starts with pauses > 0;
+  // and at the end, everybody let go, every waiter gets through (no lost wake-up).
+  type H = 'idle' | 'waiting' | 'locked' | 'kept';
+  const runs = fcParams(40).numRuns!;
+  it(`${runs} runs of 150 steps, seed ${FUZZ_SEED}`, async () => {
+    for (let run = 0; run < runs; run++) {
+      const seed = FUZZ_SEED + run;
+      const rand = rng(seed);
+      const pick = <T>(xs: T[]): T => xs[Math.floor(rand() * xs.length)]!;
+      const g = new UploadGate(new RWMutex());
+      const up = new Map<string, 'idle' | 'entering' | 'in'>(['u0', 'u1', 'u2'].map((u) => [u, 'idle']));
+      const hold = new Map<string, H>(['h0', 'h1'].map((h) => [h, 'idle']));
+      const log: string[] = [];
+      const pausing = () => [...hold.values()].filter((h) => h !== 'idle').length;
+      const act = (step: string): void => {
+        const [op, a] = step.split(' ') as [string, string];
+        if (op === 'enter') {
+          up.set(a, 'entering');
+          void g.enter(() => true).then(() => up.set(a, 'in'));
+        } else if (op === 'leave') {
+          up.set(a, 'idle');
+          g.leave();
+        } else if (op === 'lock') {
+          hold.set(a, 'waiting');
+          void g.lockExclusive().then(() => hold.set(a, 'locked'));
+        } else if (op === 'unlock') {
+          hold.set(a, 'idle');
+          g.unlockExclusive();
+        } else if (op === 'keep') {
+          hold.set(a, 'kept');
+          g.unlockKeepPaused();
+        } else {
+          hold.set(a, 'idle');
+          g.resume();
+        }
+      };
+      const check = (where: string, pausedBefore: boolean, inBefore: Set<string>) => {
+        const inflight = [...up].filter(([, s]) => s === 'in').map(([u]) => u);
+        expect(inflight.length === 0 || ![...hold.values()].includes('locked'), `${where}: U1`).toBe(true);
+        expect(g.state, where).toEqual({ pauses: pausing(), inflight: inflight.length });
+        if (pausedBefore)
+          expect(
+            inflight.filter((u) => !inBefore.has(u)),
+            `${where}: counted while paused`,
+          ).toEqual([]);
+      };
+      for (let i = 0; i < 150; i++) {
+        const choices: string[] = [];
+        for (const [u, s] of up) {
+          if (s === 'idle') choices.push(`enter ${u}`);
+          if (s === 'in') choices.push(`leave ${u}`);
+        }
+        for (const [h, s] of hold) {
+          if (s === 'idle') choices.push(`lock ${h}`);
+          if (s === 'locked') choices.push(`unlock ${h}`, `keep ${h}`);
+          if (s === 'kept') choices.push(`resume ${h}`);
+        }
+        const step = pick(choices);
+        log.push(step);
+        const pausedBefore = pausing() > 0 && !step.startsWith('unlock') && !step.startsWith('resume');
+        const inBefore = new Set([...up].filter(([, s]) => s === 'in').map(([u]) => u));
+        act(step);
+        await flush();
+        check(`run ${run} (seed ${seed} = FUZZ_SEED + ${run}), after ${log.join(', ')}`, pausedBefore, inBefore);
+      }
+      // everybody lets go; whoever waits must get through
+      for (let round = 0; round < 20; round++) {
+        for (const [u, s] of up) if (s === 'in') act(`leave ${u}`);
+        for (const [h, s] of hold) if (s === 'locked') act(`unlock ${h}`);
+        for (const [h, s] of hold) if (s === 'kept') act(`resume ${h}`);
+        await flush();
+      }
+      const where = `run ${run} (seed ${seed}), after ${log.join(', ')} and letting go`;
+      expect(
+        [...up.values(), ...hold.values()].every((s) => s === 'idle'),
+        where,
+      ).toBe(true);
+      expect(g.state, where).toEqual({ pauses: 0, inflight: 0 });
     }
   });
 });

@@ -374,6 +374,35 @@ describe('commit processing against a fake kernel', () => {
     expect(seenAt).toEqual([at0, at0]);
   });
 
+  it("a READ during step 3b gets the new head at once, but its upload waits until head's pages of the changed block are invalidated (lock.ts U2)", async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    // >>> READ all of #1: tracked; its (empty) upload ends the entry
+    expect((await t.read(head, BS, BS))[0]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    let release!: () => void;
+    t.k.holdInval = new Promise((r) => (release = r));
+    t.k.take();
+
+    // >>> commit δ(#1): 3b is held at the invalidation of head's #1
+    const tid = await t.commit({ 1: 20 });
+    await t.until(() => t.k.events.includes(`inval ${head} ${BS}+${BS}`));
+    // >>> READ the first page of #1: answered from the new head (3a is over) ...
+    expect((await t.read(head, BS, 4096))[0]).toBe(20);
+    // ... but the upload of the rest waits: the kernel may still cache #1's old pages, and a
+    //     store writes over cached pages in place, under readers copying them
+    await sleep(50);
+    expect(t.k.events.filter((e) => e.startsWith(`store ${head} `))).toEqual([]);
+
+    // <<< #1 invalidated: the rest of it is uploaded
+    release();
+    await t.published(tid);
+    const store = `store ${head} ${BS + 4096}+${BS - 4096} =20`;
+    await t.until(() => t.k.events.includes(store));
+    const ev = t.k.take();
+    expect(ev.indexOf(`inval ${head} ${BS}+${BS}`)).toBeLessThan(ev.indexOf(store));
+  });
+
   it('a READ during step 3a waits for it, registers nothing meanwhile, and gets the new head', async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));

@@ -6,12 +6,18 @@
 //    commit, in order; for each block of a head file changed in the batch take the old data
 //    out of its BlockLoads (or RETRIEVE it from the kernel, which locks no page) and the
 //    revision it belongs to, rev = BlkRevAt(blk, oldHead); compute new sizes; then, in one
-//    synchronous step, advance the head (Head.advance: I2). Unlock.
-// 3b no lock: store the old data of each block into @<rev>/bigfile/<oid> — where clients
-//    pinned to it will map it (isolation.ts pins to BlkRevAt(blk, at)) — making the kernel
-//    look that file up first if it does not know it (CommitsHost.revFileKnown: a lookup
-//    through our own mount, on a native thread); then invalidate every changed block in
-//    head's page cache, and the attributes of every touched file.
+//    synchronous step, advance the head (Head.advance: I2). Unlock headMu; uploads stay paused.
+// 3b no lock, uploads still paused: store the old data of each block into
+//    @<rev>/bigfile/<oid> — where clients pinned to it will map it (isolation.ts pins to
+//    BlkRevAt(blk, at)) — making the kernel look that file up first if it does not know it
+//    (CommitsHost.revFileKnown: a lookup through our own mount, on a native thread); then
+//    invalidate every changed block in head's page cache; then resume uploads and
+//    invalidate the attributes of every touched file. READs get headMu again as soon as 3a
+//    ends and are answered from the new head, into pages the kernel locked for them; an
+//    upload, though, stores into pages the kernel already caches, in place, and readers copy
+//    those unlocked: one of a new block over the old one's pages not yet invalidated would
+//    tear the page a reader is copying (lock.ts U2; seen as a page half of one commit's
+//    bytes, half of the next's, in wcfs-stress).
 // 3c publish: head/at shows the new head, head waiters (watch requests, @rev lookups ahead of
 //    head) wake (Head.publish: I5); then .wcfs/debug/zhead readers get a line per commit.
 //
@@ -34,7 +40,9 @@
 // which takes headMu shared. 3a waits for storage loads and RETRIEVE only; uploads, STORE and
 // INVAL_INODE run without headMu; and while 3b waits for a page lock no one holds or waits
 // for headMu exclusively (batches are processed one at a time), so the READ holding the page
-// gets headMu, is answered (from the new head, I2) and unlocks the page.
+// gets headMu, is answered (from the new head, I2) and unlocks the page. The uploads 3b
+// keeps paused hold no page (none is in flight: 3a drained them), and no READ waits for an
+// upload.
 //
 // A change of a tracked ZBigFile object itself (blksize or blktab replaced), and any failure
 // of the storage watch or of an invalidation, is fatal (server.ts step 4).
@@ -146,14 +154,19 @@ export class Commits {
       if (more !== undefined && evs[evs.length - 1]!.tid < head.packedTo) evs = evs.concat(await more());
       plan = await this.advance(evs);
     } catch (e) {
+      head.uploads.unlockExclusive();
       this.host.fatal(e as Error);
       return;
-    } finally {
-      head.uploads.unlockExclusive();
     }
+    // 3b: uploads stay paused until every changed block is out of head's page cache
+    head.uploads.unlockKeepPaused();
     try {
       const known = new Map<string, Promise<BigFile | undefined>>(); // one lookup per @rev file
-      await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b, known)));
+      try {
+        await Promise.all(plan.blocks.map((b) => this.invalidateBlock(b, known)));
+      } finally {
+        head.uploads.resume();
+      }
       await Promise.all(plan.touched.map((f) => this.invalAttr(f)));
     } catch (e) {
       this.host.fatal(e as Error);

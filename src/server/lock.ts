@@ -8,9 +8,17 @@
 // UploadGate: the upload pause (wcfs-server.md §3.5.3) around one RWMutex (the server's
 // headMu). An upload (NOTIFY_STORE into head's page cache) may wait for a page that a READ
 // holds locked while that READ waits for the mutex; so the exclusive holder must never wait
-// for an upload, and an upload must not start under it:
+// for an upload, and an upload must not start under it. And a pause may outlast the lock:
+// NOTIFY_STORE writes into pages the kernel already caches, in place, while readers copy
+// from them unlocked — so commit processing keeps uploads paused after it releases the
+// mutex, until it has invalidated the blocks it changed (commit.ts 3b): a store of new data
+// over a changed block's old pages would tear the pages a reader is copying.
 //   U1 inflight > 0 ⇒ no exclusive holder entered through lockExclusive.
-//   U2 paused ⇔ an exclusive holder is inside (or draining): enter() waits, never counts.
+//   U2 pauses = exclusive holders inside or waiting (lockExclusive … unlockExclusive or
+//      unlockKeepPaused) + holders that released the mutex and have not resumed
+//      (unlockKeepPaused … resume); pauses > 0 ⇒ enter() waits, never counts.
+//   U3 every pause ends with exactly one unlockExclusive() or resume(), each its own: one
+//      holder's end does not resume uploads another still holds paused.
 
 export class RWMutex {
   private readers = 0;
@@ -129,33 +137,47 @@ export class Event {
   }
 }
 
-/** The upload pause around `mu` (U1, U2 above). */
+/** The upload pause around `mu` (U1-U3 above). */
 export class UploadGate {
-  private paused = false;
+  /** U2. */
+  private pauses = 0;
   private inflight = 0;
   private resumed = new Event();
+  /** Set when inflight drops to 0; shared by every exclusive holder draining meanwhile. */
   private drained: Event | undefined;
 
   constructor(private readonly mu: RWMutex) {}
 
-  /** mu exclusively, with uploads paused and none in flight (U1). */
+  /** mu exclusively, with uploads paused and none in flight (U1); one pause (U2) until unlockExclusive or resume. */
   async lockExclusive(): Promise<void> {
+    this.pauses++;
     for (;;) {
       await this.mu.lock();
-      this.paused = true;
       if (this.inflight === 0) return;
       // let the uploads in flight finish without the lock: they may need a READ to get it
-      const drained = (this.drained = new Event());
+      const drained = (this.drained ??= new Event());
       this.mu.unlock();
       await drained.wait();
     }
   }
 
+  /** Release mu and end this holder's pause. */
   unlockExclusive(): void {
-    this.paused = false;
+    this.mu.unlock();
+    this.resume();
+  }
+
+  /** Release mu but keep this holder's pause (U2): uploads wait until its resume(). */
+  unlockKeepPaused(): void {
+    this.mu.unlock();
+  }
+
+  /** End the pause of a holder that released mu with unlockKeepPaused (U3). */
+  resume(): void {
+    if (this.pauses <= 0) throw new Error('UploadGate: resume without a pause');
+    if (--this.pauses > 0) return;
     const resumed = this.resumed;
     this.resumed = new Event();
-    this.mu.unlock();
     resumed.set();
   }
 
@@ -167,7 +189,7 @@ export class UploadGate {
   async enter(wanted: () => boolean): Promise<boolean> {
     for (;;) {
       await this.mu.rlock();
-      if (!this.paused) break;
+      if (this.pauses === 0) break;
       this.mu.runlock();
       await this.resumed.wait();
     }
@@ -183,11 +205,14 @@ export class UploadGate {
   leave(): void {
     if (this.inflight <= 0) throw new Error('UploadGate: leave without enter');
     this.inflight--;
-    if (this.inflight === 0) this.drained?.set();
+    if (this.inflight > 0) return;
+    const drained = this.drained;
+    this.drained = undefined;
+    drained?.set();
   }
 
   /** For assertions and stats. */
-  get state(): { paused: boolean; inflight: number } {
-    return { paused: this.paused, inflight: this.inflight };
+  get state(): { pauses: number; inflight: number } {
+    return { pauses: this.pauses, inflight: this.inflight };
   }
 }

@@ -31,7 +31,8 @@
 //      from the new head.
 //   I3 a head block load holds headMu shared until it completes, even if the READ that
 //      started it was interrupted (reads.ts 2b): no load straddles a commit.
-//   I4 uploads in flight ⇒ commit processing does not hold headMu (lock.ts UploadGate U1).
+//   I4 uploads in flight ⇒ commit processing does not hold headMu, and has invalidated the
+//      blocks it changed (lock.ts UploadGate U1, U2; commit.ts 3b).
 //   I5 head/at = the head revision except between 3a and 3c, where it is the old head
 //      (head.ts): a client learns of a revision (head/at, watch `@at`, `@at/` ahead of head)
 //      only after head's page cache holds nothing older for it. Pages of changed blocks
