@@ -12,7 +12,9 @@
 //   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
 //     nothing; it is then answered from the new head (server.ts I2, I3);
 //   - block buffers are reused (loads.ts L4) only once nobody uses them: not under a
-//     multi-block READ still waiting for its other blocks, not under a commit's store.
+//     multi-block READ still waiting for its other blocks, not under a commit's store;
+//   - uploads (reads.ts 2c): the rest of a block goes in at once after a small READ, after a
+//     big one READs take it; none runs while 3b has not invalidated the changed blocks.
 // What only the kernel can show (page locks, real invalidation) stays in the mount tests.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/fuse/fs.js';
@@ -21,6 +23,7 @@ import type { BlockCache } from '../src/fuse/session.js';
 import { MAX_VIEWS_FOR_STORE, STORE_LOOKUP_TIMEOUT_MS, WcfsServer, type Kernel } from '../src/server/server.js';
 import type { BigFile } from '../src/server/bigfile.js';
 import type { BlockPool } from '../src/server/loads.js';
+import { BIG_READ, type UploadDelays } from '../src/server/reads.js';
 import { sleep } from '../src/util/async.js';
 import { WriteTxn } from '../src/zodb/db.js';
 import { hex16, type Oid, type Tid } from '../src/zodb/ids.js';
@@ -130,23 +133,24 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function served(): Promise<Served> {
+async function served(opt: { bs?: number; uploadDelaysMs?: UploadDelays } = {}): Promise<Served> {
+  const bs = opt.bs ?? BS;
   const tmp = makeTmpDir('wcfs-core-');
   const path = `${tmp.dir}/data.fs`;
   const db = (await openStorage(path, { create: true })) as IWritableStorage;
   await ensureRoot(db);
   let txn = new WriteTxn(db);
-  const foid = createZBigFile(txn, BS);
+  const foid = createZBigFile(txn, bs);
   await txn.commit();
   const commit = async (blocks: Record<number, number>): Promise<Tid> => {
     txn = new WriteTxn(db);
-    for (const [blk, v] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), new Uint8Array(BS).fill(v), { format: 'ZBlk0' });
+    for (const [blk, v] of Object.entries(blocks)) await setBlock(txn, foid, Number(blk), new Uint8Array(bs).fill(v), { format: 'ZBlk0' });
     return txn.commit();
   };
   await commit({ 0: 1, 1: 2 });
   const k = new FakeKernel();
   const storage = await openStorage(path, { readOnly: true, fs1: { pollMs: 5 } });
-  const srv = WcfsServer.serve({ zurl: path, mountpoint: '/nonexistent', log: () => {} }, storage, k);
+  const srv = WcfsServer.serve({ zurl: path, mountpoint: '/nonexistent', log: () => {}, uploadDelaysMs: opt.uploadDelaysMs }, storage, k);
   cleanups.push(async () => {
     await srv.stop();
     await db.close();
@@ -432,6 +436,29 @@ describe('commit processing against a fake kernel', () => {
     await t.published(tid);
     expect(t.k.events.some((e) => e === `put ${head} ${BS}+${BS} =31`)).toBe(true);
     expect(t.k.events.filter((e) => e.startsWith('put')).every((e) => e.endsWith('=31'))).toBe(true);
+  });
+});
+
+describe('uploads (reads.ts 2c) against a fake kernel', () => {
+  const MiB = 1 << 20;
+  it(`after a small READ the rest of the block is uploaded at once; after a big one (≥ ${BIG_READ >> 10} KiB) it waits, and READs take the block`, async () => {
+    const t = await served({ bs: 2 * MiB, uploadDelaysMs: { small: 2, big: 1000 } });
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    t.k.take();
+
+    // >>> a 128 KiB READ of #0 (the kernel's default readahead): the rest of #0 uploaded
+    expect((await t.read(head, 0, 128 << 10))[0]).toBe(1);
+    await t.until(() => t.k.events.includes(`drop ${head} 0`));
+    expect(t.k.take()).toEqual([`put ${head} 0+${2 * MiB} =1`, `store ${head} ${128 << 10}+${2 * MiB - (128 << 10)} =1`, `drop ${head} 0`]);
+
+    // >>> a 1 MiB READ of #1: nothing uploaded meanwhile …
+    expect((await t.read(head, 2 * MiB, MiB))[0]).toBe(2);
+    await sleep(50);
+    expect(t.k.events.filter((e) => !e.startsWith('put'))).toEqual([]);
+    // … the next READ takes the rest; <<< the upload then stores nothing
+    expect((await t.read(head, 3 * MiB, MiB))[0]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} ${2 * MiB}`));
+    expect(t.k.take()).toEqual([`put ${head} ${2 * MiB}+${2 * MiB} =2`, `drop ${head} ${2 * MiB}`]);
   });
 });
 

@@ -9,9 +9,15 @@
 //     commit). The `loaded` hook tracks the block in ΔFtail and pins every watcher that needs
 //     it (isolation.ts) before any reader — or the fast path — gets the data (I1).
 // 2c) after the readers are released, the whole block is uploaded into the page cache
-//     (NOTIFY_STORE) — only the pages no READ reply delivered, after a short delay that lets
+//     (NOTIFY_STORE) — only the pages no READ reply delivered, after a delay that lets
 //     readahead come first — and never from inside a READ (the kernel holds those pages
-//     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end.
+//     locked). Head uploads pass the UploadGate (I4); the entry is dropped at the end. The
+//     delay follows the file's last READ size: small READs (the kernel's default readahead,
+//     128 KiB) → UPLOAD_DELAYS.small, as a store costs less than a READ round trip per 128
+//     KiB; big READs (≥ BIG_READ: readahead raised) → UPLOAD_DELAYS.big, so that the READs
+//     take the block, answered by the fast path into pages the reader's readahead allocated,
+//     and the upload stores only what no READ took by then — the kernel's per-page work of
+//     a store (allocation, LRU) is then the reader's readahead's, as with any FUSE server.
 // 2d) prefetch: a READ that looks sequential — past half of its last block, or at most one
 //     block past the furthest one read or prefetched — starts loading the next PREFETCH_DEPTH
 //     blocks (one load per block: BlockLoads), so a sequential reader finds them uploaded
@@ -30,7 +36,13 @@ import { PackedError, type Head } from './head.js';
 import type { Isolation } from './isolation.js';
 import { markServed, unservedRuns, type LoadingEntry } from './loads.js';
 
-const UPLOAD_DELAY_MS = 2; // 2c
+/** 2c: how long a loaded block waits for READs before its upload, ms, after small / big READs. */
+export interface UploadDelays {
+  small: number;
+  big: number;
+}
+export const UPLOAD_DELAYS: UploadDelays = { small: 2, big: 20 };
+export const BIG_READ = 512 << 10; // 2c
 const PREFETCH_FROM = 0.5; // 2d: a READ ending this far into its last block prefetches the next
 export const PREFETCH_DEPTH = 6; // 2d: blocks loaded ahead of a sequential reader
 const NEVER = new AbortController().signal; // a prefetch is never abandoned: it is one load
@@ -39,6 +51,8 @@ const EMPTY = new Uint8Array(0);
 export class Reads {
   /** 2d: per file, the furthest block of its current sequential run read or prefetched. */
   private readonly lastRead = new WeakMap<BigFile, number>();
+  /** 2c: per file, whether its last READ that reached JS was big (≥ BIG_READ). */
+  private readonly bigReads = new WeakMap<BigFile, boolean>();
 
   constructor(
     private readonly head: Head,
@@ -46,6 +60,7 @@ export class Reads {
     private readonly kernel: { readonly notifier: Notifier; readonly isClosed: boolean },
     private readonly stats: { Prefetch: number; ReadJS: number; ReadLoad: number },
     private readonly warn: (msg: string) => void,
+    private readonly delays: UploadDelays = UPLOAD_DELAYS,
   ) {}
 
   // ---- 2a, 2b ----
@@ -63,6 +78,7 @@ export class Reads {
   private async readBlocks(f: BigFile, off: number, size: number, signal: AbortSignal): Promise<Uint8Array> {
     const end = Math.min(off + size, f.size);
     this.stats.ReadJS++;
+    this.bigReads.set(f, size >= BIG_READ); // 2c
     if (end <= off) return EMPTY; // at/after EOF: 0 bytes, as POSIX says
     const bs = f.blksize;
     const b0 = Math.floor(off / bs);
@@ -147,8 +163,12 @@ export class Reads {
 
   // ---- 2c ----
 
+  private uploadDelay(f: BigFile): number {
+    return this.bigReads.get(f) === true ? this.delays.big : this.delays.small;
+  }
+
   private async uploadHead(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
-    await sleep(UPLOAD_DELAY_MS);
+    await sleep(this.uploadDelay(f));
     // not when commit processing took the entry meanwhile: its data is stale
     if (!(await this.head.uploads.enter(() => f.loads.get(blk) === e))) return;
     try {
@@ -163,7 +183,7 @@ export class Reads {
   }
 
   private async uploadRev(f: BigFile, blk: number, e: LoadingEntry): Promise<void> {
-    await sleep(UPLOAD_DELAY_MS);
+    await sleep(this.uploadDelay(f));
     try {
       await this.storeUnserved(f, blk, e);
     } catch (err) {

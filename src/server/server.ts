@@ -86,7 +86,7 @@ import type { BigFile } from './bigfile.js';
 import { Commits } from './commit.js';
 import { Head } from './head.js';
 import { Isolation } from './isolation.js';
-import { Reads } from './reads.js';
+import { Reads, type UploadDelays } from './reads.js';
 import { INO_ROOT, Tree, TTL, type FsNode } from './tree.js';
 import { Untracker } from './untrack.js';
 import { WatchLink } from './wlink.js';
@@ -158,6 +158,8 @@ export interface ServerOptions {
   onFatal?: (err: Error) => void;
   /** Expose .wcfs/debug/ (zhead: a line per processed commit; zhead.ts) — upstream's `-debug`. */
   debugFiles?: boolean;
+  /** How long a loaded block waits for READs before its upload (reads.ts 2c) [UPLOAD_DELAYS]. */
+  uploadDelaysMs?: UploadDelays;
 }
 
 /** The kernel's caches as the server uses them (a FuseSession once mounted; a fake in tests). */
@@ -342,7 +344,7 @@ export class WcfsServer implements FileSystem {
   private run(kernel: Kernel): void {
     this.kernel = kernel;
     const srv = this;
-    this.reads = new Reads(this.head, this.isolation, kernel, this.stats, (msg) => this.warn(msg));
+    this.reads = new Reads(this.head, this.isolation, kernel, this.stats, (msg) => this.warn(msg), this.opts.uploadDelaysMs);
     this.tree = new Tree({
       zurl: this.zurl,
       pinTimeout: this.pinTimeout,
