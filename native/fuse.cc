@@ -24,7 +24,9 @@
 //    pages is pending in JS (page locks), so they never run on the JS thread (fuse.md C:
 //    doing so deadlocks) nor on libuv's pool. Each returns a Promise resolved on the JS thread
 //    with the return code. RETRIEVE completes later, when the kernel's NOTIFY_REPLY arrives as
-//    retrieve_reply on a libfuse worker, matched by cookie (= job id).
+//    retrieve_reply on a libfuse worker, matched by cookie (= job id); the worker copies the
+//    data into a fresh buffer, or into the caller's (JS memory: the env cleanup hook waits
+//    for such copies under way, and no worker finds a job after it).
 // 5) teardown: when the kernel ends the connection (umount, fusermount3 -u, fusectl abort)
 //    the loop returns, the loop thread posts LoopEnd and JS runs Core::teardown: join notify
 //    threads, free unanswered requests, close /dev/fuse, destroy the session, call exit(rc),
@@ -231,11 +233,13 @@ struct NotifyJob : Event {
   int64_t len = 0;
   std::string name;                   // INVAL_ENTRY
   const char* data = nullptr;         // STORE: points into `keep`'s buffer
-  Napi::Reference<Napi::Value> keep;  // STORE: the JS buffer, JS thread only
+  Napi::Reference<Napi::Value> keep;  // STORE, RETRIEVE into dest: the JS buffer, JS thread only
   Napi::Promise::Deferred deferred;   // JS thread only
   int rc = 0;
-  char* out = nullptr;  // RETRIEVE result, malloc'ed; moves to the JS Buffer
-  size_t outLen = 0;
+  char* out = nullptr;   // RETRIEVE result, malloc'ed; moves to the JS Buffer
+  size_t outLen = 0;     // RETRIEVE: bytes in out, or copied into dest
+  char* dest = nullptr;  // RETRIEVE into JS memory (kept alive by `keep`), destLen bytes
+  size_t destLen = 0;
 
   NotifyJob(Napi::Env env, Kind kind) : kind(kind), deferred(Napi::Promise::Deferred::New(env)) {}
   ~NotifyJob() override { free(out); }
@@ -396,11 +400,13 @@ class Core {
   uint64_t lastId = 0;
   std::unordered_map<uint64_t, Pending> reqs;
   std::unordered_map<uint64_t, NotifyJob*> retrieves;
+  unsigned retrieveCopies = 0;  // workers copying a RETRIEVE reply into JS memory (dest) now
   std::deque<NotifyJob*> jobs;
   unsigned idleNotify = 0;      // notify threads waiting for a job
   unsigned startingNotify = 0;  // notify threads started but not yet waiting
   bool stopNotify = false;
   std::condition_variable jobsCv;
+  std::condition_variable retrieveCv;  // retrieveCopies dropped
   // ---- end guarded by mu ----
 
   // Posts ev to JS; false (ev not consumed) once the session is CLOSED.
@@ -589,6 +595,13 @@ class Core {
       core->stopNotify = true;
     }
     core->jobsCv.notify_all();
+    // 4) nor may a RETRIEVE reply be copied into JS memory: the jobs leak (they hold JS
+    // references), a worker that comes later finds none, and copies under way end first.
+    {
+      std::unique_lock<std::mutex> g(core->mu);
+      core->retrieves.clear();
+      core->retrieveCv.wait(g, [core] { return core->retrieveCopies == 0; });
+    }
     // 6) detached workers keep running: no fast reply may send from JS memory that the
     // environment frees next. Later READs fall through to submit() (→ ENOTCONN). The
     // entries leak with the Core (their references die with the environment).
@@ -709,6 +722,10 @@ void NotifyJob::run(Core* core) {
 
 void NotifyJob::deliver(Napi::Env env, Core*) {
   keep.Reset();
+  if (kind == RETRIEVE && rc == 0 && dest != nullptr) {
+    deferred.Resolve(Napi::Number::New(env, double(outLen)));
+    return;
+  }
   if (kind == RETRIEVE && rc == 0) {
     char* p = out;
     out = nullptr;
@@ -865,30 +882,12 @@ void ll_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void ll_statfs(fuse_req_t req, fuse_ino_t ino) { CoreOf(req)->submit(req, new ReqEvent(OP_STATFS, req, ino)); }
 
 // 4) The kernel's NOTIFY_REPLY to our RETRIEVE. The data lives in this worker's buffer
-// (or a pipe): copy it out, answer (no reply is sent for NOTIFY_REPLY), complete the job.
+// (or a pipe): copy it out — into the job's dest (JS memory, counted in retrieveCopies so
+// that envCleanup can wait for it) or a malloc'ed buffer — answer (no reply is sent for
+// NOTIFY_REPLY), complete the job.
 void ll_retrieve_reply(fuse_req_t req, void* cookie, fuse_ino_t, off_t, fuse_bufvec* bufv) {
   Core* core = CoreOf(req);
   uint64_t id = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(cookie));
-  size_t n = fuse_buf_size(bufv);
-  char* out = nullptr;
-  int rc = 0;
-  if (n > 0) {
-    out = static_cast<char*>(malloc(n));
-    if (!out) {
-      rc = -ENOMEM;
-    } else {
-      fuse_bufvec dst = FUSE_BUFVEC_INIT(n);
-      dst.buf[0].mem = out;
-      ssize_t got = fuse_buf_copy(&dst, bufv, static_cast<fuse_buf_copy_flags>(0));
-      if (got < 0) {
-        rc = int(got);
-        n = 0;
-      } else {
-        n = size_t(got);
-      }
-    }
-  }
-  fuse_reply_none(req);
   NotifyJob* job = nullptr;
   {
     std::lock_guard<std::mutex> g(core->mu);
@@ -896,16 +895,46 @@ void ll_retrieve_reply(fuse_req_t req, void* cookie, fuse_ino_t, off_t, fuse_buf
     if (it != core->retrieves.end()) {
       job = it->second;
       core->retrieves.erase(it);
+      if (job->dest != nullptr) core->retrieveCopies++;
     }
   }
   if (!job) {  // teardown took it
-    free(out);
+    fuse_reply_none(req);
     return;
   }
+  size_t n = fuse_buf_size(bufv);
+  int rc = 0;
+  char* to = job->dest;
+  if (to != nullptr) {
+    n = std::min(n, job->destLen);  // the kernel sends at most what was asked: ≤ destLen
+  } else if (n > 0) {
+    to = static_cast<char*>(malloc(n));
+    if (!to) rc = -ENOMEM;
+  }
+  if (rc == 0 && n > 0) {
+    fuse_bufvec dst = FUSE_BUFVEC_INIT(n);
+    dst.buf[0].mem = to;
+    ssize_t got = fuse_buf_copy(&dst, bufv, static_cast<fuse_buf_copy_flags>(0));
+    if (got < 0) {
+      rc = int(got);
+      n = 0;
+    } else {
+      n = size_t(got);
+    }
+  }
+  fuse_reply_none(req);
+  if (job->dest != nullptr) {
+    {
+      std::lock_guard<std::mutex> g(core->mu);
+      core->retrieveCopies--;
+    }
+    core->retrieveCv.notify_all();
+  } else {
+    job->out = rc == 0 ? to : nullptr;
+    if (rc != 0) free(to);
+  }
   job->rc = rc;
-  job->out = rc == 0 ? out : nullptr;
   job->outLen = rc == 0 ? n : 0;
-  if (rc != 0) free(out);
   if (!core->emit(job)) {
     // environment gone: leak
   }
@@ -1315,14 +1344,30 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
     return Enqueue(info.Env(), job);
   }
 
-  // notifyRetrieve(ino, off, size) — one RETRIEVE; the kernel caps it at max_write and
-  // stops at the first uncached page.
+  // notifyRetrieve(ino, off, size[, dest: Uint8Array]) — one RETRIEVE; the kernel caps it
+  // at max_write and stops at the first uncached page. Resolves with the bytes as a Buffer,
+  // or — with dest (≥ size bytes, referenced until the promise settles and not to be touched
+  // meanwhile) — copies them to dest[0..] and resolves with their count; -errno on failure.
   Napi::Value NotifyRetrieve(const Napi::CallbackInfo& info) {
-    auto* job = new NotifyJob(info.Env(), NotifyJob::RETRIEVE);
+    Napi::Env env = info.Env();
+    int64_t size = info[2].As<Napi::Number>().Int64Value();
+    std::pair<const char*, size_t> d{nullptr, 0};
+    if (info.Length() > 3 && !info[3].IsUndefined()) {
+      if (!info[3].IsTypedArray()) throw Napi::TypeError::New(env, "notifyRetrieve: dest must be a Uint8Array");
+      d = ViewBytes(info[3]);
+      if (size < 0 || d.second < size_t(size))
+        throw Napi::RangeError::New(env, "notifyRetrieve: dest is shorter than size");
+    }
+    auto* job = new NotifyJob(env, NotifyJob::RETRIEVE);
     job->ino = U64(info[0]);
     job->off = info[1].As<Napi::Number>().Int64Value();
-    job->len = info[2].As<Napi::Number>().Int64Value();
-    return Enqueue(info.Env(), job);
+    job->len = size;
+    if (d.first != nullptr) {
+      job->dest = const_cast<char*>(d.first);
+      job->destLen = d.second;
+      job->keep = Napi::Persistent(info[3]);
+    }
+    return Enqueue(env, job);
   }
 
   // pending() → requests not answered yet (diagnostics, tests).

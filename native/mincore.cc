@@ -13,6 +13,7 @@
 //   cacheResidency(path, offset, length) → Promise<Uint8Array | number>
 //     one byte per page of [floor(offset/page)*page, offset+length): 1 resident, 0 not.
 //     open + mmap(MAP_SHARED, PROT_READ) + mincore + munmap: pages are NOT faulted in.
+//     length 0: stat only — the kernel looks the path up (and knows its inode), nothing more.
 //   mmapRead(path, offset, length) → Promise<Buffer | number>
 //     copies [offset, offset+length) out of a shared read-only mapping: the page faults go
 //     through the FUSE readpage path. Clamped to the file size (a fault past EOF is SIGBUS);
@@ -54,6 +55,12 @@ struct ProbeJob {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    if (kind == RESIDENCY && length == 0) {
+      // nothing to look at: only make the kernel look the path up (LOOKUPs; no OPEN/RELEASE)
+      struct stat st;
+      if (::stat(path.c_str(), &st) != 0) err = errno;
+      return;
+    }
     int fd;
     do fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     while (fd < 0 && errno == EINTR);

@@ -185,7 +185,8 @@ export interface NativeFuseSession {
   notifyInvalEntry(parent: number, name: string): Promise<number>;
   /** Zero-copy: `data` must not change until the promise settles. */
   notifyStore(ino: number, off: number, data: Uint8Array): Promise<number>;
-  notifyRetrieve(ino: number, off: number, size: number): Promise<Buffer | number>;
+  /** With `dest` (≥ size bytes, untouched until settled): the bytes go there, resolves with their count (or -errno). */
+  notifyRetrieve(ino: number, off: number, size: number, dest?: Uint8Array): Promise<Buffer | number>;
   pending(): number;
   /**
    * READ fast path: READs wholly inside [off, off+data.length) of nodeid are answered on the

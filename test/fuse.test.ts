@@ -285,13 +285,21 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
   );
 
   test(
-    'retrieve: cached data back, chunked past the 1 MiB cap; uncached → short/empty; unknown inode → ENOENT',
+    'retrieve: cached data back, chunked past the 1 MiB cap, or into our memory; uncached → short/empty; unknown inode → ENOENT',
     async () => {
       const f = bigfile();
       const fs = new TestFs([f]);
       await withMount(fs, {}, async (m) => {
         const n = m.session.notifier;
         const nat = (m.session as unknown as { nat: { notifyRetrieve(i: number, o: number, s: number): Promise<Buffer | number> } }).nat;
+        /** retrieve(off, len) into a buffer with room to spare: 'ok' when it got the first `cached` bytes, in place, and wrote nothing past len. */
+        const intoCheck = async (off: number, len: number, cached: number): Promise<string> => {
+          const into = Buffer.alloc(len + 4096, 0xee);
+          const r = await n.retrieve(f.ino, off, len, into);
+          if (r.length !== 1 || r[0]!.buffer !== into.buffer || r[0]!.byteOffset !== into.byteOffset) return `pieces ${r.map((p) => p.length)}`;
+          if (!Buffer.from(r[0]!).equals(f.data.subarray(off, off + cached))) return `${r[0]!.length} bytes, not the data`;
+          return into.subarray(len).every((b) => b === 0xee) ? 'ok' : 'written past len';
+        };
         // A RETRIEVE returns the cached prefix of its range, so a page the host reclaims on its
         // own meanwhile (DAMON, see 'invalInode(range)') shortens it: such an attempt proves
         // nothing and is run again (at most 5 times); a real bug fails every attempt.
@@ -306,12 +314,28 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
             whole: Buffer.concat(await n.retrieve(f.ino, 0, 8 * MiB)).equals(f.data),
             // … as its pieces, not joined (a join into fresh memory costs more than the RETRIEVE)
             pieces: (await n.retrieve(f.ino, 0, 8 * MiB)).map((p) => p.length),
+            // … or copies them into the caller's memory: one view of it (past the cached prefix,
+            // `into` may hold pieces cached further on: the pieces are asked for in parallel)
+            into: await intoCheck(0, 8 * MiB, 8 * MiB),
             // after invalidating [1 MiB, 2 MiB): nothing there, and only the cached prefix before it
             invalidated: await n.invalInode(f.ino, 1 * MiB, 1 * MiB).then(async () => Buffer.concat(await n.retrieve(f.ino, 1 * MiB, 64 * KiB)).length),
             prefix: Buffer.concat(await n.retrieve(f.ino, 0, 4 * MiB)).equals(f.data.subarray(0, 1 * MiB)),
+            intoPrefix: await intoCheck(0, 4 * MiB, 1 * MiB),
+            intoNothing: (await n.retrieve(f.ino, 1 * MiB, 64 * KiB, Buffer.alloc(64 * KiB))).length,
           };
           const mw = m.session.init.maxWrite;
-          const want = { first64k: true, oneCapped: mw, middle2m: true, whole: true, pieces: new Array((8 * MiB) / mw).fill(mw), invalidated: 0, prefix: true };
+          const want = {
+            first64k: true,
+            oneCapped: mw,
+            middle2m: true,
+            whole: true,
+            pieces: new Array((8 * MiB) / mw).fill(mw),
+            into: 'ok',
+            invalidated: 0,
+            prefix: true,
+            intoPrefix: 'ok',
+            intoNothing: 0,
+          };
           if (JSON.stringify(got) === JSON.stringify(want) || attempt === 5) {
             expect(got).toEqual(want);
             break;
@@ -366,6 +390,11 @@ describe('fuse: page cache (wcfs-server.md §3.10)', () => {
         const res = await cacheResidency(m.at('big'), 3 * MiB, 1 * MiB);
         expect(Array.from(res).every((x) => x === 1)).toBe(true);
         await expect(cacheResidency(m.at('nope'), 0, 1)).rejects.toMatchObject({ code: 'ENOENT' });
+        // length 0: only a lookup (how commit processing makes the kernel know an @<rev> file)
+        const fh = fs.nextFh;
+        expect((await cacheResidency(m.at('big'), 0, 0)).length).toBe(0);
+        expect(fs.nextFh).toBe(fh); // no OPEN
+        await expect(cacheResidency(m.at('nope'), 0, 0)).rejects.toMatchObject({ code: 'ENOENT' });
       });
     },
     T,

@@ -12,7 +12,8 @@
 //   - while step 3a runs (here: held in RETRIEVE), a READ waits for headMu and registers
 //     nothing; it is then answered from the new head (server.ts I2, I3);
 //   - block buffers are reused (loads.ts L4) only once nobody uses them: not under a
-//     multi-block READ still waiting for its other blocks, not under a commit's store;
+//     multi-block READ still waiting for its other blocks, not under a commit's store; a
+//     RETRIEVE copies into one, which returns to the pool once stored;
 //   - uploads (reads.ts 2c): the rest of a block goes in at once after a small READ, after a
 //     big one READs take it; none runs while 3b has not invalidated the changed blocks.
 // What only the kernel can show (page locks, real invalidation) stays in the mount tests.
@@ -41,6 +42,8 @@ class FakeKernel implements Kernel {
   /** ino → offset → data the "page cache" holds for RETRIEVE. */
   readonly cached = new Map<number, Map<number, Uint8Array>>();
   holdRetrieve: Promise<void> | undefined;
+  /** The buffers RETRIEVEs were asked to copy into. */
+  readonly retrievedInto: Uint8Array[] = [];
   /** Called at every invalInode, to look at the server's state at that moment. */
   onInval: (() => void) | undefined;
   /** When set, invalInode waits for it. */
@@ -61,11 +64,14 @@ class FakeKernel implements Kernel {
       if (this.holdStore) await this.holdStore;
       this.events.push(`store ${ino} ${off}+${data.length} =${data[0]}`);
     },
-    retrieve: async (ino, off, len) => {
+    retrieve: async (ino, off, len, into) => {
       this.events.push(`retrieve ${ino} ${off}+${len}`);
+      if (into !== undefined) this.retrievedInto.push(into);
       if (this.holdRetrieve) await this.holdRetrieve;
       const got = Buffer.from(this.cached.get(ino)?.get(off) ?? new Uint8Array(0)).subarray(0, len);
-      return got.length > 0 ? [got] : [];
+      if (into === undefined || got.length === 0) return got.length > 0 ? [got] : [];
+      into.set(got);
+      return [into.subarray(0, got.length)];
     },
   };
 
@@ -620,6 +626,35 @@ describe('block buffer pool (loads.ts L4) against a fake kernel', () => {
     t.k.holdStore = undefined;
     await t.published(tid);
     expect(t.k.events.filter((e) => e.startsWith(`store ${old} 0+`))).toEqual([`store ${old} 0+${BS} =5`]);
+  });
+
+  it("a RETRIEVEd block's old data goes into a pooled buffer, which returns to the pool once stored", async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const old = await t.lookup('@' + hex16(t.srv.head.publishedAt), 'bigfile', hex16(t.foid));
+    expect((await t.read(head, BS, BS))[0]).toBe(2); // #1 tracked; its entry ends after the upload
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    t.k.cached.set(head, new Map([[BS, new Uint8Array(BS).fill(2)]]));
+    const pool = tree(t).pool;
+    t.k.take();
+
+    // >>> commit δ(#1): RETRIEVE into a buffer of the pool, stored into @<at0> from it
+    let tid = await t.commit({ 1: 20 });
+    await t.published(tid);
+    expect(t.k.take()).toEqual([`retrieve ${head} ${BS}+${BS}`, `store ${old} ${BS}+${BS} =2`, `inval ${head} ${BS}+${BS}`, `inval-attr ${head}`]);
+    expect(t.k.retrievedInto.length).toBe(1);
+    expect(pool.stats).toEqual({ got: 1, reused: 0 });
+
+    // <<< back in the pool after the store: the next RETRIEVE reuses it
+    await sleep(5); // the release takes a macrotask (loads.ts L4)
+    expect((await t.read(head, BS, BS))[0]).toBe(20);
+    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    t.k.cached.set(head, new Map([[BS, new Uint8Array(BS).fill(20)]]));
+    tid = await t.commit({ 1: 21 });
+    await t.published(tid);
+    expect(t.k.retrievedInto.length).toBe(2);
+    expect(t.k.retrievedInto[1]).toBe(t.k.retrievedInto[0]);
+    expect(pool.stats).toEqual({ got: 2, reused: 1 });
   });
 
   it('full blocks and holes are views: never from the pool', async () => {

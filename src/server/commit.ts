@@ -57,6 +57,7 @@ import type { CommitEvent, StorageWatch } from '../zodb/storage.js';
 import { ZBigFileView } from '../zodb/zbigfile.js';
 import type { BigFile } from './bigfile.js';
 import type { Head } from './head.js';
+import type { BlockPool } from './loads.js';
 
 const debug = createDebug('wcfs:server:commit');
 
@@ -96,6 +97,8 @@ export interface CommitsHost {
    * undefined when that cannot be (packed, over the view cap, lookup failed). Not under headMu.
    */
   revFileKnown(rev: Tid, foid: bigint): Promise<BigFile | undefined>;
+  /** Where a RETRIEVEd block's old data goes (loads.ts BlockPool: memory already faulted in). */
+  readonly pool: BlockPool;
   /** Lower bound of the ΔFtail history still needed (isolation.ts revCut). */
   revCut(): Tid;
   /** After 3c: these commits are processed (.wcfs/debug/zhead, zhead.ts). Must not wait. */
@@ -225,7 +228,14 @@ export class Commits {
       }
     }
     const takes: Promise<BlockInval>[] = [];
-    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead, head.packedTo));
+    let n = 0;
+    let big = 0;
+    for (const [f, blks] of changed) {
+      n += blks.size;
+      big = Math.max(big, f.blksize);
+    }
+    const pooled = this.host.pool.keeps(n, big);
+    for (const [f, blks] of changed) for (const blk of blks) takes.push(this.takeOldBlock(f, blk, oldHead, head.packedTo, pooled));
     const blocks = await Promise.all(takes);
     head.advance(newHead, sizes, lastChange); // I2
     head.deltaFtail.forgetPast(this.host.revCut());
@@ -239,7 +249,7 @@ export class Commits {
    * no page lock) — with rev = BlkRevAt(blk, oldHead). Only a full block is kept (less: the
    * kernel already evicted some, so memory is short — upstream's rule).
    */
-  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid, packedTo: Tid): Promise<BlockInval> {
+  private async takeOldBlock(f: BigFile, blk: number, oldHead: Tid, packedTo: Tid, pooled: boolean): Promise<BlockInval> {
     const bs = f.blksize;
     let old: Uint8Array[] | undefined;
     let release: (() => void) | undefined;
@@ -250,8 +260,13 @@ export class Commits {
       release = t.release;
     }
     if (old === undefined) {
+      // into a pooled block when the batch's blocks fit in the pool (the next commit reuses
+      // them): RETRIEVE's pieces in fresh memory cost page faults (notes.md §8
+      // "Invalidation"); more than that would allocate blocks the pool then drops
+      const into = pooled ? this.host.pool.get(bs) : undefined;
+      if (into !== undefined) release = () => this.host.pool.release(into);
       try {
-        old = await this.host.notifier.retrieve(f.ino, blk * bs, bs);
+        old = await this.host.notifier.retrieve(f.ino, blk * bs, bs, into);
       } catch (err) {
         debug('retrieve %s #%d: %s', hex16(f.foid), blk, (err as Error).message);
       }

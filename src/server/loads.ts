@@ -87,6 +87,11 @@ export class BlockPool {
     return new Uint8Array(size);
   }
 
+  /** Whether n buffers of `size` bytes would all stay idle once released (P1). */
+  keeps(n: number, size: number): boolean {
+    return n * size <= this.maxIdleBytes;
+  }
+
   /** Back into the pool after the current macrotask (L4: its readers are done by then). */
   release(b: Uint8Array): void {
     setImmediate(() => this.put(b));

@@ -399,6 +399,7 @@ export class WcfsServer implements FileSystem {
         return kernel.notifier;
       },
       revFileKnown: (rev, foid) => this.revFileKnown(rev, foid),
+      pool: this.tree.pool,
       revCut: () => this.isolation.revCut(),
       processed: (tids) => this.zhead?.publish(tids),
       fatal: (e) => this.fatal(e),
