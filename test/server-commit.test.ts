@@ -48,6 +48,12 @@ class FakeKernel implements Kernel {
   onInval: (() => void) | undefined;
   /** When set, invalInode waits for it. */
   holdInval: Promise<void> | undefined;
+  /** From now on invalInode waits, until the returned function is called. */
+  holdInvals(): () => void {
+    let release!: () => void;
+    this.holdInval = new Promise((r) => (release = r));
+    return release;
+  }
   /** When set, store waits for it before it looks at the data (as a copy on another thread would). */
   holdStore: Promise<void> | undefined;
 
@@ -132,6 +138,8 @@ interface Served {
   published(tid: Tid): Promise<void>;
   /** Wait until cond() holds (bounded). */
   until(cond: () => boolean): Promise<void>;
+  /** READ all of block #1 of head (tracked) and wait until its (empty) upload ended the entry. */
+  readWhole1(head: number): Promise<void>;
 }
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -174,6 +182,10 @@ async function served(opt: { bs?: number; uploadDelaysMs?: UploadDelays } = {}):
       return ino;
     },
     read: (nodeid, off, size) => srv.read({ ...hdr, op: 'READ', nodeid, fh: 0, offset: off, size, flags: 0 }, ctx()),
+    async readWhole1(head) {
+      expect((await s.read(head, bs, bs))[0]).toBe(2);
+      await s.until(() => s.k.events.includes(`drop ${head} ${bs}`));
+    },
     async until(cond) {
       const t0 = Date.now();
       while (!cond()) {
@@ -369,8 +381,7 @@ describe('commit processing against a fake kernel', () => {
     const at0 = t.srv.head.publishedAt;
     const old = await t.lookup('@' + hex16(at0), 'bigfile', hex16(t.foid));
     // >>> READ all of #1 (tracked); its entry ends after the (empty) upload; the kernel has it
-    expect((await t.read(head, BS, BS))[0]).toBe(2);
-    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    await t.readWhole1(head);
     t.k.cached.set(head, new Map([[BS, new Uint8Array(BS).fill(2)]]));
     const seenAt: Tid[] = [];
     t.k.onInval = () => seenAt.push(t.srv.head.publishedAt);
@@ -388,10 +399,8 @@ describe('commit processing against a fake kernel', () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));
     // >>> READ all of #1: tracked; its (empty) upload ends the entry
-    expect((await t.read(head, BS, BS))[0]).toBe(2);
-    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
-    let release!: () => void;
-    t.k.holdInval = new Promise((r) => (release = r));
+    await t.readWhole1(head);
+    const release = t.k.holdInvals();
     t.k.take();
 
     // >>> commit δ(#1): 3b is held at the invalidation of head's #1
@@ -506,10 +515,8 @@ describe('untracking (step 5) against a fake kernel', () => {
   it('a block tracked again while the sweep invalidates it stays tracked (generation guard)', async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));
-    expect((await t.read(head, BS, BS))[0]).toBe(2);
-    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
-    let release!: () => void;
-    t.k.holdInval = new Promise((r) => (release = r));
+    await t.readWhole1(head);
+    const release = t.k.holdInvals();
     t.k.take();
 
     // >>> the sweep found #1 uncached and is invalidating it (5c) when a READ tracks it again
@@ -632,8 +639,7 @@ describe('block buffer pool (loads.ts L4) against a fake kernel', () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));
     const old = await t.lookup('@' + hex16(t.srv.head.publishedAt), 'bigfile', hex16(t.foid));
-    expect((await t.read(head, BS, BS))[0]).toBe(2); // #1 tracked; its entry ends after the upload
-    await t.until(() => t.k.events.includes(`drop ${head} ${BS}`));
+    await t.readWhole1(head); // #1 tracked; its entry ends after the upload
     t.k.cached.set(head, new Map([[BS, new Uint8Array(BS).fill(2)]]));
     const pool = tree(t).pool;
     t.k.take();
