@@ -599,9 +599,9 @@ export class WcfsServer implements FileSystem {
 
   /**
    * @<rev>/bigfile/<oid> with an inode the kernel knows (commit.ts 3b stores into it): if the
-   * kernel holds no lookup of it, the path is opened through our own mount on a native thread
-   * (Kernel.residency of nothing: open, close) — the LOOKUPs it makes are answered here
-   * meanwhile, as upstream's lockRevFile does. Undefined when it cannot be had.
+   * kernel holds no lookup of it, the path is looked up through our own mount on a native
+   * thread (Kernel.residency of nothing: a stat) — the LOOKUPs it makes are answered here
+   * meanwhile, as for upstream's lockRevFile (which opens it). Undefined when it cannot be had.
    */
   private async revFileKnown(rev: Tid, foid: Oid): Promise<BigFile | undefined> {
     const have = this.tree.revFile(rev, foid);
