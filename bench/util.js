@@ -15,6 +15,7 @@
 // Environment knobs (all benches):
 //   WCFS_BENCH_PROF=<dir>        run wcfs serve under node --cpu-prof, profiles into <dir>
 //   WCFS_BENCH_SERVE_ARGS="..."  extra `wcfs serve` options, e.g. "--poll-ms 50"
+//   WCFS_BENCH_NODE_ARGS="..."   extra node options for wcfs serve, e.g. "--always-sparkplug"
 
 import { execFile, fork, spawn } from 'node:child_process';
 import net from 'node:net';
@@ -248,7 +249,7 @@ async function waitUp(srv, probe, ms = 20_000) {
  * environment (e.g. { DEBUG: 'wcfs:watch' }).
  */
 export async function startWcfs(db, mnt, args = [], { nodeArgs = [], env } = {}) {
-  const node = [...nodeArgs];
+  const node = [...nodeArgs, ...(process.env.WCFS_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)];
   if (process.env.WCFS_BENCH_PROF) {
     mkdirSync(process.env.WCFS_BENCH_PROF, { recursive: true });
     node.push('--cpu-prof', '--cpu-prof-interval', process.env.WCFS_BENCH_PROF_US ?? '1000', '--cpu-prof-dir', process.env.WCFS_BENCH_PROF);

@@ -96,6 +96,8 @@ describe('tree', () => {
       'AuthLink',
       'AuthProc',
       'authfail',
+      'PinRttP50',
+      'PinRttP99',
     ]);
   });
 });

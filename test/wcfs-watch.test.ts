@@ -202,6 +202,36 @@ describe('watch setup and reads (upstream scenarios)', () => {
     await t.commit([[f, { 1: 3 }]]);
     expect(await stats(t)).toMatchObject({ WatchLink: 0, Watch: 0, pinkill: 0 });
   }, 30_000);
+
+  it('stats: PinRttP50/P99 are the round trips of pins acked within --stats-window', async () => {
+    const t = await newTDB();
+    t.serveArgs = ['--stats-window', '2'];
+    const f = await t.newFile('f');
+    await t.commit([[f, { 0: 1, 1: 1 }]]);
+    await t.serve();
+    await stat(t.srv.at(`head/bigfile/${hex16(f)}`));
+    await t.read(f, 0);
+    await t.read(f, 1);
+    await t.commit([[f, { 0: 2, 1: 2 }]]);
+    expect(await stats(t)).toMatchObject({ PinRttP50: 0, PinRttP99: 0 }); // no pin yet
+    // >>> watch @tail: two pins; the client holds the first ack back for 300 ms
+    const l = await t.link();
+    l.send(`1 watch ${hex16(f)} @${hex16(t.tail)}\n`);
+    const pins = [await l.next(), await l.next()];
+    expect(pins.map((p) => p.replace(/^\d+ /, '')).sort()).toEqual([0, 1].map((b) => `pin ${hex16(f)} #${b} @${hex16(t.tail)}`));
+    const [s1, s2] = pins.map((p) => /^(\d+) /.exec(p)![1]);
+    l.send(`${s1} ack\n`);
+    await sleep(300);
+    l.send(`${s2} ack\n`);
+    expect(await l.next()).toBe('1 ok');
+    const s = await stats(t);
+    expect(s.PinRttP99, 'p99: the held-back ack').toBeGreaterThanOrEqual(300_000);
+    expect(s.PinRttP50, 'p50: the prompt ack (nearest rank of 2)').toBeLessThan(300_000);
+    expect(s.PinRttP50).toBeGreaterThan(0);
+    // >>> past the window: nothing to show
+    await sleep(2200);
+    expect(await stats(t)).toMatchObject({ PinRttP50: 0, PinRttP99: 0, pin: 2 });
+  }, 30_000);
 });
 
 // ---- random histories against the model ----

@@ -89,6 +89,7 @@ export function buildProgram(): Command {
     .option('--poll-ms <ms>', 'storage change poll interval (inotify wakes it earlier)')
     .option('--gc-interval <seconds>', 'drop @<rev>/ views unused for this long', '10')
     .option('--untrack-interval <seconds>', 'forget the history of head blocks no longer in the page cache this often', '60')
+    .option('--stats-window <seconds>', 'the pin round-trip quantiles in .wcfs/stats cover pins acked this long ago at most', '60')
     .option('--share-with <group:NAME>', 'let members of group NAME (or group:GID) use the mount (allow_other; see README)')
     .option('--authkeyfile <path>', 'only processes that authenticate with the key in this file may open files (.wcfs/auth)')
     .action(async (zurl: string, mnt: string | undefined, opts) => serve(zurl, mnt, opts));

@@ -27,6 +27,7 @@ export interface ServeOptions {
   pollMs?: string;
   gcInterval?: string;
   untrackInterval?: string;
+  statsWindow?: string;
   shareWith?: string;
   /** .wcfs/debug/ (upstream's -debug; src/cli/upstream.ts). */
   debugFiles?: boolean;
@@ -55,6 +56,8 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
   if (!(gcInterval > 0)) throw new BadArgumentError(`invalid --gc-interval ${JSON.stringify(opts.gcInterval)}: want seconds > 0`);
   const untrackInterval = opts.untrackInterval === undefined ? 60 : Number(opts.untrackInterval.replace(/s$/, ''));
   if (!(untrackInterval > 0)) throw new BadArgumentError(`invalid --untrack-interval ${JSON.stringify(opts.untrackInterval)}: want seconds > 0`);
+  const statsWindow = opts.statsWindow === undefined ? 60 : Number(opts.statsWindow.replace(/s$/, ''));
+  if (!(statsWindow > 0)) throw new BadArgumentError(`invalid --stats-window ${JSON.stringify(opts.statsWindow)}: want seconds > 0`);
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
   const shareWithGid = opts.shareWith === undefined ? undefined : resolveShareWith(opts.shareWith);
@@ -87,6 +90,7 @@ export async function serve(zurlArg: string, mountpointArg: string | undefined, 
       storagePollMs: pollMs,
       gcIntervalMs: gcInterval * 1000,
       untrackIntervalMs: untrackInterval * 1000,
+      statsWindowMs: statsWindow * 1000,
       shareWithGid,
       authKeyFile: opts.authkeyfile === undefined ? undefined : path.resolve(opts.authkeyfile),
       onFatal: () => (failed = true),

@@ -44,6 +44,7 @@ import { isCode } from '../errors.js';
 import { LinkDownError, LinkTimeoutError, PinError, WrongReplyError } from '../watchlink/errors.js';
 import type { WatchLink } from './wlink.js';
 import { PackedError } from './head.js';
+import type { RecentLatencies } from '../util/latency.js';
 
 /** Pins sent, acked and failed; kill decisions (the kills themselves go to the server's log too). */
 const debug = createDebug('wcfs:iso');
@@ -72,6 +73,8 @@ export interface IsolationHost {
   waitHead(at: Tid, signal: AbortSignal): Promise<void>;
   readonly pinTimeoutMs: number;
   readonly stats: { Watch: number; pin: number; pinkill: number };
+  /** Where acked pins' round trips go (ms, with performance.now() as the clock). */
+  readonly pinRtt?: RecentLatencies;
   log(line: string): void;
   fatal(err: Error): void;
 }
@@ -272,8 +275,11 @@ export class Isolation {
       const what = `pin ${hex16(w.file.foid)} #${blk} @${rev === null ? 'head' : hex16(rev)}`;
       debug('%s: %s', w.link, what);
       try {
+        const t0 = performance.now();
         const reply = await w.link.request(msg, h.pinTimeoutMs);
         if (reply !== 'ack') throw new WrongReplyError(`expect "ack"; got ${goQuote(reply)}`); // upstream's text
+        const t1 = performance.now();
+        h.pinRtt?.record(t1, t1 - t0);
         debug('%s: %s: ack', w.link, what);
         if (rev === null && w.pinned.get(blk) === entry) w.pinned.delete(blk);
       } catch (e) {

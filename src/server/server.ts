@@ -93,6 +93,7 @@ import { WatchLink } from './wlink.js';
 import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, redactAuth, type AuthRequest, type AuthSlot, type Identity } from './auth.js';
 import { readAuthKey } from '../util/authkey.js';
 import { ZHeadStreams } from './zhead.js';
+import { RecentLatencies } from '../util/latency.js';
 
 const debug = createDebug('wcfs:server');
 
@@ -160,6 +161,8 @@ export interface ServerOptions {
   debugFiles?: boolean;
   /** How long a loaded block waits for READs before its upload (reads.ts 2c) [UPLOAD_DELAYS]. */
   uploadDelaysMs?: UploadDelays;
+  /** The window of .wcfs/stats' pin round-trip quantiles (PinRttP50, PinRttP99) [60 s]. */
+  statsWindowMs?: number;
 }
 
 /** The kernel's caches as the server uses them (a FuseSession once mounted; a fake in tests). */
@@ -198,7 +201,16 @@ export interface Stats {
   AuthLink: number;
   AuthProc: number;
   authfail: number;
+  /**
+   * Pin round trip (`pin` queued → its `ack` handled), p50 and p99 in µs over the last
+   * ≤ PIN_RTT_SAMPLES pins acked within ServerOptions.statsWindowMs; 0 when there were none.
+   */
+  PinRttP50: number;
+  PinRttP99: number;
 }
+
+/** How many recent pin round trips .wcfs/stats' quantiles are taken from, at most. */
+export const PIN_RTT_SAMPLES = 1024;
 
 export class WcfsServer implements FileSystem {
   readonly zurl: string;
@@ -233,7 +245,11 @@ export class WcfsServer implements FileSystem {
     AuthLink: 0,
     AuthProc: 0,
     authfail: 0,
+    PinRttP50: 0,
+    PinRttP99: 0,
   };
+  /** Recent pin round trips (ms), for PinRttP50/P99; recorded by Isolation. */
+  private readonly pinRtt: RecentLatencies;
   private readonly storage: IStorage;
   private readonly log: (line: string) => void;
   /** Warnings a client can cause at will (refused opens, bad keys): bounded per kind. */
@@ -280,6 +296,7 @@ export class WcfsServer implements FileSystem {
     this.zurl = opts.zurl;
     this.mountpoint = opts.mountpoint;
     this.pinTimeout = opts.pinTimeout ?? 30;
+    this.pinRtt = new RecentLatencies(PIN_RTT_SAMPLES, opts.statsWindowMs ?? 60_000);
     this.euid = opts.euid ?? process.geteuid?.() ?? 0;
     this.gcIntervalMs = opts.gcIntervalMs ?? 10_000;
     this.log = opts.log ?? logLine;
@@ -301,6 +318,7 @@ export class WcfsServer implements FileSystem {
       waitHead: (at, signal) => head.waitFor(at, signal),
       pinTimeoutMs: this.pinTimeout * 1000,
       stats: this.stats,
+      pinRtt: this.pinRtt,
       log: this.log,
       fatal: (e) => this.fatal(e),
     });
@@ -777,6 +795,9 @@ export class WcfsServer implements FileSystem {
     this.stats.TrackedBlk = δ.trackedBlocks;
     this.stats.History = δ.history;
     this.stats.ReadFast = this.kernel.blockCache.served();
+    const [p50, p99] = this.pinRtt.quantiles(performance.now(), [0.5, 0.99]);
+    this.stats.PinRttP50 = Math.round((p50 ?? 0) * 1000);
+    this.stats.PinRttP99 = Math.round((p99 ?? 0) * 1000);
     if (this.auth !== undefined) {
       const a = this.auth.sizes();
       this.stats.AuthLink = a.links;
