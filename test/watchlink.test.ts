@@ -10,6 +10,10 @@ import { LinkTimeoutError } from '../src/watchlink/errors.js';
 import { ProcessRef } from '../src/util/proc.js';
 import { goQuote, QUOTE_MAX } from '../src/watchlink/wire.js';
 import { exitOf } from './helpers/pidreuse.js';
+import { seedOr } from './helpers/fuzz.js';
+import { rng } from '../src/util/rng.js';
+
+const SEED = seedOr(1);
 
 const tid = process.pid; // the "client thread" of every READ/WRITE here
 const links: WatchLink[] = [];
@@ -153,6 +157,55 @@ describe('B3 outgoing queue', () => {
     expect(out.length).toBe(admitted + '0 fatal: pin #1 @head: timeout\n'.length);
     expect(out.endsWith('\n0 fatal: pin #1 @head: timeout\n')).toBe(true);
     expect(out).not.toMatch(/^\d+ pin /m); // the pin itself never went out
+  });
+});
+
+describe('request deadlines (one timer per link)', () => {
+  /** Reply `ack` to stream s, as the client would. */
+  const ack = (l: WatchLink, s: bigint) => w(l, `${s} ack\n`);
+  const outcome = (p: Promise<string>) =>
+    p.then(
+      (r) => r,
+      (e: unknown) => (e instanceof LinkTimeoutError ? 'timeout' : String(e)),
+    );
+
+  it('a later request with a shorter timeout expires at its own deadline, not the earlier one', async () => {
+    const { l } = newLink();
+    const long = outcome(l.request('pin a', 60_000)); // arms the link's timer for 60 s
+    const t0 = Date.now();
+    expect(await outcome(l.request('pin b', 30))).toBe('timeout');
+    expect(Date.now() - t0).toBeLessThan(10_000); // not the 60 s of the first one
+    ack(l, 2n);
+    expect(await long).toBe('ack');
+  });
+
+  it('several requests past their deadline expire one at a time: a shutdown by the first fails the rest as link down', async () => {
+    const downs: string[] = [];
+    const { l } = newLink();
+    const rs = [0, 1, 2].map(() =>
+      l.request('pin x', 20).catch((e: unknown) => {
+        downs.push(e instanceof LinkTimeoutError ? 'timeout' : 'down');
+        if (e instanceof LinkTimeoutError) l.shutdown(e, 'fatal: timeout'); // as Isolation.pinFailed does
+      }),
+    );
+    await Promise.all(rs);
+    expect(downs).toEqual(['timeout', 'down', 'down']);
+  });
+
+  it(`seeded random requests, replies and timeouts: each settles once, as its own deadline says (seed ${SEED})`, async () => {
+    const r = rng(SEED);
+    for (let round = 0; round < 5; round++) {
+      const { l } = newLink();
+      const n = 3 + Math.floor(r() * 6);
+      const timeouts = Array.from({ length: n }, () => (r() < 0.5 ? 20 + Math.floor(r() * 40) : 60_000));
+      const reply = timeouts.map((t) => t === 60_000 || r() < 0.3); // replied before its deadline
+      const got = timeouts.map((t) => outcome(l.request('pin y', t)));
+      await new Promise((res) => setTimeout(res, 5));
+      reply.forEach((yes, i) => yes && ack(l, BigInt(2 * (i + 1))));
+      const want = reply.map((yes) => (yes ? 'ack' : 'timeout'));
+      expect(await Promise.all(got), `round ${round}: timeouts ${timeouts}`).toEqual(want);
+      expect(l.down).toBe(false);
+    }
   });
 });
 

@@ -44,7 +44,6 @@
 import createDebug from 'debug';
 import { FuseError } from '../fuse/errors.js';
 import { errno } from '../fuse/kernel.js';
-import { withTimeout } from '../util/async.js';
 import { logLine } from '../util/log.js';
 import { ProcessGoneError, ProcessRef } from '../util/proc.js';
 import { LinkDownError, LinkTimeoutError } from '../watchlink/errors.js';
@@ -68,6 +67,9 @@ interface TxItem {
 interface Pending {
   resolve: (reply: string) => void;
   reject: (e: Error) => void;
+  /** performance.now() after which the request fails with LinkTimeoutError(timeoutMs). */
+  deadline: number;
+  timeoutMs: number;
   /** With debug on: when the request was queued (after its debug line), for the reply's rtt. */
   sentNs?: bigint;
 }
@@ -119,7 +121,11 @@ export class WatchLink<R = WatchRequest> {
   private isDown = false;
   private eof = false;
   private nextStream = 0n;
+  /** Our requests awaiting a reply, oldest first (Map order = sending order). */
   private readonly pending = new Map<bigint, Pending>();
+  /** Armed while a request may be pending: fires at the oldest one's deadline (expire). */
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlineAt = Infinity;
   /** Aborted when the link goes down: waits tied to the link's life use it. */
   private readonly ac = new AbortController();
 
@@ -264,23 +270,20 @@ export class WatchLink<R = WatchRequest> {
 
   /**
    * Send a request on the next even stream and wait for its reply, all within `timeoutMs`.
-   * Rejects with LinkDownError / LinkTimeoutError.
+   * Rejects with LinkDownError / LinkTimeoutError. The deadlines share one timer per link
+   * (armed for the earliest; see expire): a pin costs no timer of its own.
    */
-  async request(msg: string, timeoutMs: number): Promise<string> {
-    if (this.isDown) throw new LinkDownError('link is down', '');
+  request(msg: string, timeoutMs: number): Promise<string> {
+    if (this.isDown) return Promise.reject(new LinkDownError('link is down', ''));
     this.nextStream += 2n;
     const stream = this.nextStream;
-    const p: Pending = { resolve: () => {}, reject: () => {} };
-    const reply = new Promise<string>((resolve, reject) => ((p.resolve = resolve), (p.reject = reject)));
+    let p!: Pending;
+    const reply = new Promise<string>((resolve, reject) => (p = { resolve, reject, deadline: performance.now() + timeoutMs, timeoutMs }));
     this.pending.set(stream, p);
-    const replyOrTimeout = withTimeout(reply, timeoutMs, () => new LinkTimeoutError(timeoutMs));
-    try {
-      void this.queue(stream, msg);
-      if (debug.enabled) p.sentNs = process.hrtime.bigint();
-      return await replyOrTimeout;
-    } finally {
-      this.pending.delete(stream);
-    }
+    this.armDeadline(p.deadline);
+    void this.queue(stream, msg);
+    if (debug.enabled) p.sentNs = process.hrtime.bigint();
+    return reply;
   }
 
   /**
@@ -296,6 +299,8 @@ export class WatchLink<R = WatchRequest> {
     const npending = this.pending.size;
     for (const p of this.pending.values()) p.reject(down);
     this.pending.clear();
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
     this.ac.abort(down);
     // frames still waiting for room are never sent (B3): their senders are told "done"
     for (const t of this.txWait.splice(0)) t.done();
@@ -311,6 +316,41 @@ export class WatchLink<R = WatchRequest> {
   }
 
   // ---- internals ----
+
+  /** Arm the deadline timer for `at` (performance.now() time), unless armed for earlier. */
+  private armDeadline(at: number): void {
+    if (this.deadlineTimer !== undefined) {
+      if (this.deadlineAt <= at) return;
+      clearTimeout(this.deadlineTimer);
+    }
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(() => this.expire(), Math.max(0, at - performance.now()));
+    this.deadlineTimer.unref(); // the FUSE session keeps the process; a pin need not
+  }
+
+  /**
+   * The deadline timer fired: one pending request past its deadline fails, and the timer is
+   * armed again for the earliest deadline left, if any (at once when that one is due too).
+   * One at a time, as separate timers would: what the first failure does (a pin's failure
+   * takes the link down) happens before the next one expires. Replies that came meanwhile
+   * already left `pending`. One timer per link, whatever the number of requests in flight.
+   */
+  private expire(): void {
+    this.deadlineTimer = undefined;
+    const now = performance.now();
+    let expired = false;
+    let next = Infinity;
+    for (const [stream, p] of this.pending) {
+      if (!expired && p.deadline <= now) {
+        expired = true;
+        this.pending.delete(stream);
+        p.reject(new LinkTimeoutError(p.timeoutMs));
+        continue;
+      }
+      next = Math.min(next, p.deadline);
+    }
+    if (next !== Infinity) this.armDeadline(next);
+  }
 
   /** Queue a frame (B3: admitted now if tx has room or `force`, else when it has). */
   private queue(stream: bigint, msg: string, force = false): Promise<void> {
