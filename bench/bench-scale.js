@@ -18,8 +18,9 @@
 //    blktab nodes — so "flat across later rounds" is the test, not "back to before").
 // 4. many files: 10,000 ZBigFiles: first stat and open+read of block 0, p50/p99, RssAnon per file.
 // WCFS_BENCH_SCALE_ONLY=startup,commits,watcher,files runs only the parts named.
-// Memory is RssAnon (/proc/<pid>/status): the server's own; VmRSS also counts Data.fs pages
-// the storage maps (page cache).
+// Memory is RssAnon (/proc/<pid>/status) after a full GC (bench/gc-signal.js): the server's own
+// and what it retains; VmRSS also counts Data.fs pages the storage maps (page cache). Without
+// the GC, V8's own timing decided the verdicts: freed heap went back only after ~20 s idle.
 import { closeSync, openSync, readSync, readFileSync, rmSync, statSync, existsSync, unlinkSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -30,12 +31,14 @@ import {
   MiB,
   WriteTxn,
   commitLatencies,
+  gcOnSignal,
   headPoller,
   hex16,
   makeDb,
   median,
   nowMs,
   quantile,
+  rssAnonAfterGc,
   runMain,
   setBlock,
   sleep,
@@ -52,7 +55,6 @@ const FILES = Number(process.env.WCFS_BENCH_SCALE_FILES ?? 10000);
 const ONLY = process.env.WCFS_BENCH_SCALE_ONLY?.split(',');
 const part = (name) => ONLY === undefined || ONLY.includes(name);
 
-const rssAnonMiB = (pid) => Number(/RssAnon:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
 const verdict = (q, op, goal) => ((op === '≤' ? q <= goal : q >= goal) ? `${op} ${goal} ✓` : `${op} ${goal} ✗`);
 const rows = [];
 
@@ -125,7 +127,7 @@ async function commits(dir, watcher) {
   };
   const first = await bump(1000);
   const mnt = path.join(dir, `mnt-commits-${watcher}`);
-  const srv = await startWcfs(db, mnt, ['--gc-interval', '0.5']);
+  const srv = await startWcfs(db, mnt, ['--gc-interval', '0.5'], { nodeArgs: gcOnSignal });
   const poll = await headPoller(mnt);
   let wfh;
   if (watcher) {
@@ -141,19 +143,19 @@ async function commits(dir, watcher) {
     return { p50: quantile(r.afterReturn, 0.5), p99: quantile(r.afterReturn, 0.99) };
   };
   const l0 = await lat();
-  const r0 = rssAnonMiB(srv.proc.pid);
+  const r0 = await rssAnonAfterGc(srv.proc.pid);
   const tids = [...first];
   const tServe = nowMs();
   let rMid; // RssAnon once the retention window has passed
   // at least COMMITS commits, and for at least twice the retention window (RSS judged past it)
   while (tids.length < COMMITS || nowMs() - tServe < 2 * WINDOW_S * 1000) {
     tids.push(...(await bump(5000)));
-    if (rMid === undefined && nowMs() - tServe > WINDOW_S * 1000) rMid = { rss: rssAnonMiB(srv.proc.pid), n: tids.length };
+    if (rMid === undefined && nowMs() - tServe > WINDOW_S * 1000) rMid = { rss: await rssAnonAfterGc(srv.proc.pid), n: tids.length };
   }
   await poll.waitFor(hex16(storage.head()), 120_000);
   await sleep(2000);
   const l1 = await lat();
-  const r1 = rssAnonMiB(srv.proc.pid);
+  const r1 = await rssAnonAfterGc(srv.proc.pid);
   const secs = (nowMs() - tServe) / 1000;
   const tag = watcher ? 'a watcher at the start, on another file' : 'no watcher';
   const N = COMMITS.toExponential(0);
@@ -192,9 +194,9 @@ async function commits(dir, watcher) {
       const t0 = Date.now();
       while (views() > 0 && Date.now() - t0 < 60_000) await sleep(500);
       await sleep(2000);
-      return rssAnonMiB(srv.proc.pid);
+      return await rssAnonAfterGc(srv.proc.pid);
     };
-    const before = rssAnonMiB(srv.proc.pid);
+    const before = await rssAnonAfterGc(srv.proc.pid);
     const a = await round(tids.slice(-3 * VIEWS, -2 * VIEWS));
     const b = await round(tids.slice(-2 * VIEWS, -VIEWS));
     const c = await round(tids.slice(-VIEWS));
@@ -229,8 +231,8 @@ async function manyFiles(dir) {
     await txn.commit();
   }
   await s.close();
-  const srv = await startWcfs(db, path.join(dir, 'mnt-files'));
-  const r0 = rssAnonMiB(srv.proc.pid);
+  const srv = await startWcfs(db, path.join(dir, 'mnt-files'), [], { nodeArgs: gcOnSignal });
+  const r0 = await rssAnonAfterGc(srv.proc.pid);
   const stats = [];
   const reads = [];
   const b = Buffer.alloc(4096);
@@ -246,7 +248,7 @@ async function manyFiles(dir) {
     reads.push(nowMs() - t);
   }
   await sleep(1000);
-  const r1 = rssAnonMiB(srv.proc.pid);
+  const r1 = await rssAnonAfterGc(srv.proc.pid);
   await srv.stop();
   rmSync(db, { force: true });
   const q = (xs) => `${quantile(xs, 0.5).toFixed(2)}/${quantile(xs, 0.99).toFixed(2)} ms`;

@@ -500,6 +500,15 @@ export function runMain(main) {
 
 /** node --import this: debug lines start with process.hrtime.bigint() (ns, CLOCK_MONOTONIC). */
 export const debugHrtime = path.join(here, 'debug-hrtime.js');
+/** node options for a server whose memory is measured with rssAnonAfterGc. */
+export const gcOnSignal = ['--expose-gc', '--import', path.join(here, 'gc-signal.js')];
+
+/** RssAnon (MiB) of a process started with gcOnSignal, after a full GC (SIGUSR2). */
+export async function rssAnonAfterGc(pid) {
+  process.kill(pid, 'SIGUSR2');
+  await sleep(500);
+  return Number(/RssAnon:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
+}
 
 /**
  * A wcfs client process (bench/client-worker.js, see there for its commands). Resolves once
