@@ -47,6 +47,7 @@ export type WcfsCode =
   | 'WCFS_EZEOCONN' // a ZEO connection failed, broke or went silent: temporary, the driver reconnects
   | 'WCFS_EZEOREMOTE' // the ZEO server raised an exception the driver has no class for
   | 'WCFS_EZEOGAP' // commits missed (while disconnected, or by a lagging watch) cannot be read back one by one
+  | 'WCFS_ECOMMITUNKNOWN' // the link broke after tpc_finish was sent: the commit may or may not have happened — look before retrying
   | 'WCFS_ENOOIDS' // a writer used more new oids than the driver had reserved (ZEO: reserveOids)
   // fuse (src/fuse/errors.ts; WCFS_EMOUNT also from native/fuse.cc)
   | 'WCFS_EFUSE' // answer a FUSE request with an errno

@@ -15,6 +15,7 @@ import type { CommitEvent, IWritableStorage, StorageWatch } from '../src/zodb/st
 import { ZeoStorage } from '../src/zodb/zeo/zeostorage.js';
 import type { WatchQueue } from '../src/zodb/watchq.js';
 import { startZeo, stopAllZeo, type ZeoEncoding, type ZeoServer } from './helpers/zeo.js';
+import { FaultyProxy } from './helpers/tcpproxy.js';
 import { python, pythonEnv } from './helpers/python.js';
 import { ensureRoot } from '../src/zodb/zbigfile.js';
 import { spawnSync } from 'node:child_process';
@@ -310,6 +311,44 @@ for (const encoding of ['pickle', 'msgpack'] as ZeoEncoding[]) {
       // >>> the storage itself is fine: a watch from a tid in the ring replays from it
       expect((await take(r.watch(tids[55]), 4)).map((e) => e.tid)).toEqual(tids.slice(56, 60));
     });
+
+    it(
+      'the link breaks in a commit: before the vote → WCFS_EZEOCONN, nothing committed; after the server committed → WCFS_ECOMMITUNKNOWN, not retried, the commit arrives once reconnected',
+      { timeout: 60_000 },
+      async () => {
+        await start();
+        const [host, port] = zeo.addr.split(':');
+        const proxy = await FaultyProxy.start({ host: host!, port: Number(port) });
+        opened.push(proxy);
+        const w = await zopen(`zeo://127.0.0.1:${proxy.port}`, { backoffMaxMs: 100 });
+        const r = await zopen(zeo.zurl, { readOnly: true }); // straight to the server
+        const ww = w.watch();
+        const a = w.newOid();
+        const t1 = await w.commit({ records: [{ oid: a, data: rec('a1'), oldSerial: 0n }] });
+        expect(await take(ww, 1)).toEqual([{ tid: t1, oids: [a] }]);
+        // >>> the link breaks as the client votes: the server never saw the vote and aborts
+        const broke1 = proxy.breakAt({ marker: 'vote', at: 'before' });
+        const e1 = await w.commit({ records: [{ oid: a, data: rec('a2'), oldSerial: t1 }] }).catch((x: unknown) => x);
+        await broke1;
+        expect(e1).toMatchObject({ code: 'WCFS_EZEOCONN' });
+        expect(await r.sync()).toBe(t1);
+        expect(await r.load(a, t1)).toMatchObject({ data: rec('a1'), serial: t1 });
+        // >>> the link breaks after the server committed: its answer to tpc_finish is lost
+        const broke2 = proxy.breakAt({ marker: 'tpc_finish', at: 'after-reply' });
+        const e2 = await w.commit({ records: [{ oid: a, data: rec('a3'), oldSerial: t1 }] }).catch((x: unknown) => x);
+        await broke2;
+        expect(e2).toMatchObject({ code: 'WCFS_ECOMMITUNKNOWN' });
+        const t3 = await r.sync();
+        expect(t3).toBeGreaterThan(t1);
+        expect(await r.load(a, t3)).toMatchObject({ data: rec('a3'), serial: t3 });
+        // >>> reconnected, the writer learns of its commit as an event, once, and goes on from it
+        expect(await take(ww, 1)).toEqual([{ tid: t3, oids: [a] }]);
+        const t4 = await w.commit({ records: [{ oid: a, data: rec('a4'), oldSerial: t3 }] });
+        expect(await take(ww, 1)).toEqual([{ tid: t4, oids: [a] }]);
+        expect(await r.sync()).toBe(t4);
+        expect(await r.load(a, t4 - 1n)).toMatchObject({ data: rec('a3'), serial: t3 }); // nothing in between: no retry
+      },
+    );
 
     it('reads during a long outage fail after reconnectWaitMs with WCFS_EZEOCONN', { timeout: 30_000 }, async () => {
       await start();

@@ -14,6 +14,10 @@
 //   ZeoGapError    (WCFS_EZEOGAP)    — fatal for watching: the commits missed (after a reconnect,
 //                    or by a watch that lagged past the ring) cannot be read back transaction by
 //                    transaction (history packed or gone).
+//   CommitUnknownError (WCFS_ECOMMITUNKNOWN) — a commit whose tpc_finish was sent when the
+//                    connection broke: the server may have committed it or not. Not
+//                    retried (a retry could commit twice); the caller looks at the storage
+//                    once reconnected (the commit, if it happened, arrives as an event).
 // Thrown by the pure codecs too (frame.ts, codec.ts: ZeoProtoError without an address).
 
 import { WcfsError } from '../../errors.js';
@@ -52,5 +56,15 @@ export class ZeoGapError extends WcfsError {
     detail: string,
   ) {
     super('WCFS_EZEOGAP', `zeo ${addr}: ${detail}`);
+  }
+}
+
+export class CommitUnknownError extends WcfsError {
+  constructor(
+    readonly addr: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super('WCFS_ECOMMITUNKNOWN', `zeo ${addr}: ${detail}`, options);
   }
 }

@@ -37,6 +37,7 @@
 //     holds ≤ maxRecoveryBuffer pushed events (one more fails that attempt: temporary, retried).
 //
 // Errors: ZeoConnError (temporary), ZeoProtoError / ZeoGapError (fatal), ZeoRemoteError,
+// CommitUnknownError (a commit whose tpc_finish went out when the link broke: not retried),
 // and the zodb ones (NoObjectError, NoDataError, ConflictError, ClosedError).
 
 import createDebug from 'debug';
@@ -46,7 +47,7 @@ import type { CommitEvent, CommitRequest, ICommitter, IStorage, LoadResult, Stor
 import { FetchedReplay, WatchQueue, type Replay, type WatchQueueLimits } from '../watchq.js';
 import { bytesId, describe, encodeZeoPickle, idBytes, ZDict, ZFloat, ZTuple, type ZValue } from './codec.js';
 import { addrText, ZeoConn, type ZeoAddr, type ZeoConnOptions } from './conn.js';
-import { ZeoConnError, ZeoGapError, ZeoProtoError, ZeoRemoteError } from './errors.js';
+import { CommitUnknownError, ZeoConnError, ZeoGapError, ZeoProtoError, ZeoRemoteError } from './errors.js';
 import { isCode, WcfsError } from '../../errors.js';
 import { logLine } from '../../util/log.js';
 
@@ -569,9 +570,10 @@ export class ZeoStorage implements IStorage, ICommitter {
       if (!finishing && !conn.closed) conn.call('tpc_abort', [txn]).catch(() => {});
       if (e instanceof ZeoRemoteError && e.className === 'ZODB.POSException.ConflictError') throw conflict(this.addr, e);
       if (finishing && isCode(e, 'WCFS_EZEOCONN'))
-        throw new ZeoConnError(
+        throw new CommitUnknownError(
           this.addr,
           `tpc_finish: the connection broke before the answer: the transaction may or may not have committed (${(e as Error).message})`,
+          { cause: e },
         );
       throw e;
     }
