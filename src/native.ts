@@ -13,6 +13,8 @@ export interface NativeAddon extends NativeTestHooks {
   version(): string;
   /** Installs errno names (index = errno) for native errno errors; first call wins. Done by native(). */
   setErrnoNames(names: string[]): void;
+  /** malloc_trim(0): the heap's free pages back to the OS; whether any were (native/addon.cc). */
+  mallocTrim(): boolean;
   /** BSD flock; op 'ex'/'sh' are non-blocking; throws {code:'EAGAIN'} when held elsewhere. */
   flock(fd: number, op: 'ex' | 'sh' | 'un'): void;
   /** Read-only MAP_SHARED mmap of [0, length) of fd; munmapped when the buffer is collected. */

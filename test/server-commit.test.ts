@@ -512,6 +512,24 @@ describe('untracking (step 5) against a fake kernel', () => {
     expect(tracked(t)).toEqual([0, 1]);
   });
 
+  it('a pass that untracked blocks gives the heap back (5e, trimHeap); a pass that untracked none does not', async () => {
+    const t = await served();
+    const head = await t.lookup('head', 'bigfile', hex16(t.foid));
+    const rel = `head/bigfile/${hex16(t.foid)}`;
+    const host = (t.srv as unknown as { untracker: { host: { trimHeap?: () => void } } }).untracker.host;
+    const trims: number[][] = [];
+    host.trimHeap = () => void trims.push(tracked(t)); // what is still tracked when it runs
+    expect((await t.read(head, 0, 2 * BS))[BS]).toBe(2);
+    await t.until(() => t.k.events.includes(`drop ${head} 0`) && t.k.events.includes(`drop ${head} ${BS}`));
+    t.k.resident.set(rel, new Set([0])); // #0 cached, #1 not
+    // >>> #1 untracked, then the heap trimmed
+    expect(await untrack(t)).toBe(1);
+    expect(trims).toEqual([[0]]);
+    // >>> nothing more to untrack: no trim
+    expect(await untrack(t)).toBe(0);
+    expect(trims).toEqual([[0]]);
+  });
+
   it('a block tracked again while the sweep invalidates it stays tracked (generation guard)', async () => {
     const t = await served();
     const head = await t.lookup('head', 'bigfile', hex16(t.foid));

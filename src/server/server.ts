@@ -94,6 +94,7 @@ import { AUTH_INVALID, AUTH_OK, AUTH_UNKNOWN, AuthTable, parseAuthRequest, redac
 import { readAuthKey } from '../util/authkey.js';
 import { ZHeadStreams } from './zhead.js';
 import { RecentLatencies } from '../util/latency.js';
+import { native } from '../native.js';
 
 const debug = createDebug('wcfs:server');
 
@@ -432,6 +433,7 @@ export class WcfsServer implements FileSystem {
       kernel,
       pinnedIn: (foid) => this.isolation.pinnedIn(foid),
       stats: this.stats,
+      trimHeap: () => void native().mallocTrim(),
       warn: (msg) => this.warn(msg),
     });
     void this.commits.serve(this.watch);

@@ -21,6 +21,9 @@
 //    no watch pins. Any page of it in the cache now would have come in after 5c, hence
 //    through a tracking after 5b: there is none. ⇒ I1.
 //
+// 5e after a pass that untracked blocks: the C heap's free pages go back to the OS
+//    (host.trimHeap), so that RSS follows the page cache too, not only the tracking.
+//
 // Pinned blocks stay tracked, so a watch setup computes the same pins as before (upstream's
 // exact pins). An untracked block is tracked again by the next READ of it, which pins every
 // watcher that needs it before the data reaches the kernel (reads.ts 2b); its history is
@@ -47,6 +50,12 @@ export interface UntrackHost {
   pinnedIn(foid: Oid): ReadonlySet<number>;
   /** .wcfs/stats: Untracked counts every block untracked. */
   readonly stats: { Untracked: number };
+  /**
+   * After a pass that untracked blocks: give the process heap's free memory back to the OS
+   * (malloc_trim). The blocks' transient buffers were freed long before, but the C heap keeps
+   * freed memory resident: without this, RSS stayed at its peak after the kernel dropped them.
+   */
+  trimHeap?(): void;
   warn(msg: string): void;
 }
 
@@ -61,6 +70,11 @@ export class Untracker {
       n += await this.sweepFile(f);
     }
     this.host.stats.Untracked += n;
+    if (n > 0 && this.host.trimHeap) {
+      const t0 = performance.now();
+      this.host.trimHeap();
+      debug('untracked %d blocks; heap trimmed in %s ms', n, (performance.now() - t0).toFixed(1));
+    }
     return n;
   }
 
