@@ -26,7 +26,6 @@
 // To compare without an effect: the read_ahead_kb rows are the switch for READ size; the
 // @rev row vs the head row shows what head's locking/tracking costs.
 import path from 'node:path';
-import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import {
   MiB,
@@ -37,6 +36,7 @@ import {
   rd,
   readAhead,
   runMain,
+  serverStats,
   setBlock,
   setReadAhead,
   sleep,
@@ -108,8 +108,10 @@ async function main() {
   ];
   const rows = [];
   const readLines = [];
-  const readStats = async () =>
-    Object.fromEntries([...(await readFile(wcfs.at('.wcfs/stats'), 'utf8')).matchAll(/^(Read\w+)\t: (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+  const readStats = async () => {
+    const { ReadFast, ReadJS, ReadLoad } = await serverStats(wcfs);
+    return { ReadFast, ReadJS, ReadLoad };
+  };
   const ratio = new Map(); // ra → wcfs head ÷ C
   for (const ra of [raDefault, 1024]) {
     setReadAhead(wcfs, ra);

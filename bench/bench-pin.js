@@ -37,7 +37,7 @@
 // clients during the reads says where a pin's cost goes (2 cores here: with N = 8 the pins of
 // one read compete for them). The first pin of each client opens the @rev file (a lookup +
 // open through FUSE): that happens in the warm-up round and is not counted.
-import { open, readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import {
@@ -51,6 +51,7 @@ import {
   nowMs,
   quantile,
   runMain,
+  serverStats,
   setBlock,
   sleep,
   startClient,
@@ -106,14 +107,6 @@ async function main() {
     ['--stats-window', String(WINDOW_S)],
     LOG ? { nodeArgs: ['--import', debugHrtime], env: { DEBUG: 'wcfs:watch' } } : {},
   );
-  const statsOf = async () =>
-    Object.fromEntries(
-      (await readFile(wcfs.at('.wcfs/stats'), 'utf8'))
-        .trim()
-        .split('\n')
-        .map((l) => l.split('\t: '))
-        .map(([k, v]) => [k, Number(v)]),
-    );
   const headFile = wcfs.at(`head/bigfile/${hex16(big)}`);
   const poll = await headPoller(wcfs.mnt);
   const reader = await open(headFile);
@@ -154,7 +147,7 @@ async function main() {
       if (round === 1) {
         await sleep(WINDOW_S * 1000 + 500); // the warm-up's pins leave the stats window
         fromNs = process.hrtime.bigint(); // log lines before: warm-up
-        pins0 = (await statsOf()).pin;
+        pins0 = (await serverStats(wcfs)).pin;
       }
       const c0 = cpuNow();
       for (const b of blks) {
@@ -171,7 +164,7 @@ async function main() {
         cpu.cli += c1.cli - c0.cli;
       }
     }
-    const st = await statsOf();
+    const st = await serverStats(wcfs);
     if (st.pin - pins0 !== n * ROUNDS * K) throw new Error(`N=${n}: ${st.pin - pins0} pins sent in the measured rounds, want ${n * ROUNDS * K}`);
     const srtt = n === 0 ? { p50: NaN, p99: NaN } : { p50: st.PinRttP50 / 1e3, p99: st.PinRttP99 / 1e3 };
     cpu.srv /= lat.length * 1e6; // ms per read

@@ -21,7 +21,7 @@
 // Memory is RssAnon (/proc/<pid>/status) after a full GC (bench/gc-signal.js): the server's own
 // and what it retains; VmRSS also counts Data.fs pages the storage maps (page cache). Without
 // the GC, V8's own timing decided the verdicts: freed heap went back only after ~20 s idle.
-import { closeSync, openSync, readSync, readFileSync, rmSync, statSync, existsSync, unlinkSync } from 'node:fs';
+import { closeSync, openSync, readSync, rmSync, statSync, existsSync, unlinkSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { FileStorage } from '../dist/zodb/fs1/filestorage.js';
@@ -40,6 +40,7 @@ import {
   quantile,
   rssAnonAfterGc,
   runMain,
+  serverStats,
   setBlock,
   sleep,
   startWcfs,
@@ -184,7 +185,7 @@ async function commits(dir, watcher) {
 
   if (!watcher) {
     // 3. @rev views: two rounds of VIEWS distinct revisions looked up, released, forgotten
-    const views = () => Number(/RevHead\t: (\d+)/.exec(readFileSync(srv.at('.wcfs/stats'), 'utf8'))[1]);
+    const views = async () => (await serverStats(srv)).RevHead;
     const round = async (revs) => {
       for (const t of revs) {
         const fh = await open(srv.at(`@${hex16(t)}/bigfile/${hex16(small)}`), 'r');
@@ -192,7 +193,7 @@ async function commits(dir, watcher) {
         await fh.close();
       }
       const t0 = Date.now();
-      while (views() > 0 && Date.now() - t0 < 60_000) await sleep(500);
+      while ((await views()) > 0 && Date.now() - t0 < 60_000) await sleep(500);
       await sleep(2000);
       return await rssAnonAfterGc(srv.proc.pid);
     };
@@ -201,7 +202,7 @@ async function commits(dir, watcher) {
     const b = await round(tids.slice(-2 * VIEWS, -VIEWS));
     const c = await round(tids.slice(-VIEWS));
     rows.push([
-      `server RssAnon, 3 rounds of ${VIEWS} @rev views looked up and forgotten (left: ${views()}); 3rd vs 2nd`,
+      `server RssAnon, 3 rounds of ${VIEWS} @rev views looked up and forgotten (left: ${await views()}); 3rd vs 2nd`,
       `${before.toFixed(0)} → ${a.toFixed(0)} → ${b.toFixed(0)} → ${c.toFixed(0)} MiB`,
       (c / b).toFixed(2),
       verdict(c / b, '≤', 1.1),

@@ -16,8 +16,7 @@
 // Prints the memory per tracked block and the verdict: after the drop, tracked blocks ≤ the
 // blocks the page cache holds, and the memory they took is given back (≤ 10% left).
 import path from 'node:path';
-import { readFile } from 'node:fs/promises';
-import { MiB, gcOnSignal, hex16, makeDb, rd, rssAnonAfterGc, runMain, sleep, startWcfs, table, tools, workDir } from './util.js';
+import { MiB, gcOnSignal, hex16, makeDb, rd, rssAnonAfterGc, runMain, serverStats, sleep, startWcfs, table, tools, workDir } from './util.js';
 
 const NBLK = Number(process.env.WCFS_BENCH_TRACK_BLOCKS ?? 16384);
 const BS = 4096;
@@ -30,7 +29,7 @@ async function main() {
   const { big } = await makeDb(dbPath, { nblk: NBLK, blksize: BS, perTxn: 1024 });
   const wcfs = await startWcfs(dbPath, path.join(dir, 'wcfs'), ['--untrack-interval', '1'], { nodeArgs: gcOnSignal });
   const file = wcfs.at(`head/bigfile/${hex16(big)}`);
-  const tracked = async () => Number(/TrackedBlk\t: (\d+)/.exec(await readFile(wcfs.at('.wcfs/stats'), 'utf8'))[1]);
+  const tracked = async () => (await serverStats(wcfs)).TrackedBlk;
 
   const r0 = await rssAnonAfterGc(wcfs.proc.pid);
   const rows = [['before', r0.toFixed(1), String(await tracked()), '—']];

@@ -500,6 +500,12 @@ export function runMain(main) {
 
 /** node --import this: debug lines start with process.hrtime.bigint() (ns, CLOCK_MONOTONIC). */
 export const debugHrtime = path.join(here, 'debug-hrtime.js');
+/** The counters of a wcfs server's .wcfs/stats (wcfs-server.md §1.5): key → number. */
+export async function serverStats(srv) {
+  const text = await readFile(srv.at('.wcfs/stats'), 'utf8');
+  return Object.fromEntries([...text.matchAll(/^(\w+)\t: (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+}
+
 /** node options for a server whose memory is measured with rssAnonAfterGc. */
 export const gcOnSignal = ['--expose-gc', '--import', path.join(here, 'gc-signal.js')];
 
