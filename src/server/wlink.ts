@@ -121,9 +121,9 @@ export class WatchLink<R = WatchRequest> {
   private isDown = false;
   private eof = false;
   private nextStream = 0n;
-  /** Our requests awaiting a reply, oldest first (Map order = sending order). */
+  /** Our requests awaiting a reply (Map order = sending order). */
   private readonly pending = new Map<bigint, Pending>();
-  /** Armed while a request may be pending: fires at the oldest one's deadline (expire). */
+  /** Armed while a request may be pending: fires at the earliest deadline (deadlineAt; expire). */
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlineAt = Infinity;
   /** Aborted when the link goes down: waits tied to the link's life use it. */
