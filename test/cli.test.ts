@@ -127,3 +127,19 @@ describe('wcfs zodb demo', () => {
     expect(wcfs('zodb', 'demo', p).code).toBe(1); // refuses to overwrite
   });
 });
+
+describe('wcfs serve: duration options', () => {
+  it.each([
+    ['--pintimeout', '0'],
+    ['--pintimeout', 'x'],
+    ['--gc-interval', 'NaN'],
+    ['--untrack-interval', '0s'],
+    ['--stats-window', 'soon'],
+  ])('%s %s is refused before anything is mounted or created', (flag, value) => {
+    const mnt = path.join(tmp.dir, `mnt-${flag.slice(2)}-${value}`);
+    const r = wcfs('serve', flag, value, zblkPath('py2_pickle2'), mnt);
+    expect(r.code).toBe(1);
+    expect(r.err).toContain(`invalid ${flag} "${value}": want seconds > 0`);
+    expect(() => readFileSync(mnt), 'no mountpoint created').toThrow(/ENOENT/);
+  });
+});

@@ -46,18 +46,22 @@ export function resolveShareWith(spec: string): number {
   return gid;
 }
 
+/** A duration option in seconds (`30` or `30s`), > 0; `dflt` when absent. */
+function seconds(value: string | undefined, flag: string, dflt: number): number {
+  if (value === undefined) return dflt;
+  const v = Number(value.replace(/s$/, ''));
+  if (!(v > 0)) throw new BadArgumentError(`invalid ${flag} ${JSON.stringify(value)}: want seconds > 0`);
+  return v;
+}
+
 export async function serve(zurlArg: string, mountpointArg: string | undefined, opts: ServeOptions): Promise<void> {
   if (opts.debug) createDebug.enable(['wcfs:*', process.env.DEBUG].filter(Boolean).join(','));
   const zurl = normalizeZurl(zurlArg);
   const mnt = mountpointArg === undefined ? defaultMountpoint(zurl) : path.resolve(mountpointArg); // absolute: mountinfo, pid lookup and status compare it
-  const pinTimeout = opts.pintimeout === undefined ? 30 : Number(opts.pintimeout.replace(/s$/, ''));
-  if (!(pinTimeout > 0)) throw new BadArgumentError(`invalid --pintimeout ${JSON.stringify(opts.pintimeout)}: want seconds > 0`);
-  const gcInterval = opts.gcInterval === undefined ? 10 : Number(opts.gcInterval.replace(/s$/, ''));
-  if (!(gcInterval > 0)) throw new BadArgumentError(`invalid --gc-interval ${JSON.stringify(opts.gcInterval)}: want seconds > 0`);
-  const untrackInterval = opts.untrackInterval === undefined ? 60 : Number(opts.untrackInterval.replace(/s$/, ''));
-  if (!(untrackInterval > 0)) throw new BadArgumentError(`invalid --untrack-interval ${JSON.stringify(opts.untrackInterval)}: want seconds > 0`);
-  const statsWindow = opts.statsWindow === undefined ? 60 : Number(opts.statsWindow.replace(/s$/, ''));
-  if (!(statsWindow > 0)) throw new BadArgumentError(`invalid --stats-window ${JSON.stringify(opts.statsWindow)}: want seconds > 0`);
+  const pinTimeout = seconds(opts.pintimeout, '--pintimeout', 30);
+  const gcInterval = seconds(opts.gcInterval, '--gc-interval', 10);
+  const untrackInterval = seconds(opts.untrackInterval, '--untrack-interval', 60);
+  const statsWindow = seconds(opts.statsWindow, '--stats-window', 60);
   const pollMs = opts.pollMs === undefined ? undefined : Number(opts.pollMs);
   if (pollMs !== undefined && !(pollMs > 0)) throw new BadArgumentError(`invalid --poll-ms ${JSON.stringify(opts.pollMs)}`);
   const shareWithGid = opts.shareWith === undefined ? undefined : resolveShareWith(opts.shareWith);
